@@ -1,0 +1,69 @@
+// The CPU reference ops, templated on the scalar (float for training, double for finite-difference tests).
+// Layouts are row-major. Every backward op ACCUMULATES (+=) into each of its gradient outputs; callers zero them.
+// Each op has a CUDA twin of the same name in cuda/.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace zt::cpu {
+
+/// out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :].
+template <typename T>
+void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int T_, int C);
+/// dwte[tok] += dout, dwpe[t] += dout; deterministic (no races, fixed order).
+template <typename T>
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T_, int C);
+
+/// Normalises each of N rows of C: out = (x - mean) * rstd * weight + bias, eps = 1e-5; saves mean, rstd.
+template <typename T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N, int C);
+/// Accumulates dinp, dweight, dbias.
+template <typename T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                        const T* mean, const T* rstd, int N, int C);
+
+/// out[N,OC] = inp[N,C] · W + bias, W stored [C,OC] (GPT-2 Conv1D) or, when weight_transposed, [OC,C]
+/// (the tied LM head uses wte [Vp,C]). bias may be null.
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC,
+                    bool weight_transposed);
+/// Accumulates dinp (may be null), dweight, dbias (may be null).
+template <typename T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C,
+                     int OC, bool weight_transposed);
+
+/// Causal multi-head attention. qkv[B,T,3C] holds q|k|v; out[B,T,C]; att[B,NH,T,T] receives the softmax
+/// probabilities (needed by the backward; entries above the diagonal are zero).
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int T_, int C, int NH);
+/// Accumulates dqkv.
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C, int NH);
+
+/// GELU, tanh approximation (as GPT-2).
+template <typename T>
+void gelu_forward(T* out, const T* inp, size_t n);
+/// Accumulates dinp.
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n);
+
+/// out = a + b.
+template <typename T>
+void residual_forward(T* out, const T* a, const T* b, size_t n);
+
+/// Fused softmax + cross-entropy over N rows of Vp logits of which the first V are real: losses[i] =
+/// -log softmax(logits[i])[targets[i]]; then logits are overwritten with dloss * (softmax - onehot), padded
+/// columns set to 0 (they never receive probability).
+template <typename T>
+void softmax_cross_entropy(T* logits, T* losses, const int32_t* targets, int N, int V, int Vp, T dloss);
+
+/// One AdamW step on n elements. grad is multiplied by grad_scale first (clipping); weight_decay applies
+/// decoupled (p -= lr * wd * p); step is 1-based for bias correction.
+void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, float grad_scale, int64_t step);
+
+/// Sum of squares in double, fixed summation order (deterministic for any thread count).
+double squared_norm(const float* x, size_t n);
+
+}  // namespace zt::cpu
