@@ -1,0 +1,61 @@
+// The backend contract: memory and every op the model needs. CpuBackend is the reference; cuda/ has the twin.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace zt {
+
+/// Every op of the model over buffers in the backend's memory space. Backward ops accumulate (+=).
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// "cpu" or "cuda".
+  virtual std::string name() const = 0;
+  /// Whether buffers live in host memory (the comm and checkpoint code then use them directly).
+  virtual bool host_memory() const = 0;
+
+  virtual float* alloc(size_t n_elems) = 0;
+  virtual int32_t* alloc_int(size_t n_elems) = 0;
+  virtual void release(void* p) = 0;
+  virtual void zero(float* p, size_t n_elems) = 0;
+  virtual void copy(float* dst, const float* src, size_t n_elems) = 0;
+  virtual void to_host(float* host_dst, const float* src, size_t n_elems) = 0;
+  virtual void from_host(float* dst, const float* host_src, size_t n_elems) = 0;
+  virtual void tokens_from_host(int32_t* dst, const int32_t* host_src, size_t n_elems) = 0;
+  /// Waits until every op issued so far has finished.
+  virtual void synchronize() = 0;
+
+  virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
+                                 int C) = 0;
+  virtual void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
+                                  int C) = 0;
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                 const float* bias, int N, int C) = 0;
+  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                  const float* weight, const float* mean, const float* rstd, int N, int C) = 0;
+  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C,
+                              int OC, bool weight_transposed) = 0;
+  virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                               const float* weight, int N, int C, int OC, bool weight_transposed) = 0;
+  virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) = 0;
+  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T,
+                                  int C, int NH) = 0;
+  virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+  virtual void residual_forward(float* out, const float* a, const float* b, size_t n) = 0;
+  virtual void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
+                                     float dloss) = 0;
+  virtual void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
+                            float beta2, float eps, float weight_decay, float grad_scale, int64_t step) = 0;
+  virtual double squared_norm(const float* x, size_t n) = 0;
+  /// x += y (gradient accumulation across micro-steps).
+  virtual void accumulate(float* x, const float* y, size_t n) = 0;
+};
+
+/// The CPU reference backend (OpenBLAS + OpenMP); `threads` 0 keeps the current OpenMP setting.
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+}  // namespace zt

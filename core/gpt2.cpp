@@ -1,0 +1,189 @@
+// GPT-2 forward/backward: the op sequence of the model (pre-LN blocks, tied LM head) over the Backend contract.
+#include "core/gpt2.hpp"
+
+#include "core/errors.hpp"
+
+namespace zt {
+
+Gpt2::Gpt2(const ParamTable& table, Backend& backend, int B, int T) : table_(table), be_(backend), B_(B), T_(T) {
+  const ModelConfig& c = table.config();
+  ZT_CHECK(T >= 1 && T <= c.seq_len, "sequence length {} exceeds the model's seq_len {}", T, c.seq_len);
+  ZT_CHECK(B >= 1, "micro-batch size must be >= 1, got {}", B);
+  const size_t BT = size_t(B) * T, C = size_t(c.d_model), NH = size_t(c.n_head), Vp = size_t(c.padded_vocab());
+  const size_t per_layer = BT * C * 7 + BT * 4 + BT * 3 * C + size_t(B) * NH * T * T + BT * 8 * C;
+  activation_elems_ = BT * C + per_layer * size_t(c.n_layer) + BT * C + 2 * BT + BT * Vp + BT;
+  const size_t scratch = BT * C * 4 + BT * 4 * C * 2 + BT * 3 * C;
+  arena_ = be_.alloc(activation_elems_ + scratch);
+  tokens_ = be_.alloc_int(BT);
+  targets_ = be_.alloc_int(BT);
+  encoded_ = take(BT * C);
+  layers_.resize(size_t(c.n_layer));
+  for (auto& L : layers_) {
+    L.ln1 = take(BT * C);
+    L.ln1_mean = take(BT);
+    L.ln1_rstd = take(BT);
+    L.qkv = take(BT * 3 * C);
+    L.att = take(size_t(B) * NH * T * T);
+    L.atty = take(BT * C);
+    L.attproj = take(BT * C);
+    L.res2 = take(BT * C);
+    L.ln2 = take(BT * C);
+    L.ln2_mean = take(BT);
+    L.ln2_rstd = take(BT);
+    L.fch = take(BT * 4 * C);
+    L.fch_gelu = take(BT * 4 * C);
+    L.fcproj = take(BT * C);
+    L.res3 = take(BT * C);
+  }
+  lnf_ = take(BT * C);
+  lnf_mean_ = take(BT);
+  lnf_rstd_ = take(BT);
+  logits_ = take(BT * Vp);
+  losses_ = take(BT);
+  ZT_ASSERT(arena_used_ == activation_elems_);
+  d_res_ = take(BT * C);
+  d_lnf_ = take(BT * C);
+  d_ln_ = take(BT * C);
+  d_atty_ = take(BT * C);
+  d_fch_gelu_ = take(BT * 4 * C);
+  d_fch_ = take(BT * 4 * C);
+  d_qkv_ = take(BT * 3 * C);
+  ZT_ASSERT(arena_used_ == activation_elems_ + scratch);
+  losses_host_.resize(BT);
+}
+
+Gpt2::~Gpt2() {
+  be_.release(arena_);
+  be_.release(tokens_);
+  be_.release(targets_);
+}
+
+float* Gpt2::take(size_t n) {
+  float* p = arena_ + arena_used_;
+  arena_used_ += n;
+  return p;
+}
+
+std::vector<int> Gpt2::param_schedule(bool training) const {
+  const int L = table_.config().n_layer;
+  std::vector<int> s;
+  s.push_back(table_.embedding_unit());
+  for (int l = 0; l < L; ++l) s.push_back(table_.block_unit(l));
+  s.push_back(table_.final_norm_unit());
+  s.push_back(table_.embedding_unit());  // tied LM head (forward and its backward)
+  if (training) {
+    s.push_back(table_.final_norm_unit());
+    for (int l = L - 1; l >= 0; --l) s.push_back(table_.block_unit(l));
+  }
+  return s;
+}
+
+double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* targets, bool backward, float dloss) {
+  const ModelConfig& c = table_.config();
+  const int B = B_, T = T_, C = c.d_model, NH = c.n_head, V = c.vocab, Vp = c.padded_vocab();
+  const int BT = B * T;
+  const BlockOffsets& o = table_.block_offsets();
+  const int emb = table_.embedding_unit(), fin = table_.final_norm_unit();
+  be_.tokens_from_host(tokens_, inputs, size_t(BT));
+  be_.tokens_from_host(targets_, targets, size_t(BT));
+
+  // ---- forward ----
+  {
+    const float* p = units.unit_params(emb);
+    be_.embedding_forward(encoded_, tokens_, p + table_.wte_offset(), p + table_.wpe_offset(), B, T, C);
+    units.release_params(emb);
+  }
+  const float* x = encoded_;
+  for (int l = 0; l < c.n_layer; ++l) {
+    const float* p = units.unit_params(table_.block_unit(l));
+    LayerActs& A = layers_[size_t(l)];
+    be_.layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, p + o.ln_1_w, p + o.ln_1_b, BT, C);
+    be_.matmul_forward(A.qkv, A.ln1, p + o.attn_w, p + o.attn_b, BT, C, 3 * C, false);
+    units.progress();
+    be_.attention_forward(A.atty, A.att, A.qkv, B, T, C, NH);
+    be_.matmul_forward(A.attproj, A.atty, p + o.attn_proj_w, p + o.attn_proj_b, BT, C, C, false);
+    be_.residual_forward(A.res2, x, A.attproj, size_t(BT) * C);
+    units.progress();
+    be_.layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res2, p + o.ln_2_w, p + o.ln_2_b, BT, C);
+    be_.matmul_forward(A.fch, A.ln2, p + o.fc_w, p + o.fc_b, BT, C, 4 * C, false);
+    be_.gelu_forward(A.fch_gelu, A.fch, size_t(BT) * 4 * C);
+    units.progress();
+    be_.matmul_forward(A.fcproj, A.fch_gelu, p + o.fc_proj_w, p + o.fc_proj_b, BT, 4 * C, C, false);
+    be_.residual_forward(A.res3, A.res2, A.fcproj, size_t(BT) * C);
+    units.release_params(table_.block_unit(l));
+    x = A.res3;
+  }
+  {
+    const float* p = units.unit_params(fin);
+    be_.layernorm_forward(lnf_, lnf_mean_, lnf_rstd_, x, p, p + C, BT, C);
+    units.release_params(fin);
+  }
+  {
+    const float* p = units.unit_params(emb);
+    const float* wte = p + table_.wte_offset();
+    be_.matmul_forward(logits_, lnf_, wte, nullptr, BT, C, Vp, true);
+    units.progress();
+    // Fused: losses, then logits become dlogits (scaled by dloss) in place.
+    be_.softmax_cross_entropy(logits_, losses_, targets_, BT, V, Vp, backward ? dloss : 0.0f);
+    if (backward) {
+      float* g = units.unit_grads(emb);
+      be_.zero(d_lnf_, size_t(BT) * C);
+      be_.matmul_backward(d_lnf_, g + table_.wte_offset(), nullptr, logits_, lnf_, wte, BT, C, Vp, true);
+    }
+    units.release_params(emb);
+  }
+  be_.to_host(losses_host_.data(), losses_, size_t(BT));
+  double loss_sum = 0.0;
+  for (float v : losses_host_) loss_sum += double(v);
+  if (!backward) return loss_sum;
+
+  // ---- backward ----
+  {
+    const float* p = units.unit_params(fin);
+    float* g = units.unit_grads(fin);
+    be_.zero(d_res_, size_t(BT) * C);
+    be_.layernorm_backward(d_res_, g, g + C, d_lnf_, x, p, lnf_mean_, lnf_rstd_, BT, C);
+    units.release_params(fin);
+    units.grads_ready(fin);
+  }
+  for (int l = c.n_layer - 1; l >= 0; --l) {
+    const int u = table_.block_unit(l);
+    const float* p = units.unit_params(u);
+    float* g = units.unit_grads(u);
+    LayerActs& A = layers_[size_t(l)];
+    const float* x_in = l == 0 ? encoded_ : layers_[size_t(l) - 1].res3;
+    // d_res holds d(res3); the skip path passes it on unchanged, the MLP path adds into it -> d(res2).
+    be_.zero(d_fch_gelu_, size_t(BT) * 4 * C);
+    be_.matmul_backward(d_fch_gelu_, g + o.fc_proj_w, g + o.fc_proj_b, d_res_, A.fch_gelu, p + o.fc_proj_w, BT,
+                        4 * C, C, false);
+    be_.zero(d_fch_, size_t(BT) * 4 * C);
+    be_.gelu_backward(d_fch_, A.fch, d_fch_gelu_, size_t(BT) * 4 * C);
+    units.progress();
+    be_.zero(d_ln_, size_t(BT) * C);
+    be_.matmul_backward(d_ln_, g + o.fc_w, g + o.fc_b, d_fch_, A.ln2, p + o.fc_w, BT, C, 4 * C, false);
+    be_.layernorm_backward(d_res_, g + o.ln_2_w, g + o.ln_2_b, d_ln_, A.res2, p + o.ln_2_w, A.ln2_mean, A.ln2_rstd,
+                           BT, C);
+    units.progress();
+    // d_res now holds d(res2); the attention path adds into it -> d(x_in).
+    be_.zero(d_atty_, size_t(BT) * C);
+    be_.matmul_backward(d_atty_, g + o.attn_proj_w, g + o.attn_proj_b, d_res_, A.atty, p + o.attn_proj_w, BT, C, C,
+                        false);
+    be_.zero(d_qkv_, size_t(BT) * 3 * C);
+    be_.attention_backward(d_qkv_, d_atty_, A.qkv, A.att, B, T, C, NH);
+    units.progress();
+    be_.zero(d_ln_, size_t(BT) * C);
+    be_.matmul_backward(d_ln_, g + o.attn_w, g + o.attn_b, d_qkv_, A.ln1, p + o.attn_w, BT, C, 3 * C, false);
+    be_.layernorm_backward(d_res_, g + o.ln_1_w, g + o.ln_1_b, d_ln_, x_in, p + o.ln_1_w, A.ln1_mean, A.ln1_rstd, BT,
+                           C);
+    units.release_params(u);
+    units.grads_ready(u);
+  }
+  {
+    float* g = units.unit_grads(emb);
+    be_.embedding_backward(g + table_.wte_offset(), g + table_.wpe_offset(), d_res_, tokens_, B, T, C);
+    units.grads_ready(emb);
+  }
+  return loss_sum;
+}
+
+}  // namespace zt

@@ -1,0 +1,262 @@
+// The training loop: per-rank slices of each global batch, ZeRO engine steps, schedule, logs and metrics.
+#include "core/trainer.hpp"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/data.hpp"
+#include "core/errors.hpp"
+#include "core/gpt2.hpp"
+#include "core/lr_schedule.hpp"
+#include "core/model.hpp"
+#include "sharding/comm.hpp"
+#include "sharding/zero_engine.hpp"
+
+namespace zt {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string human_count(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.1f}K", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+std::string human_bytes(double b) {
+  if (b >= 1 << 30) return fmt::format("{:.2f} GiB", b / double(1 << 30));
+  if (b >= 1 << 20) return fmt::format("{:.2f} MiB", b / double(1 << 20));
+  if (b >= 1 << 10) return fmt::format("{:.1f} KiB", b / double(1 << 10));
+  return fmt::format("{:.0f} B", b);
+}
+
+std::string hms(double s) {
+  const long t = long(s + 0.5);
+  return fmt::format("{:02d}:{:02d}:{:02d}", t / 3600, (t / 60) % 60, t % 60);
+}
+
+/// Writes the logical tensors (padding removed) of the engine's params or reduced grads, in table order.
+void dump_tensors(ZeroEngine& engine, const ParamTable& table, bool grads, const std::string& path, bool write) {
+  std::ofstream out;
+  if (write) {
+    out.open(path, std::ios::binary);
+    ZT_CHECK(out.good(), "cannot write debug dump file {}", path);
+  }
+  std::vector<float> full;
+  for (size_t u = 0; u < table.units().size(); ++u) {
+    full.assign(table.units()[u].numel, 0.0f);
+    engine.gather_unit(int(u), grads, full.data());
+    if (!write) continue;
+    for (int ti : table.units()[u].tensors) {
+      const TensorSpec& t = table.tensors()[size_t(ti)];
+      out.write(reinterpret_cast<const char*>(full.data() + t.unit_offset), std::streamsize(t.numel() * 4));
+    }
+  }
+  if (write) ZT_CHECK(out.good(), "failed writing debug dump file {}", path);
+}
+
+}  // namespace
+
+TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm, Backend& backend,
+                   const RunOptions& opts) {
+  mcfg.validate();
+  const int N = comm.world_size(), rank = comm.rank();
+  tcfg.validate(N);
+  const bool lead = rank == 0;
+  const int accum = tcfg.grad_accum_steps(N);
+  const int B = tcfg.micro_batch_size, T = mcfg.seq_len, G = tcfg.global_batch_size;
+  const int per_rank = G / N;
+
+  ParamTable table(mcfg);
+  auto train_src = std::shared_ptr<const TokenSource>(open_token_source(tcfg.data, mcfg.vocab));
+  std::shared_ptr<const TokenSource> val_src;
+  if (!tcfg.val_data.empty()) val_src = std::shared_ptr<const TokenSource>(open_token_source(tcfg.val_data, mcfg.vocab));
+  DataLoader loader(train_src, val_src, T, tcfg.val_data.empty() ? tcfg.val_fraction : 0.0, tcfg.seed);
+
+  Gpt2 model(table, backend, B, T);
+  ZeroEngine engine(table, backend, comm, tcfg.zero_stage);
+  engine.init_params(tcfg.seed);
+
+  const double flops_per_token = 6.0 * double(table.n_params()) +
+                                 12.0 * mcfg.n_layer * double(mcfg.d_model) * double(T);  // PaLM appendix B
+  if (lead && !opts.quiet) {
+    fmt::print("zerotrain {} | model n_layer={} n_head={} d_model={} vocab={} (padded {}) seq_len={} | {} params\n",
+               ZT_VERSION, mcfg.n_layer, mcfg.n_head, mcfg.d_model, mcfg.vocab, mcfg.padded_vocab(), T,
+               human_count(double(table.n_params())));
+    fmt::print("data {} | {} train / {} val sequences | global batch {} seq = {} tokens/step | micro-batch {} x "
+               "{} ranks x {} accumulation steps\n",
+               train_src->describe(), loader.n_train_sequences(), loader.n_val_sequences(), G,
+               human_count(double(G) * T), B, N, accum);
+    const MemoryReport mem = engine.memory_report();
+    fmt::print("ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
+               "(formula {}), grads {} (formula {}), optimizer {} (formula {}) | Ψ={} | {}\n",
+               tcfg.zero_stage, N, backend.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
+               human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
+               human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
+               human_bytes(double(mem.formula_optim)), mem.psi, mem.formula_text);
+    fmt::print("activations {} per rank\n", human_bytes(double(model.activation_bytes())));
+    std::fflush(stdout);
+  }
+
+  std::ofstream metrics;
+  if (lead) {
+    std::error_code ec;
+    std::filesystem::create_directories(tcfg.output_dir, ec);
+    ZT_CHECK(!ec, "cannot create output directory '{}': {}", tcfg.output_dir, ec.message());
+    const std::string path = tcfg.output_dir + "/metrics.jsonl";
+    metrics.open(path, std::ios::trunc);
+    ZT_CHECK(metrics.good(), "cannot open {} for writing", path);
+  }
+  const bool dump = !opts.debug_dump_dir.empty();
+  nlohmann::json dump_index;
+  if (dump) {
+    if (lead) std::filesystem::create_directories(opts.debug_dump_dir);
+    dump_tensors(engine, table, false, opts.debug_dump_dir + "/params_init.bin", lead);
+    if (lead) {
+      nlohmann::json tensors = nlohmann::json::array();
+      size_t off = 0;
+      for (const auto& t : table.tensors()) {
+        tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"offset", off}, {"decay", t.decay}});
+        off += t.numel();
+      }
+      dump_index = {{"model", to_json(mcfg)}, {"train", to_json(tcfg)}, {"tensors", tensors},
+                    {"world_size", N}, {"steps", nlohmann::json::array()}};
+    }
+  }
+
+  std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
+  auto eval = [&](int64_t /*step*/) {
+    double sum = 0;
+    for (int i = 0; i < tcfg.eval_batches; ++i)
+      for (int m = 0; m < accum; ++m) {
+        loader.val_batch(i, G, rank * per_rank + m * B, B, inputs.data(), targets.data());
+        engine.begin_micro_step(model, false);
+        sum += model.step(engine, inputs.data(), targets.data(), false, 0.0f);
+        engine.end_micro_step();
+      }
+    comm.all_reduce_sum(&sum, 1);
+    return sum / (double(tcfg.eval_batches) * G * T);
+  };
+
+  // Test-only failure injection: ZT_TEST_FAIL_RANK=r [ZT_TEST_FAIL_STEP=s] throws on rank r at step s.
+  const char* fail_rank_env = std::getenv("ZT_TEST_FAIL_RANK");
+  const int fail_rank = fail_rank_env ? std::atoi(fail_rank_env) : -1;
+  const char* fail_step_env = std::getenv("ZT_TEST_FAIL_STEP");
+  const int fail_step = fail_step_env ? std::atoi(fail_step_env) : 0;
+
+  TrainSummary summary;
+  const float dloss = float(1.0 / (double(G) * T));
+  const auto t_start = Clock::now();
+  double time_in_steps = 0;
+  for (int step = 0; step < tcfg.max_steps; ++step) {
+    ZT_CHECK(!(rank == fail_rank && step == fail_step), "injected failure (ZT_TEST_FAIL_RANK={}) at step {}",
+             fail_rank, step);
+    const auto t0 = Clock::now();
+    comm.reset_counters();
+    const double lr = lr_at(step, tcfg.learning_rate, tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio);
+    engine.begin_step();
+    double loss_sum = 0;
+    for (int m = 0; m < accum; ++m) {
+      loader.train_batch(step, G, rank * per_rank + m * B, B, inputs.data(), targets.data());
+      engine.begin_micro_step(model, true);
+      loss_sum += model.step(engine, inputs.data(), targets.data(), true, dloss);
+      engine.end_micro_step();
+    }
+    comm.all_reduce_sum(&loss_sum, 1);
+    const double loss = loss_sum / (double(G) * T);
+    ZT_CHECK(std::isfinite(loss), "loss became {} at step {}; lower --learning_rate or check the data", loss, step + 1);
+    const double grad_norm = std::sqrt(engine.grad_norm_squared());
+    // torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), only when it is below 1.
+    double clip = 1.0;
+    if (tcfg.grad_clip > 0) clip = std::min(1.0, tcfg.grad_clip / (grad_norm + 1e-6));
+    if (dump) {
+      dump_tensors(engine, table, true, fmt::format("{}/grads_{}.bin", opts.debug_dump_dir, step), lead);
+      if (lead) {
+        // The global batch this step consumed, as the rank slices saw it.
+        std::ofstream bf(fmt::format("{}/batch_{}.bin", opts.debug_dump_dir, step), std::ios::binary);
+        std::vector<int32_t> in_all(size_t(G) * T), tg_all(size_t(G) * T);
+        loader.train_batch(step, G, 0, G, in_all.data(), tg_all.data());
+        bf.write(reinterpret_cast<const char*>(in_all.data()), std::streamsize(in_all.size() * 4));
+        bf.write(reinterpret_cast<const char*>(tg_all.data()), std::streamsize(tg_all.size() * 4));
+      }
+    }
+    AdamwStep hp;
+    hp.lr = float(lr);
+    hp.beta1 = float(tcfg.beta1);
+    hp.beta2 = float(tcfg.beta2);
+    hp.eps = float(tcfg.adam_eps);
+    hp.weight_decay = float(tcfg.weight_decay);
+    hp.grad_scale = float(clip);
+    engine.optimizer_step(hp);
+    if (dump) {
+      dump_tensors(engine, table, false, fmt::format("{}/params_{}.bin", opts.debug_dump_dir, step), lead);
+      if (lead)
+        dump_index["steps"].push_back({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}});
+    }
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    time_in_steps += dt;
+    const double tok_s = double(G) * T / dt;
+    summary.bytes_sent.push_back(comm.bytes_sent());
+    summary.comm_wait_s.push_back(comm.wait_seconds());
+    summary.losses.push_back(loss);
+    if (step == 0) summary.first_loss = loss;
+    summary.last_loss = loss;
+    summary.steps_done = step + 1;
+
+    double val_loss = -1;
+    const bool do_eval = tcfg.eval_interval > 0 && loader.n_val_sequences() > 0 &&
+                         ((step + 1) % tcfg.eval_interval == 0 || step + 1 == tcfg.max_steps);
+    if (do_eval) {
+      val_loss = eval(step);
+      summary.last_val_loss = val_loss;
+    }
+    if (lead) {
+      nlohmann::json row = {{"step", step + 1}, {"loss", loss},  {"lr", lr}, {"grad_norm", grad_norm},
+                            {"tokens_per_s", tok_s}, {"epoch", loader.epoch_of(step, G)}};
+      if (do_eval) row["val_loss"] = val_loss;
+      metrics << row.dump() << '\n';
+      metrics.flush();
+      if (!opts.quiet && ((step + 1) % tcfg.log_interval == 0 || step == 0 || step + 1 == tcfg.max_steps)) {
+        const double eta = time_in_steps / (step + 1) * (tcfg.max_steps - step - 1);
+        fmt::print("step {:>{}}/{} | loss {:.4f} | lr {:.3e} | grad_norm {:.4f} | {:.0f} tok/s | {:.1f} GFLOP/s | "
+                   "ETA {}{}\n",
+                   step + 1, int(std::to_string(tcfg.max_steps).size()), tcfg.max_steps, loss, lr, grad_norm, tok_s,
+                   flops_per_token * tok_s / 1e9, hms(eta),
+                   do_eval ? fmt::format(" | val_loss {:.4f}", val_loss) : std::string());
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (opts.collect_params) {
+    std::vector<float> full;
+    for (size_t u = 0; u < table.units().size(); ++u) {
+      full.assign(table.units()[u].numel, 0.0f);
+      engine.gather_unit(int(u), false, full.data());
+      for (int ti : table.units()[u].tensors) {
+        const TensorSpec& t = table.tensors()[size_t(ti)];
+        summary.final_params.insert(summary.final_params.end(), full.begin() + long(t.unit_offset),
+                                    full.begin() + long(t.unit_offset + t.numel()));
+      }
+    }
+  }
+  if (dump && lead) {
+    std::ofstream idx(opts.debug_dump_dir + "/index.json");
+    idx << dump_index.dump(1) << '\n';
+  }
+  if (lead && !opts.quiet) {
+    const double total = std::chrono::duration<double>(Clock::now() - t_start).count();
+    fmt::print("done: {} steps in {}, loss {:.4f} -> {:.4f}{}\n", summary.steps_done, hms(total), summary.first_loss,
+               summary.last_loss,
+               summary.last_val_loss >= 0 ? fmt::format(", val_loss {:.4f}", summary.last_val_loss) : std::string());
+    std::fflush(stdout);
+  }
+  return summary;
+}
+
+}  // namespace zt

@@ -1,0 +1,202 @@
+// main() of the zerotrain CLI: MPI setup, flags (CLI11) and config files, subcommands, job-wide error handling.
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <cpptoml.h>
+
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <thread>
+
+#include "core/backend.hpp"
+#include "core/config.hpp"
+#include "core/errors.hpp"
+#include "core/trainer.hpp"
+#include "sharding/comm_mpi.hpp"
+
+namespace {
+
+using zt::ModelConfig;
+using zt::TrainConfig;
+
+/// A flag whose value, when given on the command line, overrides preset and config file.
+struct Override {
+  CLI::Option* opt;
+  std::function<void(ModelConfig&, TrainConfig&)> apply;
+};
+
+template <typename V, typename Cfg>
+void add_override(CLI::App& app, std::vector<Override>& list, const std::string& name, V Cfg::*field,
+                  const std::string& help, V def) {
+  auto value = std::make_shared<V>(def);
+  CLI::Option* o = app.add_option(name, *value, help);
+  if constexpr (std::is_same_v<Cfg, TrainConfig>) {
+    o->default_str(fmt::format("{}", def));
+    list.push_back({o, [value, field](ModelConfig&, TrainConfig& t) { t.*field = *value; }});
+  } else {
+    list.push_back({o, [value, field](ModelConfig& m, TrainConfig&) { m.*field = *value; }});
+  }
+}
+
+nlohmann::json toml_to_json(const cpptoml::table& t, const std::string& path) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [key, base] : t) {
+    if (auto s = t.get_as<std::string>(key)) j[key] = *s;
+    else if (auto i = t.get_as<int64_t>(key)) j[key] = *i;
+    else if (auto d = t.get_as<double>(key)) j[key] = *d;
+    else if (auto b = t.get_as<bool>(key)) j[key] = *b;
+    else ZT_FAIL("config file {}: key '{}' must be a string, number or boolean", path, key);
+    (void)base;
+  }
+  return j;
+}
+
+nlohmann::json read_config_file(const std::string& path) {
+  std::ifstream in(path);
+  ZT_CHECK(in.good(), "cannot open config file '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  const bool is_json = path.size() >= 5 && path.substr(path.size() - 5) == ".json";
+  if (is_json) {
+    try {
+      return nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      ZT_FAIL("config file {} is not valid JSON: {}", path, e.what());
+    }
+  }
+  try {
+    std::istringstream is(text);
+    cpptoml::parser p(is);
+    return toml_to_json(*p.parse(), path);
+  } catch (const cpptoml::parse_exception& e) {
+    ZT_FAIL("config file {} is not valid TOML: {}", path, e.what());
+  }
+}
+
+int local_rank_count() {
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+  int n = 1;
+  MPI_Comm_size(local, &n);
+  MPI_Comm_free(&local);
+  return n;
+}
+
+int run(int argc, char** argv, int rank) {
+  CLI::App app{"zerotrain: ZeRO-sharded GPT-2 training on CPUs and GPUs, with parallel HDF5 checkpoints"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("zerotrain ") + ZT_VERSION);
+
+  CLI::App* train = app.add_subcommand("train", "Train a GPT-2 family model (run under mpirun for several ranks)");
+  std::vector<Override> overrides;
+  TrainConfig d;
+  std::string preset = "tiny", config_file;
+  train->add_option("--preset", preset, "Model preset: tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+      ->default_str("tiny");
+  train->add_option("--config", config_file, "TOML or JSON file with any of these flags' keys (flags win)");
+  add_override(*train, overrides, "--n_layer", &ModelConfig::n_layer, "Transformer blocks (overrides the preset)", 0);
+  add_override(*train, overrides, "--n_head", &ModelConfig::n_head, "Attention heads", 0);
+  add_override(*train, overrides, "--d_model", &ModelConfig::d_model, "Model width", 0);
+  add_override(*train, overrides, "--vocab", &ModelConfig::vocab, "Vocabulary size (padded to a multiple of 128)", 0);
+  add_override(*train, overrides, "--seq_len", &ModelConfig::seq_len, "Sequence length", 0);
+  add_override(*train, overrides, "--data", &TrainConfig::data,
+               "'synthetic' (built-in corpus), a text file (bytes), or a glob of llm.c .bin token shards", d.data);
+  add_override(*train, overrides, "--val_data", &TrainConfig::val_data,
+               "Validation data (same forms as --data); default: hold out --val_fraction of --data", d.val_data);
+  add_override(*train, overrides, "--val_fraction", &TrainConfig::val_fraction,
+               "Share of sequences held out for validation", d.val_fraction);
+  add_override(*train, overrides, "--micro_batch_size", &TrainConfig::micro_batch_size,
+               "Sequences per rank per micro-step", d.micro_batch_size);
+  add_override(*train, overrides, "--global_batch_size", &TrainConfig::global_batch_size,
+               "Sequences per optimizer step across all ranks (gradient accumulation fills the rest)",
+               d.global_batch_size);
+  add_override(*train, overrides, "--max_steps", &TrainConfig::max_steps, "Optimizer steps to run", d.max_steps);
+  add_override(*train, overrides, "--learning_rate", &TrainConfig::learning_rate, "Peak learning rate",
+               d.learning_rate);
+  add_override(*train, overrides, "--warmup_steps", &TrainConfig::warmup_steps, "Linear warmup steps",
+               d.warmup_steps);
+  add_override(*train, overrides, "--min_lr_ratio", &TrainConfig::min_lr_ratio,
+               "Cosine decay floor as a fraction of the peak LR", d.min_lr_ratio);
+  add_override(*train, overrides, "--weight_decay", &TrainConfig::weight_decay,
+               "AdamW decoupled weight decay (2-D tensors only)", d.weight_decay);
+  add_override(*train, overrides, "--beta1", &TrainConfig::beta1, "AdamW beta1", d.beta1);
+  add_override(*train, overrides, "--beta2", &TrainConfig::beta2, "AdamW beta2", d.beta2);
+  add_override(*train, overrides, "--adam_eps", &TrainConfig::adam_eps, "AdamW epsilon", d.adam_eps);
+  add_override(*train, overrides, "--grad_clip", &TrainConfig::grad_clip, "Global grad-norm clip (0 disables)",
+               d.grad_clip);
+  add_override(*train, overrides, "--seed", &TrainConfig::seed, "Seed for initialisation and data order", d.seed);
+  add_override(*train, overrides, "--output_dir", &TrainConfig::output_dir,
+               "Directory for metrics.jsonl and checkpoints", d.output_dir);
+  add_override(*train, overrides, "--log_interval", &TrainConfig::log_interval, "Steps between progress lines",
+               d.log_interval);
+  add_override(*train, overrides, "--eval_interval", &TrainConfig::eval_interval,
+               "Steps between validation passes (0: never)", d.eval_interval);
+  add_override(*train, overrides, "--eval_batches", &TrainConfig::eval_batches, "Global batches per validation pass",
+               d.eval_batches);
+  add_override(*train, overrides, "--zero_stage", &TrainConfig::zero_stage,
+               "ZeRO stage: 0 replicated, 1 +optimizer sharded, 2 +gradients, 3 +parameters", d.zero_stage);
+  add_override(*train, overrides, "--threads", &TrainConfig::threads,
+               "CPU threads per rank (0: cores / ranks on the node)", d.threads);
+  add_override(*train, overrides, "--device", &TrainConfig::device, "cpu, cuda or auto", d.device);
+  zt::RunOptions run_opts;
+  train->add_option("--debug_dump_dir", run_opts.debug_dump_dir,
+                    "Debug: write initial params, batches, per-step gradients and params here (cross-checks)");
+  train->add_flag("--quiet", run_opts.quiet, "No progress lines");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (rank == 0) return app.exit(e);
+    return e.get_exit_code();
+  }
+
+  if (*train) {
+    // Precedence: flags > config file > preset. The preset is --preset, else the file's "preset", else tiny.
+    nlohmann::json file = config_file.empty() ? nlohmann::json::object() : read_config_file(config_file);
+    ZT_CHECK(file.is_object(), "config file {} must hold a table of keys", config_file);
+    if (train->get_option("--preset")->count() == 0 && file.contains("preset")) {
+      ZT_CHECK(file["preset"].is_string(), "config file {}: 'preset' must be a string", config_file);
+      preset = file["preset"].get<std::string>();
+    }
+    file.erase("preset");
+    ModelConfig m = zt::model_preset(preset);
+    TrainConfig t;
+    zt::update_from_json(file, m, t);
+    for (auto& o : overrides)
+      if (o.opt->count() > 0) o.apply(m, t);
+    int threads = t.threads;
+    if (threads == 0) threads = std::max(1, int(std::thread::hardware_concurrency()) / local_rank_count());
+    ZT_CHECK(t.device != "cuda", "--device cuda: this build has no CUDA backend yet; use --device cpu");
+    auto backend = zt::make_cpu_backend(threads);
+    zt::MpiComm comm(MPI_COMM_WORLD);
+    zt::train(m, t, comm, *backend, run_opts);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  zt::set_error_context(rank, size);
+  int rc = 0;
+  try {
+    rc = run(argc, argv, rank);
+  } catch (const std::exception& e) {
+    // One rank's failure ends the whole job: the others may be blocked in a collective.
+    std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
+    std::fflush(stderr);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, 2);
+    MPI_Finalize();
+    return 2;
+  }
+  MPI_Finalize();
+  return rc;
+}
