@@ -24,6 +24,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
 
+# The figures are only comparable on an otherwise idle machine: record how busy it was.
+echo "== $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== sgemm_peak --threads $threads"
 "$sgemm_peak" --threads "$threads" | tee "$tmp/sgemm.txt"
 peak=$(sed -n 's/^sgemm_peak_gflops=//p' "$tmp/sgemm.txt")
@@ -40,6 +42,7 @@ echo "== ${torch_cmd[*]}"
 "${torch_cmd[@]}" | tee "$tmp/torch.txt" | tail -n 1
 torch_tok_s=$(sed -n 's/^torch_tokens_per_s=//p' "$tmp/torch.txt")
 
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$python" - "$tmp/zt/metrics.jsonl" "$warmup" "$peak" "$mix" "$torch_tok_s" "$threads" \
     $n_layer $d_model $vocab $seq_len <<'EOF'
 import json, statistics, sys

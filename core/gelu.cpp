@@ -54,12 +54,13 @@ inline float exp_poly(float x) {
   return p * scale;
 }
 
+// exp with its argument clamped so that it stays finite (float: by exp_poly; double: at 708 < log(DBL_MAX)).
 template <typename T>
-inline T exp_fast(T x) {
+inline T exp_clamped(T x) {
   if constexpr (std::is_same_v<T, float>)
     return exp_poly(x);
   else
-    return std::exp(x);
+    return std::exp(x < -708.0 ? -708.0 : x > 708.0 ? 708.0 : x);
 }
 
 }  // namespace
@@ -70,7 +71,7 @@ void gelu_forward(T* out, const T* inp, size_t n) {
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) {
     const T x = inp[i];
-    out[i] = x / (T(1) + exp_fast(k2 * (x + c3 * x * x * x)));
+    out[i] = x / (T(1) + exp_clamped(k2 * (x + c3 * x * x * x)));
   }
 }
 
@@ -81,9 +82,11 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) {
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) {
     const T x = inp[i];
-    const T s = T(1) / (T(1) + exp_fast(k2 * (x + c3 * x * x * x)));  // sigmoid(2u) = (1 + tanh u) / 2
-    // d/dx [x s(2u)] = s + x * 2 s (1 - s) * du/dx, du/dx = sqrt(2/pi) (1 + 3 c x^2); 2 s (1 - s) = sech^2(u) / 2
-    const T grad = s + x * s * (T(1) - s) * dk * (T(1) + dc3 * x * x);
+    const T e = exp_clamped(k2 * (x + c3 * x * x * x));  // exp(-2u)
+    const T s = T(1) / (T(1) + e);                           // sigmoid(2u) = (1 + tanh u) / 2
+    // d/dx [x s] = s + x * 2 s (1 - s) * du/dx, du/dx = sqrt(2/pi) (1 + 3 c x^2), 2 s (1 - s) = sech^2(u) / 2.
+    // s (1 - s) is formed as (e s) s: 1 - s cancels to nothing in float once s is within an ulp of 1 (x > 4).
+    const T grad = s + x * ((e * s) * s) * dk * (T(1) + dc3 * x * x);
     dinp[i] += grad * dout[i];
   }
 }

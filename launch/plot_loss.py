@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_metrics(path):
@@ -60,6 +61,7 @@ def main(argv=None):
         if val_steps:
             ax.plot(val_steps, val_losses, "o", color=line.get_color(), label=f"{label} val", markersize=5)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (cross-entropy, nats/token)")
     ax.set_title(args.title)
     if args.logy:

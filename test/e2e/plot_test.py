@@ -60,6 +60,9 @@ def main():
                 print(r.stdout)
                 fail(f"{' '.join(cmd)} exited with {r.returncode}")
             metrics.append(os.path.join(out, "metrics.jsonl"))
+        # run_a evaluates, so the val_loss markers are drawn too.
+        if not any('"val_loss"' in line for line in open(metrics[0])):
+            fail(f"{metrics[0]} has no val_loss rows although run_a ran with --eval_interval 2")
         png = os.path.join(work, "loss.png")
         cmd = [python, os.path.join(src, "launch", "plot_loss.py")] + metrics + ["-o", png]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)

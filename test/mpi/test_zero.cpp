@@ -68,25 +68,29 @@ TEST_CASE("all ZeRO stages give bitwise-identical losses and parameters, close t
     REQUIRE(by_stage[size_t(stage)].final_params == by_stage[0].final_params);
   }
   // The single-rank run of the same global batch differs only in fp32 summation order (per-rank partial sums,
-  // micro-step grouping), ~1e-7 relative per step; Adam's normalisation can amplify that where v is tiny, so
-  // after 20 steps we allow 2e-4 relative on the loss and 2e-4 absolute on parameters of scale ~0.02-1.
+  // micro-step grouping), ~1e-7 relative per step; Adam's normalisation amplifies that where v is tiny. Measured
+  // over 20 steps with 2-4 ranks: loss rel diff <= 6e-9, param abs diff <= 3.3e-6 (params of scale 0.02-1).
+  // Tolerances: 1e-6 relative on the loss, 5e-5 absolute on parameters (about 15x the measured worst).
   const TrainSummary ref = run(base_train(0, 1, steps), MPI_COMM_SELF);
   REQUIRE(ref.losses.size() == size_t(steps));
   REQUIRE(ref.losses.back() < ref.losses.front() - 0.1);  // it trained
   for (int s = 0; s < steps; ++s) {
     INFO("step " << s);
-    REQUIRE(std::abs(by_stage[0].losses[size_t(s)] - ref.losses[size_t(s)]) <= 2e-4 * std::abs(ref.losses[size_t(s)]));
+    REQUIRE(std::abs(by_stage[0].losses[size_t(s)] - ref.losses[size_t(s)]) <= 1e-6 * std::abs(ref.losses[size_t(s)]));
   }
   double max_diff = 0;
   REQUIRE(ref.final_params.size() == by_stage[0].final_params.size());
   for (size_t i = 0; i < ref.final_params.size(); ++i)
     max_diff = std::max(max_diff, double(std::abs(ref.final_params[i] - by_stage[0].final_params[i])));
-  INFO("max |param(N ranks) - param(1 rank)| = " << max_diff);
-  REQUIRE(max_diff <= 2e-4);
-  if (world > 1) {
-    // Different world sizes must not be bitwise equal by accident of the test (the sums really are regrouped).
-    SUCCEED("compared against the single-rank run within tolerance");
-  }
+  double max_loss_rel = 0;
+  for (int s = 0; s < steps; ++s)
+    max_loss_rel = std::max(max_loss_rel, std::abs(by_stage[0].losses[size_t(s)] - ref.losses[size_t(s)]) /
+                                              std::abs(ref.losses[size_t(s)]));
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0)
+    WARN("world " << world << ": max |param(N) - param(1)| = " << max_diff << ", max loss rel diff = " << max_loss_rel);
+  REQUIRE(max_diff <= 5e-5);
 }
 
 TEST_CASE("per-rank memory equals the ZeRO formula for every stage", "[zero][memory]") {
