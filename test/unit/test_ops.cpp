@@ -389,8 +389,10 @@ TEST_CASE("gelu: forward against the tanh formula, finite-difference backward, f
   cpu::gelu_backward(dinp.data(), x.data(), w.data(), x.size());
   check_gradient("dinp", x, minus(dinp, dinp0), loss);
 
-  // float: the vectorised exp polynomial against double, element by element over the whole useful range
-  // (relative, as GELU never cancels in the sigmoid form), including values where exp would overflow.
+  // float against double, element by element over the whole useful range and where exp would overflow. The
+  // forward is compared relatively (the sigmoid form never cancels): float rounds z = 2u to |z| 2^-24 and exp turns
+  // that into a relative error of the same size, so the bound is 1e-6 + 4e-7 |z| (measured worst: half of it).
+  // dinp is bounded by 1.13 |dout|; its float error was measured at 2e-7 |dout| over [-15, 15].
   Vec xs = uniform_f(rng, 4000, -12, 12);
   for (double edge : {-200.0, -90.0, -45.0, 45.0, 90.0, 200.0, 0.0}) xs.push_back(edge);
   const Vec dout = uniform_f(rng, xs.size(), -1, 1);
@@ -406,8 +408,11 @@ TEST_CASE("gelu: forward against the tanh formula, finite-difference backward, f
               << dd[i]);
     CHECK(std::isfinite(of[i]));
     CHECK(std::isfinite(df[i]));
-    CHECK(std::abs(of[i] - od[i]) <= 1e-5 * std::abs(od[i]) + 1e-30);
-    CHECK(std::abs(df[i] - dd[i]) <= 1e-5 * std::abs(dout[i]) + 1e-30);
+    const double z = std::abs(2 * std::sqrt(2 / M_PI) * (xs[i] + 0.044715 * xs[i] * xs[i] * xs[i]));
+    // Absolute floor: exp is clamped at e^88, so far-negative x give x / (1 + e^88) ~ 6e-39 x instead of ~0.
+    const double floor = 1e-38 * std::abs(xs[i]);
+    CHECK(std::abs(of[i] - od[i]) <= (1e-6 + 4e-7 * z) * std::abs(od[i]) + floor);
+    CHECK(std::abs(df[i] - dd[i]) <= 1e-6 * std::abs(dout[i]) + floor);
   }
 }
 
@@ -607,7 +612,10 @@ TEST_CASE("ops give bit-identical results for any thread count", "[ops]") {
     CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
   }
   {
-    const VecF x = to_float(uniform(rng, 5 * 8192 + 3, -1, 1));
+    // 37 blocks of magnitudes spread over 10^-3..10^3, so that any regrouping of the partial sums changes bits.
+    VecF x = to_float(uniform(rng, 36 * 8192 + 3, -1, 1));
+    const Vec exponent = uniform(rng, x.size(), -3, 3);
+    for (size_t i = 0; i < x.size(); ++i) x[i] *= float(std::pow(10.0, exponent[i]));
     check_thread_invariant("squared_norm", [&] {
       const double s = cpu::squared_norm(x.data(), x.size());
       VecF bits(2);
