@@ -3,7 +3,8 @@
 #
 # Usage: bench/throughput.sh [threads]          (default: all cores)
 # Env:   ZT_BUILD_DIR (default <repo>/build: holds zerotrain and bench/sgemm_peak), ZT_PYTHON (default /usr/bin/python3),
-#        STEPS (30), WARMUP (5). Figures are defined in docs/performance.md.
+#        STEPS (30), WARMUP (5); OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT pass through to both trainers (they
+#        decide how the OpenMP and OpenBLAS thread pools share cores). Figures are defined in docs/performance.md.
 set -euo pipefail
 
 threads=${1:-$(nproc)}
@@ -25,7 +26,8 @@ trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
 
 # The figures are only comparable on an otherwise idle machine: record how busy it was.
-echo "== $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $(getconf _NPROCESSORS_ONLN) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)," \
+     "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-unset}"
 echo "== sgemm_peak --threads $threads"
 "$sgemm_peak" --threads "$threads" | tee "$tmp/sgemm.txt"
 peak=$(sed -n 's/^sgemm_peak_gflops=//p' "$tmp/sgemm.txt")

@@ -12,8 +12,8 @@ namespace zt::cpu {
 // to float where PyTorch passes them into a float kernel; the element math is float in the same order:
 //   p *= 1 - lr*wd;  m = m*b1 + (1-b1)*g;  v = v*b2 + (1-b2)*g*g;
 //   p += -step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps),  step_size = lr / (1 - b1^t).
-void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, float grad_scale, int64_t step) {
+void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, float grad_scale, int64_t step) {
   const double t = double(step);
   const float decay = float(1.0 - double(lr) * double(weight_decay));
   const float one_minus_b1 = float(1.0 - double(beta1));

@@ -72,6 +72,8 @@ void TrainConfig::validate(int world_size) const {
   ZT_CHECK(eval_interval >= 0, "--eval_interval must be >= 0, got {}", eval_interval);
   ZT_CHECK(eval_batches >= 1, "--eval_batches must be >= 1, got {}", eval_batches);
   ZT_CHECK(zero_stage >= 0 && zero_stage <= 3, "--zero_stage must be 0, 1, 2 or 3, got {}", zero_stage);
+  ZT_CHECK(exit_after_steps >= 0, "--exit_after_steps must be >= 0, got {}", exit_after_steps);
+  ZT_CHECK(save_interval >= 0, "--save_interval must be >= 0, got {}", save_interval);
   ZT_CHECK(threads >= 0, "--threads must be >= 0, got {}", threads);
   ZT_CHECK(device == "cpu" || device == "cuda" || device == "auto", "--device must be cpu, cuda or auto, got '{}'",
            device);
@@ -104,7 +106,10 @@ nlohmann::json to_json(const TrainConfig& t) {
           {"eval_batches", t.eval_batches},
           {"zero_stage", t.zero_stage},
           {"threads", t.threads},
-          {"device", t.device}};
+          {"device", t.device},
+          {"save_interval", t.save_interval},
+          {"exit_after_steps", t.exit_after_steps},
+          {"resume_from_checkpoint", t.resume_from_checkpoint}};
 }
 
 namespace {
@@ -156,6 +161,9 @@ void update_from_json(const nlohmann::json& j, ModelConfig& m, TrainConfig& t) {
     else if (k == "zero_stage") read_key(v, k, t.zero_stage);
     else if (k == "threads") read_key(v, k, t.threads);
     else if (k == "device") read_key(v, k, t.device);
+    else if (k == "save_interval") read_key(v, k, t.save_interval);
+    else if (k == "exit_after_steps") read_key(v, k, t.exit_after_steps);
+    else if (k == "resume_from_checkpoint") read_key(v, k, t.resume_from_checkpoint);
     else ZT_FAIL("unknown config key '{}'", k);
   }
 }

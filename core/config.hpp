@@ -53,6 +53,9 @@ struct TrainConfig {
   int zero_stage = 0;
   int threads = 0;  ///< 0: hardware threads / local ranks
   std::string device = "cpu";
+  int exit_after_steps = 0;            ///< stop (saving a checkpoint first) after this many steps of this run; 0: off
+  int save_interval = 0;               ///< checkpoint every N steps and at the end; 0: no checkpoints
+  std::string resume_from_checkpoint;  ///< "", "latest" (newest committed in output_dir) or a checkpoint directory
 
   /// micro-steps per optimizer step for a world size; throws zt::Error when the global batch does not split.
   int grad_accum_steps(int world_size) const;

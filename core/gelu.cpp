@@ -38,7 +38,7 @@ inline float exp_poly(float x) {
   const float n = shifted - magic;
   int32_t n_int;
   std::memcpy(&n_int, &shifted, sizeof(n_int));
-  n_int -= 0x4B400000;  // bit pattern of magic
+  n_int -= 0x4B400000;             // bit pattern of magic
   float r = x - n * 0.693359375f;  // ln2 split in two parts so that n * ln2_hi is exact
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -63,12 +63,21 @@ inline T exp_clamped(T x) {
     return std::exp(x < -708.0 ? -708.0 : x > 708.0 ? 708.0 : x);
 }
 
-}  // namespace
+// The chunk kernels are compiled twice, for AVX2+FMA and for the baseline ISA, and picked at load time (as in
+// attention.cpp), so a portable build still evaluates GELU 8 lanes wide where the CPU can.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX2__)
+#define ZT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ZT_CPU_CLONES
+#endif
+
+// Elements per parallel work item; GELU is elementwise, so the split never changes a result.
+constexpr size_t kChunk = 8192;
 
 template <typename T>
-void gelu_forward(T* out, const T* inp, size_t n) {
+ZT_CPU_CLONES void gelu_forward_chunk(T* out, const T* inp, size_t n) {
   const T k2 = T(-2 * kSqrt2OverPi), c3 = T(kGeluCubic);
-#pragma omp parallel for simd schedule(static)
+#pragma omp simd
   for (size_t i = 0; i < n; ++i) {
     const T x = inp[i];
     out[i] = x / (T(1) + exp_clamped(k2 * (x + c3 * x * x * x)));
@@ -76,18 +85,40 @@ void gelu_forward(T* out, const T* inp, size_t n) {
 }
 
 template <typename T>
-void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) {
+ZT_CPU_CLONES void gelu_backward_chunk(T* dinp, const T* inp, const T* dout, size_t n) {
   const T k2 = T(-2 * kSqrt2OverPi), c3 = T(kGeluCubic);
   const T dk = T(2 * kSqrt2OverPi), dc3 = T(3 * kGeluCubic);
-#pragma omp parallel for simd schedule(static)
+#pragma omp simd
   for (size_t i = 0; i < n; ++i) {
     const T x = inp[i];
     const T e = exp_clamped(k2 * (x + c3 * x * x * x));  // exp(-2u)
-    const T s = T(1) / (T(1) + e);                           // sigmoid(2u) = (1 + tanh u) / 2
+    const T s = T(1) / (T(1) + e);                       // sigmoid(2u) = (1 + tanh u) / 2
     // d/dx [x s] = s + x * 2 s (1 - s) * du/dx, du/dx = sqrt(2/pi) (1 + 3 c x^2), 2 s (1 - s) = sech^2(u) / 2.
     // s (1 - s) is formed as (e s) s: 1 - s cancels to nothing in float once s is within an ulp of 1 (x > 4).
     const T grad = s + x * ((e * s) * s) * dk * (T(1) + dc3 * x * x);
     dinp[i] += grad * dout[i];
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gelu_forward(T* out, const T* inp, size_t n) {
+  const long n_chunks = long((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static)
+  for (long c = 0; c < n_chunks; ++c) {
+    const size_t i0 = size_t(c) * kChunk;
+    gelu_forward_chunk(out + i0, inp + i0, n - i0 < kChunk ? n - i0 : kChunk);
+  }
+}
+
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) {
+  const long n_chunks = long((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static)
+  for (long c = 0; c < n_chunks; ++c) {
+    const size_t i0 = size_t(c) * kChunk;
+    gelu_backward_chunk(dinp + i0, inp + i0, dout + i0, n - i0 < kChunk ? n - i0 : kChunk);
   }
 }
 

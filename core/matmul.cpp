@@ -24,13 +24,13 @@ constexpr int kColumnSlice = 64;
 
 void gemm_tile(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                float beta, float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-              1.0f, A, lda, B, ldb, beta, C, ldc);
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A,
+              lda, B, ldb, beta, C, ldc);
 }
 void gemm_tile(bool trans_a, bool trans_b, int M, int N, int K, const double* A, int lda, const double* B, int ldb,
                double beta, double* C, int ldc) {
-  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-              1.0, A, lda, B, ldb, beta, C, ldc);
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K, 1.0, A,
+              lda, B, ldb, beta, C, ldc);
 }
 
 // Keeps OpenBLAS single-threaded while the tiles run (nested threading would oversubscribe and lose
@@ -95,8 +95,8 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
 }
 
 template <typename T>
-void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C,
-                     int OC, bool weight_transposed) {
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C, int OC,
+                     bool weight_transposed) {
   if (weight_transposed) {
     if (dinp != nullptr)  // dinp[N,C] += dout[N,OC] · W[OC,C]
       gemm(false, false, N, C, OC, dout, OC, weight, C, T(1), dinp, C);
@@ -125,7 +125,7 @@ template void matmul_forward<float>(float*, const float*, const float*, const fl
 template void matmul_forward<double>(double*, const double*, const double*, const double*, int, int, int, bool);
 template void matmul_backward<float>(float*, float*, float*, const float*, const float*, const float*, int, int, int,
                                      bool);
-template void matmul_backward<double>(double*, double*, double*, const double*, const double*, const double*, int,
-                                      int, int, bool);
+template void matmul_backward<double>(double*, double*, double*, const double*, const double*, const double*, int, int,
+                                      int, bool);
 
 }  // namespace zt::cpu

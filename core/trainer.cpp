@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "ckpt/checkpoint.hpp"
+#include "ckpt/resume.hpp"
 #include "core/data.hpp"
 #include "core/errors.hpp"
 #include "core/gpt2.hpp"
 #include "core/lr_schedule.hpp"
 #include "core/model.hpp"
-#include "sharding/comm.hpp"
+#include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
@@ -63,12 +65,34 @@ void dump_tensors(ZeroEngine& engine, const ParamTable& table, bool grads, const
 
 }  // namespace
 
-TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm, Backend& backend,
+TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& comm, Backend& backend,
                    const RunOptions& opts) {
   mcfg.validate();
   const int N = comm.world_size(), rank = comm.rank();
-  tcfg.validate(N);
   const bool lead = rank == 0;
+  TrainConfig tcfg = tcfg_in;
+  auto* mpi = dynamic_cast<MpiComm*>(&comm);
+  ZT_CHECK(mpi || (tcfg.save_interval == 0 && tcfg.exit_after_steps == 0 && tcfg.resume_from_checkpoint.empty()),
+           "checkpoints need the MPI communicator");
+  // Resume: the first readable candidate's manifest fixes the run shape (global batch) before anything is built.
+  std::vector<std::string> candidates;
+  if (!tcfg.resume_from_checkpoint.empty()) {
+    candidates = resume_candidates(tcfg.resume_from_checkpoint, tcfg.output_dir, *mpi);
+    for (const auto& c : candidates) {
+      nlohmann::json man;
+      try {
+        man = read_manifest(c);
+      } catch (const CheckpointError&) {
+        continue;  // reported when loading it
+      }
+      std::vector<std::string> warnings;
+      tcfg = adjust_for_resume(tcfg, man, N, warnings);
+      if (lead)
+        for (const auto& w : warnings) fmt::print(stderr, "zerotrain: warning: resuming {}: {}\n", c, w);
+      break;
+    }
+  }
+  tcfg.validate(N);
   const int accum = tcfg.grad_accum_steps(N);
   const int B = tcfg.micro_batch_size, T = mcfg.seq_len, G = tcfg.global_batch_size;
   const int per_rank = G / N;
@@ -81,7 +105,28 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
 
   Gpt2 model(table, backend, B, T);
   ZeroEngine engine(table, backend, comm, tcfg.zero_stage);
-  engine.init_params(tcfg.seed);
+  bool resumed = false;
+  LoadedCheckpoint loaded;
+  for (const auto& c : candidates) {
+    try {
+      loaded = load_checkpoint(c, mcfg, engine, *mpi);
+      resumed = true;
+      break;
+    } catch (const CheckpointError& e) {
+      if (tcfg.resume_from_checkpoint != "latest") throw;
+      if (lead) fmt::print(stderr, "zerotrain: warning: skipping checkpoint {}: {}\n", c, e.what());
+    }
+  }
+  if (!resumed) {
+    if (lead && tcfg.resume_from_checkpoint == "latest")
+      fmt::print("no usable checkpoint in {}: starting fresh\n", tcfg.output_dir);
+    engine.init_params(tcfg.seed);
+  }
+  const int start_step = resumed ? int(loaded.progress.step) : 0;
+  const int64_t cursor0 = resumed ? loaded.progress.data_cursor : 0;
+  if (lead && resumed)
+    fmt::print("resumed from {}: step {}, world size {} then {} now, ZeRO stage {} then {} now\n", loaded.path,
+               start_step, loaded.world_size, N, loaded.zero_stage, tcfg.zero_stage);
 
   const double flops_per_token = 6.0 * double(table.n_params()) +
                                  12.0 * mcfg.n_layer * double(mcfg.d_model) * double(T);  // PaLM appendix B
@@ -110,7 +155,23 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
     std::filesystem::create_directories(tcfg.output_dir, ec);
     ZT_CHECK(!ec, "cannot create output directory '{}': {}", tcfg.output_dir, ec.message());
     const std::string path = tcfg.output_dir + "/metrics.jsonl";
-    metrics.open(path, std::ios::trunc);
+    if (resumed) {
+      // Keep the rows up to the resumed step; rows a crashed run wrote past its last checkpoint are redone.
+      std::ifstream in(path);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        try {
+          if (nlohmann::json::parse(line).value("step", 0) <= start_step) kept += line + "\n";
+        } catch (const nlohmann::json::exception&) {
+          break;  // a torn last line
+        }
+      }
+      in.close();
+      std::ofstream(path, std::ios::trunc) << kept;
+      metrics.open(path, std::ios::app);
+    } else {
+      metrics.open(path, std::ios::trunc);
+    }
     ZT_CHECK(metrics.good(), "cannot open {} for writing", path);
   }
   const bool dump = !opts.debug_dump_dir.empty();
@@ -154,7 +215,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
   const float dloss = float(1.0 / (double(G) * T));
   const auto t_start = Clock::now();
   double time_in_steps = 0;
-  for (int step = 0; step < tcfg.max_steps; ++step) {
+  for (int step = start_step; step < tcfg.max_steps; ++step) {
+    const int64_t batch_index = cursor0 + (step - start_step);
     ZT_CHECK(!(rank == fail_rank && step == fail_step), "injected failure (ZT_TEST_FAIL_RANK={}) at step {}",
              fail_rank, step);
     const auto t0 = Clock::now();
@@ -163,7 +225,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
     engine.begin_step();
     double loss_sum = 0;
     for (int m = 0; m < accum; ++m) {
-      loader.train_batch(step, G, rank * per_rank + m * B, B, inputs.data(), targets.data());
+      loader.train_batch(batch_index, G, rank * per_rank + m * B, B, inputs.data(), targets.data());
       engine.begin_micro_step(model, true);
       loss_sum += model.step(engine, inputs.data(), targets.data(), true, dloss);
       engine.end_micro_step();
@@ -181,7 +243,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
         // The global batch this step consumed, as the rank slices saw it.
         std::ofstream bf(fmt::format("{}/batch_{}.bin", opts.debug_dump_dir, step), std::ios::binary);
         std::vector<int32_t> in_all(size_t(G) * T), tg_all(size_t(G) * T);
-        loader.train_batch(step, G, 0, G, in_all.data(), tg_all.data());
+        loader.train_batch(batch_index, G, 0, G, in_all.data(), tg_all.data());
         bf.write(reinterpret_cast<const char*>(in_all.data()), std::streamsize(in_all.size() * 4));
         bf.write(reinterpret_cast<const char*>(tg_all.data()), std::streamsize(tg_all.size() * 4));
       }
@@ -205,7 +267,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
     summary.bytes_sent.push_back(comm.bytes_sent());
     summary.comm_wait_s.push_back(comm.wait_seconds());
     summary.losses.push_back(loss);
-    if (step == 0) summary.first_loss = loss;
+    if (step == start_step) summary.first_loss = loss;
     summary.last_loss = loss;
     summary.steps_done = step + 1;
 
@@ -218,12 +280,12 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
     }
     if (lead) {
       nlohmann::json row = {{"step", step + 1}, {"loss", loss},  {"lr", lr}, {"grad_norm", grad_norm},
-                            {"tokens_per_s", tok_s}, {"epoch", loader.epoch_of(step, G)}};
+                            {"tokens_per_s", tok_s}, {"epoch", loader.epoch_of(batch_index, G)}};
       if (do_eval) row["val_loss"] = val_loss;
       metrics << row.dump() << '\n';
       metrics.flush();
-      if (!opts.quiet && ((step + 1) % tcfg.log_interval == 0 || step == 0 || step + 1 == tcfg.max_steps)) {
-        const double eta = time_in_steps / (step + 1) * (tcfg.max_steps - step - 1);
+      if (!opts.quiet && ((step + 1) % tcfg.log_interval == 0 || step == start_step || step + 1 == tcfg.max_steps)) {
+        const double eta = time_in_steps / (step + 1 - start_step) * (tcfg.max_steps - step - 1);
         fmt::print("step {:>{}}/{} | loss {:.4f} | lr {:.3e} | grad_norm {:.4f} | {:.0f} tok/s | {:.1f} GFLOP/s | "
                    "ETA {}{}\n",
                    step + 1, int(std::to_string(tcfg.max_steps).size()), tcfg.max_steps, loss, lr, grad_norm, tok_s,
@@ -231,6 +293,25 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg, Comm& comm,
                    do_eval ? fmt::format(" | val_loss {:.4f}", val_loss) : std::string());
         std::fflush(stdout);
       }
+    }
+    // After the metrics row, so a resumed run's metrics.jsonl has every step up to its checkpoint.
+    const bool exiting = tcfg.exit_after_steps > 0 && step + 1 - start_step == tcfg.exit_after_steps &&
+                         step + 1 < tcfg.max_steps;
+    if ((tcfg.save_interval > 0 && ((step + 1) % tcfg.save_interval == 0 || step + 1 == tcfg.max_steps)) ||
+        exiting) {
+      TrainProgress progress;
+      progress.step = step + 1;
+      progress.data_cursor = batch_index + 1;
+      progress.tokens_seen = progress.data_cursor * int64_t(G) * T;
+      progress.lr = lr;
+      const auto ts = Clock::now();
+      const std::string dir = save_checkpoint(tcfg.output_dir, mcfg, tcfg, progress, engine, *mpi);
+      if (lead && !opts.quiet)
+        fmt::print("saved {} in {:.2f}s\n", dir, std::chrono::duration<double>(Clock::now() - ts).count());
+    }
+    if (exiting) {
+      if (lead && !opts.quiet) fmt::print("stopping after {} steps of this run (--exit_after_steps)\n", step + 1 - start_step);
+      break;
     }
   }
   if (opts.collect_params) {

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "ckpt/checkpoint.hpp"
 #include "core/backend.hpp"
 #include "core/config.hpp"
 #include "core/errors.hpp"
@@ -141,10 +142,28 @@ int run(int argc, char** argv, int rank) {
   add_override(*train, overrides, "--threads", &TrainConfig::threads,
                "CPU threads per rank (0: cores / ranks on the node)", d.threads);
   add_override(*train, overrides, "--device", &TrainConfig::device, "cpu, cuda or auto", d.device);
+  add_override(*train, overrides, "--save_interval", &TrainConfig::save_interval,
+               "Save a checkpoint every N steps and at the end (0: never)", d.save_interval);
+  add_override(*train, overrides, "--exit_after_steps", &TrainConfig::exit_after_steps,
+               "Stop after N steps of this run, saving a checkpoint first (time-sliced jobs; 0: off)",
+               d.exit_after_steps);
+  add_override(*train, overrides, "--resume_from_checkpoint", &TrainConfig::resume_from_checkpoint,
+               "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)",
+               d.resume_from_checkpoint);
   zt::RunOptions run_opts;
   train->add_option("--debug_dump_dir", run_opts.debug_dump_dir,
                     "Debug: write initial params, batches, per-step gradients and params here (cross-checks)");
   train->add_flag("--quiet", run_opts.quiet, "No progress lines");
+
+  CLI::App* ckpt = app.add_subcommand("ckpt", "Inspect or verify a checkpoint directory");
+  ckpt->require_subcommand(1);
+  std::string ckpt_path;
+  bool inspect_json = false;
+  CLI::App* inspect = ckpt->add_subcommand("inspect", "Print a checkpoint's manifest summary (or all of it)");
+  inspect->add_option("path", ckpt_path, "Checkpoint directory (OUTPUT/checkpoint-<step>)")->required();
+  inspect->add_flag("--json", inspect_json, "Print the whole manifest as JSON");
+  CLI::App* verify = ckpt->add_subcommand("verify", "Check structure and every checksum; exit 1 on any problem");
+  verify->add_option("path", ckpt_path, "Checkpoint directory (OUTPUT/checkpoint-<step>)")->required();
 
   try {
     app.parse(argc, argv);
@@ -153,6 +172,35 @@ int run(int argc, char** argv, int rank) {
     return e.get_exit_code();
   }
 
+  if (*inspect) {
+    if (rank != 0) return 0;
+    const nlohmann::json m = zt::read_manifest(ckpt_path);
+    if (inspect_json) {
+      fmt::print("{}\n", m.dump(1));
+      return 0;
+    }
+    fmt::print("checkpoint {}\nformat version {} (zerotrain {})\nstep {} | tokens seen {} | data cursor {} | "
+               "last lr {}\nsaved by {} rank(s) at ZeRO stage {} | Adam step {}\nmodel {}\ntrain {}\n",
+               ckpt_path, m.value("format_version", -1), m.value("zerotrain_version", "?"), m.value("step", -1),
+               m.value("tokens_seen", -1), m["data"].value("cursor", -1), m["lr_schedule"].value("last_lr", 0.0),
+               m.value("world_size", -1), m.value("zero_stage", -1), m["optimizer"].value("step", -1),
+               m["model"].dump(), m["train"].dump());
+    fmt::print("{} datasets:\n", m["datasets"].size());
+    for (auto it = m["datasets"].begin(); it != m["datasets"].end(); ++it)
+      fmt::print("  {:<40} shape {:<14} xxh64 {}\n", it.key(), it.value()["shape"].dump(),
+                 it.value()["xxh64"].get<std::string>());
+    return 0;
+  }
+  if (*verify) {
+    zt::MpiComm comm(MPI_COMM_WORLD);
+    const std::vector<std::string> problems = zt::verify_checkpoint(ckpt_path, comm);
+    if (rank == 0) {
+      for (const auto& p : problems) fmt::print(stderr, "zerotrain: verify: {}\n", p);
+      if (problems.empty()) fmt::print("{}: OK (structure and every checksum)\n", ckpt_path);
+      else fmt::print(stderr, "{}: {} problem(s)\n", ckpt_path, problems.size());
+    }
+    return problems.empty() ? 0 : 1;
+  }
   if (*train) {
     // Precedence: flags > config file > preset. The preset is --preset, else the file's "preset", else tiny.
     nlohmann::json file = config_file.empty() ? nlohmann::json::object() : read_config_file(config_file);

@@ -104,8 +104,8 @@ class Comm {
   /// Empties a handle and returns its operation id (0 when it was empty).
   static uint64_t take_handle_id(CommHandle& h) { return std::exchange(h.id_, 0); }
 
-  uint64_t bytes_sent_ = 0;    ///< see bytes_sent()
-  double wait_seconds_ = 0;    ///< see wait_seconds()
+  uint64_t bytes_sent_ = 0;  ///< see bytes_sent()
+  double wait_seconds_ = 0;  ///< see wait_seconds()
 };
 
 }  // namespace zt

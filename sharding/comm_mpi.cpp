@@ -100,8 +100,8 @@ int mpi_init_once(int* argc, char*** argv) {
     int provided = 0;
     ZT_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
     // OpenMP threads compute, only the main thread calls MPI: FUNNELED is all we need.
-    ZT_CHECK(provided >= MPI_THREAD_FUNNELED, "the MPI library offers thread level {} but zerotrain needs "
-             "MPI_THREAD_FUNNELED", provided);
+    ZT_CHECK(provided >= MPI_THREAD_FUNNELED,
+             "the MPI library offers thread level {} but zerotrain needs MPI_THREAD_FUNNELED", provided);
   }
   int rank = 0, world_size = 1;
   ZT_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
@@ -141,8 +141,7 @@ MpiComm::~MpiComm() {
   for (PendingOp& op : ops_) {
     if (op.id == 0) continue;
     int done = 0;
-    if (MPI_Testall(int(op.requests.size()), op.requests.data(), &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
-      done = 0;
+    if (MPI_Testall(int(op.requests.size()), op.requests.data(), &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS) done = 0;
     // Still in flight (abandoned while an exception unwound): MPI may write into it later, so never free it.
     if (!done) (void)op.staging.data.release();
   }
@@ -213,8 +212,8 @@ void MpiComm::post_alltoall(const T* send, T* staging, size_t chunk_n, std::vect
     }
     if (requests) {
       requests->emplace_back(MPI_REQUEST_NULL);
-      ZT_MPI_CHECK(MPI_Ialltoall(send + off, type_count, type, staging + off, type_count, type, comm_,
-                                 &requests->back()));
+      ZT_MPI_CHECK(
+          MPI_Ialltoall(send + off, type_count, type, staging + off, type_count, type, comm_, &requests->back()));
     } else {
       ZT_MPI_CHECK(MPI_Alltoall(send + off, type_count, type, staging + off, type_count, type, comm_));
     }

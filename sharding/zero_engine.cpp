@@ -302,6 +302,34 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
   be_.release(full);
 }
 
+ZeroEngine::OwnedSlice ZeroEngine::owned_slice(int unit) {
+  Unit& u = *units_[size_t(unit)];
+  const ShardLayout& L = layouts_[size_t(unit)];
+  OwnedSlice s;
+  s.begin = L.begin(comm_.rank());
+  s.end = L.end(comm_.rank());
+  s.params = owned_params(unit);
+  const size_t opt_off = stage_ == 0 ? s.begin : 0;
+  s.m = u.m + opt_off;
+  s.v = u.v + opt_off;
+  return s;
+}
+
+void ZeroEngine::finish_load(int64_t adam_step) {
+  adam_step_ = adam_step;
+  const int r = comm_.rank();
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    const ShardLayout& L = layouts_[ui];
+    const size_t b = L.begin(r);
+    if (stage_ <= 2) comm_.all_gather(u.params_full + b, u.params_full, L.shard_numel);
+    if (stage_ == 0) {
+      comm_.all_gather(u.m + b, u.m, L.shard_numel);
+      comm_.all_gather(u.v + b, u.v, L.shard_numel);
+    }
+  }
+}
+
 MemoryReport ZeroEngine::memory_report() const {
   MemoryReport r;
   const size_t N = size_t(comm_.world_size()), f = sizeof(float);

@@ -42,6 +42,8 @@ class ZeroEngine final : public UnitProvider {
   /// Initialises this rank's parameters from (seed, name, index); Adam state zero, step 0.
   void init_params(uint64_t seed);
   int stage() const { return stage_; }
+  const ParamTable& table() const { return table_; }
+  Backend& backend() { return be_; }
   const ShardLayout& layout(int unit) const { return layouts_[size_t(unit)]; }
 
   /// Starts an optimizer step: zeroes the accumulated gradient shards.
@@ -59,6 +61,17 @@ class ZeroEngine final : public UnitProvider {
   /// Full parameters (or accumulated, reduced gradients) of one unit into host memory `out` (numel of the unit);
   /// collective: every rank must call it.
   void gather_unit(int unit, bool grads, float* out);
+
+  /// This rank's slice of a unit, as checkpoints write and read it: flat range [begin, end) of the unit and
+  /// pointers (backend memory) to the parameters and Adam m, v of that range. Ranks' slices partition the unit.
+  struct OwnedSlice {
+    size_t begin = 0, end = 0;
+    float *params = nullptr, *m = nullptr, *v = nullptr;
+  };
+  OwnedSlice owned_slice(int unit);
+  /// After a resume overwrote every owned slice: re-replicates what the stage keeps whole and sets Adam's step.
+  /// Collective.
+  void finish_load(int64_t adam_step);
 
   MemoryReport memory_report() const;
   Comm& comm() { return comm_; }

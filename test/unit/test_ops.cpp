@@ -30,9 +30,9 @@ uint64_t test_seed() {
   return seed;
 }
 
-#define ZT_SEEDED_RNG(rng)                                              \
-  const uint64_t zt_seed_ = test_seed();                                \
-  INFO("replay with ZT_TEST_SEED=" << zt_seed_);                        \
+#define ZT_SEEDED_RNG(rng)                       \
+  const uint64_t zt_seed_ = test_seed();         \
+  INFO("replay with ZT_TEST_SEED=" << zt_seed_); \
   std::mt19937_64 rng(zt_seed_ ^ std::hash<std::string>{}(Catch::getResultCapture().getCurrentTestName()))
 
 Vec uniform(std::mt19937_64& rng, size_t n, double lo, double hi) {
@@ -166,7 +166,8 @@ void attention_ref(Vec& out, Vec& att, const Vec& qkv, int B, int T, int C, int 
 
 TEST_CASE("embedding: forward, finite-difference backward, float vs double", "[ops]") {
   ZT_SEEDED_RNG(rng);
-  const int B = 2, T = 5, C = 8, V = 6;  // 10 tokens from 6 ids: repeats are certain
+  // 10 tokens from 6 ids: repeats are certain; C = 40 spans two of the backward's 32-channel slices.
+  const int B = 2, T = 5, C = 40, V = 6;
   auto tokens = random_tokens(rng, B * T, V);
   Vec wte = uniform(rng, V * C, -1, 1), wpe = uniform(rng, T * C, -1, 1), w = uniform(rng, B * T * C, -1, 1);
   Vec out(B * T * C);
@@ -198,7 +199,7 @@ TEST_CASE("embedding: forward, finite-difference backward, float vs double", "[o
 
 TEST_CASE("layernorm: forward, finite-difference backward, float vs double", "[ops]") {
   ZT_SEEDED_RNG(rng);
-  const int N = 7, C = 8;
+  const int N = 7, C = 40;              // two of the backward's 32-channel slices
   Vec inp = uniform(rng, N * C, 1, 3);  // mean far from 0: the centring matters
   Vec weight = uniform(rng, C, 0.5, 1.5), bias = uniform(rng, C, -1, 1), w = uniform(rng, N * C, -1, 1);
   Vec out(N * C), mean(N), rstd(N);
@@ -236,10 +237,10 @@ TEST_CASE("layernorm: forward, finite-difference backward, float vs double", "[o
   const VecF xf = to_float(x), gf = to_float(g), bf = to_float(bb), doutf = to_float(dout);
   cpu::layernorm_forward(od.data(), md.data(), rd.data(), x.data(), g.data(), bb.data(), Nf, Cf);
   cpu::layernorm_forward(of.data(), mf.data(), rf.data(), xf.data(), gf.data(), bf.data(), Nf, Cf);
-  cpu::layernorm_backward(dxd.data(), dgd.data(), dbd.data(), dout.data(), x.data(), g.data(), md.data(), rd.data(),
+  cpu::layernorm_backward(dxd.data(), dgd.data(), dbd.data(), dout.data(), x.data(), g.data(), md.data(), rd.data(), Nf,
+                          Cf);
+  cpu::layernorm_backward(dxf.data(), dgf.data(), dbf.data(), doutf.data(), xf.data(), gf.data(), mf.data(), rf.data(),
                           Nf, Cf);
-  cpu::layernorm_backward(dxf.data(), dgf.data(), dbf.data(), doutf.data(), xf.data(), gf.data(), mf.data(),
-                          rf.data(), Nf, Cf);
   check_float_vs_double("out", of, od);
   check_float_vs_double("dinp", dxf, dxd);
   check_float_vs_double("dweight", dgf, dgd);
@@ -248,7 +249,7 @@ TEST_CASE("layernorm: forward, finite-difference backward, float vs double", "[o
 
 TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]") {
   ZT_SEEDED_RNG(rng);
-  const int N = 7, C = 8, OC = 6;
+  const int N = 7, C = 8, OC = 70;  // two of dbias's 64-column slices
   for (bool transposed : {false, true}) {
     for (bool with_bias : {true, false}) {
       INFO("weight_transposed=" << transposed << " bias=" << with_bias);
@@ -273,8 +274,8 @@ TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]
       const Vec dinp0 = uniform(rng, inp.size(), -1, 1), dw0 = uniform(rng, weight.size(), -1, 1),
                 db0 = uniform(rng, OC, -1, 1);
       Vec dinp = dinp0, dw = dw0, db = db0;
-      cpu::matmul_backward(dinp.data(), dw.data(), with_bias ? db.data() : nullptr, w.data(), inp.data(),
-                           weight.data(), N, C, OC, transposed);
+      cpu::matmul_backward(dinp.data(), dw.data(), with_bias ? db.data() : nullptr, w.data(), inp.data(), weight.data(),
+                           N, C, OC, transposed);
       check_gradient("dinp", inp, minus(dinp, dinp0), loss);
       check_gradient("dweight", weight, minus(dw, dw0), loss);
       if (with_bias) check_gradient("dbias", bias, minus(db, db0), loss);
@@ -285,6 +286,36 @@ TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]
                                    transposed);
       check_close("dweight with dinp=null", dw_null, dw, 0);
     }
+  }
+
+  // Every product cut into several 128 x 128 output tiles, both weight layouts, against the naive sums.
+  for (bool transposed : {false, true}) {
+    INFO("multi-tile, weight_transposed=" << transposed);
+    const int Nt = 150, Ct = 140, OCt = 130;
+    const Vec x = uniform(rng, Nt * Ct, -1, 1), W = uniform(rng, Ct * OCt, -1, 1), bias = uniform(rng, OCt, -1, 1),
+              dout = uniform(rng, Nt * OCt, -1, 1), dx0 = uniform(rng, Nt * Ct, -1, 1),
+              dW0 = uniform(rng, Ct * OCt, -1, 1);
+    auto w_at = [&](const Vec& w, int c, int o) { return transposed ? w[size_t(o) * Ct + c] : w[size_t(c) * OCt + o]; };
+    Vec out(Nt * OCt), dx = dx0, dW = dW0, db(OCt, 0);
+    cpu::matmul_forward(out.data(), x.data(), W.data(), bias.data(), Nt, Ct, OCt, transposed);
+    cpu::matmul_backward(dx.data(), dW.data(), db.data(), dout.data(), x.data(), W.data(), Nt, Ct, OCt, transposed);
+    Vec out_ref(out.size()), dx_ref = dx0, dW_ref = dW0;
+    for (int i = 0; i < Nt; ++i)
+      for (int o = 0; o < OCt; ++o) {
+        double acc = bias[o];
+        for (int c = 0; c < Ct; ++c) acc += x[size_t(i) * Ct + c] * w_at(W, c, o);
+        out_ref[size_t(i) * OCt + o] = acc;
+      }
+    for (int i = 0; i < Nt; ++i)
+      for (int c = 0; c < Ct; ++c)
+        for (int o = 0; o < OCt; ++o) {
+          dx_ref[size_t(i) * Ct + c] += dout[size_t(i) * OCt + o] * w_at(W, c, o);
+          const double dw = x[size_t(i) * Ct + c] * dout[size_t(i) * OCt + o];
+          (transposed ? dW_ref[size_t(o) * Ct + c] : dW_ref[size_t(c) * OCt + o]) += dw;
+        }
+    check_close("out", out, out_ref, 1e-11);
+    check_close("dinp", dx, dx_ref, 1e-11);
+    check_close("dweight", dW, dW_ref, 1e-11);
   }
 
   const int Nf = 37, Cf = 48, OCf = 130;
@@ -305,11 +336,13 @@ TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]
 
 TEST_CASE("attention: forward, causal mask, finite-difference backward, float vs double", "[ops]") {
   ZT_SEEDED_RNG(rng);
-  // T=5 is below one 16-column score block; T=19 spans two and is not a multiple of it (padding path).
+  // Shapes reach every kernel path in double (4-lane vectors, 4-row tiles): T=5, 19, 33 leave 1, 3, 1 rows after
+  // the 4-row tiles and need 1, 3, 5 score tiles of 8 columns; head sizes 4, 6, 36 run the 1-vector, scalar and
+  // 2-vector (+ 1-vector) accumulations.
   struct Shape {
     int B, T, C, NH;
   };
-  for (const Shape s : {Shape{2, 5, 8, 2}, Shape{1, 19, 12, 3}}) {
+  for (const Shape s : {Shape{2, 5, 8, 2}, Shape{1, 19, 18, 3}, Shape{1, 33, 72, 2}}) {
     const int B = s.B, T = s.T, C = s.C, NH = s.NH;
     INFO("B=" << B << " T=" << T << " C=" << C << " NH=" << NH);
     Vec qkv = uniform(rng, size_t(B) * T * 3 * C, -1.5, 1.5);
@@ -347,7 +380,8 @@ TEST_CASE("attention: forward, causal mask, finite-difference backward, float vs
     cpu::attention_forward(out_changed.data(), att_changed.data(), qkv_changed.data(), B, T, C, NH);
     for (int b = 0; b < B; ++b)
       for (int t = 0; t < T - 1; ++t)
-        for (int c = 0; c < C; ++c) CHECK(out_changed[(size_t(b) * T + t) * C + c] == out_before[(size_t(b) * T + t) * C + c]);
+        for (int c = 0; c < C; ++c)
+          CHECK(out_changed[(size_t(b) * T + t) * C + c] == out_before[(size_t(b) * T + t) * C + c]);
 
     const Vec att0 = att;
     const Vec dqkv0 = uniform(rng, qkv.size(), -1, 1);
@@ -356,7 +390,8 @@ TEST_CASE("attention: forward, causal mask, finite-difference backward, float vs
     check_gradient("dqkv", qkv, minus(dqkv, dqkv0), loss);
   }
 
-  const int B = 2, T = 40, C = 32, NH = 4;
+  // float: 8-lane vectors; head size 64 runs 16-column tiles, T=70 leaves 2 rows after the 4-row tiles.
+  const int B = 2, T = 70, C = 128, NH = 2;
   const Vec qkv = uniform_f(rng, size_t(B) * T * 3 * C, -2, 2), dout = uniform_f(rng, size_t(B) * T * C, -1, 1);
   Vec od(dout.size()), ad(size_t(B) * NH * T * T), dqd(qkv.size(), 0);
   VecF of(dout.size()), af(ad.size()), dqf(qkv.size(), 0);

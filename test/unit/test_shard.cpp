@@ -1,6 +1,5 @@
 // Shard arithmetic: padding, contiguous disjoint shards, and every tensor element in exactly one rank's pieces.
 #include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
@@ -23,7 +22,8 @@ using zt::TensorExtent;
 uint64_t test_seed() {
   static const uint64_t seed = [] {
     const char* env = std::getenv("ZT_TEST_SEED");
-    uint64_t s = env ? std::strtoull(env, nullptr, 0) : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+    uint64_t s =
+        env ? std::strtoull(env, nullptr, 0) : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
     std::cout << "test_shard: seed " << s << " (set ZT_TEST_SEED=" << s << " to replay)\n";
     return s;
   }();
@@ -95,8 +95,8 @@ void check_cover(const std::vector<TensorExtent>& tensors, const ShardLayout& l)
 TEST_CASE("shard layout pads to world_size x align and splits evenly", "[shard]") {
   for (int world_size : {1, 2, 3, 4, 5, 7, 8, 13}) {
     for (size_t align : {size_t(1), size_t(2), size_t(16), size_t(64)}) {
-      for (size_t numel : {size_t(0), size_t(1), size_t(2), size_t(3), size_t(7), size_t(16), size_t(17),
-                           size_t(97), size_t(1009), size_t(4096), size_t(65537)}) {
+      for (size_t numel : {size_t(0), size_t(1), size_t(2), size_t(3), size_t(7), size_t(16), size_t(17), size_t(97),
+                           size_t(1009), size_t(4096), size_t(65537)}) {
         check_layout(make_shard_layout(numel, world_size, align), numel, world_size, align);
       }
     }
@@ -172,12 +172,12 @@ TEST_CASE("every tensor element is covered exactly once: uneven fixed cases", "[
     std::vector<size_t> sizes, gaps;
   };
   std::vector<Case> cases = {
-      {{1}, {0}},                          // numel 1
-      {{2}, {0}},                          // numel smaller than most world sizes
-      {{7, 11, 13}, {0, 0, 0}},            // primes, back to back
-      {{3, 0, 5, 1}, {0, 2, 0, 3}},        // an empty tensor and gaps
-      {{1009, 1, 997}, {0, 17, 5}},        // primes with gaps
-      {{4096, 4096 * 3, 4096}, {0, 0, 0}}, // aligned sizes
+      {{1}, {0}},                           // numel 1
+      {{2}, {0}},                           // numel smaller than most world sizes
+      {{7, 11, 13}, {0, 0, 0}},             // primes, back to back
+      {{3, 0, 5, 1}, {0, 2, 0, 3}},         // an empty tensor and gaps
+      {{1009, 1, 997}, {0, 17, 5}},         // primes with gaps
+      {{4096, 4096 * 3, 4096}, {0, 0, 0}},  // aligned sizes
   };
   for (const Case& c : cases) {
     std::vector<TensorExtent> tensors;

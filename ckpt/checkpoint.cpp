@@ -1,0 +1,324 @@
+// Checkpoint save and load: collective hyperslab writes/reads of named global tensors, chunked checksums.
+#include "ckpt/checkpoint.hpp"
+
+#include <mpi.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "ckpt/commit.hpp"
+#include "ckpt/h5.hpp"
+#include "sharding/comm_mpi.hpp"
+#include "sharding/shard.hpp"
+#include "sharding/zero_engine.hpp"
+
+namespace zt {
+namespace fs = std::filesystem;
+
+uint64_t chunk_digest(const float* data, size_t n_elems) { return XXH64(data, n_elems * sizeof(float), 0); }
+
+uint64_t tensor_checksum(const std::vector<uint64_t>& digests) {
+  std::vector<unsigned char> bytes(digests.size() * 8);
+  for (size_t i = 0; i < digests.size(); ++i)
+    for (int b = 0; b < 8; ++b) bytes[i * 8 + size_t(b)] = static_cast<unsigned char>(digests[i] >> (8 * b));
+  return XXH64(bytes.data(), bytes.size(), 0);
+}
+
+std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
+
+std::vector<std::string> checkpoint_dataset_names(const ParamTable& table) {
+  std::vector<std::string> names;
+  for (const char* kind : {"params/", "optim/exp_avg/", "optim/exp_avg_sq/"})
+    for (const auto& t : table.tensors()) names.push_back(kind + t.name);
+  return names;
+}
+
+namespace detail {
+
+std::string agree_error(MpiComm& comm, const std::string& local) {
+  const int N = comm.world_size();
+  const int key = local.empty() ? 0 : N - comm.rank();
+  const int top = comm.all_reduce_max(key);
+  if (top == 0) return std::string();
+  const int root = N - top;
+  uint64_t len = comm.rank() == root ? local.size() : 0;
+  comm.broadcast(&len, sizeof(len), root);
+  std::string msg(len, '\0');
+  if (comm.rank() == root) msg = local;
+  comm.broadcast(msg.data(), len, root);
+  return msg;
+}
+
+void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b) {
+  if (a >= b) {
+    ZT_H5_CHECK(H5Sselect_none(space));
+    return;
+  }
+  if (shape.size() == 1) {
+    hsize_t start = a, count = b - a;
+    ZT_H5_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &count, nullptr));
+    return;
+  }
+  ZT_ASSERT(shape.size() == 2);
+  // A row-major range of a matrix: a partial first row, whole middle rows, a partial last row.
+  const hsize_t C = hsize_t(shape[1]);
+  hsize_t r0 = a / C, c0 = a % C;
+  const hsize_t r1 = b / C, c1 = b % C;
+  H5S_seloper_t op = H5S_SELECT_SET;
+  auto add = [&](hsize_t r, hsize_t c, hsize_t nr, hsize_t nc) {
+    hsize_t start[2] = {r, c}, count[2] = {nr, nc};
+    ZT_H5_CHECK(H5Sselect_hyperslab(space, op, start, nullptr, count, nullptr));
+    op = H5S_SELECT_OR;
+  };
+  if (r0 == r1) {
+    add(r0, c0, 1, c1 - c0);
+    return;
+  }
+  if (c0 > 0) {
+    add(r0, c0, 1, C - c0);
+    ++r0;
+  }
+  if (r1 > r0) add(r0, 0, r1 - r0, C);
+  if (c1 > 0) add(r1, 0, 1, c1);
+}
+
+H5Id open_parallel(const std::string& path, MpiComm& comm, bool create) {
+  h5_quiet();
+  H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  ZT_H5_CHECK(fapl.get());
+  ZT_H5_CHECK(H5Pset_fapl_mpio(fapl, comm.mpi_comm(), MPI_INFO_NULL));
+  ZT_H5_CHECK(H5Pset_all_coll_metadata_ops(fapl, true));
+  ZT_H5_CHECK(H5Pset_coll_metadata_write(fapl, true));
+  hid_t f = create ? H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)
+                   : H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
+  if (f < 0)
+    throw CheckpointError(fmt::format("cannot {} checkpoint file {}: {} [{}]", create ? "create" : "open", path,
+                                      h5_error_stack(), where()));
+  return H5Id(f, H5Fclose);
+}
+
+}  // namespace detail
+
+using detail::agree_error;
+using detail::select_range;
+
+namespace {
+
+struct LocalPiece {
+  size_t a = 0, b = 0;  // tensor element range held by this rank
+  float* data[3] = {nullptr, nullptr, nullptr};
+};
+
+/// This rank's piece of every tensor (logical elements only) with pointers into the engine's owned slices.
+std::vector<LocalPiece> local_pieces(ZeroEngine& engine) {
+  const ParamTable& table = engine.table();
+  std::vector<LocalPiece> out(table.tensors().size());
+  for (size_t u = 0; u < table.units().size(); ++u) {
+    std::vector<TensorExtent> ext;
+    for (int ti : table.units()[u].tensors) {
+      const TensorSpec& t = table.tensors()[size_t(ti)];
+      ext.push_back({ti, t.unit_offset, t.numel()});
+    }
+    const ZeroEngine::OwnedSlice s = engine.owned_slice(int(u));
+    for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
+      LocalPiece& lp = out[size_t(pc.tensor)];
+      lp.a = pc.tensor_offset;
+      lp.b = pc.tensor_offset + pc.count;
+      const size_t off = pc.flat_offset - s.begin;
+      lp.data[0] = s.params + off;
+      lp.data[1] = s.m + off;
+      lp.data[2] = s.v + off;
+    }
+  }
+  return out;
+}
+
+/// Rank holding element `e` of tensor `t` under the engine's layout.
+int owner_of(ZeroEngine& engine, const TensorSpec& t, size_t e) {
+  const ShardLayout& L = engine.layout(t.unit);
+  return int((t.unit_offset + e) / L.shard_numel);
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
+                            const TrainProgress& progress, ZeroEngine& engine, MpiComm& comm) {
+  const ParamTable& table = engine.table();
+  const int rank = comm.rank(), N = comm.world_size();
+  const std::string name = fmt::format("checkpoint-{}", progress.step);
+  const std::string tmp_dir = fmt::format("{}/.{}.tmp", output_dir, name);
+  const std::string h5_path = tmp_dir + "/" + kCheckpointFile;
+  std::string err;
+  if (rank == 0) err = prepare_temp_dir(output_dir, tmp_dir);
+  err = agree_error(comm, err);
+  if (!err.empty()) throw CheckpointError(err);
+
+  const std::vector<LocalPiece> pieces = local_pieces(engine);
+  const size_t n_t = table.tensors().size();
+  const size_t K = kChecksumChunkElems;
+  std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
+  {
+    H5Id file = detail::open_parallel(h5_path, comm, true);
+    for (const char* g : {"params", "optim", "optim/exp_avg", "optim/exp_avg_sq"}) {
+      H5Id grp(H5Gcreate2(file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      ZT_H5_CHECK(grp.get());
+    }
+    H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    ZT_H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
+    ZT_H5_CHECK(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY));
+    H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+    ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    const std::vector<std::string> names = checkpoint_dataset_names(table);
+
+    // Fragments of checksum chunks that start on a lower rank go to that rank (posted before the writes).
+    std::vector<std::vector<float>> recv_frag(names.size());
+    std::vector<MPI_Request> reqs;
+    for (size_t d = 0; d < names.size(); ++d) {
+      const int kind = int(d / n_t);
+      const TensorSpec& t = table.tensors()[d % n_t];
+      const LocalPiece& p = pieces[d % n_t];
+      if (p.a >= p.b) continue;
+      if (p.a % K != 0) {  // the chunk holding our first element starts on a lower rank
+        const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
+        const size_t n = std::min(p.b, c_end) - p.a;
+        reqs.emplace_back();
+        MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(engine, t, (p.a / K) * K), int(d), comm.mpi_comm(),
+                  &reqs.back());
+      }
+      const size_t last_c = (p.b - 1) / K;
+      const size_t c_end = std::min(t.numel(), (last_c + 1) * K);
+      if (last_c * K >= p.a && c_end > p.b) {  // our last chunk runs past our piece: collect its tail
+        recv_frag[d].resize(c_end - p.b);
+        size_t at = p.b;
+        while (at < c_end) {
+          const int src = owner_of(engine, t, at);
+          const ShardLayout& L = engine.layout(t.unit);
+          const size_t src_end_flat = std::min(L.end(src), t.unit_offset + t.numel());
+          const size_t n = std::min(c_end, src_end_flat - t.unit_offset) - at;
+          reqs.emplace_back();
+          MPI_Irecv(recv_frag[d].data() + (at - p.b), int(n), MPI_FLOAT, src, int(d), comm.mpi_comm(), &reqs.back());
+          at += n;
+        }
+      }
+    }
+
+    for (size_t d = 0; d < names.size(); ++d) {
+      const int kind = int(d / n_t);
+      const TensorSpec& t = table.tensors()[d % n_t];
+      const LocalPiece& p = pieces[d % n_t];
+      std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+      H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+      H5Id dset(H5Dcreate2(file, names[d].c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+                H5Dclose);
+      ZT_H5_CHECK(dset.get());
+      const hsize_t count = p.b - p.a;
+      hsize_t one = 1;
+      H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
+      if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
+      select_range(space, t.shape, p.a, p.b);
+      static float dummy = 0;
+      ZT_H5_CHECK(H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, space, dxpl, count ? p.data[kind] : &dummy));
+    }
+    if (!reqs.empty()) MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
+
+    // Digest every chunk that starts in our piece (its tail, if any, arrived from higher ranks).
+    std::vector<float> buf;
+    for (size_t d = 0; d < names.size(); ++d) {
+      const int kind = int(d / n_t);
+      const TensorSpec& t = table.tensors()[d % n_t];
+      const LocalPiece& p = pieces[d % n_t];
+      if (p.a >= p.b) continue;
+      for (size_t c = (p.a + K - 1) / K; c * K < p.b; ++c) {
+        const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
+        uint64_t dg;
+        if (c1 <= p.b) {
+          dg = chunk_digest(p.data[kind] + (c0 - p.a), c1 - c0);
+        } else {
+          buf.assign(p.data[kind] + (c0 - p.a), p.data[kind] + (p.b - p.a));
+          buf.insert(buf.end(), recv_frag[d].begin(), recv_frag[d].end());
+          ZT_ASSERT(buf.size() == c1 - c0);
+          dg = chunk_digest(buf.data(), buf.size());
+        }
+        my_digests.insert(my_digests.end(), {uint64_t(d), uint64_t(c), dg});
+      }
+    }
+
+    // Rank 0 assembles the manifest from everyone's digests; the manifest dataset is created by all ranks.
+    int my_n = int(my_digests.size());
+    std::vector<int> counts(size_t(N), 0), displs(size_t(N), 0);
+    MPI_Gather(&my_n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm.mpi_comm());
+    std::vector<uint64_t> all;
+    if (rank == 0) {
+      int total = 0;
+      for (int r = 0; r < N; ++r) {
+        displs[size_t(r)] = total;
+        total += counts[size_t(r)];
+      }
+      all.resize(size_t(total));
+    }
+    MPI_Gatherv(my_digests.data(), my_n, MPI_UINT64_T, all.data(), counts.data(), displs.data(), MPI_UINT64_T, 0,
+                comm.mpi_comm());
+    std::string manifest_text;
+    if (rank == 0) {
+      std::vector<std::vector<uint64_t>> digests(names.size());
+      for (size_t d = 0; d < names.size(); ++d) {
+        const size_t numel = table.tensors()[d % n_t].numel();
+        digests[d].assign((numel + K - 1) / K, 0);
+      }
+      for (size_t i = 0; i + 2 < all.size(); i += 3) digests[all[i]][all[i + 1]] = all[i + 2];
+      manifest_text = build_manifest(model, train, progress, engine, N, digests).dump(1);
+    }
+    uint64_t len = manifest_text.size();
+    comm.broadcast(&len, sizeof(len), 0);
+    manifest_text.resize(len);
+    comm.broadcast(manifest_text.data(), len, 0);
+    {
+      H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+      ZT_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, len)));
+      H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+      H5Id dset(H5Dcreate2(file, "manifest", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+      ZT_H5_CHECK(dset.get());
+      H5Id mspace(H5Screate(H5S_SCALAR), H5Sclose);
+      if (rank != 0) {
+        ZT_H5_CHECK(H5Sselect_none(space));
+        ZT_H5_CHECK(H5Sselect_none(mspace));
+      }
+      ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, manifest_text.data()));
+    }
+    ZT_H5_CHECK(file.reset());
+    if (rank == 0) err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
+  }
+  err = agree_error(comm, err);
+  if (!err.empty()) throw CheckpointError(err);
+  return output_dir + "/" + name;
+}
+
+nlohmann::json read_manifest(const std::string& ckpt_dir) {
+  const std::string path = ckpt_dir + "/" + kCheckpointFile;
+  h5_quiet();
+  if (!fs::exists(path)) throw CheckpointError(fmt::format("checkpoint file {} does not exist", path));
+  H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (file.get() < 0)
+    throw CheckpointError(fmt::format("cannot open checkpoint file {} (truncated or not HDF5?): {}", path,
+                                      h5_error_stack()));
+  H5Id dset(H5Dopen2(file, "manifest", H5P_DEFAULT), H5Dclose);
+  if (dset.get() < 0) throw CheckpointError(fmt::format("checkpoint file {} has no manifest dataset", path));
+  H5Id type(H5Dget_type(dset), H5Tclose);
+  const size_t len = H5Tget_size(type);
+  std::string text(len, '\0');
+  if (H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) < 0)
+    throw CheckpointError(fmt::format("cannot read the manifest of {}: {}", path, h5_error_stack()));
+  text.resize(strnlen(text.data(), len));
+  try {
+    nlohmann::json j = nlohmann::json::parse(text);
+    ZT_CHECK(j.is_object() && j.value("format", "") == "zerotrain-checkpoint",
+             "{} is not a zerotrain checkpoint (manifest format field)", path);
+    return j;
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(fmt::format("the manifest of {} is not valid JSON: {}", path, e.what()));
+  }
+}
+
+}  // namespace zt

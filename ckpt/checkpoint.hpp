@@ -1,0 +1,84 @@
+// Parallel HDF5 checkpoints: every rank writes its own hyperslabs of named global tensors into one file, with a
+// manifest, a chunked xxh64 checksum per tensor, and a rename-based commit. docs/checkpoint-format.md is the spec.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/errors.hpp"
+#include "core/model.hpp"
+
+namespace zt {
+
+class MpiComm;
+class ZeroEngine;
+
+/// Version of the on-disk layout written by this build; a reader refuses a newer one.
+constexpr int kCheckpointFormatVersion = 1;
+/// Elements per checksum chunk (in a tensor's row-major order; independent of world size).
+constexpr size_t kChecksumChunkElems = size_t(1) << 20;
+/// File name of the HDF5 file inside a checkpoint directory.
+constexpr const char* kCheckpointFile = "model.h5";
+
+/// A checkpoint problem a user can act on (corrupt, incomplete, mismatched); `latest` skips such a checkpoint.
+class CheckpointError : public Error {
+ public:
+  explicit CheckpointError(const std::string& what) : Error(what) {}
+};
+
+/// Training progress saved next to the tensors.
+struct TrainProgress {
+  int64_t step = 0;         ///< optimizer steps completed
+  int64_t data_cursor = 0;  ///< index of the next global batch
+  int64_t tokens_seen = 0;
+  double lr = 0;            ///< learning rate of the last completed step
+};
+
+/// What a resume restored (besides the engine's tensors).
+struct LoadedCheckpoint {
+  std::string path;
+  TrainProgress progress;
+  ModelConfig model;
+  TrainConfig train;
+  int world_size = 0, zero_stage = 0;
+  nlohmann::json manifest;
+};
+
+/// The dataset names of a table: params/<name>, optim/exp_avg/<name>, optim/exp_avg_sq/<name>, in that order per
+/// kind, tensors in table order.
+std::vector<std::string> checkpoint_dataset_names(const ParamTable& table);
+
+/// Writes OUTPUT/checkpoint-<step>/ collectively (temporary name, fsync, rename, fsync dir, then OUTPUT/latest).
+/// Returns the committed directory. Throws on any rank's failure; a failed save leaves no committed checkpoint.
+std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
+                            const TrainProgress& progress, ZeroEngine& engine, MpiComm& comm);
+
+/// Committed checkpoint directories in output_dir, newest step first.
+std::vector<std::string> list_checkpoints(const std::string& output_dir);
+/// The directory OUTPUT/latest names, or "" when there is none.
+std::string read_latest(const std::string& output_dir);
+
+/// Reads and parses the manifest of a checkpoint directory (independent, any rank). Throws CheckpointError.
+nlohmann::json read_manifest(const std::string& ckpt_dir);
+
+/// Loads a checkpoint written with any world size and stage into `engine` (this run's world size and stage):
+/// each rank reads exactly its own new slice and verifies the checksums of the chunks that start in it. Errors
+/// are agreed across ranks (every rank throws the same CheckpointError). Collective.
+LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig& model, ZeroEngine& engine,
+                                 MpiComm& comm);
+
+/// Checks structure and every checksum (chunks spread over the ranks); returns the problems found (the same list
+/// on every rank; empty when the checkpoint is sound). Collective.
+std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm& comm);
+
+/// The xxh64 of one chunk's bytes, and the tensor checksum over its chunk digests (little-endian u64 array).
+uint64_t chunk_digest(const float* data, size_t n_elems);
+uint64_t tensor_checksum(const std::vector<uint64_t>& chunk_digests);
+/// 16 lowercase hex digits.
+std::string hex64(uint64_t v);
+
+}  // namespace zt

@@ -1,0 +1,187 @@
+// Commit protocol and manifest: a checkpoint exists only once its directory has been renamed into place.
+#include "ckpt/commit.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "sharding/zero_engine.hpp"
+
+namespace zt {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) return fmt::format("cannot open {} to fsync it: {}", path, std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc != 0) return fmt::format("fsync of {} failed: {}", path, std::strerror(saved));
+  return std::string();
+}
+
+std::string write_file_synced(const std::string& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return fmt::format("cannot create {}: {}", path, std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int saved = errno;
+      ::close(fd);
+      return fmt::format("writing {} failed: {}", path, std::strerror(saved));
+    }
+    done += size_t(n);
+  }
+  if (::fsync(fd) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    return fmt::format("fsync of {} failed: {}", path, std::strerror(saved));
+  }
+  if (::close(fd) != 0) return fmt::format("closing {} failed: {}", path, std::strerror(errno));
+  return std::string();
+}
+
+}  // namespace
+
+std::string prepare_temp_dir(const std::string& output_dir, const std::string& tmp_dir) {
+  std::error_code ec;
+  fs::create_directories(output_dir, ec);
+  if (ec) return fmt::format("cannot create output directory {}: {}", output_dir, ec.message());
+  fs::remove_all(tmp_dir, ec);
+  if (ec) return fmt::format("cannot remove stale temporary checkpoint {}: {}", tmp_dir, ec.message());
+  fs::create_directories(tmp_dir, ec);
+  if (ec) return fmt::format("cannot create temporary checkpoint directory {}: {}", tmp_dir, ec.message());
+  return std::string();
+}
+
+std::string commit_checkpoint(const std::string& output_dir, const std::string& tmp_dir, const std::string& name,
+                              const std::string& manifest_text) {
+  std::string err = fsync_path(tmp_dir + "/" + kCheckpointFile, false);
+  if (err.empty()) err = write_file_synced(tmp_dir + "/manifest.json", manifest_text + "\n");
+  if (err.empty()) err = fsync_path(tmp_dir, true);
+  if (!err.empty()) return err;
+  const std::string final_dir = output_dir + "/" + name;
+  std::error_code ec;
+  // Re-saving a step (after a resume): move the old one aside first; rename cannot replace a non-empty directory.
+  const std::string old_dir = fmt::format("{}/.{}.old", output_dir, name);
+  if (fs::exists(final_dir)) {
+    fs::remove_all(old_dir, ec);
+    fs::rename(final_dir, old_dir, ec);
+    if (ec) return fmt::format("cannot move aside existing {}: {}", final_dir, ec.message());
+  }
+  fs::rename(tmp_dir, final_dir, ec);
+  if (ec) return fmt::format("cannot rename {} to {}: {}", tmp_dir, final_dir, ec.message());
+  err = fsync_path(output_dir, true);
+  if (!err.empty()) return err;
+  // `latest`: a small file replaced atomically (write + fsync + rename + fsync of the directory).
+  const std::string latest_tmp = output_dir + "/.latest.tmp";
+  err = write_file_synced(latest_tmp, name + "\n");
+  if (!err.empty()) return err;
+  fs::rename(latest_tmp, output_dir + "/latest", ec);
+  if (ec) return fmt::format("cannot update {}/latest: {}", output_dir, ec.message());
+  err = fsync_path(output_dir, true);
+  fs::remove_all(old_dir, ec);
+  return err;
+}
+
+std::vector<std::string> list_checkpoints(const std::string& output_dir) {
+  std::vector<std::pair<long long, std::string>> found;
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return {};
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("checkpoint-", 0) != 0 || !e.is_directory()) continue;
+    const std::string digits = n.substr(11);
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    found.emplace_back(std::stoll(digits), e.path().string());
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(f.second);
+  return out;
+}
+
+std::string read_latest(const std::string& output_dir) {
+  std::ifstream in(output_dir + "/latest");
+  std::string name;
+  if (!(in >> name)) return std::string();
+  if (name.find('/') != std::string::npos || name.rfind("checkpoint-", 0) != 0) return std::string();
+  return output_dir + "/" + name;
+}
+
+nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
+                              ZeroEngine& engine, int world_size,
+                              const std::vector<std::vector<uint64_t>>& chunk_digests) {
+  const ParamTable& table = engine.table();
+  nlohmann::json units = nlohmann::json::array();
+  for (size_t u = 0; u < table.units().size(); ++u) {
+    const ShardLayout& L = engine.layout(int(u));
+    nlohmann::json tensors = nlohmann::json::array();
+    for (int ti : table.units()[u].tensors) {
+      const TensorSpec& t = table.tensors()[size_t(ti)];
+      tensors.push_back({{"name", t.name}, {"unit_offset", t.unit_offset}, {"numel", t.numel()},
+                         {"storage_numel", t.storage_numel}});
+    }
+    units.push_back({{"name", table.units()[u].name},
+                     {"numel", table.units()[u].numel},
+                     {"padded_numel", L.padded_numel},
+                     {"shard_numel", L.shard_numel},
+                     {"tensors", tensors}});
+  }
+  nlohmann::json datasets = nlohmann::json::object();
+  const std::vector<std::string> names = checkpoint_dataset_names(table);
+  for (size_t d = 0; d < names.size(); ++d) {
+    const TensorSpec& t = table.tensors()[d % table.tensors().size()];
+    nlohmann::json chunks = nlohmann::json::array();
+    for (uint64_t c : chunk_digests[d]) chunks.push_back(hex64(c));
+    datasets[names[d]] = {{"shape", t.shape}, {"dtype", "float32"}, {"xxh64", hex64(tensor_checksum(chunk_digests[d]))},
+                          {"chunks", chunks}};
+  }
+  return {
+      {"format", "zerotrain-checkpoint"},
+      {"format_version", kCheckpointFormatVersion},
+      {"zerotrain_version", ZT_VERSION},
+      {"model", to_json(model)},
+      {"train", to_json(train)},
+      {"step", progress.step},
+      {"tokens_seen", progress.tokens_seen},
+      {"data", {{"cursor", progress.data_cursor}, {"seed", train.seed}, {"global_batch_size", train.global_batch_size}}},
+      {"rng",
+       {{"kind", "philox4x32-10, counter-based"},
+        {"init_seed", train.seed},
+        {"data_seed", train.seed},
+        {"note", "every random number is a pure function of (seed, stream, index): no generator state to save"}}},
+      {"lr_schedule",
+       {{"kind", "linear warmup + cosine"},
+        {"step", progress.step},
+        {"last_lr", progress.lr},
+        {"peak_lr", train.learning_rate},
+        {"warmup_steps", train.warmup_steps},
+        {"max_steps", train.max_steps},
+        {"min_lr_ratio", train.min_lr_ratio}}},
+      {"optimizer",
+       {{"kind", "adamw"},
+        {"step", engine.adam_step()},
+        {"beta1", train.beta1},
+        {"beta2", train.beta2},
+        {"eps", train.adam_eps},
+        {"weight_decay", train.weight_decay}}},
+      {"world_size", world_size},
+      {"zero_stage", engine.stage()},
+      {"partition", {{"align", 16}, {"units", units}}},
+      {"checksum", {{"algorithm", "xxh64 of each chunk, then xxh64 of the chunk digests (u64 LE)"},
+                    {"chunk_elems", kChecksumChunkElems}}},
+      {"datasets", datasets},
+  };
+}
+
+}  // namespace zt

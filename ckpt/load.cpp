@@ -1,0 +1,256 @@
+// Checkpoint load (re-partitioning to this run's world size and stage) and verification.
+#include <mpi.h>
+
+#include <algorithm>
+
+#include "ckpt/checkpoint.hpp"
+#include "ckpt/h5.hpp"
+#include "sharding/comm_mpi.hpp"
+#include "sharding/shard.hpp"
+#include "sharding/zero_engine.hpp"
+
+namespace zt {
+namespace detail {
+std::string agree_error(MpiComm& comm, const std::string& local);
+void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
+H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
+}  // namespace detail
+
+namespace {
+
+/// Chunk digests of one dataset as the manifest lists them; "" when the entry is malformed.
+std::string manifest_chunks(const nlohmann::json& manifest, const std::string& name, size_t numel,
+                            std::vector<uint64_t>& out) {
+  const auto& ds = manifest["datasets"];
+  if (!ds.contains(name)) return fmt::format("the manifest has no entry for dataset {}", name);
+  const auto& e = ds[name];
+  if (!e.contains("chunks") || !e["chunks"].is_array() || !e.contains("xxh64"))
+    return fmt::format("the manifest entry of {} lacks chunks or xxh64", name);
+  const size_t K = kChecksumChunkElems;
+  if (e["chunks"].size() != (numel + K - 1) / K)
+    return fmt::format("the manifest lists {} checksum chunks for {} but its {} elements need {}", e["chunks"].size(),
+                       name, numel, (numel + K - 1) / K);
+  out.clear();
+  for (const auto& c : e["chunks"]) out.push_back(std::stoull(c.get<std::string>(), nullptr, 16));
+  if (hex64(tensor_checksum(out)) != e["xxh64"].get<std::string>())
+    return fmt::format("the manifest's xxh64 of {} does not match its chunk digests (manifest corrupt)", name);
+  return std::string();
+}
+
+/// Opens a dataset and checks its shape; "" or the problem.
+std::string open_checked(hid_t file, const std::string& name, const std::vector<int64_t>& shape, H5Id& out) {
+  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0) return fmt::format("dataset {} is missing", name);
+  out = H5Id(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (out.get() < 0) return fmt::format("cannot open dataset {}: {}", name, h5_error_stack());
+  H5Id space(H5Dget_space(out), H5Sclose);
+  const int nd = H5Sget_simple_extent_ndims(space);
+  std::vector<hsize_t> dims(size_t(std::max(nd, 0)));
+  if (nd > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  if (std::vector<int64_t>(dims.begin(), dims.end()) != shape)
+    return fmt::format("dataset {} has shape [{}], expected [{}]", name, fmt::join(dims, ", "), fmt::join(shape, ", "));
+  return std::string();
+}
+
+}  // namespace
+
+LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig& model, ZeroEngine& engine,
+                                 MpiComm& comm) {
+  const std::string path = ckpt_dir + "/" + kCheckpointFile;
+  // Every rank reads the manifest itself; failures are agreed so all ranks throw the same error.
+  nlohmann::json manifest;
+  std::string err;
+  try {
+    manifest = read_manifest(ckpt_dir);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  err = detail::agree_error(comm, err);
+  if (!err.empty()) throw CheckpointError(err);
+
+  LoadedCheckpoint out;
+  out.path = ckpt_dir;
+  out.manifest = manifest;
+  const int version = manifest.value("format_version", -1);
+  ZT_CHECK(version >= 1 && version <= kCheckpointFormatVersion,
+           "checkpoint {} has format version {}, written by zerotrain {}; this build ({}) reads versions 1..{}: "
+           "upgrade zerotrain to resume it",
+           path, version, manifest.value("zerotrain_version", "?"), ZT_VERSION, kCheckpointFormatVersion);
+  TrainConfig saved_train;
+  update_from_json(manifest["model"], out.model, saved_train);
+  update_from_json(manifest["train"], out.model, out.train);
+  const std::vector<std::string> diffs = diff_model_config(out.model, model);
+  ZT_CHECK(diffs.empty(), "checkpoint {} was written for a different model: {}; pass the same model flags (or "
+           "--preset) as the run that saved it",
+           ckpt_dir, fmt::join(diffs, "; "));
+  out.world_size = manifest.value("world_size", 0);
+  out.zero_stage = manifest.value("zero_stage", 0);
+  out.progress.step = manifest.value("step", int64_t(0));
+  out.progress.tokens_seen = manifest.value("tokens_seen", int64_t(0));
+  out.progress.data_cursor = manifest["data"].value("cursor", int64_t(0));
+  out.progress.lr = manifest["lr_schedule"].value("last_lr", 0.0);
+
+  const ParamTable& table = engine.table();
+  const size_t n_t = table.tensors().size(), K = kChecksumChunkElems;
+  const std::vector<std::string> names = checkpoint_dataset_names(table);
+  std::vector<std::string> problems;
+  {
+    H5Id file = detail::open_parallel(path, comm, false);
+    H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+    ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    // This rank's new slice of every unit, and the tensor pieces inside it.
+    std::vector<size_t> piece_a(n_t, 0), piece_b(n_t, 0);
+    std::vector<std::array<float*, 3>> dst(n_t, {nullptr, nullptr, nullptr});
+    for (size_t u = 0; u < table.units().size(); ++u) {
+      std::vector<TensorExtent> ext;
+      for (int ti : table.units()[u].tensors) {
+        const TensorSpec& t = table.tensors()[size_t(ti)];
+        ext.push_back({ti, t.unit_offset, t.numel()});
+      }
+      const ZeroEngine::OwnedSlice s = engine.owned_slice(int(u));
+      for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
+        piece_a[size_t(pc.tensor)] = pc.tensor_offset;
+        piece_b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;
+        const size_t off = pc.flat_offset - s.begin;
+        dst[size_t(pc.tensor)] = {s.params + off, s.m + off, s.v + off};
+      }
+    }
+    std::vector<float> buf;
+    std::vector<uint64_t> want;
+    for (size_t d = 0; d < names.size(); ++d) {
+      const size_t ti = d % n_t;
+      const TensorSpec& t = table.tensors()[ti];
+      H5Id dset;
+      // The structure is the same for every rank (same file), so skipping a broken dataset stays collective.
+      std::string p = open_checked(file, names[d], t.shape, dset);
+      if (p.empty()) p = manifest_chunks(manifest, names[d], t.numel(), want);
+      if (!p.empty()) {
+        problems.push_back(fmt::format("checkpoint {}: {}", path, p));
+        continue;
+      }
+      // Read our piece, extended to the end of the last checksum chunk that starts in it.
+      size_t a = piece_a[ti], b = piece_b[ti], ext_b = b;
+      if (a < b) {
+        const size_t last_c = (b - 1) / K;
+        if (last_c * K >= a) ext_b = std::min(t.numel(), (last_c + 1) * K);
+      }
+      buf.resize(std::max<size_t>(1, ext_b - a));
+      H5Id fspace(H5Dget_space(dset), H5Sclose);
+      detail::select_range(fspace, t.shape, a, ext_b);
+      const hsize_t count = ext_b - a, one = 1;
+      H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
+      if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
+      if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.data()) < 0) {
+        problems.push_back(fmt::format("checkpoint {}: reading {} failed: {}", path, names[d], h5_error_stack()));
+        continue;
+      }
+      for (size_t c = (a + K - 1) / K; c * K < b; ++c) {
+        const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
+        const uint64_t got = chunk_digest(buf.data() + (c0 - a), c1 - c0);
+        if (got != want[c])
+          problems.push_back(fmt::format(
+              "checkpoint {}: checksum mismatch in tensor {} (elements {}..{} of chunk {}): xxh64 {} but the "
+              "manifest says {}",
+              path, names[d], c0, c1 - 1, c, hex64(got), hex64(want[c])));
+      }
+      if (a < b) engine.backend().from_host(dst[ti][d / n_t], buf.data(), b - a);
+    }
+  }
+  std::string local;
+  for (size_t i = 0; i < problems.size() && i < 8; ++i) local += (i ? "\n" : "") + problems[i];
+  if (problems.size() > 8) local += fmt::format("\n... and {} more problems", problems.size() - 8);
+  err = detail::agree_error(comm, local);
+  if (!err.empty()) throw CheckpointError(err);
+  engine.finish_load(manifest["optimizer"].value("step", int64_t(0)));
+  return out;
+}
+
+std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm& comm) {
+  const std::string path = ckpt_dir + "/" + kCheckpointFile;
+  nlohmann::json manifest;
+  std::string err;
+  try {
+    manifest = read_manifest(ckpt_dir);
+    const int version = manifest.value("format_version", -1);
+    ZT_CHECK(version >= 1 && version <= kCheckpointFormatVersion,
+             "{} has format version {}; this build reads versions 1..{}", path, version, kCheckpointFormatVersion);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  err = detail::agree_error(comm, err);
+  if (!err.empty()) return {err};
+  ModelConfig model;
+  TrainConfig train;
+  update_from_json(manifest["model"], model, train);
+  ParamTable table(model);
+  const std::vector<std::string> names = checkpoint_dataset_names(table);
+  std::vector<std::string> problems;
+  const auto& listed = manifest["datasets"];
+  for (auto it = listed.begin(); it != listed.end(); ++it)
+    if (std::find(names.begin(), names.end(), it.key()) == names.end())
+      problems.push_back(fmt::format("checkpoint {}: manifest lists unknown dataset {}", path, it.key()));
+  const size_t K = kChecksumChunkElems, n_t = table.tensors().size();
+  const int rank = comm.rank(), N = comm.world_size();
+  size_t chunk_counter = 0;
+  try {
+    H5Id file = detail::open_parallel(path, comm, false);
+    H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+    ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT));
+    std::vector<float> buf;
+    std::vector<uint64_t> want;
+    for (size_t d = 0; d < names.size(); ++d) {
+      const TensorSpec& t = table.tensors()[d % n_t];
+      H5Id dset;
+      std::string p = open_checked(file, names[d], t.shape, dset);
+      if (p.empty()) p = manifest_chunks(manifest, names[d], t.numel(), want);
+      if (!p.empty()) {
+        if (rank == 0) problems.push_back(fmt::format("checkpoint {}: {}", path, p));
+        continue;
+      }
+      // Chunks are dealt round-robin over the ranks; each rank reads and hashes its own.
+      for (size_t c = 0; c * K < t.numel(); ++c, ++chunk_counter) {
+        if (int(chunk_counter % size_t(N)) != rank) continue;
+        const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
+        buf.resize(c1 - c0);
+        H5Id fspace(H5Dget_space(dset), H5Sclose);
+        detail::select_range(fspace, t.shape, c0, c1);
+        const hsize_t count = c1 - c0;
+        H5Id mspace(H5Screate_simple(1, &count, nullptr), H5Sclose);
+        if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.data()) < 0) {
+          problems.push_back(fmt::format("checkpoint {}: reading {} failed: {}", path, names[d], h5_error_stack()));
+          continue;
+        }
+        const uint64_t got = chunk_digest(buf.data(), buf.size());
+        if (got != want[c])
+          problems.push_back(fmt::format(
+              "checkpoint {}: checksum mismatch in tensor {} (elements {}..{} of chunk {}): xxh64 {} but the "
+              "manifest says {}",
+              path, names[d], c0, c1 - 1, c, hex64(got), hex64(want[c])));
+      }
+    }
+  } catch (const Error& e) {
+    problems.push_back(e.what());
+  }
+  // Everyone's problems, in rank order, on every rank.
+  std::string local;
+  for (const auto& p : problems) local += p + "\n";
+  int len = int(local.size());
+  std::vector<int> lens(size_t(N), 0), displs(size_t(N), 0);
+  MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm.mpi_comm());
+  int total = 0;
+  for (int r = 0; r < N; ++r) {
+    displs[size_t(r)] = total;
+    total += lens[size_t(r)];
+  }
+  std::string all(size_t(total), '\0');
+  MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm.mpi_comm());
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < all.size()) {
+    const size_t nl = all.find('\n', at);
+    out.push_back(all.substr(at, nl - at));
+    at = nl + 1;
+  }
+  return out;
+}
+
+}  // namespace zt

@@ -1,0 +1,56 @@
+// Resume planning: candidate checkpoints and the saved global batch on a new world size.
+#include "ckpt/resume.hpp"
+
+#include "ckpt/checkpoint.hpp"
+#include "sharding/comm_mpi.hpp"
+
+namespace zt {
+
+std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
+  if (spec != "latest") return {spec};
+  std::string joined;
+  if (comm.rank() == 0)
+    for (const auto& c : list_checkpoints(output_dir)) joined += c + "\n";
+  uint64_t len = joined.size();
+  comm.broadcast(&len, sizeof(len), 0);
+  joined.resize(len);
+  comm.broadcast(joined.data(), len, 0);
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < joined.size()) {
+    const size_t nl = joined.find('\n', at);
+    out.push_back(joined.substr(at, nl - at));
+    at = nl + 1;
+  }
+  return out;
+}
+
+TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,
+                              std::vector<std::string>& warnings) {
+  ModelConfig unused;
+  TrainConfig saved;
+  update_from_json(manifest.at("train"), unused, saved);
+  const nlohmann::json a = to_json(saved), b = to_json(now);
+  for (const char* key : {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate",
+                          "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip",
+                          "seed"})
+    if (a[key] != b[key]) warnings.push_back(fmt::format("{}: {} in the checkpoint, {} now", key, a[key].dump(), b[key].dump()));
+  TrainConfig out = now;
+  const int G = saved.global_batch_size;
+  out.global_batch_size = G;
+  ZT_CHECK(G % world_size == 0,
+           "the checkpoint's global batch of {} sequences cannot be split evenly over {} ranks; resume with a world "
+           "size that divides {}",
+           G, world_size, G);
+  if (G % (out.micro_batch_size * world_size) != 0) {
+    int mb = std::min(out.micro_batch_size, G / world_size);
+    while ((G / world_size) % mb != 0) --mb;
+    warnings.push_back(fmt::format("micro_batch_size adjusted from {} to {} so the global batch of {} splits over {} "
+                                   "ranks",
+                                   out.micro_batch_size, mb, G, world_size));
+    out.micro_batch_size = mb;
+  }
+  return out;
+}
+
+}  // namespace zt
