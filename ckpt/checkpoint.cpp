@@ -5,6 +5,9 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -36,6 +39,18 @@ std::vector<std::string> checkpoint_dataset_names(const ParamTable& table) {
 }
 
 namespace detail {
+
+void test_kill_point(const char* phase, long index, int rank) {
+  // Test-only: ZT_TEST_KILL_AT="phase:index:rank" SIGKILLs that rank at that point of a save (crash-safety tests).
+  static const char* spec = std::getenv("ZT_TEST_KILL_AT");
+  if (!spec) return;
+  const std::string want = fmt::format("{}:{}:{}", phase, index, rank);
+  if (want == spec) {
+    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec);
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+  }
+}
 
 std::string agree_error(MpiComm& comm, const std::string& local) {
   const int N = comm.world_size();
@@ -208,6 +223,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
       const int kind = int(d / n_t);
       const TensorSpec& t = table.tensors()[d % n_t];
       const LocalPiece& p = pieces[d % n_t];
+      detail::test_kill_point("dataset", long(d), rank);
       std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
       H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
       H5Id dset(H5Dcreate2(file, names[d].c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
@@ -223,6 +239,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     }
     if (!reqs.empty()) MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
 
+    detail::test_kill_point("digests", 0, rank);
     // Digest every chunk that starts in our piece (its tail, if any, arrived from higher ranks).
     std::vector<float> buf;
     for (size_t d = 0; d < names.size(); ++d) {
@@ -287,7 +304,9 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
       }
       ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, manifest_text.data()));
     }
+    detail::test_kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
+    detail::test_kill_point("commit", 0, rank);
     if (rank == 0) err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
   }
   err = agree_error(comm, err);

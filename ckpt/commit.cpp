@@ -14,6 +14,9 @@
 
 namespace zt {
 namespace fs = std::filesystem;
+namespace detail {
+void test_kill_point(const char* phase, long index, int rank);
+}
 
 namespace {
 
@@ -78,14 +81,17 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
     fs::rename(final_dir, old_dir, ec);
     if (ec) return fmt::format("cannot move aside existing {}: {}", final_dir, ec.message());
   }
+  detail::test_kill_point("rename", 0, 0);
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) return fmt::format("cannot rename {} to {}: {}", tmp_dir, final_dir, ec.message());
   err = fsync_path(output_dir, true);
   if (!err.empty()) return err;
   // `latest`: a small file replaced atomically (write + fsync + rename + fsync of the directory).
+  detail::test_kill_point("latest", 0, 0);
   const std::string latest_tmp = output_dir + "/.latest.tmp";
   err = write_file_synced(latest_tmp, name + "\n");
   if (!err.empty()) return err;
+  detail::test_kill_point("latest-rename", 0, 0);
   fs::rename(latest_tmp, output_dir + "/latest", ec);
   if (ec) return fmt::format("cannot update {}/latest: {}", output_dir, ec.message());
   err = fsync_path(output_dir, true);
