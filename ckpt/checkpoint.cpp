@@ -121,56 +121,110 @@ using detail::select_range;
 
 namespace {
 
-struct LocalPiece {
-  size_t a = 0, b = 0;  // tensor element range held by this rank
-  float* data[3] = {nullptr, nullptr, nullptr};
-};
+/// Rank holding element `e` of tensor `t` under the snapshot's layout.
+int owner_of(const ShardSnapshot& snap, const TensorSpec& t, size_t e) {
+  return int((t.unit_offset + e) / snap.layouts[size_t(t.unit)].shard_numel);
+}
 
-/// This rank's piece of every tensor (logical elements only) with pointers into the engine's owned slices.
-std::vector<LocalPiece> local_pieces(ZeroEngine& engine) {
+ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy) {
   const ParamTable& table = engine.table();
-  std::vector<LocalPiece> out(table.tensors().size());
+  ShardSnapshot snap;
+  snap.table = &table;
+  snap.adam_step = engine.adam_step();
+  snap.zero_stage = engine.stage();
+  snap.pieces.resize(table.tensors().size());
+  copy = copy || !engine.backend().host_memory();
+  size_t total = 0;
+  std::vector<ZeroEngine::OwnedSlice> slices;
   for (size_t u = 0; u < table.units().size(); ++u) {
+    snap.layouts.push_back(engine.layout(int(u)));
+    slices.push_back(engine.owned_slice(int(u)));
+    total += slices.back().end - slices.back().begin;
+  }
+  if (copy) snap.storage.resize(3 * total);
+  size_t at = 0;
+  for (size_t u = 0; u < table.units().size(); ++u) {
+    const ZeroEngine::OwnedSlice& s = slices[u];
+    const size_t n = s.end - s.begin;
+    const float* base[3] = {s.params, s.m, s.v};
+    if (copy) {
+      for (int k = 0; k < 3; ++k) {
+        engine.backend().to_host(snap.storage.data() + at + size_t(k) * n, base[k], n);
+        base[k] = snap.storage.data() + at + size_t(k) * n;
+      }
+      at += 3 * n;
+    }
     std::vector<TensorExtent> ext;
     for (int ti : table.units()[u].tensors) {
       const TensorSpec& t = table.tensors()[size_t(ti)];
       ext.push_back({ti, t.unit_offset, t.numel()});
     }
-    const ZeroEngine::OwnedSlice s = engine.owned_slice(int(u));
     for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
-      LocalPiece& lp = out[size_t(pc.tensor)];
-      lp.a = pc.tensor_offset;
-      lp.b = pc.tensor_offset + pc.count;
-      const size_t off = pc.flat_offset - s.begin;
-      lp.data[0] = s.params + off;
-      lp.data[1] = s.m + off;
-      lp.data[2] = s.v + off;
+      ShardSnapshot::TensorPiece& tp = snap.pieces[size_t(pc.tensor)];
+      tp.a = pc.tensor_offset;
+      tp.b = pc.tensor_offset + pc.count;
+      for (int k = 0; k < 3; ++k) tp.data[k] = base[k] + (pc.flat_offset - s.begin);
     }
   }
-  return out;
-}
-
-/// Rank holding element `e` of tensor `t` under the engine's layout.
-int owner_of(ZeroEngine& engine, const TensorSpec& t, size_t e) {
-  const ShardLayout& L = engine.layout(t.unit);
-  return int((t.unit_offset + e) / L.shard_numel);
+  return snap;
 }
 
 }  // namespace
 
+std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
+                          const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
+                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit);
+
+ShardSnapshot snapshot_view(ZeroEngine& engine) { return make_snapshot(engine, false); }
+ShardSnapshot snapshot_copy(ZeroEngine& engine) { return make_snapshot(engine, true); }
+
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-                            const TrainProgress& progress, ZeroEngine& engine, MpiComm& comm) {
-  const ParamTable& table = engine.table();
-  const int rank = comm.rank(), N = comm.world_size();
+                            const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
+                            int save_total_limit) {
+  const ParamTable& table = *snap.table;
+  const int rank = comm.rank();
   const std::string name = fmt::format("checkpoint-{}", progress.step);
   const std::string tmp_dir = fmt::format("{}/.{}.tmp", output_dir, name);
+  std::string err;
+  if (rank == 0) {
+    err = prepare_temp_dir(output_dir, tmp_dir);
+    // Refuse up front when the file system cannot hold the checkpoint: nothing gets written.
+    uint64_t need = 1 << 20;
+    for (const auto& t : table.tensors()) need += 3 * t.numel() * sizeof(float) + 64 * (t.numel() / kChecksumChunkElems + 4);
+    const uint64_t avail = free_bytes(output_dir);
+    if (err.empty() && avail < need) {
+      std::error_code ec;
+      fs::remove_all(tmp_dir, ec);
+      err = fmt::format("disk full: {} needs about {} bytes in {} but only {} are free; free some space or choose "
+                        "another --output_dir (earlier checkpoints and `latest` are untouched)",
+                        name, need, output_dir, avail);
+    }
+  }
+  err = agree_error(comm, err);
+  if (err.rfind("disk full", 0) == 0) throw DiskFullError(err);
+  if (!err.empty()) throw CheckpointError(err);
+  try {
+    return save_prepared(output_dir, name, tmp_dir, model, train, progress, snap, comm, save_total_limit);
+  } catch (const std::exception& e) {
+    // Any rank that fails removes the partial files; the rename never happened, so nothing half-written is
+    // committed. Other ranks may be inside a collective: the caller ends the job (MPI_Abort).
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    throw CheckpointWriteError(fmt::format("saving {} failed: {}; its partial files were removed; earlier checkpoints "
+                                           "and `latest` are untouched",
+                                           name, e.what()));
+  }
+}
+
+std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
+                          const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
+                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit) {
+  const ParamTable& table = *snap.table;
+  const int rank = comm.rank(), N = comm.world_size();
   const std::string h5_path = tmp_dir + "/" + kCheckpointFile;
   std::string err;
-  if (rank == 0) err = prepare_temp_dir(output_dir, tmp_dir);
-  err = agree_error(comm, err);
-  if (!err.empty()) throw CheckpointError(err);
 
-  const std::vector<LocalPiece> pieces = local_pieces(engine);
+  const std::vector<ShardSnapshot::TensorPiece>& pieces = snap.pieces;
   const size_t n_t = table.tensors().size();
   const size_t K = kChecksumChunkElems;
   std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
@@ -193,13 +247,13 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     for (size_t d = 0; d < names.size(); ++d) {
       const int kind = int(d / n_t);
       const TensorSpec& t = table.tensors()[d % n_t];
-      const LocalPiece& p = pieces[d % n_t];
+      const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
       if (p.a >= p.b) continue;
       if (p.a % K != 0) {  // the chunk holding our first element starts on a lower rank
         const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
         const size_t n = std::min(p.b, c_end) - p.a;
         reqs.emplace_back();
-        MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(engine, t, (p.a / K) * K), int(d), comm.mpi_comm(),
+        MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, t, (p.a / K) * K), int(d), comm.mpi_comm(),
                   &reqs.back());
       }
       const size_t last_c = (p.b - 1) / K;
@@ -208,8 +262,8 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
         recv_frag[d].resize(c_end - p.b);
         size_t at = p.b;
         while (at < c_end) {
-          const int src = owner_of(engine, t, at);
-          const ShardLayout& L = engine.layout(t.unit);
+          const int src = owner_of(snap, t, at);
+          const ShardLayout& L = snap.layouts[size_t(t.unit)];
           const size_t src_end_flat = std::min(L.end(src), t.unit_offset + t.numel());
           const size_t n = std::min(c_end, src_end_flat - t.unit_offset) - at;
           reqs.emplace_back();
@@ -222,7 +276,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     for (size_t d = 0; d < names.size(); ++d) {
       const int kind = int(d / n_t);
       const TensorSpec& t = table.tensors()[d % n_t];
-      const LocalPiece& p = pieces[d % n_t];
+      const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
       detail::test_kill_point("dataset", long(d), rank);
       std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
       H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
@@ -245,7 +299,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     for (size_t d = 0; d < names.size(); ++d) {
       const int kind = int(d / n_t);
       const TensorSpec& t = table.tensors()[d % n_t];
-      const LocalPiece& p = pieces[d % n_t];
+      const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
       if (p.a >= p.b) continue;
       for (size_t c = (p.a + K - 1) / K; c * K < p.b; ++c) {
         const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
@@ -285,7 +339,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
         digests[d].assign((numel + K - 1) / K, 0);
       }
       for (size_t i = 0; i + 2 < all.size(); i += 3) digests[all[i]][all[i + 1]] = all[i + 2];
-      manifest_text = build_manifest(model, train, progress, engine, N, digests).dump(1);
+      manifest_text = build_manifest(model, train, progress, snap, N, digests).dump(1);
     }
     uint64_t len = manifest_text.size();
     comm.broadcast(&len, sizeof(len), 0);
@@ -307,7 +361,10 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     detail::test_kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
     detail::test_kill_point("commit", 0, rank);
-    if (rank == 0) err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
+    if (rank == 0) {
+      err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
+      if (err.empty() && save_total_limit > 0) apply_retention(output_dir, save_total_limit);
+    }
   }
   err = agree_error(comm, err);
   if (!err.empty()) throw CheckpointError(err);

@@ -11,6 +11,7 @@
 #include "core/config.hpp"
 #include "core/errors.hpp"
 #include "core/model.hpp"
+#include "sharding/shard.hpp"
 
 namespace zt {
 
@@ -48,14 +49,49 @@ struct LoadedCheckpoint {
   nlohmann::json manifest;
 };
 
+/// This rank's part of the state to save: per tensor its logical element range [a, b) and the values of the
+/// parameters and Adam m, v there (host memory), plus what the manifest records about the partition.
+struct ShardSnapshot {
+  struct TensorPiece {
+    size_t a = 0, b = 0;
+    const float* data[3] = {nullptr, nullptr, nullptr};
+  };
+  const ParamTable* table = nullptr;
+  std::vector<ShardLayout> layouts;  ///< per unit
+  std::vector<TensorPiece> pieces;   ///< per tensor (a == b: nothing on this rank)
+  int64_t adam_step = 0;
+  int zero_stage = 0;
+  std::vector<float> storage;  ///< owns the values for a copied snapshot
+};
+
+/// Views the engine's owned slices in place (copies only when the backend's memory is not host memory). Valid
+/// until the engine next changes.
+ShardSnapshot snapshot_view(ZeroEngine& engine);
+/// Copies the engine's owned slices to host memory the snapshot owns (what async save blocks on).
+ShardSnapshot snapshot_copy(ZeroEngine& engine);
+
+/// Thrown on every rank when the output file system lacks the space a checkpoint needs (nothing was written).
+class DiskFullError : public CheckpointError {
+ public:
+  explicit DiskFullError(const std::string& what) : CheckpointError(what) {}
+};
+/// A save failed part way (I/O error, disk full mid-write); its temporary files were removed by this rank.
+class CheckpointWriteError : public Error {
+ public:
+  explicit CheckpointWriteError(const std::string& what) : Error(what) {}
+};
+
 /// The dataset names of a table: params/<name>, optim/exp_avg/<name>, optim/exp_avg_sq/<name>, in that order per
 /// kind, tensors in table order.
 std::vector<std::string> checkpoint_dataset_names(const ParamTable& table);
 
-/// Writes OUTPUT/checkpoint-<step>/ collectively (temporary name, fsync, rename, fsync dir, then OUTPUT/latest).
-/// Returns the committed directory. Throws on any rank's failure; a failed save leaves no committed checkpoint.
+/// Writes OUTPUT/checkpoint-<step>/ collectively (temporary name, fsync, rename, fsync dir, then OUTPUT/latest),
+/// then keeps only the newest `save_total_limit` committed checkpoints (0: all). Returns the committed directory.
+/// Throws DiskFullError (agreed, nothing written) when space is short, CheckpointWriteError when a write fails;
+/// a failed save never leaves a committed checkpoint and never touches the previous one or `latest`.
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-                            const TrainProgress& progress, ZeroEngine& engine, MpiComm& comm);
+                            const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
+                            int save_total_limit = 0);
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);

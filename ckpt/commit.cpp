@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "sharding/zero_engine.hpp"
+#include <sys/statvfs.h>
 
 namespace zt {
 namespace fs = std::filesystem;
@@ -99,6 +99,24 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
   return err;
 }
 
+void apply_retention(const std::string& output_dir, int keep) {
+  const std::string latest = read_latest(output_dir);
+  const std::vector<std::string> all = list_checkpoints(output_dir);
+  for (size_t i = size_t(keep); i < all.size(); ++i) {
+    if (fs::path(all[i]) == fs::path(latest)) continue;
+    std::error_code ec;
+    fs::remove_all(all[i], ec);
+    if (ec) fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", all[i], ec.message());
+    else fmt::print("removed old checkpoint {} (--save_total_limit {})\n", all[i], keep);
+  }
+}
+
+uint64_t free_bytes(const std::string& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0) return UINT64_MAX;
+  return uint64_t(st.f_bavail) * uint64_t(st.f_frsize);
+}
+
 std::vector<std::string> list_checkpoints(const std::string& output_dir) {
   std::vector<std::pair<long long, std::string>> found;
   std::error_code ec;
@@ -125,12 +143,12 @@ std::string read_latest(const std::string& output_dir) {
 }
 
 nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
-                              ZeroEngine& engine, int world_size,
+                              const ShardSnapshot& snap, int world_size,
                               const std::vector<std::vector<uint64_t>>& chunk_digests) {
-  const ParamTable& table = engine.table();
+  const ParamTable& table = *snap.table;
   nlohmann::json units = nlohmann::json::array();
   for (size_t u = 0; u < table.units().size(); ++u) {
-    const ShardLayout& L = engine.layout(int(u));
+    const ShardLayout& L = snap.layouts[u];
     nlohmann::json tensors = nlohmann::json::array();
     for (int ti : table.units()[u].tensors) {
       const TensorSpec& t = table.tensors()[size_t(ti)];
@@ -176,13 +194,13 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
         {"min_lr_ratio", train.min_lr_ratio}}},
       {"optimizer",
        {{"kind", "adamw"},
-        {"step", engine.adam_step()},
+        {"step", snap.adam_step},
         {"beta1", train.beta1},
         {"beta2", train.beta2},
         {"eps", train.adam_eps},
         {"weight_decay", train.weight_decay}}},
       {"world_size", world_size},
-      {"zero_stage", engine.stage()},
+      {"zero_stage", snap.zero_stage},
       {"partition", {{"align", 16}, {"units", units}}},
       {"checksum", {{"algorithm", "xxh64 of each chunk, then xxh64 of the chunk digests (u64 LE)"},
                     {"chunk_elems", kChecksumChunkElems}}},

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/errors.hpp"
 #include "core/ops.hpp"
 
 namespace zt::cpu {
@@ -14,6 +15,7 @@ namespace zt::cpu {
 //   p += -step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps),  step_size = lr / (1 - b1^t).
 void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                   float eps, float weight_decay, float grad_scale, int64_t step) {
+  ZT_CHECK(step >= 1, "adamw_update: step is 1-based (bias correction divides by 1 - beta^step), got {}", step);
   const double t = double(step);
   const float decay = float(1.0 - double(lr) * double(weight_decay));
   const float one_minus_b1 = float(1.0 - double(beta1));

@@ -54,6 +54,8 @@ struct TrainConfig {
   int threads = 0;  ///< 0: hardware threads / local ranks
   std::string device = "cpu";
   int exit_after_steps = 0;            ///< stop (saving a checkpoint first) after this many steps of this run; 0: off
+  int save_total_limit = 0;            ///< keep only the newest K committed checkpoints; 0: keep all
+  bool async_save = false;             ///< write checkpoints in the background (the step blocks for the host copy)
   int save_interval = 0;               ///< checkpoint every N steps and at the end; 0: no checkpoints
   std::string resume_from_checkpoint;  ///< "", "latest" (newest committed in output_dir) or a checkpoint directory
 

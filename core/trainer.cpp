@@ -4,17 +4,20 @@
 #include <omp.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
+#include "ckpt/async_save.hpp"
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/resume.hpp"
 #include "core/data.hpp"
 #include "core/errors.hpp"
 #include "core/gpt2.hpp"
 #include "core/lr_schedule.hpp"
+#include "core/preempt.hpp"
 #include "core/model.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
@@ -72,7 +75,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   const bool lead = rank == 0;
   TrainConfig tcfg = tcfg_in;
   auto* mpi = dynamic_cast<MpiComm*>(&comm);
-  ZT_CHECK(mpi || (tcfg.save_interval == 0 && tcfg.exit_after_steps == 0 && tcfg.resume_from_checkpoint.empty()),
+  ZT_CHECK(mpi || (tcfg.save_interval == 0 && tcfg.exit_after_steps == 0 && !tcfg.async_save &&
+                   tcfg.resume_from_checkpoint.empty()),
            "checkpoints need the MPI communicator");
   // Resume: the first readable candidate's manifest fixes the run shape (global batch) before anything is built.
   std::vector<std::string> candidates;
@@ -107,9 +111,12 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   ZeroEngine engine(table, backend, comm, tcfg.zero_stage);
   bool resumed = false;
   LoadedCheckpoint loaded;
+  double load_s = 0;
   for (const auto& c : candidates) {
     try {
+      const auto tl = Clock::now();
       loaded = load_checkpoint(c, mcfg, engine, *mpi);
+      load_s = std::chrono::duration<double>(Clock::now() - tl).count();
       resumed = true;
       break;
     } catch (const CheckpointError& e) {
@@ -127,6 +134,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   if (lead && resumed)
     fmt::print("resumed from {}: step {}, world size {} then {} now, ZeRO stage {} then {} now\n", loaded.path,
                start_step, loaded.world_size, N, loaded.zero_stage, tcfg.zero_stage);
+  if (lead && resumed && !opts.quiet) fmt::print("loaded {} in {:.2f}s\n", loaded.path, load_s);
 
   const double flops_per_token = 6.0 * double(table.n_params()) +
                                  12.0 * mcfg.n_layer * double(mcfg.d_model) * double(T);  // PaLM appendix B
@@ -205,13 +213,41 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     return sum / (double(tcfg.eval_batches) * G * T);
   };
 
+  TrainSummary summary;
+  std::unique_ptr<AsyncSaver> async;
+  if (tcfg.async_save) async = std::make_unique<AsyncSaver>(*mpi);
+  auto report_async = [&](const std::string& dir) {
+    if (lead && !opts.quiet && !dir.empty()) fmt::print("saved {} (background write finished)\n", dir);
+  };
+  // Saves at a step boundary: synchronously, or by handing a host copy to the background writer.
+  auto save = [&](const TrainProgress& progress) {
+    ZT_CHECK(mpi, "checkpoints need the MPI communicator");
+    const auto ts = Clock::now();
+    if (async) {
+      report_async(async->wait());  // one save in flight at a time
+      const auto tc = Clock::now();
+      ShardSnapshot snap = snapshot_copy(engine);
+      const double blocked = std::chrono::duration<double>(Clock::now() - tc).count();
+      async->start(tcfg.output_dir, mcfg, tcfg, progress, std::move(snap), tcfg.save_total_limit);
+      summary.save_blocked_s.push_back(blocked);
+      if (lead && !opts.quiet)
+        fmt::print("checkpoint-{}: step blocked {:.3f}s for the host copy; writing in the background\n",
+                   progress.step, blocked);
+      return;
+    }
+    const std::string dir =
+        save_checkpoint(tcfg.output_dir, mcfg, tcfg, progress, snapshot_view(engine), *mpi, tcfg.save_total_limit);
+    const double dt = std::chrono::duration<double>(Clock::now() - ts).count();
+    summary.save_blocked_s.push_back(dt);
+    if (lead && !opts.quiet) fmt::print("saved {} in {:.2f}s\n", dir, dt);
+  };
+
   // Test-only failure injection: ZT_TEST_FAIL_RANK=r [ZT_TEST_FAIL_STEP=s] throws on rank r at step s.
   const char* fail_rank_env = std::getenv("ZT_TEST_FAIL_RANK");
   const int fail_rank = fail_rank_env ? std::atoi(fail_rank_env) : -1;
   const char* fail_step_env = std::getenv("ZT_TEST_FAIL_STEP");
   const int fail_step = fail_step_env ? std::atoi(fail_step_env) : 0;
 
-  TrainSummary summary;
   const float dloss = float(1.0 / (double(G) * T));
   const auto t_start = Clock::now();
   double time_in_steps = 0;
@@ -295,8 +331,9 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       }
     }
     // After the metrics row, so a resumed run's metrics.jsonl has every step up to its checkpoint.
-    const bool exiting = tcfg.exit_after_steps > 0 && step + 1 - start_step == tcfg.exit_after_steps &&
-                         step + 1 < tcfg.max_steps;
+    const int signal = comm.all_reduce_max(preemption_signal());  // every rank agrees at the same step
+    const bool exiting = signal != 0 || (tcfg.exit_after_steps > 0 && step + 1 - start_step == tcfg.exit_after_steps &&
+                                         step + 1 < tcfg.max_steps);
     if ((tcfg.save_interval > 0 && ((step + 1) % tcfg.save_interval == 0 || step + 1 == tcfg.max_steps)) ||
         exiting) {
       TrainProgress progress;
@@ -304,16 +341,23 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       progress.data_cursor = batch_index + 1;
       progress.tokens_seen = progress.data_cursor * int64_t(G) * T;
       progress.lr = lr;
-      const auto ts = Clock::now();
-      const std::string dir = save_checkpoint(tcfg.output_dir, mcfg, tcfg, progress, engine, *mpi);
-      if (lead && !opts.quiet)
-        fmt::print("saved {} in {:.2f}s\n", dir, std::chrono::duration<double>(Clock::now() - ts).count());
+      save(progress);
     }
     if (exiting) {
-      if (lead && !opts.quiet) fmt::print("stopping after {} steps of this run (--exit_after_steps)\n", step + 1 - start_step);
+      if (async) report_async(async->wait());
+      summary.preempted = signal != 0;
+      if (lead && !opts.quiet) {
+        if (signal != 0)
+          fmt::print("received signal {} ({}): checkpoint saved at step {}; exiting with status {} (requeue)\n",
+                     signal, signal == SIGTERM ? "SIGTERM" : signal == SIGUSR1 ? "SIGUSR1" : "?", step + 1,
+                     kExitRequeue);
+        else
+          fmt::print("stopping after {} steps of this run (--exit_after_steps)\n", step + 1 - start_step);
+      }
       break;
     }
   }
+  if (async) report_async(async->wait());
   if (opts.collect_params) {
     std::vector<float> full;
     for (size_t u = 0; u < table.units().size(); ++u) {

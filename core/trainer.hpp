@@ -20,6 +20,8 @@ struct TrainSummary {
   std::vector<float> final_params;    ///< logical parameters in table order (when RunOptions::collect_params)
   std::vector<uint64_t> bytes_sent;   ///< bytes this rank sent in each step
   std::vector<double> comm_wait_s;    ///< seconds this rank waited on communication in each step
+  bool preempted = false;             ///< stopped after a SIGTERM/SIGUSR1 with a checkpoint saved
+  std::vector<double> save_blocked_s; ///< per checkpoint: seconds the training loop was blocked by the save
 };
 
 /// Options that are not part of the saved training configuration.

@@ -14,6 +14,7 @@
 #include "core/backend.hpp"
 #include "core/config.hpp"
 #include "core/errors.hpp"
+#include "core/preempt.hpp"
 #include "core/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
 
@@ -32,7 +33,9 @@ template <typename V, typename Cfg>
 void add_override(CLI::App& app, std::vector<Override>& list, const std::string& name, V Cfg::*field,
                   const std::string& help, V def) {
   auto value = std::make_shared<V>(def);
-  CLI::Option* o = app.add_option(name, *value, help);
+  CLI::Option* o = nullptr;
+  if constexpr (std::is_same_v<V, bool>) o = app.add_flag(name, *value, help);
+  else o = app.add_option(name, *value, help);
   if constexpr (std::is_same_v<Cfg, TrainConfig>) {
     o->default_str(fmt::format("{}", def));
     list.push_back({o, [value, field](ModelConfig&, TrainConfig& t) { t.*field = *value; }});
@@ -144,6 +147,12 @@ int run(int argc, char** argv, int rank) {
   add_override(*train, overrides, "--device", &TrainConfig::device, "cpu, cuda or auto", d.device);
   add_override(*train, overrides, "--save_interval", &TrainConfig::save_interval,
                "Save a checkpoint every N steps and at the end (0: never)", d.save_interval);
+  add_override(*train, overrides, "--save_total_limit", &TrainConfig::save_total_limit,
+               "Keep only the newest K committed checkpoints (never the one `latest` names; 0: keep all)",
+               d.save_total_limit);
+  add_override(*train, overrides, "--async_save", &TrainConfig::async_save,
+               "Write checkpoints in the background; the step blocks only for the copy to host memory",
+               d.async_save);
   add_override(*train, overrides, "--exit_after_steps", &TrainConfig::exit_after_steps,
                "Stop after N steps of this run, saving a checkpoint first (time-sliced jobs; 0: off)",
                d.exit_after_steps);
@@ -220,7 +229,9 @@ int run(int argc, char** argv, int rank) {
     ZT_CHECK(t.device != "cuda", "--device cuda: this build has no CUDA backend yet; use --device cpu");
     auto backend = zt::make_cpu_backend(threads);
     zt::MpiComm comm(MPI_COMM_WORLD);
-    zt::train(m, t, comm, *backend, run_opts);
+    zt::install_preemption_handlers();
+    const zt::TrainSummary summary = zt::train(m, t, comm, *backend, run_opts);
+    if (summary.preempted) return zt::kExitRequeue;
   }
   return 0;
 }
@@ -229,7 +240,8 @@ int run(int argc, char** argv, int rank) {
 
 int main(int argc, char** argv) {
   int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // MULTIPLE: --async_save writes checkpoints from a second thread on its own communicator.
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -237,6 +249,17 @@ int main(int argc, char** argv) {
   int rc = 0;
   try {
     rc = run(argc, argv, rank);
+  } catch (const zt::DiskFullError& e) {
+    // Agreed by every rank before anything was written: a clean, distinct exit.
+    std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
+    MPI_Finalize();
+    return zt::kExitSaveFailed;
+  } catch (const zt::CheckpointWriteError& e) {
+    std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
+    std::fflush(stderr);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, zt::kExitSaveFailed);
+    MPI_Finalize();
+    return zt::kExitSaveFailed;
   } catch (const std::exception& e) {
     // One rank's failure ends the whole job: the others may be blocked in a collective.
     std::fprintf(stderr, "zerotrain: error: %s\n", e.what());

@@ -1,0 +1,78 @@
+// Shared CUDA plumbing: the CUDA / cuBLAS check macros, the launch check, deterministic warp and block reductions.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "core/errors.hpp"
+
+namespace zt::cuda {
+
+inline bool cuda_failed(cudaError_t rc) { return rc != cudaSuccess; }
+inline const char* cuda_describe(cudaError_t rc) { return cudaGetErrorString(rc); }
+inline bool cublas_failed(cublasStatus_t rc) { return rc != CUBLAS_STATUS_SUCCESS; }
+inline const char* cublas_describe(cublasStatus_t rc) { return cublasLtGetStatusString(rc); }
+
+}  // namespace zt::cuda
+
+/// Throws zt::Error naming the statement, file:line, rank and host when a CUDA runtime call fails.
+#define ZT_CUDA_CHECK(stmt) ZT_LIB_CHECK_GEN("CUDA", stmt, ::zt::cuda::cuda_failed, ::zt::cuda::cuda_describe)
+/// Likewise for cuBLAS / cuBLASLt calls.
+#define ZT_CUBLAS_CHECK(stmt) ZT_LIB_CHECK_GEN("cuBLAS", stmt, ::zt::cuda::cublas_failed, ::zt::cuda::cublas_describe)
+/// Follows every kernel launch: a bad configuration (grid, shared memory) is reported at the launch that caused it.
+#define ZT_CUDA_LAUNCH_CHECK() ZT_CUDA_CHECK(cudaGetLastError())
+
+namespace zt::cuda {
+
+constexpr int kWarpSize = 32;
+
+inline int ceil_div(size_t n, size_t d) { return int((n + d - 1) / d); }
+
+/// Blocks for a grid-stride loop over n elements: enough to fill the GPU, never more than the work.
+inline int grid_for(size_t n, int block, int max_blocks = 65536) {
+  const size_t blocks = (n + size_t(block) - 1) / size_t(block);
+  return blocks == 0 ? 1 : blocks > size_t(max_blocks) ? max_blocks : int(blocks);
+}
+
+#ifdef __CUDACC__
+// Butterfly (xor) reductions: lane i adds v_i + v_(i^k) and lane i^k adds the same two values, so every lane ends
+// with bitwise the same result, in an order fixed by the lane numbering alone (deterministic).
+template <typename T>
+__device__ inline T warp_sum(T v) {
+  for (int k = kWarpSize / 2; k > 0; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
+  return v;
+}
+
+__device__ inline float warp_max(float v) {
+  for (int k = kWarpSize / 2; k > 0; k /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, k));
+  return v;
+}
+
+/// Sum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread; `shared` holds 32 T.
+/// Warp sums, then the warp partials in warp order: fixed for a given block size.
+template <typename T>
+__device__ inline T block_sum(T v, T* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, n_warps = blockDim.x / kWarpSize;
+  v = warp_sum(v);
+  __syncthreads();  // `shared` may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? shared[lane] : T(0);
+  return warp_sum(v);
+}
+
+/// Maximum over the block, returned to every thread; `shared` holds 32 floats.
+__device__ inline float block_max(float v, float* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, n_warps = blockDim.x / kWarpSize;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? shared[lane] : -INFINITY;
+  return warp_max(v);
+}
+#endif
+
+}  // namespace zt::cuda

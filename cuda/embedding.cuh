@@ -1,0 +1,33 @@
+// Token + position embedding on the GPU: forward, and the deterministic bucketed backward (no atomics).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace zt::cuda {
+
+/// The rows of a token array grouped by token value, rows ascending within a group: the backward's work list.
+/// Device arrays: rows[n_rows], starts[n_buckets + 1] (offsets into rows), tokens[n_buckets].
+struct TokenBuckets {
+  const int32_t* rows = nullptr;
+  const int32_t* starts = nullptr;
+  const int32_t* tokens = nullptr;
+  int n_buckets = 0;
+};
+
+/// Builds the buckets of tokens[0, n) on the host (a stable counting sort by token) into `packed` laid out as
+/// rows | starts | tokens; returns the bucket count. Throws zt::Error for a negative token.
+int build_token_buckets(const int32_t* tokens, int n, std::vector<int32_t>& packed);
+/// Device views of a packed bucket array (as build_token_buckets lays it out) of n rows and n_buckets groups.
+TokenBuckets token_buckets_view(const int32_t* packed_device, int n, int n_buckets);
+
+/// out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :].
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C,
+                       cudaStream_t stream);
+/// dwte[tok] += dout rows of that token, in row order (bitwise the CPU's order); dwpe[t] += dout over b in order.
+void embedding_backward(float* dwte, float* dwpe, const float* dout, const TokenBuckets& buckets, int B, int T, int C,
+                        cudaStream_t stream);
+
+}  // namespace zt::cuda

@@ -1,0 +1,112 @@
+// LayerNorm on the GPU: one warp per row for the forward and dinp; weight/bias gradients as two-stage column sums.
+#include "cuda/cuda_common.cuh"
+#include "cuda/layernorm.cuh"
+#include "cuda/reduce.cuh"
+
+namespace zt::cuda {
+namespace {
+
+constexpr float kLayerNormEps = 1e-5f;
+constexpr int kRowBlock = 256;  // 8 warps: 8 rows per block
+constexpr int kColumnBlock = 256;
+
+// One warp per row: mean, then the variance about it (two passes, no cancellation when |mean| >> std), as the CPU.
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                         const float* bias, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const float* x = inp + size_t(row) * C;
+  float* o = out + size_t(row) * C;
+  float sum = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) sum += x[c];
+  const float m = warp_sum(sum) / float(C);
+  float sq = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float d = x[c] - m;
+    sq += d * d;
+  }
+  const float s = 1.0f / sqrtf(warp_sum(sq) / float(C) + kLayerNormEps);
+  for (int c = lane; c < C; c += kWarpSize) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+// dinp, one warp per row: dx += (w*dy - mean(w*dy) - norm * mean(w*dy*norm)) * rstd.
+__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
+                                               const float* mean, const float* rstd, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const float* x = inp + size_t(row) * C;
+  const float* d = dout + size_t(row) * C;
+  float* dx = dinp + size_t(row) * C;
+  const float m = mean[row], s = rstd[row];
+  float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float dnorm = weight[c] * d[c];
+    dnorm_sum += dnorm;
+    dnorm_norm_sum += dnorm * ((x[c] - m) * s);
+  }
+  const float dnorm_mean = warp_sum(dnorm_sum) / float(C);
+  const float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / float(C);
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float norm = (x[c] - m) * s;
+    dx[c] += (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+  }
+}
+
+// Stage 1 of dbias / dweight: grid (column block, row chunk); each thread sums its column over the chunk's rows
+// in order into partials[chunk][0, C) (dbias) and partials[chunk][C, 2C) (dweight).
+__global__ void layernorm_backward_partials_kernel(float* partials, const float* dout, const float* inp,
+                                                   const float* mean, const float* rstd, int N, int C,
+                                                   int rows_per_chunk) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int chunk = blockIdx.y;
+  const int r0 = chunk * rows_per_chunk;
+  const int r1 = min(N, r0 + rows_per_chunk);
+  float db = 0.0f, dw = 0.0f;
+  for (int r = r0; r < r1; ++r) {
+    const float d = dout[size_t(r) * C + c];
+    db += d;
+    dw += d * ((inp[size_t(r) * C + c] - mean[r]) * rstd[r]);
+  }
+  float* p = partials + size_t(chunk) * 2 * C;
+  p[c] = db;
+  p[C + c] = dw;
+}
+
+}  // namespace
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                       int N, int C, cudaStream_t stream) {
+  if (N == 0 || C == 0) return;
+  const int rows_per_block = kRowBlock / kWarpSize;
+  layernorm_forward_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(out, mean, rstd, inp, weight,
+                                                                                          bias, N, C);
+  ZT_CUDA_LAUNCH_CHECK();
+}
+
+size_t layernorm_backward_scratch_elems(int N, int C) { return size_t(row_chunks(N).n_chunks) * 2 * size_t(C); }
+
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch,
+                        cudaStream_t stream) {
+  if (N == 0 || C == 0) return;
+  const int rows_per_block = kRowBlock / kWarpSize;
+  layernorm_backward_dinp_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(
+      dinp, dout, inp, weight, mean, rstd, N, C);
+  ZT_CUDA_LAUNCH_CHECK();
+  const RowChunks chunks = row_chunks(N);
+  const dim3 grid(unsigned(ceil_div(size_t(C), kColumnBlock)), unsigned(chunks.n_chunks));
+  layernorm_backward_partials_kernel<<<grid, kColumnBlock, 0, stream>>>(scratch, dout, inp, mean, rstd, N, C,
+                                                                        chunks.rows_per_chunk);
+  ZT_CUDA_LAUNCH_CHECK();
+  sum_column_partials(dbias, scratch, chunks.n_chunks, 2 * C, C, stream);
+  sum_column_partials(dweight, scratch + C, chunks.n_chunks, 2 * C, C, stream);
+}
+
+}  // namespace zt::cuda

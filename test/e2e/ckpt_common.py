@@ -1,0 +1,127 @@
+# Shared helpers of the checkpoint end-to-end tests: run zerotrain (under mpirun for several ranks), read
+# checkpoints with plain h5py, compare tensors bit for bit, count failed checks.
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+ZEROTRAIN = os.environ.get("ZEROTRAIN", "zerotrain")
+MPIEXEC = os.environ.get("ZT_MPIEXEC", "mpirun")
+# Every run: one thread per rank (CI has 2 cores), no progress lines.
+FAST = ["--threads", "1", "--quiet"]
+RUN_TIMEOUT_S = 180  # a hung collective fails the test instead of stalling CI
+
+_failures = []
+_checks = 0
+
+
+def setup(argv, name):
+    """Parses `--mca-io NAME` (exported as OMPI_MCA_io to every run) and returns a fresh work directory."""
+    if "--mca-io" in argv:
+        io = argv[argv.index("--mca-io") + 1]
+        os.environ["OMPI_MCA_io"] = io
+    for k in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
+        os.environ.setdefault(k, "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    print(f"{name}: zerotrain {ZEROTRAIN}, MPI-IO component {os.environ.get('OMPI_MCA_io', '(Open MPI default)')}")
+    work = tempfile.mkdtemp(prefix=f"zt_{name}_")
+    return work
+
+
+def run(n, args, env=None, expect=0):
+    """Runs `zerotrain args` on n ranks; returns (returncode, stdout+stderr). expect: 0, 'nonzero' or None."""
+    cmd = [ZEROTRAIN] + [str(a) for a in args]
+    if n > 1:
+        cmd = [MPIEXEC, "-np", str(n), "--oversubscribe", "--bind-to", "none"] + cmd
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=RUN_TIMEOUT_S)
+        rc, out = p.returncode, p.stdout
+    except subprocess.TimeoutExpired as e:
+        rc, out = -999, f"TIMEOUT after {RUN_TIMEOUT_S}s: {e.stdout}"
+    dt = time.time() - t0
+    bad = (expect == 0 and rc != 0) or (expect == "nonzero" and rc == 0)
+    if bad:
+        print(f"  command failed (rc {rc}, expected {expect}, {dt:.1f}s): {' '.join(cmd)}\n{out}")
+        sys.stdout.flush()
+        raise SystemExit(f"FAIL: unexpected exit status {rc}")
+    return rc, out
+
+
+def check(cond, what, detail=""):
+    """Records one assertion; prints it either way."""
+    global _checks
+    _checks += 1
+    if cond:
+        print(f"  ok: {what}")
+    else:
+        print(f"  FAIL: {what}" + (f"\n        {detail}" if detail else ""))
+        _failures.append(what)
+    sys.stdout.flush()
+    return cond
+
+
+def finish(name, work, t0):
+    dt = time.time() - t0
+    if _failures:
+        print(f"{name}: {len(_failures)} of {_checks} checks FAILED in {dt:.1f}s (work dir kept: {work})")
+        for f in _failures[:20]:
+            print(f"  - {f}")
+        sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{name}: all {_checks} checks passed in {dt:.1f}s")
+    sys.exit(0)
+
+
+def metrics(out_dir):
+    """metrics.jsonl rows as dicts, in file order."""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def manifest(ckpt_dir):
+    """The manifest as stored inside model.h5 (the 'manifest' fixed-length string dataset)."""
+    with h5py.File(os.path.join(ckpt_dir, "model.h5"), "r") as f:
+        raw = f["manifest"][()]
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def read_tensors(ckpt_dir, prefix=""):
+    """Every float dataset under `prefix` as {name: numpy array}, read with plain h5py."""
+    out = {}
+    with h5py.File(os.path.join(ckpt_dir, "model.h5"), "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and name != "manifest" and name.startswith(prefix):
+                out[name] = obj[()]
+        f.visititems(visit)
+    return out
+
+
+def bits_equal(a, b):
+    """Same shape, dtype float32, and the same bit pattern in every element (NaN payloads and -0 included)."""
+    return (a.shape == b.shape and a.dtype == np.float32 and b.dtype == np.float32
+            and np.array_equal(a.view(np.uint32), b.view(np.uint32)))
+
+
+def diff_tensors(ta, tb):
+    """Names whose tensors are not bitwise equal (or missing on one side)."""
+    bad = [k for k in sorted(set(ta) | set(tb)) if k not in ta or k not in tb or not bits_equal(ta[k], tb[k])]
+    return bad
+
+
+def train_args(out_dir, **kw):
+    """`train` arguments: the given flags (underscored names) plus the fast defaults."""
+    args = ["train", "--output_dir", out_dir]
+    for k, v in kw.items():
+        args += [f"--{k}", v]
+    return args + FAST
