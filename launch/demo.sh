@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: installs dependencies, builds zerotrain, and trains the default model on 2 ranks (ZeRO-2) on the
-# built-in corpus; the loss falls from ~5.5. Extra arguments go to `zerotrain train`.
+# built-in corpus, saving a checkpoint every 100 steps; the loss falls from ~5.5 to about 4. Extra arguments go to `zerotrain train`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -11,5 +11,5 @@ fi
 cmake --build build -j"$(nproc)" --target zerotrain
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 exec mpirun -np "${ZT_RANKS:-2}" --oversubscribe --bind-to none build/zerotrain train --preset tiny --zero_stage 2 \
-  --max_steps 200 --global_batch_size 16 --micro_batch_size 4 --learning_rate 3e-3 --warmup_steps 10 \
-  --log_interval 20 --eval_interval 50 --output_dir output/demo "$@"
+  --max_steps 300 --global_batch_size 32 --micro_batch_size 8 --learning_rate 3e-3 --warmup_steps 20 \
+  --log_interval 25 --eval_interval 100 --save_interval 100 --output_dir output/demo "$@"

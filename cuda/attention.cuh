@@ -1,0 +1,23 @@
+// Causal multi-head attention on the GPU: flash-style fused forward and backward (the T×T matrix is never stored).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace zt::cuda {
+
+/// Largest head size (C / NH) the kernels take: GPT-2 and all its sizes use 64.
+constexpr int kAttentionMaxHeadDim = 128;
+
+/// out[B,T,C] = causal softmax(Q K^T / sqrt(hs)) V per head, qkv[B,T,3C] holding q|k|v. The contract's att buffer
+/// [B,NH,T,T] is used as the backward's memory instead of probabilities: the per-row log-sum-exp at
+/// att[0, B*NH*T), and, when hs + 1 <= T (it then fits), a copy of out at att[B*NH*T, +B*T*C).
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, cudaStream_t stream);
+/// Floats of scratch attention_backward needs (row sums D; room to recompute out when att could not hold it).
+size_t attention_backward_scratch_elems(int B, int T, int C, int NH);
+/// Accumulates dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics).
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
+                        int NH, float* scratch, cudaStream_t stream);
+
+}  // namespace zt::cuda

@@ -1,0 +1,230 @@
+// CudaBackend: the Backend contract over device memory on one stream, forwarding to the op launchers in cuda/.
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "cuda/adamw.cuh"
+#include "cuda/attention.cuh"
+#include "cuda/cuda_backend.hpp"
+#include "cuda/cuda_common.cuh"
+#include "cuda/device_memory.cuh"
+#include "cuda/embedding.cuh"
+#include "cuda/gelu.cuh"
+#include "cuda/layernorm.cuh"
+#include "cuda/matmul.cuh"
+#include "cuda/residual.cuh"
+#include "cuda/softmax_cross_entropy.cuh"
+#include "cuda/squared_norm.cuh"
+
+namespace zt {
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, bool bf16) : device_(device) {
+    const int n_devices = cuda_device_count();
+    ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)",
+             device, n_devices);
+    ZT_CUDA_CHECK(cudaSetDevice(device));
+    ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // The error flag lives in mapped pinned memory: kernels set it, the host reads it after a synchronize with no
+    // extra copy.
+    ZT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&error_flag_host_), sizeof(int), cudaHostAllocMapped));
+    *error_flag_host_ = 0;
+    ZT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_flag_device_), error_flag_host_, 0));
+    ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
+    matmul_ = std::make_unique<cuda::MatmulContext>(bf16);
+  }
+
+  ~CudaBackend() override {
+    // No throwing from a destructor: errors here leave nothing to clean up that the process exit does not.
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    matmul_.reset();
+    if (norm_host_ != nullptr) cudaFreeHost(norm_host_);
+    if (error_flag_host_ != nullptr) cudaFreeHost(error_flag_host_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  bool host_memory() const override { return false; }
+
+  float* alloc(size_t n) override { return static_cast<float*>(alloc_zeroed(n * sizeof(float))); }
+  int32_t* alloc_int(size_t n) override {
+    auto* p = static_cast<int32_t*>(alloc_zeroed(n * sizeof(int32_t)));
+    int_allocs_[reinterpret_cast<uintptr_t>(p)] = n;
+    return p;
+  }
+  void release(void* p) override {
+    if (p == nullptr) return;
+    ZT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // work in flight may still use it
+    const auto it = int_allocs_.find(reinterpret_cast<uintptr_t>(p));
+    if (it != int_allocs_.end()) {  // forget the host copies of tokens uploaded into it
+      const uintptr_t begin = it->first, end = begin + it->second * sizeof(int32_t);
+      host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
+      int_allocs_.erase(it);
+    }
+    ZT_CUDA_CHECK(cudaFree(p));
+  }
+  void zero(float* p, size_t n) override {
+    if (n) ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+  }
+  void copy(float* dst, const float* src, size_t n) override {
+    if (dst != src && n)
+      ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void to_host(float* host_dst, const float* src, size_t n) override {
+    if (n) ZT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+  }
+  void from_host(float* dst, const float* host_src, size_t n) override {
+    // From pageable memory the call returns once the bytes are staged, so the caller may reuse host_src at once.
+    if (n) ZT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  }
+  void tokens_from_host(int32_t* dst, const int32_t* host_src, size_t n) override {
+    if (n == 0) return;
+    ZT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    // The embedding backward groups rows by token on the host: keep what was uploaded where.
+    host_tokens_[reinterpret_cast<uintptr_t>(dst)].assign(host_src, host_src + n);
+  }
+  void synchronize() override {
+    ZT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (*error_flag_host_ != 0) {
+      *error_flag_host_ = 0;
+      ZT_FAIL("softmax_cross_entropy: a target was outside [0, vocab) (its loss is NaN)");
+    }
+  }
+
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
+                         int C) override {
+    cuda::embedding_forward(out, tokens, wte, wpe, B, T, C, stream_);
+  }
+  void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
+                          int C) override {
+    const int n = B * T;
+    const int32_t* host = uploaded_tokens(tokens, size_t(n));
+    const int n_buckets = cuda::build_token_buckets(host, n, bucket_host_);
+    const size_t n_bytes = bucket_host_.size() * sizeof(int32_t);
+    void* staging = bucket_staging_.get(n_bytes);
+    std::copy(bucket_host_.begin(), bucket_host_.end(), static_cast<int32_t*>(staging));
+    auto* packed = static_cast<int32_t*>(bucket_device_.get(n_bytes));
+    ZT_CUDA_CHECK(cudaMemcpyAsync(packed, staging, n_bytes, cudaMemcpyHostToDevice, stream_));
+    bucket_staging_.record(stream_);
+    cuda::embedding_backward(dwte, dwpe, dout, cuda::token_buckets_view(packed, n, n_buckets), B, T, C, stream_);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                         const float* bias, int N, int C) override {
+    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                          const float* weight, const float* mean, const float* rstd, int N, int C) override {
+    float* scratch = scratch_floats(cuda::layernorm_backward_scratch_elems(N, C));
+    cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, scratch, stream_);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                      bool wt) override {
+    cuda::matmul_forward(*matmul_, out, inp, weight, bias, N, C, OC, wt, stream_);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, int N, int C, int OC, bool wt) override {
+    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, inp, weight, N, C, OC, wt, stream_);
+  }
+  void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
+    cuda::attention_forward(out, att, qkv, B, T, C, NH, stream_);
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
+                          int NH) override {
+    float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH));
+    cuda::attention_backward(dqkv, dout, qkv, att, B, T, C, NH, scratch, stream_);
+  }
+  void gelu_forward(float* out, const float* inp, size_t n) override { cuda::gelu_forward(out, inp, n, stream_); }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    cuda::gelu_backward(dinp, inp, dout, n, stream_);
+  }
+  void residual_forward(float* out, const float* a, const float* b, size_t n) override {
+    cuda::residual_forward(out, a, b, n, stream_);
+  }
+  void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
+                             float dloss) override {
+    cuda::softmax_cross_entropy(logits, losses, targets, N, V, Vp, dloss, error_flag_device_, stream_);
+  }
+  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
+                    float beta2, float eps, float wd, float grad_scale, int64_t step) override {
+    cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step, stream_);
+  }
+  double squared_norm(const float* x, size_t n) override {
+    auto* scratch = static_cast<double*>(scratch_.get(cuda::squared_norm_scratch_elems(n) * sizeof(double)));
+    cuda::squared_norm(x, n, scratch, stream_);
+    ZT_CUDA_CHECK(cudaMemcpyAsync(norm_host_, scratch, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    return *norm_host_;
+  }
+  void accumulate(float* x, const float* y, size_t n) override { cuda::residual_forward(x, x, y, n, stream_); }
+
+ private:
+  void* alloc_zeroed(size_t n_bytes) {
+    void* p = nullptr;
+    const cudaError_t rc = cudaMalloc(&p, n_bytes == 0 ? 256 : n_bytes);
+    ZT_CHECK(rc == cudaSuccess, "out of device memory allocating {} bytes on CUDA device {}: {}", n_bytes, device_,
+             cudaGetErrorString(rc));
+    // Zeroed like the CPU backend's memory, in stream order before any op that uses it.
+    ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n_bytes == 0 ? 256 : n_bytes, stream_));
+    return p;
+  }
+
+  float* scratch_floats(size_t n) { return static_cast<float*>(scratch_.get(n * sizeof(float))); }
+
+  // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
+  const int32_t* uploaded_tokens(const int32_t* tokens, size_t n) {
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(tokens);
+    auto it = host_tokens_.upper_bound(addr);
+    ZT_CHECK(it != host_tokens_.begin(),
+             "embedding_backward: the CUDA backend needs the tokens uploaded with tokens_from_host");
+    --it;
+    const size_t offset = (addr - it->first) / sizeof(int32_t);
+    ZT_CHECK(offset + n <= it->second.size(),
+             "embedding_backward: tokens [{}, +{}) lie outside the last tokens_from_host upload of {} tokens", offset,
+             n, it->second.size());
+    return it->second.data() + offset;
+  }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  int* error_flag_host_ = nullptr;
+  int* error_flag_device_ = nullptr;
+  double* norm_host_ = nullptr;
+  std::unique_ptr<cuda::MatmulContext> matmul_;
+  cuda::DeviceScratch scratch_;  // per-op scratch: ops run in stream order, so one block serves them all
+  cuda::DeviceScratch bucket_device_;
+  cuda::PinnedStaging bucket_staging_;
+  std::vector<int32_t> bucket_host_;
+  std::map<uintptr_t, size_t> int_allocs_;                 // device int buffers and their lengths
+  std::map<uintptr_t, std::vector<int32_t>> host_tokens_;  // device address -> tokens last uploaded there
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver / no device" error for later calls
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_device_description(int device) {
+  const int n_devices = cuda_device_count();
+  ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)", device,
+           n_devices);
+  cudaDeviceProp prop{};
+  ZT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB)", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+                     double(prop.totalGlobalMem) / double(1ull << 30));
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16) {
+  return std::make_unique<CudaBackend>(device, bf16);
+}
+
+}  // namespace zt

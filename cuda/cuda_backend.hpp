@@ -1,0 +1,23 @@
+// The CUDA backend's entry points: device count, description and the factory. No CUDA headers, so the CLI and the
+// tests include it from plain C++.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/backend.hpp"
+
+namespace zt {
+
+/// Number of CUDA devices; 0, never an exception, when there is no driver, no device, or the runtime fails.
+int cuda_device_count();
+/// One line for logs: "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"; throws zt::Error for a bad index.
+std::string cuda_device_description(int device);
+/// The CUDA backend on `device` (the calling thread's current device from then on; use the backend from that thread).
+/// Every interface buffer is fp32 device memory in both modes. bf16 = false: fp32 everywhere, matmuls in true fp32
+/// (no TF32): the mode the tests compare with the CPU. bf16 = true: matmul operands are rounded into internal bf16
+/// copies and multiplied with fp32 accumulation into the fp32 outputs; every other op, and the fp32 master
+/// weights, optimizer state and gradients, stay fp32. Throws zt::Error when the device does not exist.
+std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16);
+
+}  // namespace zt
