@@ -100,6 +100,11 @@ std::string read_latest(const std::string& output_dir);
 
 /// Reads and parses the manifest of a checkpoint directory (independent, any rank). Throws CheckpointError.
 nlohmann::json read_manifest(const std::string& ckpt_dir);
+/// Throws zt::Error unless this build reads the manifest's format_version (a newer one: "upgrade zerotrain").
+void check_format_version(const nlohmann::json& manifest, const std::string& path);
+/// The model and training configs a manifest records. Keys this build does not know are ignored: a writer may add
+/// manifest fields without bumping the format version (docs/checkpoint-format.md, "Versions").
+void configs_from_manifest(const nlohmann::json& manifest, ModelConfig& model, TrainConfig& train);
 
 /// Loads a checkpoint written with any world size and stage into `engine` (this run's world size and stage):
 /// each rank reads exactly its own new slice and verifies the checksums of the chunks that start in it. Errors

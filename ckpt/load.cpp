@@ -2,6 +2,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/h5.hpp"
@@ -53,6 +54,32 @@ std::string open_checked(hid_t file, const std::string& name, const std::vector<
 
 }  // namespace
 
+void check_format_version(const nlohmann::json& manifest, const std::string& path) {
+  const int version = manifest.value("format_version", -1);
+  ZT_CHECK(version <= kCheckpointFormatVersion,
+           "checkpoint {} has format version {}, written by zerotrain {}; this build ({}) reads versions 1..{}: "
+           "upgrade zerotrain to resume it",
+           path, version, manifest.value("zerotrain_version", "?"), ZT_VERSION, kCheckpointFormatVersion);
+  ZT_CHECK(version >= 1, "checkpoint {} has no valid format_version ({}); this build reads versions 1..{}", path,
+           manifest.contains("format_version") ? manifest["format_version"].dump() : "missing",
+           kCheckpointFormatVersion);
+}
+
+void configs_from_manifest(const nlohmann::json& manifest, ModelConfig& model, TrainConfig& train) {
+  auto known_only = [&](const char* key, const nlohmann::json& known) {
+    nlohmann::json out = nlohmann::json::object();
+    const nlohmann::json& j = manifest.contains(key) ? manifest[key] : out;
+    if (j.is_object())
+      for (auto it = j.begin(); it != j.end(); ++it)
+        if (known.contains(it.key())) out[it.key()] = it.value();
+    return out;
+  };
+  ModelConfig unused_model;
+  TrainConfig unused_train;
+  update_from_json(known_only("model", to_json(ModelConfig())), model, unused_train);
+  update_from_json(known_only("train", to_json(TrainConfig())), unused_model, train);
+}
+
 LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig& model, ZeroEngine& engine,
                                  MpiComm& comm) {
   const std::string path = ckpt_dir + "/" + kCheckpointFile;
@@ -70,14 +97,8 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   LoadedCheckpoint out;
   out.path = ckpt_dir;
   out.manifest = manifest;
-  const int version = manifest.value("format_version", -1);
-  ZT_CHECK(version >= 1 && version <= kCheckpointFormatVersion,
-           "checkpoint {} has format version {}, written by zerotrain {}; this build ({}) reads versions 1..{}: "
-           "upgrade zerotrain to resume it",
-           path, version, manifest.value("zerotrain_version", "?"), ZT_VERSION, kCheckpointFormatVersion);
-  TrainConfig saved_train;
-  update_from_json(manifest["model"], out.model, saved_train);
-  update_from_json(manifest["train"], out.model, out.train);
+  check_format_version(manifest, path);
+  configs_from_manifest(manifest, out.model, out.train);
   const std::vector<std::string> diffs = diff_model_config(out.model, model);
   ZT_CHECK(diffs.empty(), "checkpoint {} was written for a different model: {}; pass the same model flags (or "
            "--preset) as the run that saved it",
@@ -114,7 +135,10 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
         dst[size_t(pc.tensor)] = {s.params + off, s.m + off, s.v + off};
       }
     }
-    std::vector<float> buf;
+    // Uninitialised on purpose: H5Dread fills it, and a vector's resize would first zero every element it adds
+    // (one extra pass over up to the whole model per load).
+    std::unique_ptr<float[]> buf;
+    size_t buf_elems = 0;
     std::vector<uint64_t> want;
     for (size_t d = 0; d < names.size(); ++d) {
       const size_t ti = d % n_t;
@@ -133,26 +157,29 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
         const size_t last_c = (b - 1) / K;
         if (last_c * K >= a) ext_b = std::min(t.numel(), (last_c + 1) * K);
       }
-      buf.resize(std::max<size_t>(1, ext_b - a));
+      if (std::max<size_t>(1, ext_b - a) > buf_elems) {
+        buf_elems = std::max<size_t>(1, ext_b - a);
+        buf.reset(new float[buf_elems]);
+      }
       H5Id fspace(H5Dget_space(dset), H5Sclose);
       detail::select_range(fspace, t.shape, a, ext_b);
       const hsize_t count = ext_b - a, one = 1;
       H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
       if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
-      if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.data()) < 0) {
+      if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.get()) < 0) {
         problems.push_back(fmt::format("checkpoint {}: reading {} failed: {}", path, names[d], h5_error_stack()));
         continue;
       }
       for (size_t c = (a + K - 1) / K; c * K < b; ++c) {
         const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
-        const uint64_t got = chunk_digest(buf.data() + (c0 - a), c1 - c0);
+        const uint64_t got = chunk_digest(buf.get() + (c0 - a), c1 - c0);
         if (got != want[c])
           problems.push_back(fmt::format(
               "checkpoint {}: checksum mismatch in tensor {} (elements {}..{} of chunk {}): xxh64 {} but the "
               "manifest says {}",
               path, names[d], c0, c1 - 1, c, hex64(got), hex64(want[c])));
       }
-      if (a < b) engine.backend().from_host(dst[ti][d / n_t], buf.data(), b - a);
+      if (a < b) engine.backend().from_host(dst[ti][d / n_t], buf.get(), b - a);
     }
   }
   std::string local;
@@ -168,19 +195,17 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
   const std::string path = ckpt_dir + "/" + kCheckpointFile;
   nlohmann::json manifest;
   std::string err;
+  ModelConfig model;
+  TrainConfig train;
   try {
     manifest = read_manifest(ckpt_dir);
-    const int version = manifest.value("format_version", -1);
-    ZT_CHECK(version >= 1 && version <= kCheckpointFormatVersion,
-             "{} has format version {}; this build reads versions 1..{}", path, version, kCheckpointFormatVersion);
+    check_format_version(manifest, path);
+    configs_from_manifest(manifest, model, train);
   } catch (const Error& e) {
     err = e.what();
   }
   err = detail::agree_error(comm, err);
   if (!err.empty()) return {err};
-  ModelConfig model;
-  TrainConfig train;
-  update_from_json(manifest["model"], model, train);
   ParamTable table(model);
   const std::vector<std::string> names = checkpoint_dataset_names(table);
   std::vector<std::string> problems;

@@ -27,9 +27,10 @@ std::vector<std::string> resume_candidates(const std::string& spec, const std::s
 
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,
                               std::vector<std::string>& warnings) {
+  // Fields this build does not know are ignored here; load_checkpoint refuses a newer format_version by name.
   ModelConfig unused;
   TrainConfig saved;
-  update_from_json(manifest.at("train"), unused, saved);
+  configs_from_manifest(manifest, unused, saved);
   const nlohmann::json a = to_json(saved), b = to_json(now);
   for (const char* key : {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate",
                           "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip",

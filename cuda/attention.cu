@@ -11,6 +11,7 @@
 // query tiles for dK and dV; each recomputes P = exp(S - L) and dS = P ∘ (dP - D), dP = dO V^T. Every sum runs
 // in a fixed order, so results are deterministic.
 // Not yet: tensor cores (mma / wgmma in bf16); these kernels run on the fp32 pipes in both backend modes.
+#include <cmath>
 #include <type_traits>
 
 #include "cuda/attention.cuh"
@@ -40,10 +41,10 @@ __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(float* out, float* out_copy, float* lse, const float* qkv, int T, int C, int NH, int hs,
                              float scale) {
   extern __shared__ float smem[];
-  const int ldk = hs + 1;               // rows read one per lane: padded so the lanes hit distinct banks
-  float* q_s = smem;                    // [kTile][hs]: read as broadcasts
-  float* k_s = q_s + kTile * hs;        // [kTile][hs + 1]
-  float* v_s = k_s + kTile * ldk;       // [kTile][hs]: lanes read consecutive dims
+  const int ldk = hs + 1;          // rows read one per lane: padded so the lanes hit distinct banks
+  float* q_s = smem;               // [kTile][hs]: read as broadcasts
+  float* k_s = q_s + kTile * hs;   // [kTile][hs + 1]
+  float* v_s = k_s + kTile * ldk;  // [kTile][hs]: lanes read consecutive dims
   const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;  // the last (longest) query tiles start first
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -147,10 +148,10 @@ __global__ void __launch_bounds__(kThreads)
                                  int T, int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int ldk = hs + 1;
-  float* q_s = smem;                // [kTile][hs] broadcasts
-  float* do_s = q_s + kTile * hs;   // [kTile][hs] broadcasts
-  float* k_s = do_s + kTile * hs;   // [kTile][hs + 1]: a row per lane for S, consecutive dims for dQ
-  float* v_s = k_s + kTile * ldk;   // [kTile][hs + 1]: a row per lane for dP
+  float* q_s = smem;               // [kTile][hs] broadcasts
+  float* do_s = q_s + kTile * hs;  // [kTile][hs] broadcasts
+  float* k_s = do_s + kTile * hs;  // [kTile][hs + 1]: a row per lane for S, consecutive dims for dQ
+  float* v_s = k_s + kTile * ldk;  // [kTile][hs + 1]: a row per lane for dP
   const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -229,8 +230,8 @@ __global__ void __launch_bounds__(kThreads)
 // dK, dV: grid (key tile, batch·head). dv[j] += sum_i P[i, j] dO[i]; dk[j] += scale * sum_i dS[i, j] Q[i].
 template <int DPL>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
-                                  const float* dsum, int T, int C, int NH, int hs, float scale) {
+    attention_backward_dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
+                                  int T, int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int ldq = hs + 1;
   float* k_s = smem;                // [kTile][hs] broadcasts (this warp's keys)
@@ -323,10 +324,18 @@ __global__ void __launch_bounds__(kThreads)
 template <typename Fn>
 void with_dims_per_lane(int hs, Fn&& fn) {
   switch ((hs + kWarpSize - 1) / kWarpSize) {
-    case 1: fn(std::integral_constant<int, 1>{}); break;
-    case 2: fn(std::integral_constant<int, 2>{}); break;
-    case 3: fn(std::integral_constant<int, 3>{}); break;
-    default: fn(std::integral_constant<int, 4>{}); break;
+    case 1:
+      fn(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      fn(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      fn(std::integral_constant<int, 3>{});
+      break;
+    default:
+      fn(std::integral_constant<int, 4>{});
+      break;
   }
 }
 
@@ -377,8 +386,8 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH) {
   return n_stats + (att_holds_out_copy(T, hs) ? 0 : size_t(B) * T * C + n_stats);
 }
 
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
-                        int NH, float* scratch, cudaStream_t stream) {
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C, int NH,
+                        float* scratch, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);

@@ -17,7 +17,7 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 /// Floats of scratch attention_backward needs (row sums D; room to recompute out when att could not hold it).
 size_t attention_backward_scratch_elems(int B, int T, int C, int NH);
 /// Accumulates dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics).
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
-                        int NH, float* scratch, cudaStream_t stream);
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C, int NH,
+                        float* scratch, cudaStream_t stream);
 
 }  // namespace zt::cuda

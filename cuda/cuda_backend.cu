@@ -24,8 +24,8 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, bool bf16) : device_(device) {
     const int n_devices = cuda_device_count();
-    ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)",
-             device, n_devices);
+    ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)", device,
+             n_devices);
     ZT_CUDA_CHECK(cudaSetDevice(device));
     ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     // The error flag lives in mapped pinned memory: kernels set it, the host reads it after a synchronize with no
@@ -70,8 +70,7 @@ class CudaBackend final : public Backend {
     if (n) ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
-    if (dst != src && n)
-      ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+    if (dst != src && n) ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
   void to_host(float* host_dst, const float* src, size_t n) override {
     if (n) ZT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
@@ -84,8 +83,17 @@ class CudaBackend final : public Backend {
   void tokens_from_host(int32_t* dst, const int32_t* host_src, size_t n) override {
     if (n == 0) return;
     ZT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    // The embedding backward groups rows by token on the host: keep what was uploaded where.
-    host_tokens_[reinterpret_cast<uintptr_t>(dst)].assign(host_src, host_src + n);
+    // The embedding backward groups rows by token on the host: keep what was uploaded where, and bring older
+    // uploads that overlap this range up to date.
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(dst), end = begin + n * sizeof(int32_t);
+    for (auto it = host_tokens_.begin(); it != host_tokens_.end() && it->first < end; ++it) {
+      const uintptr_t rec_end = it->first + it->second.size() * sizeof(int32_t);
+      const uintptr_t lo = std::max(begin, it->first), hi = std::min(end, rec_end);
+      if (lo >= hi || it->first == begin) continue;
+      std::copy(host_src + (lo - begin) / sizeof(int32_t), host_src + (hi - begin) / sizeof(int32_t),
+                it->second.begin() + long((lo - it->first) / sizeof(int32_t)));
+    }
+    host_tokens_[begin].assign(host_src, host_src + n);
   }
   void synchronize() override {
     ZT_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -112,8 +120,8 @@ class CudaBackend final : public Backend {
     bucket_staging_.record(stream_);
     cuda::embedding_backward(dwte, dwpe, dout, cuda::token_buckets_view(packed, n, n_buckets), B, T, C, stream_);
   }
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                         const float* bias, int N, int C) override {
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                         int N, int C) override {
     cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
@@ -148,8 +156,8 @@ class CudaBackend final : public Backend {
                              float dloss) override {
     cuda::softmax_cross_entropy(logits, losses, targets, N, V, Vp, dloss, error_flag_device_, stream_);
   }
-  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float wd, float grad_scale, int64_t step) override {
+  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+                    float eps, float wd, float grad_scale, int64_t step) override {
     cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step, stream_);
   }
   double squared_norm(const float* x, size_t n) override {

@@ -26,7 +26,7 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const float x = inp[i];
     const float e = exp_clamped(kK2 * (x + kC3 * x * x * x));  // exp(-2u)
-    const float s = 1.0f / (1.0f + e);                                                  // sigmoid(2u)
+    const float s = 1.0f / (1.0f + e);                         // sigmoid(2u)
     // d/dx [x s] = s + x * 2 s (1 - s) du/dx; s (1 - s) formed as (e s) s, which keeps precision where s ~ 1.
     const float grad = s + x * ((e * s) * s) * kDk * (1.0f + kDc3 * x * x);
     dinp[i] += grad * dout[i];

@@ -97,8 +97,8 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
-  layernorm_backward_dinp_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(
-      dinp, dout, inp, weight, mean, rstd, N, C);
+  layernorm_backward_dinp_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(dinp, dout, inp, weight,
+                                                                                                mean, rstd, N, C);
   ZT_CUDA_LAUNCH_CHECK();
   const RowChunks chunks = row_chunks(N);
   const dim3 grid(unsigned(ceil_div(size_t(C), kColumnBlock)), unsigned(chunks.n_chunks));

@@ -86,8 +86,8 @@ struct MatmulContext::Impl {
   // The plan for row-major C[M,N] (+)= op(A) op(B) (+ bias), built and cached on first use.
   Plan& plan(bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
              const float* C, int ldc, bool with_bias) {
-    const PlanKey key{trans_a, trans_b, M, N, K, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(C),
-                      with_bias};
+    const PlanKey key{trans_a,         trans_b,         M,        N, K, lda, ldb, ldc, alignment_of(A),
+                      alignment_of(B), alignment_of(C), with_bias};
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan& p = plans[key];
@@ -100,16 +100,15 @@ struct MatmulContext::Impl {
     if (with_bias) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const cudaDataType_t bias_type = CUDA_R_32F;
-      ZT_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+      ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
       ZT_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     }
     // Column-major shapes as stored (before the op): cuBLASLt computes D[m=N, n=M] with k=K.
-    ZT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, operand_type, op_a == CUBLAS_OP_N ? N : K,
-                                               op_a == CUBLAS_OP_N ? K : N, ldb));
-    ZT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, operand_type, op_b == CUBLAS_OP_N ? K : M,
-                                               op_b == CUBLAS_OP_N ? M : K, lda));
+    ZT_CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&p.a, operand_type, op_a == CUBLAS_OP_N ? N : K, op_a == CUBLAS_OP_N ? K : N, ldb));
+    ZT_CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&p.b, operand_type, op_b == CUBLAS_OP_N ? K : M, op_b == CUBLAS_OP_N ? M : K, lda));
     ZT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, N, M, ldc));
 
     cublasLtMatmulPreference_t pref = nullptr;
@@ -139,8 +138,8 @@ struct MatmulContext::Impl {
     Plan& p = plan(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, bias != nullptr);
     if (!p.found) {
       ZT_CHECK(bias != nullptr,
-               "cuBLASLt has no algorithm for the {}x{}x{} product (trans_a={}, trans_b={}, lda={}, ldb={}, ldc={})",
-               M, N, K, trans_a, trans_b, lda, ldb, ldc);
+               "cuBLASLt has no algorithm for the {}x{}x{} product (trans_a={}, trans_b={}, lda={}, ldb={}, ldc={})", M,
+               N, K, trans_a, trans_b, lda, ldb, ldc);
       return false;
     }
     if (bias != nullptr)

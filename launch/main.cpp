@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <cpptoml.h>
 
+#include <sched.h>
+
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -78,6 +80,14 @@ nlohmann::json read_config_file(const std::string& path) {
   } catch (const cpptoml::parse_exception& e) {
     ZT_FAIL("config file {} is not valid TOML: {}", path, e.what());
   }
+}
+
+/// CPUs this process may run on (respects Slurm cpusets / cgroups, unlike hardware_concurrency).
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1, int(std::thread::hardware_concurrency()));
 }
 
 int local_rank_count() {
@@ -225,11 +235,15 @@ int run(int argc, char** argv, int rank) {
     for (auto& o : overrides)
       if (o.opt->count() > 0) o.apply(m, t);
     int threads = t.threads;
-    if (threads == 0) threads = std::max(1, int(std::thread::hardware_concurrency()) / local_rank_count());
+    if (threads == 0) {
+      // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
+      const int cpus = usable_cpus();
+      const int hw = std::max(1, int(std::thread::hardware_concurrency()));
+      threads = cpus < hw ? cpus : std::max(1, hw / local_rank_count());
+    }
     ZT_CHECK(t.device != "cuda", "--device cuda: this build has no CUDA backend yet; use --device cpu");
     auto backend = zt::make_cpu_backend(threads);
     zt::MpiComm comm(MPI_COMM_WORLD);
-    zt::install_preemption_handlers();
     const zt::TrainSummary summary = zt::train(m, t, comm, *backend, run_opts);
     if (summary.preempted) return zt::kExitRequeue;
   }
@@ -240,6 +254,8 @@ int run(int argc, char** argv, int rank) {
 
 int main(int argc, char** argv) {
   int provided = 0;
+  // Before anything slow: a preemption signal during start-up must be recorded, not kill the rank.
+  zt::install_preemption_handlers();
   // MULTIPLE: --async_save writes checkpoints from a second thread on its own communicator.
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   int rank = 0, size = 1;

@@ -71,6 +71,33 @@ def check(cond, what, detail=""):
     return cond
 
 
+class Deferred:
+    """Collects checks made on a worker thread; report() replays them in order on the main thread."""
+
+    def __init__(self):
+        self.items = []
+
+    def check(self, cond, what, detail=""):
+        self.items.append((bool(cond), what, detail))
+        return cond
+
+
+def run_parallel(fn, items, workers=2):
+    """fn(item, deferred) for every item, `workers` at a time (the runs mostly wait on MPI start-up and fsync), then
+    reports every item's checks in item order."""
+    import concurrent.futures
+
+    def job(item):
+        d = Deferred()
+        fn(item, d)
+        return d
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for d in pool.map(job, items):
+            for cond, what, detail in d.items:
+                check(cond, what, detail)
+
+
 def finish(name, work, t0):
     dt = time.time() - t0
     if _failures:

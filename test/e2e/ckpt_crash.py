@@ -65,7 +65,8 @@ def main():
 
     all_moments = moments()
     print(f"{len(all_moments)} kill moments")
-    for i, (N, S, spec) in enumerate(all_moments):
+    def one(item, D):
+        i, (N, S, spec) = item
         phase, _, kill_rank = spec.split(":")
         allowed = allowed_newest(phase, int(kill_rank))
         tag = f"[{i + 1}/{len(all_moments)} N={N} kill {spec}]"
@@ -73,11 +74,11 @@ def main():
         shutil.copytree(bases[N], d)
         rc, out = C.run(N, C.train_args(d, resume_from_checkpoint="latest", **cfg(S)),
                         env={"ZT_TEST_KILL_AT": spec}, expect="nonzero")
-        C.check(f"killing rank {kill_rank} at {spec}" in out, f"{tag} the job died (rc {rc}) at that point",
+        D.check(f"killing rank {kill_rank} at {spec}" in out, f"{tag} the job died (rc {rc}) at that point",
                 out[-2000:])
         committed = sorted(int(n[11:]) for n in os.listdir(d) if n.startswith("checkpoint-"))
         want = committed[-1] if committed else None
-        C.check(committed[:1] == [2] and want in allowed,
+        D.check(committed[:1] == [2] and want in allowed,
                 f"{tag} committed after the crash: steps {committed} (newest allowed: {sorted(allowed)})")
         tmp = os.path.join(d, ".checkpoint-4.tmp")
         tmp_note = ""
@@ -88,19 +89,21 @@ def main():
 
         _, out = C.run(N, C.train_args(d, resume_from_checkpoint="latest", **cfg(S)))
         line = next((l for l in out.splitlines() if l.startswith("resumed from")), "")
-        C.check(line.startswith(f"resumed from {d}/checkpoint-{want}: step {want}") and ".tmp" not in line,
+        D.check(line.startswith(f"resumed from {d}/checkpoint-{want}: step {want}") and ".tmp" not in line,
                 f"{tag} resume used checkpoint-{want}{tmp_note}", out[-2000:])
         rc_v, out_v = C.run(N, ["ckpt", "verify", f"{d}/checkpoint-{want}"], expect=None)
-        C.check(rc_v == 0 and "OK (structure and every checksum)" in out_v,
+        D.check(rc_v == 0 and "OK (structure and every checksum)" in out_v,
                 f"{tag} ckpt verify accepts checkpoint-{want}", out_v)
         ds, losses = refs[N]
         got = C.manifest(f"{d}/checkpoint-4")["datasets"]
         same = all(got[k]["xxh64"] == ds[k]["xxh64"] for k in ds) and len(got) == len(ds)
         got_losses = [r["loss"] for r in C.metrics(d)]
-        C.check(same and got_losses == losses and not os.path.exists(tmp),
+        D.check(same and got_losses == losses and not os.path.exists(tmp),
                 f"{tag} final checkpoint-4 and all 4 losses bitwise equal to the uninterrupted run, no .tmp left",
                 f"losses {got_losses} vs {losses}; tmp exists: {os.path.exists(tmp)}")
         shutil.rmtree(d, ignore_errors=True)
+
+    C.run_parallel(one, list(enumerate(all_moments)), workers=2)
     C.finish("ckpt_crash", work, t0)
 
 

@@ -18,27 +18,26 @@ WIDE = {"vocab": 5000, "d_model": 256, "n_head": 4}
 CASES = [(S, N, TINY) for S in (0, 1, 2, 3) for N in (1, 2, 4)] + [(3, 4, WIDE), (1, 2, WIDE)]
 
 
-def one_case(work, S, N, model):
+def one_case(work, S, N, model, D):
     tag = f"S={S} N={N}" + (" wide" if model else "")
-    print(f"[{tag}]")
     cfg = dict(max_steps=2 * K, save_interval=2 * K, zero_stage=S, micro_batch_size=2, global_batch_size=8, seed=7,
                **model)
     straight = os.path.join(work, f"straight_s{S}_n{N}{'_w' if model else ''}")
     split = os.path.join(work, f"split_s{S}_n{N}{'_w' if model else ''}")
     C.run(N, C.train_args(straight, **cfg))
     C.run(N, C.train_args(split, exit_after_steps=K, **cfg))
-    C.check(os.path.isdir(f"{split}/checkpoint-{K}") and not os.path.exists(f"{split}/checkpoint-{2 * K}")
+    D.check(os.path.isdir(f"{split}/checkpoint-{K}") and not os.path.exists(f"{split}/checkpoint-{2 * K}")
             and len(C.metrics(split)) == K,
             f"{tag}: the interrupted run stopped after {K} steps with checkpoint-{K} only")
     _, out = C.run(N, C.train_args(split, resume_from_checkpoint="latest", **cfg))
-    C.check(f"resumed from {split}/checkpoint-{K}: step {K}, world size {N} then {N} now" in out,
+    D.check(f"resumed from {split}/checkpoint-{K}: step {K}, world size {N} then {N} now" in out,
             f"{tag}: resume names checkpoint-{K}, step {K}", out)
 
     ma, mb = C.metrics(straight), C.metrics(split)
     keys = ("step", "loss", "lr", "grad_norm")
     rows_a = [tuple(r[k] for k in keys) for r in ma]
     rows_b = [tuple(r[k] for k in keys) for r in mb]
-    C.check(len(rows_a) == 2 * K and rows_a == rows_b,
+    D.check(len(rows_a) == 2 * K and rows_a == rows_b,
             f"{tag}: {2 * K} losses, LRs and grad norms bitwise equal (last loss {rows_a[-1][1]!r})",
             f"straight {rows_a}\n        resumed  {rows_b}")
 
@@ -46,28 +45,27 @@ def one_case(work, S, N, model):
     A, B = C.manifest(ca), C.manifest(cb)
     dsa, dsb = A["datasets"], B["datasets"]
     differ = [k for k in dsa if dsa[k]["xxh64"] != dsb.get(k, {}).get("xxh64")]
-    C.check(len(dsa) == len(dsb) and len(dsa) > 0 and not differ,
+    D.check(len(dsa) == len(dsb) and len(dsa) > 0 and not differ,
             f"{tag}: all {len(dsa)} manifest xxh64 equal (params, exp_avg, exp_avg_sq)", f"differ: {differ[:5]}")
     fields = lambda m: (m["step"], m["tokens_seen"], m["data"]["cursor"], m["optimizer"]["step"],
                         m["lr_schedule"]["last_lr"], m["world_size"], m["zero_stage"])
-    C.check(fields(A) == fields(B) == (2 * K, 2 * K * 8 * A["model"]["seq_len"], 2 * K, 2 * K,
+    D.check(fields(A) == fields(B) == (2 * K, 2 * K * 8 * A["model"]["seq_len"], 2 * K, 2 * K,
                                        A["lr_schedule"]["last_lr"], N, S),
             f"{tag}: step, tokens seen, data cursor, Adam step, LR, world size, stage equal", f"{fields(A)} {fields(B)}")
     ta, tb = C.read_tensors(ca), C.read_tensors(cb)
     bad = C.diff_tensors(ta, tb)
-    C.check(len(ta) == 3 * (len(ta) // 3) and len(ta) >= 3 and not bad,
+    D.check(len(ta) == 3 * (len(ta) // 3) and len(ta) >= 3 and not bad,
             f"{tag}: all {len(ta)} tensors read with h5py bitwise equal", f"differ: {bad[:5]}")
     # The checks above must be able to fail: the K-step checkpoint differs from the 2K-step one.
     tk = C.read_tensors(f"{split}/checkpoint-{K}", "params/")
-    C.check(C.diff_tensors(tk, {k: v for k, v in tb.items() if k.startswith("params/")}),
+    D.check(C.diff_tensors(tk, {k: v for k, v in tb.items() if k.startswith("params/")}),
             f"{tag}: (sanity) params at step {K} differ from step {2 * K}")
 
 
 def main():
     t0 = time.time()
     work = C.setup(sys.argv, "ckpt_resume")
-    for S, N, model in CASES:
-        one_case(work, S, N, model)
+    C.run_parallel(lambda case, D: one_case(work, *case, D), CASES, workers=2)
     C.finish("ckpt_resume", work, t0)
 
 

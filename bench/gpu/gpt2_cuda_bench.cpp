@@ -1,0 +1,151 @@
+// GPT-2 training throughput on one GPU through the CUDA backend: Gpt2::step, global-norm clip and AdamW over
+// unsharded buffers (no trainer, no ZeRO, no comm). Prints tokens/s and MFU as docs/gpu-results.md defines them.
+//
+// Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
+//                        [--peak_tflops F]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/errors.hpp"
+#include "core/gpt2.hpp"
+#include "core/model.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "test/cuda/flat_units.hpp"
+
+namespace {
+
+struct Options {
+  std::string preset = "gpt2";
+  int batch = 16;
+  int seq_len = 1024;
+  int steps = 20;
+  int warmup = 3;
+  bool bf16 = true;
+  double peak_tflops = 0;  // 0: from the device name
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      ZT_CHECK(i + 1 < argc, "{} needs a value", a);
+      return argv[++i];
+    };
+    if (a == "--preset")
+      o.preset = value();
+    else if (a == "--batch")
+      o.batch = std::stoi(value());
+    else if (a == "--seq_len")
+      o.seq_len = std::stoi(value());
+    else if (a == "--steps")
+      o.steps = std::stoi(value());
+    else if (a == "--warmup")
+      o.warmup = std::stoi(value());
+    else if (a == "--fp32")
+      o.bf16 = false;
+    else if (a == "--peak_tflops")
+      o.peak_tflops = std::stod(value());
+    else
+      ZT_FAIL("unknown argument {} (see the usage at the top of bench/gpu/gpt2_cuda_bench.cpp)", a);
+  }
+  ZT_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.steps >= 1 && o.warmup >= 0, "batch, seq_len, steps must be >= 1");
+  return o;
+}
+
+// Dense bf16 tensor-core peak of the card, TFLOP/s (vendor datasheets); 0 when unknown (MFU is then not printed).
+double default_peak_tflops(const std::string& device) {
+  if (device.find("H100 PCIe") != std::string::npos) return 756.0;
+  if (device.find("H100") != std::string::npos || device.find("H200") != std::string::npos) return 989.4;
+  if (device.find("A100") != std::string::npos) return 312.0;
+  return 0.0;
+}
+
+int run(const Options& o) {
+  if (zt::cuda_device_count() == 0) {
+    std::printf("no device: cuda_device_count() = 0\n");
+    return 3;
+  }
+  const std::string device = zt::cuda_device_description(0);
+  zt::ModelConfig cfg = zt::model_preset(o.preset);
+  ZT_CHECK(o.seq_len <= cfg.seq_len, "--seq_len {} exceeds the preset's {}", o.seq_len, cfg.seq_len);
+  const zt::ParamTable table(cfg);
+  auto be = zt::make_cuda_backend(0, o.bf16);
+  zt::FlatUnits units(*be, table, 1234);
+  std::vector<float*> m, v;
+  for (size_t u = 0; u < units.n_units(); ++u) {
+    m.push_back(be->alloc(units.numel(int(u))));
+    v.push_back(be->alloc(units.numel(int(u))));
+  }
+  zt::Gpt2 model(table, *be, o.batch, o.seq_len);
+  const size_t n_tokens = size_t(o.batch) * size_t(o.seq_len);
+  const double n_params = double(table.n_params());
+  // Per token: 6 N for the matmuls with the parameters (forward 2N, backward 4N) plus 6 L C T for attention's
+  // Q K^T and P V (12 L C T forward + backward, halved by the causal mask); llm.c and nanoGPT count the same way.
+  const double flops_per_token = 6.0 * n_params + 6.0 * cfg.n_layer * double(cfg.d_model) * o.seq_len;
+  const double peak = o.peak_tflops > 0 ? o.peak_tflops : default_peak_tflops(device);
+  std::printf("device %s | preset %s (%.1fM params) | B=%d T=%d | %s | activations %.2f GiB\n", device.c_str(),
+              o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
+              double(model.activation_bytes()) / double(1ull << 30));
+  std::fflush(stdout);
+
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int32_t> token(0, cfg.vocab - 1);
+  std::vector<int32_t> inputs(n_tokens), targets(n_tokens);
+  std::vector<double> step_s;
+  for (int step = 0; step < o.warmup + o.steps; ++step) {
+    for (auto& t : inputs) t = token(rng);
+    for (auto& t : targets) t = token(rng);
+    be->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    units.start_micro_step();
+    const double loss =
+        model.step(units, inputs.data(), targets.data(), true, 1.0f / float(n_tokens)) / double(n_tokens);
+    double norm_sq = 0;
+    for (size_t u = 0; u < units.n_units(); ++u) norm_sq += be->squared_norm(units.grads(int(u)), units.numel(int(u)));
+    const double norm = std::sqrt(norm_sq);
+    const float grad_scale = norm > 1.0 ? float(1.0 / norm) : 1.0f;  // clip the global norm at 1, as the trainer
+    for (size_t u = 0; u < units.n_units(); ++u)
+      be->adamw_update(units.params(int(u)), units.grads(int(u)), m[u], v[u], units.numel(int(u)), 6e-4f, 0.9f, 0.95f,
+                       1e-8f, 0.0f, grad_scale, step + 1);
+    be->synchronize();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (step >= o.warmup) step_s.push_back(dt);
+    std::printf("step %d loss %.4f grad_norm %.3f %.1f ms %.0f tok/s%s\n", step + 1, loss, norm, dt * 1e3,
+                double(n_tokens) / dt, step < o.warmup ? " (warm-up)" : "");
+    std::fflush(stdout);
+  }
+  std::sort(step_s.begin(), step_s.end());
+  const double median = step_s[step_s.size() / 2];
+  const double tokens_per_s = double(n_tokens) / median;
+  std::printf("zt_tokens_per_s=%.1f\n", tokens_per_s);
+  if (peak > 0)
+    std::printf("zt_mfu=%.4f (%.1f TFLOP/s of %.1f peak)\n", flops_per_token * tokens_per_s / (peak * 1e12),
+                flops_per_token * tokens_per_s / 1e12, peak);
+  else
+    std::printf("zt_mfu=unknown (no peak for this card: pass --peak_tflops)\n");
+  for (size_t u = 0; u < m.size(); ++u) {
+    be->release(m[u]);
+    be->release(v[u]);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gpt2_cuda_bench: %s\n", e.what());
+    return 1;
+  }
+}

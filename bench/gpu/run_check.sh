@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# The GPU check: one command, under 8 minutes on one H100/H200. Runs the bundled CUDA op tests (and again under
+# compute-sanitizer), GPT-2 124M training throughput through the CUDA backend and the same step in PyTorch (eager
+# and torch.compile, bf16), and prints a table last; full logs go to OUTDIR. Parts of the issue whose pieces are
+# not in the code yet are listed as "not yet wired", never as passed. README.md beside this file says more.
+#
+# Usage: bench/gpu/run_check.sh OUTDIR      (needs bench/gpu/bundle/ from bundle.sh)
+# Env:   ZT_PYTHON (default python3: the one with PyTorch), ZT_CHECK_BUDGET_S (default 470), BATCH (default 16)
+# Exit:  0 all run checks passed, 1 a check failed or timed out, 2 usage / missing bundle, 3 no device.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bundle=$here/bundle
+outdir=${1:-}
+[[ -n $outdir ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
+mkdir -p "$outdir" || exit 2
+outdir=$(cd "$outdir" && pwd)
+python=${ZT_PYTHON:-python3}
+budget_s=${ZT_CHECK_BUDGET_S:-470}
+batch=${BATCH:-16}
+
+if [[ ! -f $bundle/run.sh || ! -d $bundle/bin ]]; then
+  echo "run_check.sh: $bundle is missing: run bench/gpu/bundle.sh on the development machine first, and carry" \
+       "bench/gpu/bundle (it is git-ignored) to this one" >&2
+  exit 2
+fi
+# shellcheck source=/dev/null
+source "$bundle/env.sh"
+
+rows=()
+add_row() { rows+=("$1|$2|$3"); }  # check | result | detail
+print_table() {
+  echo
+  echo "== GPU check summary: ${card:-no device}, $(date -u +%Y-%m-%d), logs in $outdir"
+  printf '%-54s | %-14s | %s\n' "check" "result" "detail"
+  printf '%-54s-+-%-14s-+-%s\n' "$(printf '%.0s-' {1..54})" "$(printf '%.0s-' {1..14})" "------"
+  local row
+  for row in "${rows[@]}"; do
+    IFS='|' read -r name result detail <<<"$row"
+    printf '%-54s | %-14s | %s\n' "$name" "$result" "$detail"
+  done
+  {
+    echo "| check | result | detail |"
+    echo "| --- | --- | --- |"
+    for row in "${rows[@]}"; do echo "| ${row//|/ | } |"; done
+  } >"$outdir/summary.md"
+}
+not_wired_rows() {
+  add_row "CPU-vs-CUDA training run through the trainer" "not yet wired" "zerotrain has no --device cuda yet (launch/)"
+  add_row "4-rank ZeRO-3 sharing the GPU (staged MPI comm)" "not yet wired" "no device-memory MPI staging / NCCL comm yet"
+  add_row "NCCL single-rank smoke test" "not yet wired" "no NCCL Comm implementation yet"
+  add_row "checkpoint save/load from device memory" "not yet wired" "needs the trainer on CUDA"
+}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(hostname) $(uname -r)"
+  echo "cuBLAS from: ${ZT_CUBLAS_DIR:-not found}"
+  echo "LD_LIBRARY_PATH: $LD_LIBRARY_PATH"
+  echo
+  cat "$bundle/MANIFEST.txt"
+} >"$outdir/environment.txt"
+
+# ---- is there a device? nvidia-smi, then the CUDA runtime itself (the test binary exits 77 without one) ----
+card=""
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >"$outdir/nvidia-smi.txt" 2>&1; then
+  card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+fi
+bash "$bundle/run.sh" test_cuda_ops --list-tests >"$outdir/device-probe.log" 2>&1
+probe_rc=$?
+runtime_card=$(sed -n 's/^CUDA device 0: //p' "$outdir/device-probe.log")
+[[ -z $card ]] && card=$runtime_card
+if [[ $probe_rc == 77 || -z $runtime_card ]]; then
+  if ! command -v nvidia-smi >/dev/null 2>&1; then
+    why="nvidia-smi is not installed"
+  elif [[ -z $card ]]; then
+    why="nvidia-smi found no GPU"
+  else
+    why="nvidia-smi lists $card"
+  fi
+  case $probe_rc in
+    77) why="$why; the CUDA runtime sees no device (cuda_device_count() = 0)"; loaded=yes ;;
+    *) why="$why; the bundled test binary failed (exit $probe_rc, see $outdir/device-probe.log)"; loaded=no ;;
+  esac
+  echo "run_check.sh: no device: $why. Nothing else was run (the bundled binaries loaded: $loaded)."
+  card=""
+  add_row "GPU present" "no device" "$why"
+  not_wired_rows
+  print_table
+  exit 3
+fi
+echo "device: $card; cuBLAS from ${ZT_CUBLAS_DIR:-(not found: matmuls will fail to load)}"
+
+failed=0
+# run_step NAME CAP_S LOG CMD...: runs CMD with the smaller of CAP_S and what is left of the budget; sets step_rc
+# (124 on timeout, 125 when no time was left to start it).
+run_step() {
+  local name=$1 cap=$2 log=$3
+  shift 3
+  local left=$((budget_s - SECONDS))
+  local limit=$((cap < left ? cap : left))
+  if ((limit < 15)); then
+    echo "-- $name: skipped, the time budget is spent" | tee "$log"
+    step_rc=125
+    return
+  fi
+  echo "-- $name (limit ${limit}s) -> $log"
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+  step_rc=$?
+}
+set_result() {  # result word for step_rc; a failure or timeout makes the whole check fail
+  case $step_rc in
+    0) result="PASS" ;;
+    124 | 137) failed=1; result="TIMEOUT" ;;
+    125) result="not run" ;;
+    *) failed=1; result="FAIL" ;;
+  esac
+}
+
+# 1. Every CUDA op against its CPU twin (fp32 and bf16), whole GPT-2 steps on CUDA vs CPU.
+run_step "CUDA op tests" 150 "$outdir/test_cuda_ops.log" bash "$bundle/run.sh" test_cuda_ops --durations yes
+set_result
+add_row "CUDA op tests (all ops vs CPU, fp32+bf16, GPT-2 step)" "$result" \
+  "$(grep -E "^(All tests passed|test cases:)" "$outdir/test_cuda_ops.log" | tail -1)"
+
+# 2. zerotrain GPT-2 124M, T=1024, bf16: tokens/s and MFU (definitions in docs/gpu-results.md).
+run_step "zerotrain GPT-2 124M bf16 throughput" 120 "$outdir/zt_throughput.log" bash "$bundle/run.sh" gpt2_cuda_bench \
+  --preset gpt2 --batch "$batch" --seq_len 1024 --steps 10 --warmup 3
+set_result
+zt_tps=$(sed -n 's/^zt_tokens_per_s=//p' "$outdir/zt_throughput.log")
+zt_mfu=$(sed -n 's/^zt_mfu=\([0-9.]*\).*/\1/p' "$outdir/zt_throughput.log")
+[[ $result == PASS ]] && result="measured"
+add_row "zerotrain GPT-2 124M, B=$batch T=1024 bf16" "$result" "${zt_tps:-?} tokens/s, MFU ${zt_mfu:-?}"
+
+# 3. The same step in PyTorch on this machine: torch.compile, then eager.
+torch_tps() { sed -n 's/^torch_tokens_per_s=//p' "$1"; }
+run_step "PyTorch torch.compile" 180 "$outdir/torch_compile.log" "$python" "$here/torch_gpt2_cuda.py" --compile \
+  --batch "$batch" --steps 10 --warmup 3
+set_result
+tc_tps=$(torch_tps "$outdir/torch_compile.log")
+[[ $result == PASS ]] && result="measured"
+add_row "PyTorch torch.compile, same model and step, bf16" "$result" "${tc_tps:-?} tokens/s"
+run_step "PyTorch eager" 90 "$outdir/torch_eager.log" "$python" "$here/torch_gpt2_cuda.py" --batch "$batch" \
+  --steps 10 --warmup 3
+set_result
+te_tps=$(torch_tps "$outdir/torch_eager.log")
+[[ $result == PASS ]] && result="measured"
+add_row "PyTorch eager, same model and step, bf16" "$result" "${te_tps:-?} tokens/s"
+if [[ -n ${zt_tps:-} && -n ${tc_tps:-} ]]; then
+  ratio=$(awk -v a="$zt_tps" -v b="$tc_tps" 'BEGIN { printf "%.2f", a / b }')
+  met=$(awk -v r="$ratio" -v m="${zt_mfu:-0}" 'BEGIN { print (r >= 1.1 && m >= 0.55) ? "MET" : "NOT MET" }')
+  add_row "target: >= 1.1x torch.compile and MFU >= 0.55" "$met" "${ratio}x torch.compile, MFU ${zt_mfu:-?}"
+else
+  add_row "target: >= 1.1x torch.compile and MFU >= 0.55" "not measured" "a throughput run above did not finish"
+fi
+
+# 4. compute-sanitizer on the op tests: memcheck (out-of-bounds, misaligned), racecheck (shared-memory hazards in
+#    the attention kernels, the only ones that share memory between warps).
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [[ -z $sanitizer ]]; then
+  add_row "compute-sanitizer memcheck on the op tests" "SKIP" "compute-sanitizer is not installed"
+  add_row "compute-sanitizer racecheck on attention" "SKIP" "compute-sanitizer is not installed"
+else
+  sanitizer_row() {  # NAME LOG
+    local result
+    set_result
+    local summary
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$2" | tail -1 | sed 's/^=* *//')
+    add_row "$1" "$result" "${summary:-no summary line}"
+  }
+  run_step "memcheck" 150 "$outdir/memcheck.log" "$sanitizer" --tool memcheck --leak-check no --error-exitcode 99 \
+    "$bundle/bin/test_cuda_ops" "~[model]"
+  sanitizer_row "compute-sanitizer memcheck on the op tests" "$outdir/memcheck.log"
+  run_step "racecheck" 90 "$outdir/racecheck.log" "$sanitizer" --tool racecheck --error-exitcode 99 \
+    "$bundle/bin/test_cuda_ops" "[attention]"
+  sanitizer_row "compute-sanitizer racecheck on attention" "$outdir/racecheck.log"
+fi
+
+not_wired_rows
+print_table
+echo "(${SECONDS}s in all; the table is also in $outdir/summary.md for docs/gpu-results.md)"
+exit $failed

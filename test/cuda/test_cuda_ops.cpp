@@ -1,0 +1,544 @@
+// Every CUDA op against its CPU twin (zt::cpu) in fp32 and bf16 mode, on random sizes from a printed seed, then
+// whole GPT-2 steps (loss and every gradient) on CUDA against the CPU. Exits 77 (CTest: skipped) with no device.
+#define CATCH_CONFIG_RUNNER
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/errors.hpp"
+#include "core/gpt2.hpp"
+#include "core/model.hpp"
+#include "core/ops.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "test/cuda/flat_units.hpp"
+
+namespace cpu = zt::cpu;
+using VecF = std::vector<float>;
+using VecI = std::vector<int32_t>;
+using zt::FlatUnits;
+
+namespace {
+
+// ---- tolerances: |got - ref| <= rel * |ref| + abs * max|ref| over the tensor ----
+struct Tolerance {
+  double rel;
+  double abs;
+};
+// The same operations in the same order as the CPU: one add per element (embedding forward, residual), sums that
+// walk rows in the CPU's order (embedding backward), AdamW written with round-to-nearest intrinsics so nothing is
+// contracted into an FMA. Anything but identical bits is a bug.
+constexpr Tolerance kExact{0.0, 0.0};
+// fp32 with another summation order (warp trees, cuBLAS tiles, two-stage column sums) or another exp (CUDA's expf
+// is within 2 ulp; the CPU GELU uses its own 2-ulp polynomial). Over the few hundred to few thousand terms summed
+// here that moves results by ~1e-7 of the tensor's scale and elementwise ones by a few ulp; 1e-5 leaves a wide
+// margin, while a wrong index, term or sign shows up at 1e-2 and beyond.
+constexpr Tolerance kF32{1e-5, 1e-5};
+// bf16-mode matmul outputs: both operands are rounded to bf16 (8-bit mantissa, relative error <= 2^-9 each) and
+// the products summed in fp32, so a K-term dot product errs by ~2^-8 of the root-sum-square of its terms, which
+// is 1e-3 of the output's largest value (typically 4e-3 at the worst element). 1e-2 gives 2.5x margin.
+constexpr Tolerance kBf16Matmul{1e-2, 1e-2};
+// Sums of squares accumulated in double on both sides, only the order differs.
+constexpr Tolerance kDouble{1e-12, 0.0};
+// A whole fp32 GPT-2 step: the per-op differences above compound through ~30 ops (two blocks forward and back)
+// and the LM head's 256-wide softmax; 1e-4 of each gradient tensor's scale still catches any wrong op.
+constexpr Tolerance kF32Model{1e-4, 1e-4};
+// A whole bf16 step against the fp32 CPU: each matmul contributes kBf16Matmul-sized differences that compound
+// through the blocks. 5e-2 of the scale: a wrong gradient path is off by O(1).
+constexpr Tolerance kBf16Model{5e-2, 5e-2};
+
+// ---- seeds: one per run, printed by main; ZT_TEST_SEED=<n> replays ----
+uint64_t test_seed() {
+  static const uint64_t seed = [] {
+    if (const char* env = std::getenv("ZT_TEST_SEED")) return uint64_t(std::stoull(env));
+    return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  }();
+  return seed;
+}
+
+std::mt19937_64 seeded_rng() {
+  const std::string name = Catch::getResultCapture().getCurrentTestName();
+  return std::mt19937_64(test_seed() ^ std::hash<std::string>{}(name));
+}
+
+int uniform_int(std::mt19937_64& rng, int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
+
+VecF uniform(std::mt19937_64& rng, size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  VecF v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+VecI random_tokens(std::mt19937_64& rng, size_t n, int vocab) {
+  std::uniform_int_distribution<int32_t> dist(0, vocab - 1);
+  VecI t(n);
+  for (auto& x : t) x = dist(rng);
+  return t;
+}
+
+const float kPoison = std::numeric_limits<float>::quiet_NaN();
+
+// Device floats with a NaN guard of kGuard elements after them: an op that writes past its output is caught when
+// the guard is read back, one that reads past its input meets NaN. `misalign` shifts the start by that many
+// floats, so pointers that are not 16-byte aligned (as inside the model's activation arena) are exercised too.
+constexpr size_t kGuard = 64;
+
+class DeviceArray {
+ public:
+  DeviceArray(zt::Backend& be, size_t n, size_t misalign = 0)
+      : be_(be), n_(n), misalign_(misalign), base_(be.alloc(n + misalign + kGuard)) {
+    poison();
+  }
+  ~DeviceArray() { be_.release(base_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  float* get() const { return base_ + misalign_; }
+  void upload(const VecF& host) {
+    REQUIRE(host.size() == n_);
+    VecF full(misalign_, kPoison);
+    full.insert(full.end(), host.begin(), host.end());
+    full.resize(misalign_ + n_ + kGuard, kPoison);
+    be_.from_host(base_, full.data(), full.size());
+  }
+  void poison() { upload(VecF(n_, kPoison)); }
+  VecF download() const {
+    VecF full(misalign_ + n_ + kGuard);
+    be_.to_host(full.data(), base_, full.size());
+    size_t n_touched = 0;
+    for (size_t i = 0; i < misalign_; ++i) n_touched += std::isnan(full[i]) ? 0 : 1;
+    for (size_t i = misalign_ + n_; i < full.size(); ++i) n_touched += std::isnan(full[i]) ? 0 : 1;
+    INFO("guard elements around a buffer of " << n_ << " were written");
+    CHECK(n_touched == 0);
+    return VecF(full.begin() + long(misalign_), full.begin() + long(misalign_ + n_));
+  }
+
+ private:
+  zt::Backend& be_;
+  size_t n_, misalign_;
+  float* base_;
+};
+
+class DeviceTokens {
+ public:
+  DeviceTokens(zt::Backend& be, const VecI& host) : be_(be), p_(be.alloc_int(host.size())) {
+    be.tokens_from_host(p_, host.data(), host.size());
+  }
+  ~DeviceTokens() { be_.release(p_); }
+  DeviceTokens(const DeviceTokens&) = delete;
+  DeviceTokens& operator=(const DeviceTokens&) = delete;
+  const int32_t* get() const { return p_; }
+
+ private:
+  zt::Backend& be_;
+  int32_t* p_;
+};
+
+void expect_close(const std::string& what, const VecF& got, const VecF& ref, Tolerance tol) {
+  REQUIRE(got.size() == ref.size());
+  double scale = 0.0;
+  for (float r : ref) scale = std::max(scale, double(std::fabs(r)));
+  size_t n_bad = 0, worst = 0;
+  double worst_excess = -1.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - double(ref[i]));
+    const double allowed = tol.rel * std::fabs(double(ref[i])) + tol.abs * scale;
+    const bool ok = err <= allowed;  // false for NaN
+    if (!ok) ++n_bad;
+    const double excess = std::isnan(err) ? std::numeric_limits<double>::infinity() : err - allowed;
+    if (!ok && excess > worst_excess) {
+      worst_excess = excess;
+      worst = i;
+    }
+  }
+  INFO(what << ": " << n_bad << " of " << ref.size() << " elements outside rel " << tol.rel << " + abs " << tol.abs
+            << " x scale " << scale
+            << (n_bad ? "; worst at " + std::to_string(worst) + ": got " + std::to_string(got[worst]) + ", want " +
+                            std::to_string(ref[worst])
+                      : std::string()));
+  CHECK(n_bad == 0);
+}
+
+std::unique_ptr<zt::Backend> cuda_backend(bool bf16) { return zt::make_cuda_backend(0, bf16); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+
+TEST_CASE("embedding forward and backward match the CPU bit for bit", "[cuda][embedding]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  for (int trial = 0; trial < 6; ++trial) {
+    const int B = uniform_int(rng, 1, 4), T = uniform_int(rng, 1, 70), C = uniform_int(rng, 1, 300);
+    // Small vocabularies make every token repeat many times (long buckets); large ones leave most rows unused.
+    const int V = trial % 2 == 0 ? uniform_int(rng, 1, 8) : uniform_int(rng, 9, 600);
+    INFO("bf16=" << bf16 << " B=" << B << " T=" << T << " C=" << C << " V=" << V);
+    const size_t BT = size_t(B) * T;
+    const VecI tokens = random_tokens(rng, BT, V);
+    const VecF wte = uniform(rng, size_t(V) * C, -1, 1), wpe = uniform(rng, size_t(T) * C, -1, 1);
+    const VecF dout = uniform(rng, BT * C, -1, 1);
+    const VecF dwte0 = uniform(rng, size_t(V) * C, -1, 1), dwpe0 = uniform(rng, size_t(T) * C, -1, 1);
+
+    VecF out_ref(BT * C), dwte_ref(dwte0), dwpe_ref(dwpe0);
+    cpu::embedding_forward(out_ref.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+    cpu::embedding_backward(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C);
+
+    DeviceTokens d_tokens(*be, tokens);
+    DeviceArray d_wte(*be, wte.size()), d_wpe(*be, wpe.size()), d_out(*be, BT * C, size_t(trial % 3));
+    DeviceArray d_dout(*be, dout.size()), d_dwte(*be, dwte0.size()), d_dwpe(*be, dwpe0.size());
+    d_wte.upload(wte);
+    d_wpe.upload(wpe);
+    d_dout.upload(dout);
+    d_dwte.upload(dwte0);
+    d_dwpe.upload(dwpe0);
+    be->embedding_forward(d_out.get(), d_tokens.get(), d_wte.get(), d_wpe.get(), B, T, C);
+    be->embedding_backward(d_dwte.get(), d_dwpe.get(), d_dout.get(), d_tokens.get(), B, T, C);
+    expect_close("embedding out", d_out.download(), out_ref, kExact);
+    expect_close("embedding dwte", d_dwte.download(), dwte_ref, kExact);
+    expect_close("embedding dwpe", d_dwpe.download(), dwpe_ref, kExact);
+  }
+}
+
+TEST_CASE("layernorm forward and backward match the CPU", "[cuda][layernorm]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  for (int trial = 0; trial < 6; ++trial) {
+    const int N = uniform_int(rng, 1, 300), C = uniform_int(rng, 1, 800);
+    INFO("bf16=" << bf16 << " N=" << N << " C=" << C);
+    VecF inp = uniform(rng, size_t(N) * C, -2, 2);
+    for (auto& x : inp) x += 3.0f;  // a mean far from 0: the two-pass variance must not cancel
+    const VecF weight = uniform(rng, size_t(C), 0.5f, 1.5f), bias = uniform(rng, size_t(C), -1, 1);
+    const VecF dout = uniform(rng, size_t(N) * C, -1, 1);
+    const VecF dinp0 = uniform(rng, size_t(N) * C, -1, 1);
+    const VecF dweight0 = uniform(rng, size_t(C), -1, 1), dbias0 = uniform(rng, size_t(C), -1, 1);
+
+    VecF out_ref(size_t(N) * C), mean_ref(static_cast<size_t>(N)), rstd_ref(static_cast<size_t>(N));
+    cpu::layernorm_forward(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(), N,
+                           C);
+    VecF dinp_ref(dinp0), dweight_ref(dweight0), dbias_ref(dbias0);
+    cpu::layernorm_backward(dinp_ref.data(), dweight_ref.data(), dbias_ref.data(), dout.data(), inp.data(),
+                            weight.data(), mean_ref.data(), rstd_ref.data(), N, C);
+
+    const size_t mis = size_t(trial % 2);
+    DeviceArray d_inp(*be, inp.size(), mis), d_w(*be, size_t(C)), d_b(*be, size_t(C)), d_out(*be, inp.size(), mis);
+    DeviceArray d_mean(*be, size_t(N)), d_rstd(*be, size_t(N)), d_dout(*be, dout.size(), mis);
+    DeviceArray d_dinp(*be, dinp0.size(), mis), d_dw(*be, size_t(C)), d_db(*be, size_t(C));
+    d_inp.upload(inp);
+    d_w.upload(weight);
+    d_b.upload(bias);
+    d_dout.upload(dout);
+    d_dinp.upload(dinp0);
+    d_dw.upload(dweight0);
+    d_db.upload(dbias0);
+    be->layernorm_forward(d_out.get(), d_mean.get(), d_rstd.get(), d_inp.get(), d_w.get(), d_b.get(), N, C);
+    expect_close("layernorm out", d_out.download(), out_ref, kF32);
+    expect_close("layernorm mean", d_mean.download(), mean_ref, kF32);
+    expect_close("layernorm rstd", d_rstd.download(), rstd_ref, kF32);
+    // The backward reads the CPU's mean / rstd, so it is compared on identical inputs.
+    d_mean.upload(mean_ref);
+    d_rstd.upload(rstd_ref);
+    be->layernorm_backward(d_dinp.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(), d_w.get(), d_mean.get(),
+                           d_rstd.get(), N, C);
+    expect_close("layernorm dinp", d_dinp.download(), dinp_ref, kF32);
+    expect_close("layernorm dweight", d_dw.download(), dweight_ref, kF32);
+    expect_close("layernorm dbias", d_db.download(), dbias_ref, kF32);
+  }
+}
+
+TEST_CASE("matmul forward and backward match the CPU", "[cuda][matmul]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  const Tolerance product_tol = bf16 ? kBf16Matmul : kF32;
+  for (int trial = 0; trial < 8; ++trial) {
+    const int N = uniform_int(rng, 1, 300), C = uniform_int(rng, 1, 300), OC = uniform_int(rng, 1, 300);
+    const bool transposed = trial % 2 == 1, with_bias = trial % 4 < 2, with_dinp = trial % 3 != 2;
+    const size_t mis = size_t(trial % 3 == 1);  // 4-byte-aligned operands: cuBLASLt must be told
+    INFO("bf16=" << bf16 << " N=" << N << " C=" << C << " OC=" << OC << " transposed=" << transposed
+                 << " bias=" << with_bias << " dinp=" << with_dinp << " misaligned=" << mis);
+    const VecF inp = uniform(rng, size_t(N) * C, -1, 1), weight = uniform(rng, size_t(C) * OC, -1, 1);
+    const VecF bias = uniform(rng, size_t(OC), -1, 1), dout = uniform(rng, size_t(N) * OC, -1, 1);
+    const VecF dinp0 = uniform(rng, size_t(N) * C, -1, 1), dweight0 = uniform(rng, size_t(C) * OC, -1, 1);
+    const VecF dbias0 = uniform(rng, size_t(OC), -1, 1);
+
+    VecF out_ref(size_t(N) * OC), dinp_ref(dinp0), dweight_ref(dweight0), dbias_ref(dbias0);
+    cpu::matmul_forward(out_ref.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, N, C, OC,
+                        transposed);
+    cpu::matmul_backward(with_dinp ? dinp_ref.data() : nullptr, dweight_ref.data(),
+                         with_bias ? dbias_ref.data() : nullptr, dout.data(), inp.data(), weight.data(), N, C, OC,
+                         transposed);
+
+    DeviceArray d_inp(*be, inp.size(), mis), d_w(*be, weight.size(), mis), d_b(*be, bias.size(), mis);
+    DeviceArray d_out(*be, out_ref.size(), mis), d_dout(*be, dout.size(), mis), d_dinp(*be, dinp0.size(), mis);
+    DeviceArray d_dw(*be, dweight0.size(), mis), d_db(*be, dbias0.size(), mis);
+    d_inp.upload(inp);
+    d_w.upload(weight);
+    d_b.upload(bias);
+    d_dout.upload(dout);
+    d_dinp.upload(dinp0);
+    d_dw.upload(dweight0);
+    d_db.upload(dbias0);
+    be->matmul_forward(d_out.get(), d_inp.get(), d_w.get(), with_bias ? d_b.get() : nullptr, N, C, OC, transposed);
+    expect_close("matmul out", d_out.download(), out_ref, product_tol);
+    be->matmul_backward(with_dinp ? d_dinp.get() : nullptr, d_dw.get(), with_bias ? d_db.get() : nullptr, d_dout.get(),
+                        d_inp.get(), d_w.get(), N, C, OC, transposed);
+    expect_close("matmul dinp", d_dinp.download(), dinp_ref, product_tol);
+    expect_close("matmul dweight", d_dw.download(), dweight_ref, product_tol);
+    // The bias gradient is a column sum of the fp32 dout in both modes.
+    expect_close("matmul dbias", d_db.download(), dbias_ref, kF32);
+  }
+}
+
+TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  const int head_dims[] = {1, 8, 16, 24, 32, 40, 64, 72, 96, 128};
+  for (int trial = 0; trial < 8; ++trial) {
+    const int hs = head_dims[uniform_int(rng, 0, 9)];
+    const int B = uniform_int(rng, 1, 3), NH = uniform_int(rng, 1, 4);
+    // Half the trials have T <= hs, where att cannot hold the output copy and the backward recomputes it.
+    const int T = trial % 2 == 0 ? uniform_int(rng, 1, std::max(1, hs)) : uniform_int(rng, hs + 1, hs + 100);
+    const int C = NH * hs;
+    INFO("bf16=" << bf16 << " B=" << B << " T=" << T << " NH=" << NH << " hs=" << hs);
+    const size_t BT = size_t(B) * T, n_att = size_t(B) * NH * T * T;
+    const VecF qkv = uniform(rng, BT * 3 * C, -1, 1), dout = uniform(rng, BT * C, -1, 1);
+    const VecF dqkv0 = uniform(rng, BT * 3 * C, -1, 1);
+
+    VecF out_ref(BT * C), att_ref(n_att), dqkv_ref(dqkv0);
+    cpu::attention_forward(out_ref.data(), att_ref.data(), qkv.data(), B, T, C, NH);
+    cpu::attention_backward(dqkv_ref.data(), dout.data(), qkv.data(), att_ref.data(), B, T, C, NH);
+
+    // att stays poisoned except what the CUDA forward writes: the backward reading anything else would show NaN.
+    DeviceArray d_qkv(*be, qkv.size()), d_out(*be, out_ref.size()), d_att(*be, n_att), d_dout(*be, dout.size());
+    DeviceArray d_dqkv(*be, dqkv0.size());
+    d_qkv.upload(qkv);
+    d_dout.upload(dout);
+    d_dqkv.upload(dqkv0);
+    be->attention_forward(d_out.get(), d_att.get(), d_qkv.get(), B, T, C, NH);
+    expect_close("attention out", d_out.download(), out_ref, kF32);
+    be->attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH);
+    expect_close("attention dqkv", d_dqkv.download(), dqkv_ref, kF32);
+  }
+}
+
+TEST_CASE("gelu, residual and accumulate match the CPU", "[cuda][gelu][residual]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  for (int trial = 0; trial < 4; ++trial) {
+    const size_t n = size_t(uniform_int(rng, 1, 20000));
+    INFO("bf16=" << bf16 << " n=" << n);
+    VecF x = uniform(rng, n, -6, 6);
+    x[0] = -30.0f;  // deep in the tails, where 1 + tanh cancels and exp must stay finite
+    if (n > 1) x[1] = 30.0f;
+    const VecF y = uniform(rng, n, -1, 1), dinp0 = uniform(rng, n, -1, 1);
+    VecF gelu_ref(n), dinp_ref(dinp0), sum_ref(n);
+    cpu::gelu_forward(gelu_ref.data(), x.data(), n);
+    cpu::gelu_backward(dinp_ref.data(), x.data(), y.data(), n);
+    cpu::residual_forward(sum_ref.data(), x.data(), y.data(), n);
+
+    DeviceArray d_x(*be, n), d_y(*be, n), d_out(*be, n, 1), d_dinp(*be, n), d_sum(*be, n);
+    d_x.upload(x);
+    d_y.upload(y);
+    d_dinp.upload(dinp0);
+    be->gelu_forward(d_out.get(), d_x.get(), n);
+    expect_close("gelu out", d_out.download(), gelu_ref, kF32);
+    be->gelu_backward(d_dinp.get(), d_x.get(), d_y.get(), n);
+    expect_close("gelu dinp", d_dinp.download(), dinp_ref, kF32);
+    be->residual_forward(d_sum.get(), d_x.get(), d_y.get(), n);
+    expect_close("residual out", d_sum.download(), sum_ref, kExact);
+    be->accumulate(d_x.get(), d_y.get(), n);
+    expect_close("accumulate", d_x.download(), sum_ref, kExact);
+  }
+}
+
+TEST_CASE("softmax_cross_entropy matches the CPU and rejects a bad target", "[cuda][softmax_cross_entropy]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  for (int trial = 0; trial < 6; ++trial) {
+    const int N = uniform_int(rng, 1, 64), V = uniform_int(rng, 1, trial < 3 ? 300 : 5000);
+    const int Vp = (V + 127) / 128 * 128;
+    const float dloss = std::uniform_real_distribution<float>(0.01f, 2.0f)(rng);
+    INFO("bf16=" << bf16 << " N=" << N << " V=" << V << " Vp=" << Vp << " dloss=" << dloss);
+    const VecF logits = uniform(rng, size_t(N) * Vp, -8, 8);  // padded columns hold garbage, never read
+    const VecI targets = random_tokens(rng, size_t(N), V);
+    VecF grad_ref(logits), losses_ref(static_cast<size_t>(N));
+    cpu::softmax_cross_entropy(grad_ref.data(), losses_ref.data(), targets.data(), N, V, Vp, dloss);
+
+    DeviceTokens d_targets(*be, targets);
+    DeviceArray d_logits(*be, logits.size()), d_losses(*be, size_t(N));
+    d_logits.upload(logits);
+    be->softmax_cross_entropy(d_logits.get(), d_losses.get(), d_targets.get(), N, V, Vp, dloss);
+    expect_close("softmax_cross_entropy losses", d_losses.download(), losses_ref, kF32);
+    expect_close("softmax_cross_entropy dlogits", d_logits.download(), grad_ref, kF32);
+  }
+  // A target outside [0, V) cannot throw inside a kernel: the next synchronize reports it, then the backend works.
+  VecI bad = {0, 300};
+  DeviceTokens d_bad(*be, bad);
+  DeviceArray d_logits(*be, 2 * 128), d_losses(*be, 2);
+  d_logits.upload(VecF(2 * 128, 0.5f));
+  be->softmax_cross_entropy(d_logits.get(), d_losses.get(), d_bad.get(), 2, 100, 128, 1.0f);
+  CHECK_THROWS_AS(be->synchronize(), zt::Error);
+  CHECK_NOTHROW(be->synchronize());
+}
+
+TEST_CASE("adamw_update matches the CPU bit for bit", "[cuda][adamw]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  auto be = cuda_backend(bf16);
+  for (int trial = 0; trial < 4; ++trial) {
+    const size_t n = size_t(uniform_int(rng, 1, 50000));
+    const float lr = std::uniform_real_distribution<float>(1e-5f, 1e-2f)(rng);
+    const float wd = trial % 2 == 0 ? 0.0f : 0.1f, grad_scale = trial < 2 ? 1.0f : 0.37f;
+    const int64_t step = uniform_int(rng, 1, 2000);
+    INFO("bf16=" << bf16 << " n=" << n << " lr=" << lr << " wd=" << wd << " grad_scale=" << grad_scale
+                 << " step=" << step);
+    VecF param = uniform(rng, n, -1, 1), m = uniform(rng, n, -0.1f, 0.1f), v = uniform(rng, n, 0, 0.01f);
+    const VecF grad = uniform(rng, n, -1, 1);
+    DeviceArray d_p(*be, n), d_g(*be, n), d_m(*be, n), d_v(*be, n);
+    d_p.upload(param);
+    d_g.upload(grad);
+    d_m.upload(m);
+    d_v.upload(v);
+    cpu::adamw_update(param.data(), grad.data(), m.data(), v.data(), n, lr, 0.9f, 0.95f, 1e-8f, wd, grad_scale, step);
+    be->adamw_update(d_p.get(), d_g.get(), d_m.get(), d_v.get(), n, lr, 0.9f, 0.95f, 1e-8f, wd, grad_scale, step);
+    expect_close("adamw param", d_p.download(), param, kExact);
+    expect_close("adamw m", d_m.download(), m, kExact);
+    expect_close("adamw v", d_v.download(), v, kExact);
+  }
+  DeviceArray d(*be, 4);
+  CHECK_THROWS_AS(be->adamw_update(d.get(), d.get(), d.get(), d.get(), 4, 1e-3f, 0.9f, 0.95f, 1e-8f, 0, 1, 0),
+                  zt::Error);
+}
+
+TEST_CASE("squared_norm matches the CPU and repeats bit for bit", "[cuda][squared_norm]") {
+  auto rng = seeded_rng();
+  auto be = cuda_backend(false);
+  for (int trial = 0; trial < 5; ++trial) {
+    const size_t n = trial == 0 ? 0 : size_t(uniform_int(rng, 1, 600000));
+    INFO("n=" << n);
+    const VecF x = uniform(rng, n, -3, 3);
+    DeviceArray d_x(*be, n);
+    d_x.upload(x);
+    const double ref = cpu::squared_norm(x.data(), n);
+    const double got = be->squared_norm(d_x.get(), n);
+    INFO("got " << got << ", CPU " << ref);
+    CHECK(std::fabs(got - ref) <= kDouble.rel * std::fabs(ref));
+    const double again = be->squared_norm(d_x.get(), n);
+    CHECK(std::memcmp(&got, &again, sizeof(got)) == 0);
+  }
+}
+
+TEST_CASE("backward ops repeat bit for bit (no atomics)", "[cuda][determinism]") {
+  auto rng = seeded_rng();
+  auto be = cuda_backend(false);
+  const int B = 3, T = 67, NH = 3, hs = 64, C = NH * hs, N = B * T, V = 11;
+  const VecI tokens = random_tokens(rng, size_t(N), V);
+  const VecF qkv = uniform(rng, size_t(N) * 3 * C, -1, 1), dout = uniform(rng, size_t(N) * C, -1, 1);
+  const VecF inp = uniform(rng, size_t(N) * C, -1, 1), weight = uniform(rng, size_t(C), -1, 1);
+  DeviceTokens d_tokens(*be, tokens);
+  DeviceArray d_qkv(*be, qkv.size()), d_dout(*be, dout.size()), d_inp(*be, inp.size()), d_w(*be, size_t(C));
+  DeviceArray d_out(*be, dout.size()), d_att(*be, size_t(B) * NH * T * T), d_mean(*be, size_t(N)),
+      d_rstd(*be, size_t(N));
+  d_qkv.upload(qkv);
+  d_dout.upload(dout);
+  d_inp.upload(inp);
+  d_w.upload(weight);
+  be->attention_forward(d_out.get(), d_att.get(), d_qkv.get(), B, T, C, NH);
+  be->layernorm_forward(d_out.get(), d_mean.get(), d_rstd.get(), d_inp.get(), d_w.get(), d_w.get(), N, C);
+  std::vector<VecF> runs[2];
+  for (auto& run : runs) {
+    DeviceArray d_dqkv(*be, qkv.size()), d_dinp(*be, inp.size()), d_dw(*be, size_t(C)), d_db(*be, size_t(C));
+    DeviceArray d_dwte(*be, size_t(V) * C), d_dwpe(*be, size_t(T) * C);
+    be->zero(d_dqkv.get(), qkv.size());
+    be->zero(d_dinp.get(), inp.size());
+    be->zero(d_dw.get(), size_t(C));
+    be->zero(d_db.get(), size_t(C));
+    be->zero(d_dwte.get(), size_t(V) * C);
+    be->zero(d_dwpe.get(), size_t(T) * C);
+    be->attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH);
+    be->layernorm_backward(d_dinp.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(), d_w.get(), d_mean.get(),
+                           d_rstd.get(), N, C);
+    be->matmul_backward(d_dinp.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, 1, false);
+    be->embedding_backward(d_dwte.get(), d_dwpe.get(), d_dout.get(), d_tokens.get(), B, T, C);
+    for (DeviceArray* d : {&d_dqkv, &d_dinp, &d_dw, &d_db, &d_dwte, &d_dwpe}) run.push_back(d->download());
+  }
+  for (size_t k = 0; k < runs[0].size(); ++k) {
+    INFO("output " << k << " of the backward ops");
+    CHECK(std::memcmp(runs[0][k].data(), runs[1][k].data(), runs[0][k].size() * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("a whole GPT-2 step on CUDA matches the CPU: loss and every gradient", "[cuda][model]") {
+  const bool bf16 = GENERATE(false, true);
+  // Head size 16: at T = 32 (>= 16 + 1) att holds the attention output copy; at T = 12 the backward recomputes it.
+  const int T = GENERATE(32, 12);
+  auto rng = seeded_rng();
+  zt::ModelConfig cfg;
+  cfg.n_layer = 2;
+  cfg.n_head = 4;
+  cfg.d_model = 64;
+  cfg.vocab = 200;  // padded to 256: the padded logits must get no probability
+  cfg.seq_len = 32;
+  const zt::ParamTable table(cfg);
+  const int B = 3;
+  const VecI inputs = random_tokens(rng, size_t(B) * T, cfg.vocab),
+             targets = random_tokens(rng, size_t(B) * T, cfg.vocab);
+  const float dloss = 1.0f / float(B * T);
+  const uint64_t init_seed = rng();
+  INFO("bf16=" << bf16 << " B=" << B << " T=" << T);
+
+  auto cpu_be = zt::make_cpu_backend(0);
+  FlatUnits cpu_units(*cpu_be, table, init_seed);
+  zt::Gpt2 cpu_model(table, *cpu_be, B, T);
+  const double loss_ref = cpu_model.step(cpu_units, inputs.data(), targets.data(), true, dloss);
+
+  auto be = cuda_backend(bf16);
+  FlatUnits units(*be, table, init_seed);
+  zt::Gpt2 model(table, *be, B, T);
+  const double loss = model.step(units, inputs.data(), targets.data(), true, dloss);
+  const Tolerance tol = bf16 ? kBf16Model : kF32Model;
+  INFO("loss " << loss << " vs CPU " << loss_ref);
+  CHECK(std::fabs(loss - loss_ref) <= tol.rel * std::fabs(loss_ref));
+  std::vector<VecF> grads;
+  for (size_t u = 0; u < units.n_units(); ++u) {
+    grads.push_back(units.grads_to_host(int(u)));
+    expect_close("grads of unit " + table.units()[u].name, grads.back(), cpu_units.grads_to_host(int(u)), tol);
+  }
+  // The same step again gives the same bits: nothing in the step depends on timing.
+  units.start_micro_step();
+  const double loss_again = model.step(units, inputs.data(), targets.data(), true, dloss);
+  CHECK(std::memcmp(&loss, &loss_again, sizeof(loss)) == 0);
+  for (size_t u = 0; u < units.n_units(); ++u) {
+    INFO("unit " << table.units()[u].name << " repeated");
+    const VecF again = units.grads_to_host(int(u));
+    CHECK(std::memcmp(again.data(), grads[u].data(), again.size() * sizeof(float)) == 0);
+  }
+}
+
+int main(int argc, char** argv) {
+  const int n_devices = zt::cuda_device_count();
+  if (n_devices == 0) {
+    std::printf("SKIPPED: no CUDA device\n");
+    return 77;  // CTest's SKIP_RETURN_CODE for this test
+  }
+  std::printf("CUDA device 0: %s\n", zt::cuda_device_description(0).c_str());
+  std::printf("random inputs from seed %llu (replay with ZT_TEST_SEED=%llu)\n", (unsigned long long)test_seed(),
+              (unsigned long long)test_seed());
+  std::fflush(stdout);
+  return Catch::Session().run(argc, argv);
+}
