@@ -99,6 +99,18 @@ void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size
   if (c1 > 0) add(r1, 0, 1, c1);
 }
 
+H5Id shard_transfer_props() {
+  H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+  ZT_H5_CHECK(dxpl.get());
+  ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+  // Every rank still takes part in every H5Dwrite/H5Dread (HDF5 needs that), but each moves its own hyperslab
+  // with independent MPI-IO: a rank's piece of a tensor is one contiguous range, so two-phase collective buffering
+  // only adds a copy through aggregator ranks. Measured with 4 ranks on one node (docs/performance.md, "Checkpoint
+  // bandwidth"): save 13.7 s -> 7.5 s (OMPIO), load 4.3 s -> 1.5 s.
+  ZT_H5_CHECK(H5Pset_dxpl_mpio_collective_opt(dxpl, H5FD_MPIO_INDIVIDUAL_IO));
+  return dxpl;
+}
+
 H5Id open_parallel(const std::string& path, MpiComm& comm, bool create) {
   h5_quiet();
   H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
@@ -237,8 +249,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     ZT_H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
     ZT_H5_CHECK(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY));
-    H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
-    ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    H5Id dxpl = detail::shard_transfer_props();
     const std::vector<std::string> names = checkpoint_dataset_names(table);
 
     // Fragments of checksum chunks that start on a lower rank go to that rank (posted before the writes).

@@ -15,6 +15,7 @@ namespace detail {
 std::string agree_error(MpiComm& comm, const std::string& local);
 void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
 H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
+H5Id shard_transfer_props();
 }  // namespace detail
 
 namespace {
@@ -116,8 +117,7 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   std::vector<std::string> problems;
   {
     H5Id file = detail::open_parallel(path, comm, false);
-    H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
-    ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    H5Id dxpl = detail::shard_transfer_props();
     // This rank's new slice of every unit, and the tensor pieces inside it.
     std::vector<size_t> piece_a(n_t, 0), piece_b(n_t, 0);
     std::vector<std::array<float*, 3>> dst(n_t, {nullptr, nullptr, nullptr});

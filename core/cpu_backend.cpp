@@ -24,10 +24,10 @@ void* aligned_alloc_bytes(size_t n_bytes) {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) {
-    if (threads > 0) {
-      omp_set_num_threads(threads);
-      openblas_set_num_threads(threads);
-    }
+    if (threads > 0) omp_set_num_threads(threads);
+    // Matmuls split into OpenMP tiles of single-threaded sgemm (bitwise stable across thread counts); an OpenBLAS
+    // thread pool of its own would only spin against the OpenMP workers.
+    openblas_set_num_threads(1);
   }
   std::string name() const override { return "cpu"; }
   bool host_memory() const override { return true; }

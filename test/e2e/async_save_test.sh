@@ -24,11 +24,11 @@ expect() { if [ "$1" = "$2" ]; then pass "$3 ($1)"; else fail "$3: got '$1', wan
 has() { if grep -qF -- "$2" "$1"; then pass "message: '$2'"; else fail "no '$2' in $1: $(grep -i error "$1" | head -3)"; fi; }
 zt() {  # zt NP LOG ARGS...: zerotrain train; returns its exit status
   local np=$1 log=$2; shift 2
-  timeout 180 "$MPIEXEC" -np "$np" --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
+  timeout 120 "$MPIEXEC" -np "$np" --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
     --micro_batch_size 2 --max_steps 10 --seed 21 "$@" >"$log" 2>&1
 }
 steps_in() { ls -1 "$1" | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tr '\n' ' ' | sed 's/ $//'; }
-leftovers() { ls -1a "$1" | grep -E '^\.(checkpoint-.*\.(tmp|old)|latest\.tmp)$' | tr '\n' ' '; }
+leftovers() { find "$1" -mindepth 1 -maxdepth 1 \( -name '.checkpoint-*' -o -name '.latest.tmp' \) -printf '%f '; }
 xxh_map() {
   "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(json.dumps({k: v["xxh64"] for k, v in sorted(m["datasets"].items())}))' "$1" 2>&1
 }

@@ -24,12 +24,12 @@ expect() { if [ "$1" = "$2" ]; then pass "$3 ($1)"; else fail "$3: got '$1', wan
 has() { if grep -qF -- "$2" "$1"; then pass "message: '$2'"; else fail "no '$2' in $1: $(grep -i error "$1" | head -3)"; fi; }
 zt() {  # zt LOG ARGS...: zerotrain train on 2 ranks; returns its exit status
   local log=$1; shift
-  timeout 180 "$MPIEXEC" -np 2 --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
+  timeout 120 "$MPIEXEC" -np 2 --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
     --micro_batch_size 2 --global_batch_size 8 --max_steps 8 --seed 3 --zero_stage 2 --save_interval 2 \
     --save_total_limit 0 "$@" >"$log" 2>&1
 }
 steps_in() { ls -1 "$1" | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tr '\n' ' ' | sed 's/ $//'; }
-leftovers() { ls -1a "$1" | grep -E '^\.(checkpoint-.*\.(tmp|old)|latest\.tmp)$' | tr '\n' ' '; }
+leftovers() { find "$1" -mindepth 1 -maxdepth 1 \( -name '.checkpoint-*' -o -name '.latest.tmp' \) -printf '%f '; }
 # The final checkpoint's {dataset: xxh64} map and every (step, loss) of metrics.jsonl, as one comparable line.
 fingerprint() {
   "$PY" -c '

@@ -33,9 +33,13 @@ def launch(out, extra=(), log=None):
 
 def finish_run(p, f):
     try:
-        rc = p.wait(timeout=WAIT_S * 2)
+        rc = p.wait(timeout=WAIT_S + 30)
     except subprocess.TimeoutExpired:
-        p.kill()
+        p.terminate()  # mpirun passes SIGTERM on to the ranks (SIGKILL would orphan them)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
         rc = -999
     f.close()
     with open(f.name) as g:

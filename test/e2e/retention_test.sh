@@ -19,12 +19,12 @@ expect() { if [ "$1" = "$2" ]; then pass "$3 ($1)"; else fail "$3: got '$1', wan
 # zt LOG ARGS...: zerotrain train on 2 ranks (tiny preset, 1 thread), output to LOG; returns its exit status.
 zt() {
   local log=$1; shift
-  timeout 180 "$MPIEXEC" -np 2 --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
+  timeout 120 "$MPIEXEC" -np 2 --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
     --micro_batch_size 2 --global_batch_size 8 --max_steps 10 --seed 11 --zero_stage 1 "$@" >"$log" 2>&1
 }
 # Committed checkpoints in DIR, as "2 4 6" (ascending step).
 steps_in() { ls -1 "$1" | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tr '\n' ' ' | sed 's/ $//'; }
-leftovers() { ls -1a "$1" | grep -E '^\.(checkpoint-.*\.(tmp|old)|latest\.tmp)$' | tr '\n' ' '; }
+leftovers() { find "$1" -mindepth 1 -maxdepth 1 \( -name '.checkpoint-*' -o -name '.latest.tmp' \) -printf '%f '; }
 xxh_map() {  # the manifest's {dataset: xxh64} map, sorted
   "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(json.dumps({k: v["xxh64"] for k, v in sorted(m["datasets"].items())}))' "$1"
 }
