@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 
 #include "ckpt/commit.hpp"
@@ -220,11 +221,16 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
   } catch (const std::exception& e) {
     // Any rank that fails removes the partial files; the rename never happened, so nothing half-written is
     // committed. Other ranks may be inside a collective: the caller ends the job (MPI_Abort).
+    // HDF5 and MPI-IO drop errno ("file write failed"): name a full disk by looking, before our files are freed.
     std::error_code ec;
+    const fs::space_info space = fs::space(output_dir, ec);
+    const std::string full = !ec && space.available < (1u << 20)
+                                 ? fmt::format("; disk full: only {} bytes are free in {}", space.available, output_dir)
+                                 : std::string();
     fs::remove_all(tmp_dir, ec);
-    throw CheckpointWriteError(fmt::format("saving {} failed: {}; its partial files were removed; earlier checkpoints "
-                                           "and `latest` are untouched",
-                                           name, e.what()));
+    throw CheckpointWriteError(fmt::format("saving {} failed: {}{}; its partial files were removed; earlier "
+                                           "checkpoints and `latest` are untouched",
+                                           name, e.what(), full));
   }
 }
 
@@ -242,6 +248,15 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
   std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
   {
     H5Id file = detail::open_parallel(h5_path, comm, true);
+    // A rank whose write fails must not close the file while unwinding: H5Fclose is collective and the other ranks
+    // wait in a different collective, so the job would hang instead of aborting. Leak the handle; the job ends.
+    struct LeakOnThrow {
+      H5Id& f;
+      int n;
+      ~LeakOnThrow() {
+        if (std::uncaught_exceptions() > n) new H5Id(std::move(f));
+      }
+    } leak_on_throw{file, std::uncaught_exceptions()};
     for (const char* g : {"params", "optim", "optim/exp_avg", "optim/exp_avg_sq"}) {
       H5Id grp(H5Gcreate2(file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
       ZT_H5_CHECK(grp.get());

@@ -331,7 +331,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       }
     }
     // After the metrics row, so a resumed run's metrics.jsonl has every step up to its checkpoint.
-    const int signal = comm.all_reduce_max(preemption_signal());  // every rank agrees at the same step
+    // Every rank agrees at the same step; after the last step there is nothing left to requeue for.
+    const int signal = step + 1 < tcfg.max_steps ? comm.all_reduce_max(preemption_signal()) : 0;
     const bool exiting = signal != 0 || (tcfg.exit_after_steps > 0 && step + 1 - start_step == tcfg.exit_after_steps &&
                                          step + 1 < tcfg.max_steps);
     if ((tcfg.save_interval > 0 && ((step + 1) % tcfg.save_interval == 0 || step + 1 == tcfg.max_steps)) ||
