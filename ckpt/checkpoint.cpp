@@ -32,6 +32,18 @@ uint64_t tensor_checksum(const std::vector<uint64_t>& digests) {
 
 std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
 
+std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t nl = text.find('\n', at);
+    out.push_back(text.substr(at, nl - at));
+    if (nl == std::string::npos) break;
+    at = nl + 1;
+  }
+  return out;
+}
+
 std::vector<std::string> checkpoint_dataset_names(const ParamTable& table) {
   std::vector<std::string> names;
   for (const char* kind : {"params/", "optim/exp_avg/", "optim/exp_avg_sq/"})

@@ -119,6 +119,8 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
 /// The xxh64 of one chunk's bytes, and the tensor checksum over its chunk digests (little-endian u64 array).
 uint64_t chunk_digest(const float* data, size_t n_elems);
 uint64_t tensor_checksum(const std::vector<uint64_t>& chunk_digests);
+/// Splits newline-terminated lines (the form in which ranks exchange lists of paths and problems).
+std::vector<std::string> split_lines(const std::string& text);
 /// 16 lowercase hex digits.
 std::string hex64(uint64_t v);
 

@@ -268,14 +268,7 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
   }
   std::string all(size_t(total), '\0');
   MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm.mpi_comm());
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at < all.size()) {
-    const size_t nl = all.find('\n', at);
-    out.push_back(all.substr(at, nl - at));
-    at = nl + 1;
-  }
-  return out;
+  return split_lines(all);
 }
 
 }  // namespace zt

@@ -15,14 +15,7 @@ std::vector<std::string> resume_candidates(const std::string& spec, const std::s
   comm.broadcast(&len, sizeof(len), 0);
   joined.resize(len);
   comm.broadcast(joined.data(), len, 0);
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at < joined.size()) {
-    const size_t nl = joined.find('\n', at);
-    out.push_back(joined.substr(at, nl - at));
-    at = nl + 1;
-  }
-  return out;
+  return split_lines(joined);
 }
 
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,
