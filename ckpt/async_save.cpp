@@ -25,12 +25,13 @@ AsyncSaver::~AsyncSaver() {
 void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                        const TrainProgress& progress, ShardSnapshot snap, int save_total_limit) {
   wait();
-  thread_ = std::thread([this, output_dir, model, train, progress, snap = std::move(snap), save_total_limit]() {
+  thread_ = std::thread([this, output_dir, model, train, progress, snap = std::move(snap), save_total_limit]() mutable {
     try {
       committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, save_total_limit);
     } catch (...) {
       error_ = std::current_exception();
     }
+    spare_ = std::move(snap.storage);  // handed back after join(), reused by the next snapshot
   });
 }
 

@@ -28,12 +28,15 @@ class AsyncSaver {
   /// Waits for the save in flight, if any; rethrows its error. Returns the directory it committed ("" if none).
   std::string wait();
   bool busy() const { return thread_.joinable(); }
+  /// The host buffer of the last finished save, for the next snapshot to reuse (empty while a save runs).
+  std::vector<float> take_spare() { return std::move(spare_); }
 
  private:
   MpiComm comm_;
   std::thread thread_;
   std::exception_ptr error_;
   std::string committed_;
+  std::vector<float> spare_;
 };
 
 }  // namespace zt

@@ -151,7 +151,7 @@ int owner_of(const ShardSnapshot& snap, const TensorSpec& t, size_t e) {
   return int((t.unit_offset + e) / snap.layouts[size_t(t.unit)].shard_numel);
 }
 
-ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy) {
+ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> reuse) {
   const ParamTable& table = engine.table();
   ShardSnapshot snap;
   snap.table = &table;
@@ -166,7 +166,10 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy) {
     slices.push_back(engine.owned_slice(int(u)));
     total += slices.back().end - slices.back().begin;
   }
-  if (copy) snap.storage.resize(3 * total);
+  if (copy) {
+    snap.storage = std::move(reuse);
+    snap.storage.resize(3 * total);
+  }
   size_t at = 0;
   for (size_t u = 0; u < table.units().size(); ++u) {
     const ZeroEngine::OwnedSlice& s = slices[u];
@@ -200,8 +203,10 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
                           const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
                           const ShardSnapshot& snap, MpiComm& comm, int save_total_limit);
 
-ShardSnapshot snapshot_view(ZeroEngine& engine) { return make_snapshot(engine, false); }
-ShardSnapshot snapshot_copy(ZeroEngine& engine) { return make_snapshot(engine, true); }
+ShardSnapshot snapshot_view(ZeroEngine& engine) { return make_snapshot(engine, false, {}); }
+ShardSnapshot snapshot_copy(ZeroEngine& engine, std::vector<float> reuse) {
+  return make_snapshot(engine, true, std::move(reuse));
+}
 
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                             const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,

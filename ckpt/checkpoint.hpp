@@ -67,8 +67,9 @@ struct ShardSnapshot {
 /// Views the engine's owned slices in place (copies only when the backend's memory is not host memory). Valid
 /// until the engine next changes.
 ShardSnapshot snapshot_view(ZeroEngine& engine);
-/// Copies the engine's owned slices to host memory the snapshot owns (what async save blocks on).
-ShardSnapshot snapshot_copy(ZeroEngine& engine);
+/// Copies the engine's owned slices to host memory the snapshot owns (what async save blocks on). `reuse` lends
+/// the storage of an earlier snapshot: its pages are already mapped, so the copy does not pay for page faults.
+ShardSnapshot snapshot_copy(ZeroEngine& engine, std::vector<float> reuse = {});
 
 /// Thrown on every rank when the output file system lacks the space a checkpoint needs (nothing was written).
 class DiskFullError : public CheckpointError {

@@ -226,7 +226,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     if (async) {
       report_async(async->wait());  // one save in flight at a time
       const auto tc = Clock::now();
-      ShardSnapshot snap = snapshot_copy(engine);
+      ShardSnapshot snap = snapshot_copy(engine, async->take_spare());
       const double blocked = std::chrono::duration<double>(Clock::now() - tc).count();
       async->start(tcfg.output_dir, mcfg, tcfg, progress, std::move(snap), tcfg.save_total_limit);
       summary.save_blocked_s.push_back(blocked);
