@@ -1,7 +1,13 @@
-// AsyncSaver: a background thread runs the same collective save over its own communicator.
+// AsyncSaver: a background thread copies the shard (host backends) and runs the same collective save over its own
+// communicator.
 #include "ckpt/async_save.hpp"
 
 #include <mpi.h>
+
+#include <chrono>
+#include <cstdlib>
+
+#include "sharding/zero_engine.hpp"
 
 namespace zt {
 
@@ -23,10 +29,39 @@ AsyncSaver::~AsyncSaver() {
 }
 
 void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-                       const TrainProgress& progress, ShardSnapshot snap, int save_total_limit) {
+                       const TrainProgress& progress, ZeroEngine& engine, int save_total_limit) {
   wait();
-  thread_ = std::thread([this, output_dir, model, train, progress, snap = std::move(snap), save_total_limit]() mutable {
+  using Clock = std::chrono::steady_clock;
+  // A device backend copies here, on the thread that owns the device; a host backend's copy runs on the writer.
+  const bool deferred = engine.backend().host_memory();
+  ShardSnapshot ready;
+  if (!deferred) ready = snapshot_copy(engine, std::move(spare_));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    copied_ = !deferred;
+    copy_s_ = 0;
+  }
+  thread_ = std::thread([this, output_dir, model, train, progress, &engine, deferred, snap = std::move(ready),
+                         save_total_limit]() mutable {
     try {
+      if (deferred) {
+        const auto t0 = Clock::now();
+        try {
+          // Test hook: a slow copy, so the next optimizer step must wait for it (async_save_test.sh).
+          if (const char* ms = std::getenv("ZT_TEST_ASYNC_COPY_DELAY_MS"))
+            std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
+          snap = snapshot_copy(engine, std::move(spare_));
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mu_);
+          copied_ = true;
+          cv_.notify_all();
+          throw;
+        }
+        std::lock_guard<std::mutex> lock(mu_);
+        copied_ = true;
+        copy_s_ = std::chrono::duration<double>(Clock::now() - t0).count();
+        cv_.notify_all();
+      }
       committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, save_total_limit);
     } catch (...) {
       error_ = std::current_exception();
@@ -35,8 +70,25 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
   });
 }
 
+bool AsyncSaver::copy_pending() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !copied_;
+}
+
+double AsyncSaver::wait_copied(double* copy_s) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return copied_; });
+  if (copy_s) *copy_s = copy_s_;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 std::string AsyncSaver::wait() {
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    copied_ = true;
+  }
   if (error_) {
     std::exception_ptr e = error_;
     error_ = nullptr;

@@ -219,20 +219,34 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   auto report_async = [&](const std::string& dir) {
     if (lead && !opts.quiet && !dir.empty()) fmt::print("saved {} (background write finished)\n", dir);
   };
-  // Saves at a step boundary: synchronously, or by handing a host copy to the background writer.
+  // Async: the step that saved blocks for the previous write (if still running) and for handing over; the next
+  // optimizer step blocks until the writer has copied the shard (on a host backend the copy overlaps the forward and
+  // backward). Their sum is the stall of that checkpoint.
+  int64_t async_step = 0;
+  double async_blocked = 0;
+  bool async_unreported = false;
+  auto finish_async_copy = [&]() {
+    async_unreported = false;
+    double copy_s = 0;
+    async_blocked += async->wait_copied(&copy_s);
+    summary.save_blocked_s.push_back(async_blocked);
+    if (lead && !opts.quiet)
+      fmt::print("checkpoint-{}: step blocked {:.3f}s for the host copy (copy {:.3f}s, overlapped with training); "
+                 "writing in the background\n",
+                 async_step, async_blocked, copy_s);
+  };
+  // Saves at a step boundary: synchronously, or by handing the shard to the background writer.
   auto save = [&](const TrainProgress& progress) {
     ZT_CHECK(mpi, "checkpoints need the MPI communicator");
     const auto ts = Clock::now();
     if (async) {
       report_async(async->wait());  // one save in flight at a time
+      const double waited = std::chrono::duration<double>(Clock::now() - ts).count();
       const auto tc = Clock::now();
-      ShardSnapshot snap = snapshot_copy(engine, async->take_spare());
-      const double blocked = std::chrono::duration<double>(Clock::now() - tc).count();
-      async->start(tcfg.output_dir, mcfg, tcfg, progress, std::move(snap), tcfg.save_total_limit);
-      summary.save_blocked_s.push_back(blocked);
-      if (lead && !opts.quiet)
-        fmt::print("checkpoint-{}: step blocked {:.3f}s for the host copy; writing in the background\n",
-                   progress.step, blocked);
+      async->start(tcfg.output_dir, mcfg, tcfg, progress, engine, tcfg.save_total_limit);
+      async_step = progress.step;
+      async_blocked = waited + std::chrono::duration<double>(Clock::now() - tc).count();
+      async_unreported = true;
       return;
     }
     const std::string dir =
@@ -247,6 +261,20 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   const int fail_rank = fail_rank_env ? std::atoi(fail_rank_env) : -1;
   const char* fail_step_env = std::getenv("ZT_TEST_FAIL_STEP");
   const int fail_step = fail_step_env ? std::atoi(fail_step_env) : 0;
+
+  // A resume at the run's last step trains nothing; with saving on, it writes the loaded state in this run's layout
+  // (world size, stage) to OUTPUT/checkpoint-<step>: re-sharding a checkpoint offline, like DeepSpeed's universal
+  // checkpoint conversion. Skipped when that directory is the one just loaded.
+  if (resumed && start_step >= tcfg.max_steps && tcfg.save_interval > 0) {
+    std::error_code ec;
+    const std::string dest = fmt::format("{}/checkpoint-{}", tcfg.output_dir, start_step);
+    if (!std::filesystem::equivalent(loaded.path, dest, ec)) {
+      if (lead)
+        fmt::print("no step left to train (--max_steps {}): re-saving step {} for {} rank(s) at ZeRO stage {}\n",
+                   tcfg.max_steps, start_step, N, tcfg.zero_stage);
+      save(loaded.progress);
+    }
+  }
 
   const float dloss = float(1.0 / (double(G) * T));
   const auto t_start = Clock::now();
@@ -291,6 +319,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     hp.eps = float(tcfg.adam_eps);
     hp.weight_decay = float(tcfg.weight_decay);
     hp.grad_scale = float(clip);
+    if (async_unreported) finish_async_copy();  // the writer must not see a half-updated shard
     engine.optimizer_step(hp);
     if (dump) {
       dump_tensors(engine, table, false, fmt::format("{}/params_{}.bin", opts.debug_dump_dir, step), lead);
@@ -345,6 +374,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       save(progress);
     }
     if (exiting) {
+      if (async_unreported) finish_async_copy();
       if (async) report_async(async->wait());
       summary.preempted = signal != 0;
       if (lead && !opts.quiet) {
@@ -358,6 +388,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       break;
     }
   }
+  if (async_unreported) finish_async_copy();
   if (async) report_async(async->wait());
   if (opts.collect_params) {
     std::vector<float> full;

@@ -44,7 +44,7 @@ for shape in "2 0 8" "3 3 6"; do
   expect "$?" 0 "$np ranks ZeRO-$stage, sync: exit status"
   zt "$np" "$work/async_$tag.log" --output_dir "$work/async_$tag" "${common[@]}" --async_save
   expect "$?" 0 "$np ranks ZeRO-$stage, async: exit status"
-  expect "$(grep -c 'step blocked .* for the host copy; writing in the background' "$work/async_$tag.log")" 4 \
+  expect "$(grep -c 'step blocked .* for the host copy (copy .*); writing in the background' "$work/async_$tag.log")" 4 \
     "async: 4 saves went to the background"
   expect "$(grep -c '(background write finished)' "$work/async_$tag.log")" 4 "async: 4 background writes finished"
   expect "$(steps_in "$work/async_$tag")" "3 6 9 10" "async: committed checkpoints"
@@ -57,6 +57,19 @@ for shape in "2 0 8" "3 3 6"; do
     fail "losses differ between sync and async"
   verify "$work/async_$tag/checkpoint-10"
 done
+# The copy runs on the writer thread while the next step computes; a copy slowed down by 400 ms must hold back that
+# step's optimizer update (never let it change the shard mid-copy): same bits, and the stall shows the wait.
+ZT_TEST_ASYNC_COPY_DELAY_MS=400 zt 2 "$work/slow.log" --output_dir "$work/slow" --zero_stage 0 --global_batch_size 8 \
+  --save_interval 3 --async_save
+expect "$?" 0 "slow copy: exit status"
+for s in 3 6 9 10; do
+  [ "$(xxh_map "$work/slow/checkpoint-$s")" = "$(xxh_map "$work/sync_n2_s0/checkpoint-$s")" ] &&
+    pass "slow copy: checkpoint-$s equal to the synchronous save" || fail "slow copy: checkpoint-$s differs"
+done
+min_stall=$(sed -n 's/^checkpoint-[0-9]*: step blocked \([0-9.]*\)s for the host copy.*/\1/p' "$work/slow.log" | sort -g | head -1)
+awk -v s="${min_stall:-0}" 'BEGIN { exit !(s >= 0.3) }' && pass "slow copy: every stall >= 0.3 s (min $min_stall s)" ||
+  fail "slow copy: a stall of '${min_stall}' s is shorter than the 400 ms copy delay allows"
+
 # Stop after 4 steps and resume, both with async saves: ends where the synchronous run ends.
 zt 3 "$work/stop.log" --output_dir "$work/stop" --zero_stage 3 --global_batch_size 6 --save_interval 3 --async_save \
   --exit_after_steps 4

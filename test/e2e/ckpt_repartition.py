@@ -2,8 +2,9 @@
 # Re-partition on resume: a checkpoint written by N ranks at ZeRO stage S loads into N' ranks at stage S'.
 #  A. world sizes {1,2,3,4} -> {1,2,3,4} (stage 1 -> 2) and B. every stage pair {0..3} -> {0..3} (4 -> 3 ranks):
 #     the values the resumed run holds (its --debug_dump_dir params_init.bin, written right after the load, from
-#     gathered shards) are bitwise the checkpoint's params; when the trainer can re-save without a step
-#     (--max_steps = saved step), the re-saved file's params AND Adam states are compared too.
+#     gathered shards) are bitwise the checkpoint's params; and the resume, which has no step left to train
+#     (--max_steps = saved step), re-saves the state in its own layout: that file's logical tensors (params AND Adam
+#     exp_avg / exp_avg_sq) must be bitwise the source file's.
 #  C. Adam state through a re-partition at one world size: save at (2, S), resume at (2, S') for one step and save;
 #     ZeRO stages are bitwise-identical at a given world size (docs/sharding.md), so that checkpoint must equal the
 #     uninterrupted (2, S) run's bit for bit, params, exp_avg and exp_avg_sq, for every S -> S'.
@@ -58,20 +59,21 @@ def load_into(work, src, N, S, N2, S2, stats):
     C.check(len(want) > 0 and not bad, f"{tag}: all {len(want)} params held after the load are bitwise the file's",
             f"differ: {bad[:5]}")
     resaved = f"{out}/checkpoint-{K}"
-    if os.path.isdir(resaved):
-        stats["resaved"] += 1
-        a, b = C.read_tensors(src), C.read_tensors(resaved)
-        bad = C.diff_tensors(a, b)
-        C.check(len(a) > 0 and not bad, f"{tag}: re-saved file: all {len(a)} logical tensors (params, exp_avg, "
-                f"exp_avg_sq) bitwise equal", f"differ: {bad[:5]}")
-    else:
-        stats["not_resaved"] += 1
+    C.check(f"re-saving step {K} for {N2} rank(s) at ZeRO stage {S2}" in log and os.path.isdir(resaved),
+            f"{tag}: the zero-step resume re-saved checkpoint-{K}", log)
+    a, b = C.read_tensors(src), C.read_tensors(resaved)
+    bad = C.diff_tensors(a, b)
+    n_m = sum(1 for k in b if k.startswith("optim/"))
+    C.check(len(a) > 0 and len(a) == len(b) and n_m > 0 and not bad,
+            f"{tag}: re-saved file: all {len(a)} logical tensors ({n_m} of them Adam states) bitwise equal",
+            f"differ: {bad[:5]}")
+    stats["resaved"] += 1
 
 
 def main():
     t0 = time.time()
     work = C.setup(sys.argv, "ckpt_repartition")
-    stats = {"resaved": 0, "not_resaved": 0}
+    stats = {"resaved": 0}
 
     print("A. world sizes {1,2,3,4} -> {1,2,3,4}, stage 1 -> 2")
     for N in (1, 2, 3, 4):
@@ -95,9 +97,8 @@ def main():
     bad = C.diff_tensors(C.read_tensors(w_src, "params/"), dump_tensors(w_out + "_dump", "params_init.bin"))
     C.check(not bad, "wide model (wte in 2 checksum chunks) (4,3)->(3,0): params held bitwise the file's",
             f"differ: {bad[:5]}")
-    if stats["not_resaved"]:
-        print(f"  NOTE: {stats['not_resaved']} zero-step resumes wrote no checkpoint (the trainer saves only after a "
-              f"step), so Adam state across world sizes is compared only through part C (same N) and part D")
+    C.check(stats["resaved"] == 32, f"{stats['resaved']} re-partitioned re-saves compared (16 world-size pairs + 16 "
+            f"stage pairs)")
 
     print("C. Adam state through every stage pair at 2 ranks: resume + 1 step == uninterrupted, bitwise")
     for S in (0, 1, 2, 3):
