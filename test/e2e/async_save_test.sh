@@ -7,33 +7,14 @@
 # aborted with 74). Each time: a message naming the failure, every committed checkpoint passes `ckpt verify`,
 # `latest` names a committed one, no temporary directory is left, and no later checkpoint was committed.
 set -uo pipefail
-ZT=${ZEROTRAIN:?ZEROTRAIN must point at the zerotrain binary}
-MPIEXEC=${ZT_MPIEXEC:-mpirun}
-PY=${ZT_PYTHON:-python3}
-export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
-work=$(mktemp -d /tmp/zt_async_save.XXXXXX)
-mnt=$work/mnt
-mkdir -p "$mnt"
-cleanup() { mountpoint -q "$mnt" && umount "$mnt"; [ "${keep:-0}" = 1 ] || rm -rf "$work"; }
-trap cleanup EXIT
-fails=0 checks=0
-t0=$SECONDS
-pass() { checks=$((checks + 1)); echo "  ok: $1"; }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "  FAIL: $1"; }
-expect() { if [ "$1" = "$2" ]; then pass "$3 ($1)"; else fail "$3: got '$1', want '$2'"; fi; }
-has() { if grep -qF -- "$2" "$1"; then pass "message: '$2'"; else fail "no '$2' in $1: $(grep -i error "$1" | head -3)"; fi; }
+. "$(dirname "$0")/lib.sh"
+zt_test_setup async_save --mount
 zt() {  # zt NP LOG ARGS...: zerotrain train; returns its exit status
   local np=$1 log=$2; shift 2
   timeout 120 "$MPIEXEC" -np "$np" --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
     --micro_batch_size 2 --max_steps 10 --seed 21 "$@" >"$log" 2>&1
 }
-steps_in() { ls -1 "$1" | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tr '\n' ' ' | sed 's/ $//'; }
-leftovers() { find "$1" -mindepth 1 -maxdepth 1 \( -name '.checkpoint-*' -o -name '.latest.tmp' \) -printf '%f '; }
-xxh_map() {
-  "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(json.dumps({k: v["xxh64"] for k, v in sorted(m["datasets"].items())}))' "$1" 2>&1
-}
 losses() { "$PY" -c 'import json,sys; print([(r["step"], r["loss"]) for r in map(json.loads, open(sys.argv[1]+"/metrics.jsonl"))])' "$1" 2>&1; }
-verify() { if "$ZT" ckpt verify "$1" >"$work/verify.log" 2>&1; then pass "ckpt verify $(basename "$1")"; else fail "ckpt verify $1: $(cat "$work/verify.log")"; fi; }
 
 echo "(1) async saves are bitwise identical to synchronous ones"
 for shape in "2 0 8" "3 3 6"; do
@@ -98,16 +79,15 @@ after_failure() {  # after_failure LOG: checkpoint-2 saved, checkpoint-4 failed 
 }
 size=$(( (ck + 3 * 512 * 1024 + page - 1) / page * page ))
 echo "(2a) disk-full pre-check fails in the background thread: tmpfs of $size bytes (checkpoint: $ck bytes)"
-mount -t tmpfs -o size="$size" tmpfs "$mnt" || { echo "FAIL: cannot mount a tmpfs (needs root)"; exit 1; }
+mount_tmpfs "$size"
 zt 2 "$work/bg_precheck.log" --output_dir "$mnt/o" --zero_stage 1 --global_batch_size 8 --save_interval 2 --async_save
 expect "$?" 74 "exit status (save failed)"
 has "$work/bg_precheck.log" "disk full: checkpoint-4 needs about"
 after_failure "$work/bg_precheck.log"
-umount "$mnt"
 
 size=$(( (ck * 3 / 2 + page - 1) / page * page ))
 echo "(2b) ENOSPC inside the background HDF5 write: tmpfs of $size bytes, pre-check told 1e15 bytes are free"
-mount -t tmpfs -o size="$size" tmpfs "$mnt" || { echo "FAIL: cannot mount a tmpfs (needs root)"; exit 1; }
+mount_tmpfs "$size"
 ZT_TEST_FREE_BYTES_OVERRIDE=1000000000000000 zt 2 "$work/bg_write.log" --output_dir "$mnt/o" --zero_stage 1 \
   --global_batch_size 8 --save_interval 2 --async_save
 expect "$?" 74 "exit status (save failed)"
@@ -116,8 +96,4 @@ has "$work/bg_write.log" "; disk full: only"
 has "$work/bg_write.log" "its partial files were removed"
 after_failure "$work/bg_write.log"
 
-echo "async_save_test: $((checks - fails)) of $checks checks passed in $((SECONDS - t0))s"
-[ "$fails" -eq 0 ] && exit 0
-keep=1
-echo "work dir kept: $work (logs)"
-exit 1
+zt_test_finish

@@ -7,29 +7,14 @@
 # `latest` still names it), no partial .tmp left; after the tmpfs grows, `--resume_from_checkpoint latest` finishes
 # bitwise equal (final checkpoint and losses) to an uninterrupted run on an ordinary disk. Needs root (mount).
 set -uo pipefail
-ZT=${ZEROTRAIN:?ZEROTRAIN must point at the zerotrain binary}
-MPIEXEC=${ZT_MPIEXEC:-mpirun}
-PY=${ZT_PYTHON:-python3}
-export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
-work=$(mktemp -d /tmp/zt_enospc.XXXXXX)
-mnt=$work/mnt
-mkdir -p "$mnt"
-cleanup() { mountpoint -q "$mnt" && umount "$mnt"; [ "${keep:-0}" = 1 ] || rm -rf "$work"; }
-trap cleanup EXIT
-fails=0 checks=0
-t0=$SECONDS
-pass() { checks=$((checks + 1)); echo "  ok: $1"; }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "  FAIL: $1"; }
-expect() { if [ "$1" = "$2" ]; then pass "$3 ($1)"; else fail "$3: got '$1', want '$2'"; fi; }
-has() { if grep -qF -- "$2" "$1"; then pass "message: '$2'"; else fail "no '$2' in $1: $(grep -i error "$1" | head -3)"; fi; }
+. "$(dirname "$0")/lib.sh"
+zt_test_setup enospc --mount
 zt() {  # zt LOG ARGS...: zerotrain train on 2 ranks; returns its exit status
   local log=$1; shift
   timeout 120 "$MPIEXEC" -np 2 --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
     --micro_batch_size 2 --global_batch_size 8 --max_steps 8 --seed 3 --zero_stage 2 --save_interval 2 \
     --save_total_limit 0 "$@" >"$log" 2>&1
 }
-steps_in() { ls -1 "$1" | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tr '\n' ' ' | sed 's/ $//'; }
-leftovers() { find "$1" -mindepth 1 -maxdepth 1 \( -name '.checkpoint-*' -o -name '.latest.tmp' \) -printf '%f '; }
 # The final checkpoint's {dataset: xxh64} map and every (step, loss) of metrics.jsonl, as one comparable line.
 fingerprint() {
   "$PY" -c '
@@ -39,11 +24,6 @@ m = json.load(open(d + "/checkpoint-8/manifest.json"))
 rows = [json.loads(l) for l in open(d + "/metrics.jsonl") if l.strip()]
 print(json.dumps([{k: v["xxh64"] for k, v in sorted(m["datasets"].items())}, [(r["step"], r["loss"]) for r in rows]]))
 ' "$1" 2>&1
-}
-verify() { if "$ZT" ckpt verify "$1" >"$work/verify.log" 2>&1; then pass "ckpt verify $(basename "$1")"; else fail "ckpt verify $1: $(cat "$work/verify.log")"; fi; }
-mount_tmpfs() {  # mount_tmpfs BYTES
-  mountpoint -q "$mnt" && umount "$mnt"
-  mount -t tmpfs -o size="$1" tmpfs "$mnt" || { echo "FAIL: cannot mount a tmpfs (needs root)"; exit 1; }
 }
 
 echo "reference: uninterrupted run on an ordinary disk"
@@ -93,8 +73,4 @@ has "$work/midwrite.log" "; disk full: only"
 has "$work/midwrite.log" "its partial files were removed"
 check_outcome "$work/midwrite.log"
 
-echo "enospc_test: $((checks - fails)) of $checks checks passed in $((SECONDS - t0))s"
-[ "$fails" -eq 0 ] && exit 0
-keep=1
-echo "work dir kept: $work (logs)"
-exit 1
+zt_test_finish

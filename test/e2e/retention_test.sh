@@ -6,35 +6,14 @@
 # it is beyond the limit, because `latest` names it. Continuing that run re-saves 8 and 10 (bitwise equal to the
 # first run's) and leaves exactly those two.
 set -uo pipefail
-ZT=${ZEROTRAIN:?ZEROTRAIN must point at the zerotrain binary}
-MPIEXEC=${ZT_MPIEXEC:-mpirun}
-PY=${ZT_PYTHON:-python3}
-export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
-work=$(mktemp -d /tmp/zt_retention.XXXXXX)
-fails=0 checks=0
-t0=$SECONDS
-pass() { checks=$((checks + 1)); echo "  ok: $1"; }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "  FAIL: $1"; }
-expect() { if [ "$1" = "$2" ]; then pass "$3 ($1)"; else fail "$3: got '$1', want '$2'"; fi; }
+. "$(dirname "$0")/lib.sh"
+zt_test_setup retention
 # zt LOG ARGS...: zerotrain train on 2 ranks (tiny preset, 1 thread), output to LOG; returns its exit status.
 zt() {
   local log=$1; shift
   timeout 120 "$MPIEXEC" -np 2 --oversubscribe --bind-to none "$ZT" train --threads 1 --log_interval 100 \
     --micro_batch_size 2 --global_batch_size 8 --max_steps 10 --seed 11 --zero_stage 1 "$@" >"$log" 2>&1
 }
-# Committed checkpoints in DIR, as "2 4 6" (ascending step).
-steps_in() { ls -1 "$1" | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tr '\n' ' ' | sed 's/ $//'; }
-leftovers() { find "$1" -mindepth 1 -maxdepth 1 \( -name '.checkpoint-*' -o -name '.latest.tmp' \) -printf '%f '; }
-xxh_map() {  # the manifest's {dataset: xxh64} map, sorted
-  "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(json.dumps({k: v["xxh64"] for k, v in sorted(m["datasets"].items())}))' "$1"
-}
-verify() { if "$ZT" ckpt verify "$1" >"$work/verify.log" 2>&1; then pass "ckpt verify $(basename "$1")"; else fail "ckpt verify $1: $(cat "$work/verify.log")"; fi; }
-finish() {
-  echo "retention_test: $((checks - fails)) of $checks checks passed in $((SECONDS - t0))s"
-  if [ "$fails" -eq 0 ]; then rm -rf "$work"; exit 0; fi
-  echo "work dir kept: $work"; exit 1
-}
-
 for mode in sync async; do
   echo "(A) --save_total_limit 2, --save_interval 2, 10 steps, $mode save"
   out=$work/a_$mode
@@ -81,4 +60,4 @@ expect "$(cat "$out/latest" 2>/dev/null)" "checkpoint-10" "latest"
 [ "$(xxh_map "$out/checkpoint-10")" = "$ref10" ] && pass "re-saved checkpoint-10 bitwise equal to the first run's" ||
   fail "re-saved checkpoint-10 differs from the first run's"
 verify "$out/checkpoint-10"
-finish
+zt_test_finish
