@@ -6,6 +6,7 @@
 
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
+#include "cuda/backend_stream.cuh"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/cuda_common.cuh"
 #include "cuda/device_memory.cuh"
@@ -48,6 +49,8 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
   float* alloc(size_t n) override { return static_cast<float*>(alloc_zeroed(n * sizeof(float))); }
   int32_t* alloc_int(size_t n) override {
@@ -211,6 +214,24 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+namespace cuda {
+
+cudaStream_t backend_stream(Backend& backend) {
+  auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
+  ZT_CHECK(cuda_backend != nullptr, "a device-memory comm needs the CUDA backend, got the '{}' backend",
+           backend.name());
+  return cuda_backend->stream();
+}
+
+int backend_device(Backend& backend) {
+  auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
+  ZT_CHECK(cuda_backend != nullptr, "a device-memory comm needs the CUDA backend, got the '{}' backend",
+           backend.name());
+  return cuda_backend->device();
+}
+
+}  // namespace cuda
 
 int cuda_device_count() {
   int n = 0;

@@ -55,6 +55,8 @@ class PinnedStaging {
   void* get(size_t n_bytes);
   /// Marks the end of the copies issued on `stream` that read the staging memory.
   void record(cudaStream_t stream);
+  /// Bytes the next get() can return without growing.
+  size_t capacity() const { return capacity_; }
 
  private:
   void* ptr_ = nullptr;
