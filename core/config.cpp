@@ -78,6 +78,9 @@ void TrainConfig::validate(int world_size) const {
   ZT_CHECK(threads >= 0, "--threads must be >= 0, got {}", threads);
   ZT_CHECK(device == "cpu" || device == "cuda" || device == "auto", "--device must be cpu, cuda or auto, got '{}'",
            device);
+  ZT_CHECK(dtype == "fp32" || dtype == "bf16" || dtype == "auto", "--dtype must be fp32, bf16 or auto, got '{}'",
+           dtype);
+  ZT_CHECK(comm == "mpi" || comm == "nccl" || comm == "auto", "--comm must be mpi, nccl or auto, got '{}'", comm);
 }
 
 nlohmann::json to_json(const ModelConfig& m) {
@@ -108,6 +111,8 @@ nlohmann::json to_json(const TrainConfig& t) {
           {"zero_stage", t.zero_stage},
           {"threads", t.threads},
           {"device", t.device},
+          {"dtype", t.dtype},
+          {"comm", t.comm},
           {"save_interval", t.save_interval},
           {"exit_after_steps", t.exit_after_steps},
           {"save_total_limit", t.save_total_limit},
@@ -164,6 +169,8 @@ void update_from_json(const nlohmann::json& j, ModelConfig& m, TrainConfig& t) {
     else if (k == "zero_stage") read_key(v, k, t.zero_stage);
     else if (k == "threads") read_key(v, k, t.threads);
     else if (k == "device") read_key(v, k, t.device);
+    else if (k == "dtype") read_key(v, k, t.dtype);
+    else if (k == "comm") read_key(v, k, t.comm);
     else if (k == "save_interval") read_key(v, k, t.save_interval);
     else if (k == "exit_after_steps") read_key(v, k, t.exit_after_steps);
     else if (k == "save_total_limit") read_key(v, k, t.save_total_limit);

@@ -19,6 +19,7 @@
 #include "core/errors.hpp"
 #include "core/preempt.hpp"
 #include "core/trainer.hpp"
+#include "launch/device_select.hpp"
 #include "sharding/comm_mpi.hpp"
 
 namespace {
@@ -155,7 +156,16 @@ int run(int argc, char** argv, int rank) {
                "ZeRO stage: 0 replicated, 1 +optimizer sharded, 2 +gradients, 3 +parameters", d.zero_stage);
   add_override(*train, overrides, "--threads", &TrainConfig::threads,
                "CPU threads per rank (0: cores / ranks on the node)", d.threads);
-  add_override(*train, overrides, "--device", &TrainConfig::device, "cpu, cuda or auto", d.device);
+  add_override(*train, overrides, "--device", &TrainConfig::device,
+               "cpu, cuda, or auto (cuda when every rank sees a GPU); GPU = local rank mod the node's GPUs", d.device);
+  add_override(*train, overrides, "--dtype", &TrainConfig::dtype,
+               "Matmul precision on cuda: bf16 (fp32 accumulation; fp32 master weights and Adam state) or fp32; "
+               "auto: bf16 on cuda, fp32 on cpu (the CPU computes in fp32 only)",
+               d.dtype);
+  add_override(*train, overrides, "--comm", &TrainConfig::comm,
+               "Collectives on cuda: nccl (one GPU per rank), mpi (staged through pinned host memory; ranks may share "
+               "a GPU), or auto (nccl when every rank has its own GPU and NCCL loads, else mpi)",
+               d.comm);
   add_override(*train, overrides, "--save_interval", &TrainConfig::save_interval,
                "Save a checkpoint every N steps and at the end (0: never)", d.save_interval);
   add_override(*train, overrides, "--save_total_limit", &TrainConfig::save_total_limit,
@@ -175,6 +185,8 @@ int run(int argc, char** argv, int rank) {
                     "Debug: write initial params, batches, per-step gradients and params here (cross-checks)");
   train->add_flag("--quiet", run_opts.quiet, "No progress lines");
 
+  CLI::App* devices = app.add_subcommand("devices", "List the CUDA devices this process sees and whether NCCL loads");
+
   CLI::App* ckpt = app.add_subcommand("ckpt", "Inspect or verify a checkpoint directory");
   ckpt->require_subcommand(1);
   std::string ckpt_path;
@@ -192,6 +204,10 @@ int run(int argc, char** argv, int rank) {
     return e.get_exit_code();
   }
 
+  if (*devices) {
+    if (rank == 0) fmt::print("{}", zt::describe_devices());
+    return 0;
+  }
   if (*inspect) {
     if (rank != 0) return 0;
     const nlohmann::json m = zt::read_manifest(ckpt_path);
@@ -242,10 +258,12 @@ int run(int argc, char** argv, int rank) {
       const int hw = std::max(1, int(std::thread::hardware_concurrency()));
       threads = cpus < hw ? cpus : std::max(1, hw / local_rank_count());
     }
-    ZT_CHECK(t.device != "cuda", "--device cuda: this build has no CUDA backend yet; use --device cpu");
-    auto backend = zt::make_cpu_backend(threads);
-    zt::MpiComm comm(MPI_COMM_WORLD);
-    const zt::TrainSummary summary = zt::train(m, t, comm, *backend, run_opts);
+    zt::RunDevice run_device = zt::make_run_device(t, threads);
+    if (rank == 0 && !run_opts.quiet) {
+      fmt::print("device {}\n", run_device.description);
+      std::fflush(stdout);
+    }
+    const zt::TrainSummary summary = zt::train(m, t, *run_device.comm, *run_device.backend, run_opts);
     if (summary.preempted) return zt::kExitRequeue;
   }
   return 0;
