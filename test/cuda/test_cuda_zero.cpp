@@ -1,0 +1,225 @@
+// Under mpirun, ranks possibly sharing one GPU: the staged MPI comm gives MpiComm's bits on device buffers; GPT-2
+// steps through the ZeRO engine on CUDA (fp32) match the CPU at every stage, and the stages agree bit for bit.
+// Exits 77 (CTest: skipped) with no device.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/errors.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "cuda/device_comm.hpp"
+#include "cuda/staged_mpi_comm.cuh"
+#include "sharding/comm_mpi.hpp"
+#include "test/cuda/cuda_mpi_main.hpp"
+#include "test/cuda/zero_steps.hpp"
+
+using zt::test::ZeroRun;
+using VecF = std::vector<float>;
+
+namespace {
+
+// ---- tolerances of CUDA fp32 against the CPU, through the whole engine ----
+// First step: the per-op fp32 differences (other summation orders, CUDA's expf) compound through ~30 ops and the
+// LM head's softmax; test_cuda_ops' whole-step tolerance (1e-4 of each gradient tensor's scale) applies unchanged,
+// since the reduced gradients are sums of per-rank gradients in a fixed order on both sides.
+constexpr double kGradRel = 1e-4, kGradAbs = 1e-4;
+// Loss of the first step: a mean of per-token log-losses, each within ~1e-6 relative.
+constexpr double kLossRel = 1e-5;
+// Later steps: AdamW's first updates are about lr * sign(g), so a gradient element at rounding level (|g| ~ 1e-9)
+// whose sign differs between the backends moves its parameter by up to 2 lr. A handful of such elements change
+// later losses by far less than 1e-3 relative; a wrong op or a wrong reduction changes them by more.
+constexpr double kLaterLossRel = 1e-3;
+constexpr float kLr = 1e-3f;
+constexpr int kSteps = 4;
+
+// Device floats owned by a backend, with uploads and downloads.
+class DeviceBuf {
+ public:
+  DeviceBuf(zt::Backend& be, size_t n) : be_(be), n_(n), p_(be.alloc(n)) {}
+  ~DeviceBuf() { be_.release(p_); }
+  DeviceBuf(const DeviceBuf&) = delete;
+  DeviceBuf& operator=(const DeviceBuf&) = delete;
+  float* get() const { return p_; }
+  void upload(const VecF& host) {
+    REQUIRE(host.size() <= n_);
+    be_.from_host(p_, host.data(), host.size());
+  }
+  VecF download(size_t n) const {
+    VecF host(n);
+    be_.to_host(host.data(), p_, n);
+    return host;
+  }
+
+ private:
+  zt::Backend& be_;
+  size_t n_;
+  float* p_;
+};
+
+// The same random values on every rank for a given (seed, tag), different per rank when `rank` differs.
+VecF rank_values(uint64_t seed, int rank, size_t n) {
+  std::mt19937_64 rng(seed * 1000003u + uint64_t(rank));
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  VecF v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+uint64_t shared_seed() {
+  uint64_t seed = std::random_device{}();
+  MPI_Bcast(&seed, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  return seed;
+}
+
+bool same_bits(const VecF& a, const VecF& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+std::unique_ptr<zt::Backend> device_backend() { return zt::make_cuda_backend(zt::test::local_device(), false); }
+
+// Every collective of the contract on device buffers through `staged`, each compared bit for bit with MpiComm on
+// the same values in host memory.
+void check_collectives(zt::Comm& staged, zt::MpiComm& host, zt::Backend& be, uint64_t seed) {
+  const int N = staged.world_size(), r = staged.rank();
+  for (size_t n : {size_t(1), size_t(7), size_t(1000), size_t(4099)}) {
+    INFO("seed " << seed << ", " << n << " elements per rank");
+    const VecF send = rank_values(seed + n, r, size_t(N) * n);
+    DeviceBuf d_send(be, size_t(N) * n), d_recv(be, size_t(N) * n);
+
+    VecF want(n);
+    host.reduce_scatter_sum(send.data(), want.data(), n);
+    d_send.upload(send);
+    staged.reduce_scatter_sum(d_send.get(), d_recv.get(), n);
+    CHECK(same_bits(d_recv.download(n), want));
+    // In place: recv is this rank's block of send.
+    staged.reduce_scatter_sum(d_send.get(), d_send.get() + size_t(r) * n, n);
+    const VecF after = d_send.download(size_t(N) * n);
+    CHECK(same_bits(VecF(after.begin() + long(size_t(r) * n), after.begin() + long(size_t(r + 1) * n)), want));
+    d_send.upload(send);
+    zt::CommHandle h = staged.ireduce_scatter_sum(d_send.get(), d_recv.get(), n);
+    staged.progress();
+    staged.wait(h);
+    CHECK_FALSE(h.pending());
+    CHECK(same_bits(d_recv.download(n), want));
+
+    const VecF mine = rank_values(seed + n + 1, r, n);
+    VecF gathered(size_t(N) * n);
+    host.all_gather(mine.data(), gathered.data(), n);
+    d_send.upload(mine);
+    staged.all_gather(d_send.get(), d_recv.get(), n);
+    CHECK(same_bits(d_recv.download(size_t(N) * n), gathered));
+    VecF slot(size_t(N) * n, 0.0f);
+    std::copy(mine.begin(), mine.end(), slot.begin() + long(size_t(r) * n));
+    d_recv.upload(slot);
+    h = staged.iall_gather(d_recv.get() + size_t(r) * n, d_recv.get(), n);  // in place
+    staged.wait(h);
+    CHECK(same_bits(d_recv.download(size_t(N) * n), gathered));
+
+    VecF reduced = send;
+    host.all_reduce_sum(reduced.data(), reduced.size());
+    d_send.upload(send);
+    staged.all_reduce_sum(d_send.get(), send.size());
+    CHECK(same_bits(d_send.download(send.size()), reduced));
+
+    // Doubles in device memory (two floats each), and the broadcast of raw bytes from the last rank.
+    std::vector<double> dbl(n);
+    for (size_t i = 0; i < n; ++i) dbl[i] = double(send[i]) / 3.0;
+    std::vector<double> dbl_want = dbl;
+    host.all_reduce_sum(dbl_want.data(), n);
+    DeviceBuf d_dbl(be, 2 * n);
+    be.from_host(d_dbl.get(), reinterpret_cast<const float*>(dbl.data()), 2 * n);
+    staged.all_reduce_sum(reinterpret_cast<double*>(d_dbl.get()), n);
+    std::vector<double> dbl_got(n);
+    be.to_host(reinterpret_cast<float*>(dbl_got.data()), d_dbl.get(), 2 * n);
+    CHECK(std::memcmp(dbl_got.data(), dbl_want.data(), n * sizeof(double)) == 0);
+
+    const VecF root_values = rank_values(seed + n + 2, N - 1, n);
+    d_send.upload(r == N - 1 ? root_values : VecF(n, 0.0f));
+    staged.broadcast(d_send.get(), n * sizeof(float), N - 1);
+    CHECK(same_bits(d_send.download(n), root_values));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the staged MPI comm gives MpiComm's bits on device buffers", "[staged]") {
+  const uint64_t seed = shared_seed();
+  auto be = device_backend();
+  zt::MpiComm host(MPI_COMM_WORLD);
+  auto staged_owner = zt::make_staged_mpi_comm(MPI_COMM_WORLD, *be);
+  auto* staged = dynamic_cast<zt::cuda::StagedMpiComm*>(staged_owner.get());
+  REQUIRE(staged != nullptr);
+  check_collectives(*staged, host, *be, seed);
+  const size_t pinned_after_first = staged->pinned_allocations();
+  if (staged->world_size() > 1) CHECK(pinned_after_first > 0);  // one rank copies on the device
+  // The same sequence again allocates no pinned memory: the pool is reused.
+  check_collectives(*staged, host, *be, seed);
+  CHECK(staged->pinned_allocations() == pinned_after_first);
+  // Host pointers go straight to MPI: host scalars as the trainer sums them, and flags.
+  double loss = 1.0 + staged->rank();
+  staged->all_reduce_sum(&loss, 1);
+  const int N = staged->world_size();
+  CHECK(loss == double(N) * (N + 1) / 2);
+  CHECK(staged->all_reduce_max(staged->rank()) == N - 1);
+  VecF host_values(5, float(staged->rank()));
+  staged->all_reduce_sum(host_values.data(), host_values.size());
+  CHECK(host_values[4] == float(N) * float(N - 1) / 2);
+  // One buffer on the device and one on the host is a caller's mistake, reported as such.
+  DeviceBuf d(*be, size_t(N) * 4);
+  VecF h(size_t(N) * 4);
+  CHECK_THROWS_WITH(staged->reduce_scatter_sum(d.get(), h.data(), 4), Catch::Contains("same space"));
+}
+
+TEST_CASE("ZeRO steps on CUDA (fp32) match the CPU at every stage; CUDA stages agree bit for bit", "[zero]") {
+  std::vector<ZeroRun> cuda_runs;
+  for (int stage = 0; stage <= 3; ++stage) {
+    INFO("stage " << stage);
+    ZeroRun cpu, dev;
+    {
+      auto be = zt::make_cpu_backend(1);
+      zt::MpiComm comm(MPI_COMM_WORLD);
+      cpu = zt::test::run_zero_steps(*be, comm, stage, kSteps, kLr);
+    }
+    {
+      auto be = device_backend();
+      auto comm = zt::make_staged_mpi_comm(MPI_COMM_WORLD, *be);
+      dev = zt::test::run_zero_steps(*be, *comm, stage, kSteps, kLr);
+    }
+    REQUIRE(dev.losses.size() == size_t(kSteps));
+    CHECK(std::fabs(dev.losses[0] - cpu.losses[0]) <= kLossRel * std::fabs(cpu.losses[0]));
+    for (size_t u = 0; u < cpu.first_grads.size(); ++u) {
+      const auto rep = zt::test::compare_close(dev.first_grads[u], cpu.first_grads[u], kGradRel, kGradAbs);
+      INFO("unit " << u << " gradients of step 1: " << rep.text);
+      CHECK(rep.n_bad == 0);
+    }
+    for (int s = 1; s < kSteps; ++s) {
+      INFO("step " << s + 1 << ": loss " << dev.losses[size_t(s)] << " vs CPU " << cpu.losses[size_t(s)]);
+      CHECK(std::fabs(dev.losses[size_t(s)] - cpu.losses[size_t(s)]) <= kLaterLossRel * std::fabs(cpu.losses[size_t(s)]));
+    }
+    // Each AdamW step moves a parameter by at most ~lr (plus decay), so the backends cannot drift further apart
+    // than 2 lr per step even where a gradient's sign differed.
+    for (size_t u = 0; u < cpu.final_params.size(); ++u) {
+      const double diff = zt::test::max_abs_diff(dev.final_params[u], cpu.final_params[u]);
+      INFO("unit " << u << " parameters after " << kSteps << " steps: max |cuda - cpu| = " << diff);
+      CHECK(diff <= 2.0 * kLr * kSteps * 1.01);
+    }
+    cuda_runs.push_back(std::move(dev));
+  }
+  for (int stage = 1; stage <= 3; ++stage) {
+    INFO("CUDA stage " << stage << " vs stage 0");
+    const ZeroRun& a = cuda_runs[size_t(stage)];
+    const ZeroRun& b = cuda_runs[0];
+    CHECK(std::memcmp(a.losses.data(), b.losses.data(), a.losses.size() * sizeof(double)) == 0);
+    for (size_t u = 0; u < a.final_params.size(); ++u) CHECK(same_bits(a.final_params[u], b.final_params[u]));
+  }
+}
+
+int main(int argc, char** argv) { return zt::test::run_cuda_mpi_tests(argc, argv, nullptr); }
