@@ -20,6 +20,15 @@ int all_min(int v) {
   return out;
 }
 
+int visible_devices() {
+#ifdef ZT_HAVE_CUDA
+  return cuda_device_count();
+#else
+  return 0;
+#endif
+}
+
+#ifdef ZT_HAVE_CUDA
 int all_max(int v) {
   int out = v;
   ZT_MPI_CHECK(MPI_Allreduce(&v, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
@@ -35,14 +44,7 @@ void local_rank(int* rank, int* size) {
   ZT_MPI_CHECK(rc_rank);
   ZT_MPI_CHECK(rc_size);
 }
-
-int visible_devices() {
-#ifdef ZT_HAVE_CUDA
-  return cuda_device_count();
-#else
-  return 0;
 #endif
-}
 
 RunDevice make_cpu(TrainConfig& t, int threads) {
   ZT_CHECK(t.dtype != "bf16", "--dtype bf16 needs --device cuda: the CPU backend computes in fp32 (use --dtype fp32 "
