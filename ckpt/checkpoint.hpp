@@ -37,6 +37,9 @@ struct TrainProgress {
   int64_t data_cursor = 0;  ///< index of the next global batch
   int64_t tokens_seen = 0;
   double lr = 0;            ///< learning rate of the last completed step
+  /// Commit order within an output directory: one more than the highest of the directory's checkpoints when the
+  /// run started, then +1 per save. Resuming from `latest` takes the highest, i.e. the most recent commit.
+  int64_t commit_seq = 0;
 };
 
 /// What a resume restored (besides the engine's tensors).
@@ -96,6 +99,9 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);
+/// The commit_seq of a committed checkpoint from its manifest.json: 0 when the manifest predates the field, -1 when
+/// it cannot be read.
+int64_t read_commit_seq(const std::string& ckpt_dir);
 /// The directory OUTPUT/latest names, or "" when there is none.
 std::string read_latest(const std::string& output_dir);
 

@@ -137,6 +137,19 @@ std::vector<std::string> list_checkpoints(const std::string& output_dir) {
   return out;
 }
 
+int64_t read_commit_seq(const std::string& ckpt_dir) {
+  std::ifstream in(ckpt_dir + "/manifest.json");
+  if (!in) return -1;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(in);
+    const auto it = j.find("commit_seq");
+    if (it == j.end()) return 0;
+    return it->is_number_integer() && it->get<int64_t>() >= 0 ? it->get<int64_t>() : -1;
+  } catch (const nlohmann::json::exception&) {
+    return -1;
+  }
+}
+
 std::string read_latest(const std::string& output_dir) {
   std::ifstream in(output_dir + "/latest");
   std::string name;
@@ -180,6 +193,7 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
       {"model", to_json(model)},
       {"train", to_json(train)},
       {"step", progress.step},
+      {"commit_seq", progress.commit_seq},
       {"tokens_seen", progress.tokens_seen},
       {"data", {{"cursor", progress.data_cursor}, {"seed", train.seed}, {"global_batch_size", train.global_batch_size}}},
       {"rng",

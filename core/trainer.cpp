@@ -236,8 +236,16 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
                  async_step, async_blocked, copy_s);
   };
   // Saves at a step boundary: synchronously, or by handing the shard to the background writer.
-  auto save = [&](const TrainProgress& progress) {
+  // Commit order in the output directory (resume from `latest` takes the most recent commit): rank 0 looks once.
+  int64_t commit_seq = 0;
+  if (mpi) {
+    if (lead) commit_seq = next_commit_seq(tcfg.output_dir);
+    comm.broadcast(&commit_seq, sizeof(commit_seq), 0);
+  }
+  auto save = [&](const TrainProgress& progress_in) {
     ZT_CHECK(mpi, "checkpoints need the MPI communicator");
+    TrainProgress progress = progress_in;
+    progress.commit_seq = commit_seq++;
     const auto ts = Clock::now();
     if (async) {
       report_async(async->wait());  // one save in flight at a time

@@ -3,8 +3,9 @@
 # exactly checkpoint-8 and checkpoint-10 and `latest` names checkpoint-10, synchronously and with --async_save.
 # (B) resuming from an older checkpoint by path, in a directory that still holds later ones, commits the new
 # checkpoint-6 and points `latest` at it; retention keeps the newest 2 by step (8, 10) *and* checkpoint-6 although
-# it is beyond the limit, because `latest` names it. Continuing that run re-saves 8 and 10 (bitwise equal to the
-# first run's) and leaves exactly those two.
+# it is beyond the limit, because `latest` names it. `--resume_from_checkpoint latest` then continues from 6 (the
+# most recent commit), not from the passed-over 10; it re-saves 8 and 10 (bitwise equal to the first run's) and
+# leaves exactly those two.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 zt_test_setup retention
@@ -50,9 +51,17 @@ expect "$(cat "$out/latest" 2>/dev/null)" "checkpoint-6" "latest names the check
 expect "$(steps_in "$out")" "6 8 10" "kept: newest 2 by step plus the one latest names"
 expect "$(leftovers "$out")" "" "no temporary or moved-aside directories"
 verify "$out/checkpoint-6"
-zt "$work/b3.log" --output_dir "$out" --save_interval 2 --save_total_limit 2 \
-  --resume_from_checkpoint "$out/checkpoint-6"
-expect "$?" 0 "continued run (checkpoint-6 to step 10) exit status"
+# Resuming from `latest` takes the most recent commit (6), not the highest step (10, from the run we went back
+# past), whatever the `latest` file says (set here to checkpoint-8, as if it lagged).
+echo checkpoint-8 >"$out/latest"
+zt "$work/b3.log" --output_dir "$out" --save_interval 2 --save_total_limit 2 --resume_from_checkpoint latest
+expect "$?" 0 "continued run (latest = checkpoint-6 to step 10) exit status"
+grep -q "resumed from $out/checkpoint-6: step 6" "$work/b3.log" && pass "latest resumed the most recent commit, checkpoint-6" ||
+  fail "latest did not resume checkpoint-6: $(grep -i 'resumed from' "$work/b3.log")"
+for s in 8 10; do
+  grep -q "note: $out/checkpoint-$s has a later step than $out/checkpoint-6 but was committed before it" "$work/b3.log" &&
+    pass "note names the passed-over checkpoint-$s" || fail "no note about checkpoint-$s"
+done
 expect "$(steps_in "$out")" "8 10" "once the run passes the old ones: exactly the newest 2"
 expect "$(cat "$out/latest" 2>/dev/null)" "checkpoint-10" "latest"
 [ "$(xxh_map "$out/checkpoint-8")" = "$ref8" ] && pass "re-saved checkpoint-8 bitwise equal to the first run's" ||
