@@ -235,13 +235,13 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
                  "writing in the background\n",
                  async_step, async_blocked, copy_s);
   };
-  // Saves at a step boundary: synchronously, or by handing the shard to the background writer.
   // Commit order in the output directory (resume from `latest` takes the most recent commit): rank 0 looks once.
   int64_t commit_seq = 0;
   if (mpi) {
     if (lead) commit_seq = next_commit_seq(tcfg.output_dir);
     comm.broadcast(&commit_seq, sizeof(commit_seq), 0);
   }
+  // Saves at a step boundary: synchronously, or by handing the shard to the background writer.
   auto save = [&](const TrainProgress& progress_in) {
     ZT_CHECK(mpi, "checkpoints need the MPI communicator");
     TrainProgress progress = progress_in;
