@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU check's binaries here (the development machine: nvcc, MPI, HDF5, ...) and bundles them with every
-# shared library they load into bench/gpu/bundle/ (git-ignored, < 64 MiB) for a GPU machine that has the CUDA 13
-# toolkit and driver but none of our other dependencies. README.md beside this file lists what the bundle holds.
+# shared library they load, plus a relocatable Open MPI runtime (mpirun, its plugins, PMIx), into
+# bench/gpu/bundle/ (git-ignored, < 64 MiB) for a GPU machine that has the CUDA 13 driver but none of our other
+# dependencies. The tree is packed into bundle/payload.tar.gz (OpenBLAS alone is 36 MiB unpacked); env.sh unpacks it
+# once per machine. README.md beside this file lists what the bundle holds.
 #
 # Usage: bench/gpu/bundle.sh [BUILD_DIR]      (default: $ZT_BUILD_DIR, else <repo>/build-gpu)
 # Env:   JOBS (parallel build jobs, default 1)
@@ -12,11 +14,12 @@ repo=$(cd "$here/../.." && pwd)
 build=${1:-${ZT_BUILD_DIR:-$repo/build-gpu}}
 bundle=$here/bundle
 jobs=${JOBS:-1}
-targets=(test_cuda_ops gpt2_cuda_bench)
+targets=(test_cuda_ops gpt2_cuda_bench test_cuda_zero test_nccl_comm zerotrain)
 max_bytes=$((64 * 1024 * 1024))
 
 die() { echo "bundle.sh: $*" >&2; exit 2; }
 command -v nvcc >/dev/null || die "nvcc is not on PATH: the CUDA backend cannot be built on this machine"
+command -v ompi_info >/dev/null || die "ompi_info is not on PATH: the Open MPI runtime cannot be located"
 
 echo "== configure $build (CUDA on, sm_90)"
 mkdir -p "$build"
@@ -30,17 +33,60 @@ if ! cmake --build "$build" -j"$jobs" --target "${targets[@]}" >"$build/bundle-b
   die "build failed (full log: $build/bundle-build.log)"
 fi
 
-rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/lib"
+# The tree to pack: bin/ (our binaries), lib/ (every library they and the MPI runtime load), mpi/ (an Open MPI
+# installation prefix, relocated at run time with OPAL_PREFIX; mpi/pmix likewise with PMIX_PREFIX).
+stage=$build/gpu-bundle-stage
+rm -rf "$stage" "$bundle"
+mkdir -p "$stage/bin" "$stage/lib" "$bundle"
 for t in "${targets[@]}"; do
   exe=$(find "$build" -type f -name "$t" -perm -u+x | head -1)
   [[ -n $exe ]] || die "built target $t not found under $build"
-  cp "$exe" "$bundle/bin/$t"
+  cp "$exe" "$stage/bin/$t"
+  strip --strip-unneeded "$stage/bin/$t"
 done
 
+# Open MPI as this machine has it installed, mapped into mpi/ relative to its prefix.
+ompi_path() { ompi_info --parsable --path all | sed -n "s/^path:$1://p" | head -1; }
+ompi_prefix=$(ompi_path prefix)
+ompi_pkglibdir=$(ompi_path pkglibdir)
+ompi_pkgdatadir=$(ompi_path pkgdatadir)
+ompi_bindir=$(ompi_path bindir)
+for d in "$ompi_pkglibdir" "$ompi_pkgdatadir"; do
+  [[ $d == "$ompi_prefix"/* && -d $d ]] || die "Open MPI directory $d is not under its prefix $ompi_prefix"
+done
+mpi=$stage/mpi
+mkdir -p "$mpi/bin" "$mpi/${ompi_pkglibdir#"$ompi_prefix"/}" "$mpi/${ompi_pkgdatadir#"$ompi_prefix"/}"
+orterun=$(readlink -f "$(command -v mpirun)")
+[[ $(basename "$orterun") == orterun && -x $ompi_bindir/orted ]] ||
+  die "mpirun is $orterun, not Open MPI 4's orterun (with orted beside it): bundle.sh knows only that layout"
+cp "$orterun" "$mpi/bin/orterun"
+cp "$ompi_bindir/orted" "$mpi/bin/orted"  # singleton starts (a binary run without mpirun) fork it
+ln -s orterun "$mpi/bin/mpirun"
+cp -r "$ompi_pkgdatadir/." "$mpi/${ompi_pkgdatadir#"$ompi_prefix"/}/"
+# Plugins: everything but the network fabrics a single GPU machine does not use (InfiniBand verbs, UCX, libfabric,
+# PSM) and OpenSHMEM; their libraries are large and, unbundled, would make Open MPI warn at every start.
+skip_deps='lib(fabric|ucp|uct|ucs|ucm|ibverbs|rdmacm|psm|psm2|psm_infinipath|infinipath|oshmem|nl-3|nl-route-3)\.so'
+n_plugins=0
+for so in "$ompi_pkglibdir"/mca_*.so; do
+  deps=$(ldd "$so")  # not piped into grep -q: with pipefail, ldd's SIGPIPE would hide a match
+  grep -Eq "$skip_deps" <<<"$deps" && continue
+  cp "$so" "$mpi/${ompi_pkglibdir#"$ompi_prefix"/}/"
+  n_plugins=$((n_plugins + 1))
+done
+# PMIx (Open MPI's pmix ext3x plugin loads libpmix, which has its own plugins and help files).
+pmix_lib=$(ldd "$ompi_pkglibdir/mca_pmix_ext3x.so" 2>/dev/null | awk '$1 ~ /^libpmix\.so/ { print $3 }')
+if [[ -n $pmix_lib ]]; then
+  pmix_prefix=$(dirname "$(dirname "$(readlink -f "$pmix_lib")")")
+  [[ -d $pmix_prefix/lib/pmix ]] || die "PMIx prefix $pmix_prefix has no lib/pmix plugin directory"
+  mkdir -p "$mpi/pmix/lib"
+  cp -r "$pmix_prefix/lib/pmix" "$mpi/pmix/lib/"
+  [[ -d $pmix_prefix/share ]] && cp -r "$pmix_prefix/share" "$mpi/pmix/"
+fi
+
 # Libraries left to the GPU machine: the C library family (any glibc >= this machine's runs these binaries), the
-# driver (libcuda), and cuBLAS / cuBLASLt (over 500 MiB, more than the bundle may hold; the GPU machine's CUDA 13
-# toolkit or PyTorch's nvidia-cublas wheel has them, and env.sh finds them). Everything else is copied.
+# driver (libcuda), and cuBLAS / cuBLASLt (over 500 MiB; the GPU machine's CUDA 13 toolkit or PyTorch's
+# nvidia-cublas wheel has them, and env.sh finds them). NCCL (over 200 MiB) is not linked at all: zerotrain loads it
+# at run time and env.sh finds it the same way. Everything else is copied.
 is_left_to_host() {
   case "$1" in
     linux-vdso.so.* | ld-linux-x86-64.so.* | libc.so.* | libm.so.* | libdl.so.* | libpthread.so.* | librt.so.* | \
@@ -48,33 +94,56 @@ is_left_to_host() {
   esac
   return 1
 }
-for exe in "$bundle"/bin/*; do
+elf_files() { find "$stage/bin" "$mpi" -type f \( -name '*.so*' -o -perm -u+x \) -exec sh -c 'head -c4 "$1" | grep -q ELF' _ {} \; -print; }
+while read -r f; do
   while read -r name path; do
     is_left_to_host "$name" && continue
-    [[ -f $path ]] || die "$(basename "$exe") needs $name, which does not resolve on this machine"
-    [[ -f $bundle/lib/$name ]] || cp -L "$path" "$bundle/lib/$name"
-  done < <(ldd "$exe" | awk '$2 == "=>" { print $1, $3 }')
+    [[ -f $path ]] || die "$(basename "$f") needs $name, which does not resolve on this machine"
+    [[ -f $stage/lib/$name ]] || cp -L "$path" "$stage/lib/$name"
+  done < <(ldd "$f" | awk '$2 == "=>" { print $1, $3 }')
+done < <(elf_files)
+# Libraries of the copied libraries (ldd lists the whole closure, but a plugin's own dependencies only show when
+# ldd runs on the plugin, done above): one more pass over lib/ catches anything still missing.
+for f in "$stage"/lib/*; do
+  while read -r name path; do
+    is_left_to_host "$name" && continue
+    [[ -f $stage/lib/$name ]] || cp -L "$path" "$stage/lib/$name"
+  done < <(ldd "$f" | awk '$2 == "=>" { print $1, $3 }')
 done
 
-# env.sh: the bundle's libraries first, then CUDA's own libraries from the machine it runs on.
+# env.sh: unpack the payload once per machine, then the bundle's libraries first, CUDA's own libraries from the
+# machine it runs on, and the relocated MPI runtime.
 cat >"$bundle/env.sh" <<'ENV'
-# Sourced by run.sh and bench/gpu/run_check.sh: LD_LIBRARY_PATH = bundle/lib, then the directory holding this
-# machine's libcublasLt.so.13 (ZT_CUDA_LIB_DIR, the CUDA toolkit, or PyTorch's nvidia wheels), then the old value.
+# Sourced by run.sh, mpirun.sh and bench/gpu/run_check.sh. Unpacks payload.tar.gz once (into
+# ${ZT_BUNDLE_CACHE:-${TMPDIR:-/tmp}}/zt-gpu-bundle-<checksum>), then sets ZT_BUNDLE_ROOT, LD_LIBRARY_PATH = the
+# bundle's lib, then the directory holding this machine's libcublasLt.so.13 (ZT_CUDA_LIB_DIR, the CUDA toolkit, or
+# PyTorch's nvidia wheels), ZT_NCCL_LIBRARY (libnccl.so.2 found the same way; unset when there is none), and the
+# Open MPI / PMIx relocation variables. ZT_MPIRUN is the bundled mpirun.
 zt_bundle_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-zt_find_cublas_dir() {
+zt_bundle_sum=$(cksum <"$zt_bundle_dir/payload.tar.gz" | cut -d' ' -f1)
+ZT_BUNDLE_ROOT=${ZT_BUNDLE_CACHE:-${TMPDIR:-/tmp}}/zt-gpu-bundle-$zt_bundle_sum
+if [[ ! -f $ZT_BUNDLE_ROOT/.complete ]]; then
+  rm -rf "$ZT_BUNDLE_ROOT.partial" && mkdir -p "$ZT_BUNDLE_ROOT.partial" &&
+    tar -xzf "$zt_bundle_dir/payload.tar.gz" -C "$ZT_BUNDLE_ROOT.partial" &&
+    touch "$ZT_BUNDLE_ROOT.partial/.complete" && rm -rf "$ZT_BUNDLE_ROOT" &&
+    mv "$ZT_BUNDLE_ROOT.partial" "$ZT_BUNDLE_ROOT" ||
+    echo "env.sh: could not unpack $zt_bundle_dir/payload.tar.gz into $ZT_BUNDLE_ROOT" >&2
+fi
+export ZT_BUNDLE_ROOT
+zt_find_cuda_lib() {  # NAME: the directory holding NAME on this machine
   local d
-  for d in "${ZT_CUDA_LIB_DIR:-}" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 \
-           /usr/lib/x86_64-linux-gnu; do
-    [[ -n $d && -e $d/libcublasLt.so.13 ]] && { echo "$d"; return 0; }
+  for d in "${ZT_CUDA_LIB_DIR:-}" /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+           /usr/local/cuda-13*/lib64 /usr/lib/x86_64-linux-gnu; do
+    [[ -n $d && -e $d/$1 ]] && { echo "$d"; return 0; }
   done
   local py
   for py in python3 /usr/bin/python3; do
     command -v "$py" >/dev/null 2>&1 || continue
-    d=$("$py" - 2>/dev/null <<'PY'
-import glob, os, site
+    d=$("$py" - "$1" 2>/dev/null <<'PY'
+import glob, os, site, sys
 roots = site.getsitepackages() + [site.getusersitepackages()]
 for root in roots:
-    for hit in sorted(glob.glob(os.path.join(root, "nvidia", "**", "libcublasLt.so.13"), recursive=True)):
+    for hit in sorted(glob.glob(os.path.join(root, "nvidia", "**", sys.argv[1]), recursive=True)):
         print(os.path.dirname(hit)); raise SystemExit
 PY
 )
@@ -82,35 +151,75 @@ PY
   done
   return 1
 }
-ZT_CUBLAS_DIR=$(zt_find_cublas_dir || true)
+ZT_CUBLAS_DIR=$(zt_find_cuda_lib libcublasLt.so.13 || true)
 export ZT_CUBLAS_DIR
-export LD_LIBRARY_PATH="$zt_bundle_dir/lib${ZT_CUBLAS_DIR:+:$ZT_CUBLAS_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [[ -z ${ZT_NCCL_LIBRARY:-} ]]; then
+  zt_nccl_dir=$(zt_find_cuda_lib libnccl.so.2 || true)
+  [[ -n $zt_nccl_dir ]] && export ZT_NCCL_LIBRARY=$zt_nccl_dir/libnccl.so.2
+fi
+export LD_LIBRARY_PATH="$ZT_BUNDLE_ROOT/lib${ZT_CUBLAS_DIR:+:$ZT_CUBLAS_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Open MPI finds its plugins and help files under OPAL_PREFIX instead of the build machine's paths. PMIx was built
+# with absolute directories, so each one is set (and its plugin search path, which otherwise names the build
+# machine's directory and warns at every start).
+export OPAL_PREFIX="$ZT_BUNDLE_ROOT/mpi"
+zt_pmix=$ZT_BUNDLE_ROOT/mpi/pmix
+export PMIX_PREFIX=$zt_pmix PMIX_INSTALL_PREFIX=$zt_pmix PMIX_LIBDIR=$zt_pmix/lib PMIX_PKGLIBDIR=$zt_pmix/lib/pmix \
+  PMIX_DATAROOTDIR=$zt_pmix/share PMIX_DATADIR=$zt_pmix/share PMIX_PKGDATADIR=$zt_pmix/share/pmix \
+  PMIX_SYSCONFDIR=$zt_pmix/share PMIX_MCA_mca_base_component_path=$zt_pmix/lib/pmix
+export ZT_MPIRUN="$ZT_BUNDLE_ROOT/mpi/bin/mpirun"
+# Shared-memory transport without cross-process memory attach (refused in containers without CAP_SYS_PTRACE), and no
+# warnings about the fabrics that were left out.
+export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl_base_warn_component_unused=0
 ENV
 cat >"$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs a bundled binary with the bundle's libraries: run.sh NAME [ARGS...] (NAME in bin/).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/env.sh"
-exec "$here/bin/$1" "${@:2}"
+exec "$ZT_BUNDLE_ROOT/bin/$1" "${@:2}"
 RUN
-chmod +x "$bundle/run.sh"
+cat >"$bundle/mpirun.sh" <<'RUN'
+#!/usr/bin/env bash
+# The bundled Open MPI mpirun with the bundle's environment: mpirun.sh -np 4 "$ZT_BUNDLE_ROOT/bin/zerotrain" ...
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source "$here/env.sh"
+exec "$ZT_MPIRUN" "$@"
+RUN
+chmod +x "$bundle/run.sh" "$bundle/mpirun.sh"
 
-# Prove the bundle resolves: with env.sh's LD_LIBRARY_PATH nothing may be "not found".
+echo "== pack $stage -> $bundle/payload.tar.gz"
+tar -czf "$bundle/payload.tar.gz" -C "$stage" .
+
+# Prove the bundle resolves, from the packed payload as the GPU machine will unpack it: with env.sh's
+# LD_LIBRARY_PATH nothing a binary or an MPI / PMIx plugin loads may be "not found", and everything but the
+# libraries left to the GPU machine must come from the bundle (not from this machine's /usr, which hides a gap).
 missing=0
 (
+  export ZT_BUNDLE_CACHE
+  ZT_BUNDLE_CACHE=$(mktemp -d)
+  trap 'rm -rf "$ZT_BUNDLE_CACHE"' EXIT
   source "$bundle/env.sh"
+  [[ -f $ZT_BUNDLE_ROOT/.complete ]] || exit 1
   [[ -n $ZT_CUBLAS_DIR ]] || echo "bundle.sh: note: no libcublasLt.so.13 on this machine; the GPU machine must have one"
-  for exe in "$bundle"/bin/*; do
-    if ldd "$exe" | grep -q "not found"; then
-      echo "bundle.sh: $(basename "$exe") has unresolved libraries:" >&2
-      ldd "$exe" | grep "not found" >&2
-      exit 1
-    fi
-  done
+  bad=0
+  while read -r f; do
+    while read -r name path; do
+      if [[ $path == "not" ]]; then
+        echo "bundle.sh: ${f#"$ZT_BUNDLE_ROOT"/} needs $name: not found" >&2
+        bad=1
+      elif ! is_left_to_host "$name" && [[ $path != "$ZT_BUNDLE_ROOT"/* ]]; then
+        echo "bundle.sh: ${f#"$ZT_BUNDLE_ROOT"/} loads $name from $path, outside the bundle" >&2
+        bad=1
+      fi
+    done < <(ldd "$f" | awk '$2 == "=>" { print $1, $3 }')
+  done < <(find "$ZT_BUNDLE_ROOT/bin" "$ZT_BUNDLE_ROOT/lib" "$ZT_BUNDLE_ROOT/mpi" -type f \
+             \( -name '*.so*' -o -perm -u+x \) -exec sh -c 'head -c4 "$1" | grep -q ELF' _ {} \; -print)
+  exit $bad
 ) || missing=1
 [[ $missing == 0 ]] || die "the bundle does not resolve every shared library"
 
 total=$(du -sb "$bundle" | cut -f1)
+unpacked=$(du -sb "$stage" | cut -f1)
 {
   echo "zerotrain GPU bundle, built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
   if rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
@@ -121,10 +230,13 @@ total=$(du -sb "$bundle" | cut -f1)
   echo "source: $rev"
   echo "nvcc: $(nvcc --version | tail -1)"
   echo "CUDA architectures: sm_90"
-  echo "left to the GPU machine: glibc family, libcuda (driver), libcublas.so.13 and libcublasLt.so.13 (CUDA 13)"
-  echo "total: $total bytes"
+  echo "Open MPI: $(ompi_info --parsable 2>/dev/null | sed -n 's/^ompi:version:full://p') from $ompi_prefix, $n_plugins plugins"
+  echo "left to the GPU machine: glibc family, libcuda (driver), libcublas.so.13 and libcublasLt.so.13 (CUDA 13);"
+  echo "  libnccl.so.2 (optional, loaded at run time by --comm nccl and test_nccl_comm)"
+  echo "total: $total bytes in the bundle, $unpacked bytes unpacked"
   echo
-  (cd "$bundle" && find . -type f -printf '%10s  %p\n' | sort -k2)
+  echo "payload.tar.gz holds:"
+  (cd "$stage" && find . \( -type f -o -type l \) -printf '%10s  %p\n' | sort -k2)
 } >"$bundle/MANIFEST.txt"
 (( total < max_bytes )) || die "the bundle is $total bytes, over the 64 MiB limit"
-echo "== bundle ready: $bundle ($(( total / 1024 / 1024 )) MiB); contents in $bundle/MANIFEST.txt"
+echo "== bundle ready: $bundle ($(( total / 1024 / 1024 )) MiB, $(( unpacked / 1024 / 1024 )) MiB unpacked); contents in $bundle/MANIFEST.txt"

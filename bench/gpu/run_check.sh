@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: one command, under 8 minutes on one H100/H200. Runs the bundled CUDA op tests (and again under
-# compute-sanitizer), GPT-2 124M training throughput through the CUDA backend and the same step in PyTorch (eager
-# and torch.compile, bf16), and prints a table last; full logs go to OUTDIR. Parts of the issue whose pieces are
-# not in the code yet are listed as "not yet wired", never as passed. README.md beside this file says more.
+# compute-sanitizer), the device-memory comms and the ZeRO engine on CUDA against the CPU (1 rank, and 4 ranks sharing
+# the GPU through the staged MPI comm), the NCCL smoke test, checkpoints saved from and loaded into device memory,
+# a 4-rank ZeRO-3 training run on the shared GPU, GPT-2 124M training throughput through the CUDA backend and the same
+# step in PyTorch (eager and torch.compile, bf16), and prints a table last; full logs go to OUTDIR. README.md beside
+# this file says more.
 #
 # Usage: bench/gpu/run_check.sh OUTDIR      (needs bench/gpu/bundle/ from bundle.sh)
 # Env:   ZT_PYTHON (default python3: the one with PyTorch), ZT_CHECK_BUDGET_S (default 470), BATCH (default 16)
@@ -10,6 +12,7 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
 bundle=$here/bundle
 outdir=${1:-}
 [[ -n $outdir ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -19,13 +22,17 @@ python=${ZT_PYTHON:-python3}
 budget_s=${ZT_CHECK_BUDGET_S:-470}
 batch=${BATCH:-16}
 
-if [[ ! -f $bundle/run.sh || ! -d $bundle/bin ]]; then
+if [[ ! -f $bundle/run.sh || ! -f $bundle/payload.tar.gz ]]; then
   echo "run_check.sh: $bundle is missing: run bench/gpu/bundle.sh on the development machine first, and carry" \
        "bench/gpu/bundle (it is git-ignored) to this one" >&2
   exit 2
 fi
 # shellcheck source=/dev/null
 source "$bundle/env.sh"
+[[ -x $ZT_BUNDLE_ROOT/bin/zerotrain ]] || { echo "run_check.sh: the bundle did not unpack into $ZT_BUNDLE_ROOT" >&2; exit 2; }
+# The bundled Open MPI as root (GPU machines often run checks as root), and several ranks on one machine.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mpirun=("$ZT_MPIRUN" --oversubscribe --bind-to none)  # an array, not a function: run_step runs it under timeout
 
 rows=()
 add_row() { rows+=("$1|$2|$3"); }  # check | result | detail
@@ -45,17 +52,20 @@ print_table() {
     for row in "${rows[@]}"; do echo "| ${row//|/ | } |"; done
   } >"$outdir/summary.md"
 }
-not_wired_rows() {
-  add_row "CPU-vs-CUDA training run through the trainer" "not yet wired" "zerotrain has no --device cuda yet (launch/)"
-  add_row "4-rank ZeRO-3 sharing the GPU (staged MPI comm)" "not yet wired" "no device-memory MPI staging / NCCL comm yet"
-  add_row "NCCL single-rank smoke test" "not yet wired" "no NCCL Comm implementation yet"
-  add_row "checkpoint save/load from device memory" "not yet wired" "needs the trainer on CUDA"
+not_run_rows() {  # the device checks, listed when there is no device
+  local name
+  for name in "ZeRO on CUDA vs CPU, 1 rank (staged MPI comm)" "4 ranks share the GPU: staged comm + ZeRO 0-3 vs CPU" \
+              "NCCL single-rank smoke test" "checkpoints: GPU save -> CPU load -> GPU load, bitwise" \
+              "trainer: 4-rank ZeRO-3 on the shared GPU (--comm mpi)"; do
+    add_row "$name" "not run" "no device"
+  done
 }
-
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(hostname) $(uname -r)"
   echo "cuBLAS from: ${ZT_CUBLAS_DIR:-not found}"
+  echo "NCCL: ${ZT_NCCL_LIBRARY:-not found (the NCCL checks are skipped)}"
+  echo "bundle unpacked in: $ZT_BUNDLE_ROOT"
   echo "LD_LIBRARY_PATH: $LD_LIBRARY_PATH"
   echo
   cat "$bundle/MANIFEST.txt"
@@ -85,7 +95,7 @@ if [[ $probe_rc == 77 || -z $runtime_card ]]; then
   echo "run_check.sh: no device: $why. Nothing else was run (the bundled binaries loaded: $loaded)."
   card=""
   add_row "GPU present" "no device" "$why"
-  not_wired_rows
+  not_run_rows
   print_table
   exit 3
 fi
@@ -111,11 +121,14 @@ run_step() {
 set_result() {  # result word for step_rc; a failure or timeout makes the whole check fail
   case $step_rc in
     0) result="PASS" ;;
+    77) result="SKIP" ;;
     124 | 137) failed=1; result="TIMEOUT" ;;
     125) result="not run" ;;
     *) failed=1; result="FAIL" ;;
   esac
 }
+# The line a test printed about why it skipped or how it ended (Catch2 summary, PASSED / FAILED lines).
+summary_of() { grep -hE "^(SKIPPED|All tests passed|test cases:|PASSED|FAILED|FAIL:)" "$1" | tail -1; }
 
 # 1. Every CUDA op against its CPU twin (fp32 and bf16), whole GPT-2 steps on CUDA vs CPU.
 run_step "CUDA op tests" 150 "$outdir/test_cuda_ops.log" bash "$bundle/run.sh" test_cuda_ops --durations yes
@@ -123,7 +136,49 @@ set_result
 add_row "CUDA op tests (all ops vs CPU, fp32+bf16, GPT-2 step)" "$result" \
   "$(grep -E "^(All tests passed|test cases:)" "$outdir/test_cuda_ops.log" | tail -1)"
 
-# 2. zerotrain GPT-2 124M, T=1024, bf16: tokens/s and MFU (definitions in docs/gpu-results.md).
+# 2. The device-memory comms and the ZeRO engine: staged MPI comm bit for bit MpiComm, ZeRO stages 0-3 on CUDA fp32
+#    against the CPU and against each other; on 1 rank, then 4 ranks sharing this GPU.
+run_step "ZeRO on CUDA, 1 rank" 60 "$outdir/cuda_zero_np1.log" "${mpirun[@]}" -np 1 "$ZT_BUNDLE_ROOT/bin/test_cuda_zero"
+set_result
+add_row "ZeRO on CUDA vs CPU, 1 rank (staged MPI comm)" "$result" "$(summary_of "$outdir/cuda_zero_np1.log")"
+run_step "ZeRO on CUDA, 4 ranks sharing the GPU" 120 "$outdir/cuda_zero_np4.log" "${mpirun[@]}" -np 4 \
+  "$ZT_BUNDLE_ROOT/bin/test_cuda_zero"
+set_result
+add_row "4 ranks share the GPU: staged comm + ZeRO 0-3 vs CPU" "$result" "$(summary_of "$outdir/cuda_zero_np4.log")"
+
+# 3. NCCL on one rank (skipped when no libnccl.so.2 is found: env.sh looks in the CUDA toolkit and PyTorch's wheels).
+run_step "NCCL smoke test" 60 "$outdir/nccl_np1.log" "${mpirun[@]}" -np 1 "$ZT_BUNDLE_ROOT/bin/test_nccl_comm"
+set_result
+add_row "NCCL single-rank smoke test" "$result" "$(summary_of "$outdir/nccl_np1.log")"
+
+# 4. Checkpoints from device memory through the zerotrain binary: GPU save -> CPU load + save -> GPU load + save, all
+#    bitwise equal; a GPU run resumed from the CPU's file equals an uninterrupted one.
+run_step "checkpoint round trip" 150 "$outdir/ckpt_roundtrip.log" env ZEROTRAIN="$ZT_BUNDLE_ROOT/bin/zerotrain" \
+  ZT_MPIEXEC="$ZT_MPIRUN" "$python" "$repo/test/cuda/ckpt_device_roundtrip.py"
+set_result
+add_row "checkpoints: GPU save -> CPU load -> GPU load, bitwise" "$result" "$(summary_of "$outdir/ckpt_roundtrip.log")"
+
+# 5. The trainer itself: 4 ranks on this one GPU, ZeRO-3 through the staged MPI comm, bf16, the `small` preset; the
+#    loss must fall.
+run_step "trainer, 4 ranks, ZeRO-3 on one GPU" 90 "$outdir/train_zero3_np4.log" "${mpirun[@]}" -np 4 \
+  "$ZT_BUNDLE_ROOT/bin/zerotrain" train --device cuda --comm mpi --zero_stage 3 --preset small --max_steps 60 \
+  --global_batch_size 16 --micro_batch_size 4 --learning_rate 3e-3 --log_interval 10 --threads 1 \
+  --output_dir "$outdir/train_zero3_np4"
+set_result
+train_line=$(grep -E "^done: " "$outdir/train_zero3_np4.log" | tail -1)
+if [[ $result == PASS ]]; then
+  read -r loss_first loss_last < <(sed -n 's/^done: .*loss \([0-9.]*\) -> \([0-9.]*\).*/\1 \2/p' \
+                                     "$outdir/train_zero3_np4.log")
+  if ! awk -v a="${loss_first:-0}" -v b="${loss_last:-9}" 'BEGIN { exit !(b < a - 0.5) }'; then
+    failed=1
+    result="FAIL"
+    train_line="loss did not fall by 0.5: $train_line"
+  fi
+fi
+add_row "trainer: 4-rank ZeRO-3 on the shared GPU (--comm mpi)" "$result" \
+  "${train_line:-no done line} | $(grep -m1 -E "^device " "$outdir/train_zero3_np4.log" | cut -c1-60)"
+
+# 6. zerotrain GPT-2 124M, T=1024, bf16: tokens/s and MFU (definitions in docs/gpu-results.md).
 run_step "zerotrain GPT-2 124M bf16 throughput" 120 "$outdir/zt_throughput.log" bash "$bundle/run.sh" gpt2_cuda_bench \
   --preset gpt2 --batch "$batch" --seq_len 1024 --steps 10 --warmup 3
 set_result
@@ -132,7 +187,7 @@ zt_mfu=$(sed -n 's/^zt_mfu=\([0-9.]*\).*/\1/p' "$outdir/zt_throughput.log")
 [[ $result == PASS ]] && result="measured"
 add_row "zerotrain GPT-2 124M, B=$batch T=1024 bf16" "$result" "${zt_tps:-?} tokens/s, MFU ${zt_mfu:-?}"
 
-# 3. The same step in PyTorch on this machine: torch.compile, then eager.
+# 7. The same step in PyTorch on this machine: torch.compile, then eager.
 torch_tps() { sed -n 's/^torch_tokens_per_s=//p' "$1"; }
 run_step "PyTorch torch.compile" 180 "$outdir/torch_compile.log" "$python" "$here/torch_gpt2_cuda.py" --compile \
   --batch "$batch" --steps 10 --warmup 3
@@ -154,7 +209,7 @@ else
   add_row "target: >= 1.1x torch.compile and MFU >= 0.55" "not measured" "a throughput run above did not finish"
 fi
 
-# 4. compute-sanitizer on the op tests: memcheck (out-of-bounds, misaligned), racecheck (shared-memory hazards in
+# 8. compute-sanitizer on the op tests: memcheck (out-of-bounds, misaligned), racecheck (shared-memory hazards in
 #    the attention kernels, the only ones that share memory between warps).
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [[ -z $sanitizer ]]; then
@@ -169,14 +224,13 @@ else
     add_row "$1" "$result" "${summary:-no summary line}"
   }
   run_step "memcheck" 150 "$outdir/memcheck.log" "$sanitizer" --tool memcheck --leak-check no --error-exitcode 99 \
-    "$bundle/bin/test_cuda_ops" "~[model]"
+    "$ZT_BUNDLE_ROOT/bin/test_cuda_ops" "~[model]"
   sanitizer_row "compute-sanitizer memcheck on the op tests" "$outdir/memcheck.log"
   run_step "racecheck" 90 "$outdir/racecheck.log" "$sanitizer" --tool racecheck --error-exitcode 99 \
-    "$bundle/bin/test_cuda_ops" "[attention]"
+    "$ZT_BUNDLE_ROOT/bin/test_cuda_ops" "[attention]"
   sanitizer_row "compute-sanitizer racecheck on attention" "$outdir/racecheck.log"
 fi
 
-not_wired_rows
 print_table
 echo "(${SECONDS}s in all; the table is also in $outdir/summary.md for docs/gpu-results.md)"
 exit $failed
