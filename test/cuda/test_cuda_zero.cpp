@@ -31,8 +31,9 @@ namespace {
 // LM head's softmax; test_cuda_ops' whole-step tolerance (1e-4 of each gradient tensor's scale) applies unchanged,
 // since the reduced gradients are sums of per-rank gradients in a fixed order on both sides.
 constexpr double kGradRel = 1e-4, kGradAbs = 1e-4;
-// Loss of the first step: a mean of per-token log-losses, each within ~1e-6 relative.
-constexpr double kLossRel = 1e-5;
+// Loss of the first step: test_cuda_ops' whole-step loss tolerance (the mean of per-token losses, each off by the
+// same compounded per-op differences).
+constexpr double kLossRel = 1e-4;
 // Later steps: AdamW's first updates are about lr * sign(g), so a gradient element at rounding level (|g| ~ 1e-9)
 // whose sign differs between the backends moves its parameter by up to 2 lr. A handful of such elements change
 // later losses by far less than 1e-3 relative; a wrong op or a wrong reduction changes them by more.
@@ -204,12 +205,13 @@ TEST_CASE("ZeRO steps on CUDA (fp32) match the CPU at every stage; CUDA stages a
       INFO("step " << s + 1 << ": loss " << dev.losses[size_t(s)] << " vs CPU " << cpu.losses[size_t(s)]);
       CHECK(std::fabs(dev.losses[size_t(s)] - cpu.losses[size_t(s)]) <= kLaterLossRel * std::fabs(cpu.losses[size_t(s)]));
     }
-    // Each AdamW step moves a parameter by at most ~lr (plus decay), so the backends cannot drift further apart
-    // than 2 lr per step even where a gradient's sign differed.
+    // An AdamW step moves a parameter by about lr * |m^/sqrt(v^)| <= ~1.2 lr (plus decay), so where a gradient's
+    // sign differed the backends drift apart by at most ~2.4 lr per step. This bound catches NaN and garbage; subtle
+    // errors are the gradient and loss checks' job.
     for (size_t u = 0; u < cpu.final_params.size(); ++u) {
       const double diff = zt::test::max_abs_diff(dev.final_params[u], cpu.final_params[u]);
       INFO("unit " << u << " parameters after " << kSteps << " steps: max |cuda - cpu| = " << diff);
-      CHECK(diff <= 2.0 * kLr * kSteps * 1.01);
+      CHECK(diff <= 3.0 * kLr * kSteps);
     }
     cuda_runs.push_back(std::move(dev));
   }
