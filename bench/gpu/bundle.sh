@@ -115,12 +115,25 @@ done
 # machine it runs on, and the relocated MPI runtime.
 cat >"$bundle/env.sh" <<'ENV'
 # Sourced by run.sh, mpirun.sh and bench/gpu/run_check.sh. Unpacks payload.tar.gz once (into
-# ${ZT_BUNDLE_CACHE:-${TMPDIR:-/tmp}}/zt-gpu-bundle-<checksum>), then sets ZT_BUNDLE_ROOT, LD_LIBRARY_PATH = the
+# $ZT_BUNDLE_CACHE/zt-gpu-bundle-<checksum>, by default under TMPDIR or /tmp), then sets ZT_BUNDLE_ROOT, LD_LIBRARY_PATH = the
 # bundle's lib, then the directory holding this machine's libcublasLt.so.13 (ZT_CUDA_LIB_DIR, the CUDA toolkit, or
 # PyTorch's nvidia wheels), ZT_NCCL_LIBRARY (libnccl.so.2 found the same way; unset when there is none), and the
 # Open MPI / PMIx relocation variables. ZT_MPIRUN is the bundled mpirun.
 zt_bundle_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 zt_bundle_sum=$(cksum <"$zt_bundle_dir/payload.tar.gz" | cut -d' ' -f1)
+# The first of TMPDIR (or /tmp), ~/.cache and the bundle directory itself where binaries may be executed (a noexec
+# /tmp is common). Not the bundle directory first: unpacked there it would travel with the next carry of the bundle.
+zt_exec_ok() {
+  mkdir -p "$1" 2>/dev/null && cp /bin/true "$1/.zt_exec_probe.$$" 2>/dev/null && "$1/.zt_exec_probe.$$"
+  local ok=$?
+  rm -f "$1/.zt_exec_probe.$$" 2>/dev/null
+  return $ok
+}
+if [[ -z ${ZT_BUNDLE_CACHE:-} ]]; then
+  for zt_dir in "${TMPDIR:-/tmp}" "${HOME:-/nonexistent}/.cache" "$zt_bundle_dir"; do
+    if zt_exec_ok "$zt_dir"; then ZT_BUNDLE_CACHE=$zt_dir; break; fi
+  done
+fi
 ZT_BUNDLE_ROOT=${ZT_BUNDLE_CACHE:-${TMPDIR:-/tmp}}/zt-gpu-bundle-$zt_bundle_sum
 if [[ ! -f $ZT_BUNDLE_ROOT/.complete ]]; then
   rm -rf "$ZT_BUNDLE_ROOT.partial" && mkdir -p "$ZT_BUNDLE_ROOT.partial" &&
