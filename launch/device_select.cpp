@@ -67,6 +67,7 @@ RunDevice make_run_device(TrainConfig& t, int threads) {
            t.dtype);
   ZT_CHECK(t.comm == "mpi" || t.comm == "nccl" || t.comm == "auto", "--comm must be mpi, nccl or auto, got '{}'",
            t.comm);
+  if (t.device == "cpu") return make_cpu(t, threads);  // no CUDA call at all: CPU clusters need no driver
   const int n_devices = visible_devices();
   const int min_devices = all_min(n_devices);
   if (t.device == "auto") t.device = min_devices > 0 ? "cuda" : "cpu";
