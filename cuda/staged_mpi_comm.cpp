@@ -186,6 +186,35 @@ StagedMpiComm::StagedOp& StagedMpiComm::new_op() {
   return op;
 }
 
+template <typename Post>
+CommHandle StagedMpiComm::start_staged(size_t staging_bytes, const void* send, size_t send_at, size_t send_bytes,
+                                       void* dst, size_t back_at, size_t back_bytes, Post&& post) {
+  void* staging = nullptr;
+  Pinned p = lend(staging_bytes, &staging);
+  auto* host = static_cast<std::byte*>(staging);
+  try {
+    to_pinned(host + send_at, send, send_bytes);
+  } catch (...) {
+    give_back(std::move(p), false);
+    throw;
+  }
+  StagedOp& op = new_op();
+  try {
+    op.inner = post(reinterpret_cast<float*>(host));
+  } catch (...) {
+    // MPI may have started reading or writing the pinned copy: never reuse or free it.
+    abandon(std::move(p));
+    op.id = 0;
+    throw;
+  }
+  op.buf = std::move(p);
+  op.host = host;
+  op.dst = dst;
+  op.src_offset = back_at;
+  op.n_bytes = back_bytes;
+  return make_handle(op.id);
+}
+
 CommHandle StagedMpiComm::ireduce_scatter_sum(const float* send, float* recv, size_t recv_n) {
   if (recv_n == 0 || !on_device(send, recv, "ireduce_scatter_sum"))
     return MpiComm::ireduce_scatter_sum(send, recv, recv_n);
@@ -196,30 +225,11 @@ CommHandle StagedMpiComm::ireduce_scatter_sum(const float* send, float* recv, si
   const size_t N = size_t(world_size()), mine = size_t(rank()) * recv_n;
   ZT_CHECK(recv_n <= std::numeric_limits<size_t>::max() / sizeof(float) / N,
            "reduce_scatter of {} elements per rank overflows the staging size", recv_n);
-  void* staging = nullptr;
-  Pinned p = lend(N * recv_n * sizeof(float), &staging);
-  auto* host = static_cast<float*>(staging);
-  try {
-    to_pinned(host, send, N * recv_n * sizeof(float));
-  } catch (...) {
-    give_back(std::move(p), false);
-    throw;
-  }
-  StagedOp& op = new_op();
-  try {
-    op.inner = MpiComm::ireduce_scatter_sum(host, host + mine, recv_n);
-  } catch (...) {
-    // MPI may have started reading or writing the pinned copy: never reuse or free it.
-    abandon(std::move(p));
-    op.id = 0;
-    throw;
-  }
-  op.buf = std::move(p);
-  op.host = host;
-  op.dst = recv;
-  op.src_offset = mine * sizeof(float);
-  op.n_bytes = recv_n * sizeof(float);
-  return make_handle(op.id);
+  // The whole send buffer is staged; the sum lands in place in this rank's block, which wait() copies back.
+  return start_staged(N * recv_n * sizeof(float), send, 0, N * recv_n * sizeof(float), recv, mine * sizeof(float),
+                      recv_n * sizeof(float), [&](float* host) {
+                        return MpiComm::ireduce_scatter_sum(host, host + mine, recv_n);
+                      });
 }
 
 CommHandle StagedMpiComm::iall_gather(const float* send, float* recv, size_t send_n) {
@@ -231,29 +241,11 @@ CommHandle StagedMpiComm::iall_gather(const float* send, float* recv, size_t sen
   const size_t N = size_t(world_size()), mine = size_t(rank()) * send_n;
   ZT_CHECK(send_n <= std::numeric_limits<size_t>::max() / sizeof(float) / N,
            "all_gather of {} elements per rank overflows the staging size", send_n);
-  void* staging = nullptr;
-  Pinned p = lend(N * send_n * sizeof(float), &staging);
-  auto* host = static_cast<float*>(staging);
-  try {
-    to_pinned(host + mine, send, send_n * sizeof(float));
-  } catch (...) {
-    give_back(std::move(p), false);
-    throw;
-  }
-  StagedOp& op = new_op();
-  try {
-    op.inner = MpiComm::iall_gather(host + mine, host, send_n);
-  } catch (...) {
-    abandon(std::move(p));
-    op.id = 0;
-    throw;
-  }
-  op.buf = std::move(p);
-  op.host = host;
-  op.dst = recv;
-  op.src_offset = 0;
-  op.n_bytes = N * send_n * sizeof(float);
-  return make_handle(op.id);
+  // This rank's block is staged into its own slot; the gather runs in place and wait() copies all of it back.
+  return start_staged(N * send_n * sizeof(float), send, mine * sizeof(float), send_n * sizeof(float), recv, 0,
+                      N * send_n * sizeof(float), [&](float* host) {
+                        return MpiComm::iall_gather(host + mine, host, send_n);
+                      });
 }
 
 void StagedMpiComm::wait(CommHandle& h) {

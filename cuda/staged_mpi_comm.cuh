@@ -78,6 +78,12 @@ class StagedMpiComm : public MpiComm {
   void device_copy(void* dst, const void* src, size_t n_bytes);
   template <typename T>
   void all_reduce_staged(T* data, size_t n);
+  // A non-blocking operation on a pinned copy: stages send_bytes of device `send` at byte send_at of a buffer of
+  // staging_bytes, posts post(buffer) (the MpiComm operation), and records that wait() copies back_bytes from byte
+  // back_at of the buffer to device `dst`.
+  template <typename Post>
+  CommHandle start_staged(size_t staging_bytes, const void* send, size_t send_at, size_t send_bytes, void* dst,
+                          size_t back_at, size_t back_bytes, Post&& post);
   StagedOp& new_op();
   // Keeps a buffer MPI may still touch alive for the rest of the process.
   void abandon(Pinned p);
