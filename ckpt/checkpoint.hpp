@@ -80,9 +80,15 @@ class DiskFullError : public CheckpointError {
   explicit DiskFullError(const std::string& what) : CheckpointError(what) {}
 };
 /// A save failed part way (I/O error, disk full mid-write); its temporary files were removed by this rank.
+/// `agreed`: every rank threw the same error (a failed direct write is agreed before the ranks leave the save), so
+/// one rank reporting it is enough; otherwise only the failing rank knows, and the others may wait in a collective.
 class CheckpointWriteError : public Error {
  public:
-  explicit CheckpointWriteError(const std::string& what) : Error(what) {}
+  explicit CheckpointWriteError(const std::string& what, bool agreed = false) : Error(what), agreed_(agreed) {}
+  bool agreed() const { return agreed_; }
+
+ private:
+  bool agreed_;
 };
 
 /// The dataset names of a table: params/<name>, optim/exp_avg/<name>, optim/exp_avg_sq/<name>, in that order per

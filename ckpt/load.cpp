@@ -19,6 +19,7 @@ std::string agree_error(MpiComm& comm, const std::string& local);
 void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
 H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
 H5Id shard_transfer_props();
+int threads_per_rank(MpiComm& comm, int per_node);
 }  // namespace detail
 
 namespace {
@@ -68,19 +69,9 @@ haddr_t contiguous_f32le_offset(hid_t dset, size_t numel) {
   return H5Dget_offset(dset);
 }
 
-/// Reader threads per rank: ranks on one node share kReadersPerNode, so that about that many reads are in flight
-/// (a virtio disk on the 2-core VM of docs/performance.md read fastest with 8 x 4 MiB outstanding: 4 ranks x 2
-/// readers took 0.9-1.0 s cold, 4 x 4 took 1.6-1.7 s). Collective.
-int readers_per_rank(MpiComm& comm) {
-  constexpr int kReadersPerNode = 8;
-  MPI_Comm node;
-  int local = 1;
-  if (MPI_Comm_split_type(comm.mpi_comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-    MPI_Comm_size(node, &local);
-    MPI_Comm_free(&node);
-  }
-  return std::max(1, kReadersPerNode / std::max(1, local));
-}
+/// Reader threads per node, shared by its ranks (a virtio disk on the 2-core VM of docs/performance.md read fastest
+/// with 8 x 4 MiB outstanding: 4 ranks x 2 readers took 0.9-1.0 s cold, 4 x 4 took 1.6-1.7 s).
+constexpr int kReadersPerNode = 8;
 
 /// read_slices into the engine's shards: directly where the backend's memory is host memory; otherwise through a
 /// host staging buffer, in batches of at most kStagingElems elements (slices cut at checksum-chunk boundaries, so
@@ -264,7 +255,7 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
       if (a < b) engine.backend().from_host(dst[ti][d / n_t], buf.get(), b - a);
     }
   }
-  for (LoadProblem& p : read_into_engine(path, direct_reads, readers_per_rank(comm), engine.backend()))
+  for (LoadProblem& p : read_into_engine(path, direct_reads, detail::threads_per_rank(comm, kReadersPerNode), engine.backend()))
     problems.push_back(std::move(p));
   std::stable_sort(problems.begin(), problems.end(),
                    [](const LoadProblem& x, const LoadProblem& y) { return x.dataset < y.dataset; });

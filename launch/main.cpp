@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return zt::kExitSaveFailed;
   } catch (const zt::CheckpointWriteError& e) {
-    std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
+    if (!e.agreed() || rank == 0) std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
     std::fflush(stderr);
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, zt::kExitSaveFailed);
     MPI_Finalize();

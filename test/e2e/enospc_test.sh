@@ -2,7 +2,8 @@
 # Disk full, on a real small tmpfs as --output_dir (2 ranks, ZeRO-2, a save every 2 steps, none deleted):
 #  (1) pre-check: the tmpfs holds checkpoint-2 but not the free space checkpoint-4 asks for; every rank agrees
 #      before anything is written;
-#  (2) mid-write: ZT_TEST_FREE_BYTES_OVERRIDE makes the pre-check pass, so the HDF5 write itself hits ENOSPC.
+#  (2) mid-write: ZT_TEST_FREE_BYTES_OVERRIDE makes the pre-check pass, so the write itself hits ENOSPC; the
+#      failing rank's error is agreed, so the job reports it once (rank 0), naming the rank and host that hit it.
 # Both times: exit status 74, a message naming the problem, checkpoint-2 and `latest` intact (`ckpt verify` OK,
 # `latest` still names it), no partial .tmp left; after the tmpfs grows, `--resume_from_checkpoint latest` finishes
 # bitwise equal (final checkpoint and losses) to an uninterrupted run on an ordinary disk. Needs root (mount).
@@ -71,6 +72,8 @@ expect "$?" 74 "exit status (save failed)"
 has "$work/midwrite.log" "saving checkpoint-4 failed"
 has "$work/midwrite.log" "; disk full: only"
 has "$work/midwrite.log" "its partial files were removed"
+has "$work/midwrite.log" "No space left on device [rank "
+expect "$(grep -c 'saving checkpoint-4 failed' "$work/midwrite.log")" 1 "the failure reported once"
 check_outcome "$work/midwrite.log"
 
 zt_test_finish
