@@ -22,10 +22,9 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <system_error>
-#include <thread>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/io_threads.hpp"
 
 namespace zt {
 namespace {
@@ -43,8 +42,6 @@ struct Task {
 /// both 512-byte and 4K-sector devices.
 constexpr uint64_t kDirectAlign = 4096;
 constexpr size_t kBounceBytes = kChecksumChunkElems * sizeof(float) + 2 * kDirectAlign;
-
-std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
 
 /// Reads exactly n_bytes at offset (buffered); "" or the problem.
 std::string pread_all(int fd, void* dst, size_t n_bytes, uint64_t offset) {
@@ -234,13 +231,7 @@ std::vector<LoadProblem> read_slices(const std::string& path, const std::vector<
       }
     }
   };
-  std::vector<std::thread> threads;
-  try {
-    for (int i = 1; i < n_threads; ++i) threads.emplace_back(reader);
-  } catch (const std::system_error&) {  // fewer threads than asked: the ones running share the tasks
-  }
-  reader();
-  for (std::thread& th : threads) th.join();
+  run_on_threads(n_threads, reader);
 
   std::sort(found.begin(), found.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   std::vector<LoadProblem> out;

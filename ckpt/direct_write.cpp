@@ -21,10 +21,9 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <system_error>
-#include <thread>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/io_threads.hpp"
 
 namespace zt {
 namespace {
@@ -39,8 +38,6 @@ struct Task {
 /// O_DIRECT wants file offsets, lengths and buffer addresses aligned to the device's logical block: 4096 covers both
 /// 512-byte and 4K-sector devices.
 constexpr uint64_t kDirectAlign = 4096;
-
-std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
 
 /// Writes exactly n_bytes at offset; "" or the problem.
 /// With O_DIRECT (`direct`), EINVAL (this file system wants other alignment) is returned as "EINVAL".
@@ -155,13 +152,7 @@ std::string write_slices(const std::string& path, const std::vector<SliceWrite>&
     if (problem.empty()) problem = std::move(mine_problem);
     digests.insert(digests.end(), mine.begin(), mine.end());
   };
-  std::vector<std::thread> threads;
-  try {
-    for (int i = 1; i < n_threads; ++i) threads.emplace_back(writer);
-  } catch (const std::system_error&) {  // fewer threads than asked: the ones running share the tasks
-  }
-  writer();
-  for (std::thread& th : threads) th.join();
+  run_on_threads(n_threads, writer);
 
   // Durable before the commit on every node (rank 0's fsync of the file covers only its own node's page cache).
   if (problem.empty() && ::fdatasync(fd) != 0)
