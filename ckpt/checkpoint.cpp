@@ -166,7 +166,8 @@ class AgreedWriteFailure : public CheckpointError {
 };
 
 /// Writer threads per node, shared by its ranks (detail::threads_per_rank). On the 2-core VM of docs/performance.md
-/// 1.5 GB went to its virtio disk in 2.3-3.5 s with 8 writers, 4.1-5.1 s with 2 or 4 and 4.1-4.7 s with one.
+/// 8 was the fastest and steadiest of 1, 2, 4, 8 in standalone runs: 1.5 GB in 2.3-3.5 s with O_DIRECT, against
+/// 2.3-5.1 s with 1-4 buffered writers.
 constexpr int kWritersPerNode = 8;
 
 /// Rank holding element `e` of tensor `t` under the snapshot's layout.
