@@ -6,7 +6,8 @@
 # fsync of the commit); caches dropped; a resume that runs no step ('loaded ... in X s'). Then the N=4 checkpoint
 # is loaded on 3 ranks (re-partitioned) and on 4 ranks (same shape), both cold. Beside them, in the same directory:
 # `dd if=/dev/zero bs=16M conv=fsync` of the checkpoint's size (write) and `dd` of that file to /dev/null after the
-# cache drop (cold read, `load/dd`); and `dd` of model.h5 itself, cold, right after the load (`load/ddf`). Figures are defined in docs/performance.md, "Checkpoint bandwidth".
+# cache drop (cold read, `load/dd`); and `dd` of model.h5 itself, cold, right after the load (`load/ddf`).
+# Figures are defined in docs/performance.md, "Checkpoint bandwidth".
 #
 # Usage: bench/ckpt_bench.sh [dir]     (default: $ZT_BENCH_DIR or /tmp/zt_ckpt_bench; needs ~4 GB free there)
 # Env:   ZT_BUILD_DIR (default <repo>/build), ZT_PYTHON (/usr/bin/python3), OMPI_MCA_io (ompio / romio321: passes

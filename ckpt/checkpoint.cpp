@@ -137,6 +137,13 @@ int threads_per_rank(MpiComm& comm, int per_node) {
   return std::max(1, per_node / std::max(1, local));
 }
 
+/// True on every rank when every rank `wants` it, can open `path` itself with `mode` (R_OK, W_OK) and stores floats
+/// natively as float32-LE, so tensor bytes can move with pread/pwrite instead of through HDF5. Collective.
+bool all_ranks_posix_io(const std::string& path, int mode, MpiComm& comm, bool wants) {
+  const bool ok = wants && ::access(path.c_str(), mode) == 0 && H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) > 0;
+  return comm.all_reduce_max(ok ? 0 : 1) == 0;
+}
+
 H5Id open_parallel(const std::string& path, MpiComm& comm, bool create) {
   h5_quiet();
   H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
@@ -356,10 +363,9 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     // Tensor bytes go straight into the file (write_slices: several writes in flight, write-back started as they
     // go, no collective per dataset) where every rank can open it and the datasets have addresses, which depends
     // only on the file, so every rank sees the same. Else, and with ZT_CKPT_WRITE=hdf5, through H5Dwrite.
+    // ZT_CKPT_WRITE is agreed with the rest: mpirun need not pass a variable to the ranks on other nodes.
     const char* how = std::getenv("ZT_CKPT_WRITE");
-    const bool posix_ok = !(how && std::string(how) == "hdf5") && ::access(h5_path.c_str(), W_OK) == 0 &&
-                          H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) > 0;
-    const bool direct = comm.all_reduce_max(posix_ok ? 0 : 1) == 0 &&
+    const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !(how && std::string(how) == "hdf5")) &&
                         std::none_of(offsets.begin(), offsets.end(), [](haddr_t a) { return a == HADDR_UNDEF; });
     std::string write_problem;
     if (direct) {
@@ -373,7 +379,8 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
       write_problem = write_slices(
           h5_path, writes, detail::threads_per_rank(comm, kWritersPerNode),
           [rank](size_t d) { detail::test_kill_point("dataset", long(d), rank); }, whole);
-      for (const ChunkDigest& c : whole) my_digests.insert(my_digests.end(), {uint64_t(c.dataset), uint64_t(c.chunk), c.digest});
+      for (const ChunkDigest& c : whole)
+        my_digests.insert(my_digests.end(), {uint64_t(c.dataset), uint64_t(c.chunk), c.digest});
     } else {
       for (size_t d = 0; d < names.size(); ++d) {
         const int kind = int(d / n_t);

@@ -38,9 +38,6 @@ struct Task {
   bool verify = false;
 };
 
-/// O_DIRECT needs file offsets, lengths and buffer addresses aligned to the device's logical block: 4096 covers
-/// both 512-byte and 4K-sector devices.
-constexpr uint64_t kDirectAlign = 4096;
 constexpr size_t kBounceBytes = kChecksumChunkElems * sizeof(float) + 2 * kDirectAlign;
 
 /// Reads exactly n_bytes at offset (buffered); "" or the problem.

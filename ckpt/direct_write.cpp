@@ -28,16 +28,15 @@
 namespace zt {
 namespace {
 
+/// A task is at most one checksum chunk, so one buffer of that size holds any task's aligned blocks.
+constexpr size_t kBounceBytes = kChecksumChunkElems * sizeof(float);
+
 struct Task {
   size_t slice = 0;
   size_t e0 = 0, e1 = 0;
   bool first = false;  ///< the slice's first piece (or its only marker, when empty): runs before_dataset
   bool digest = false; ///< [e0, e1) is a whole checksum chunk
 };
-
-/// O_DIRECT wants file offsets, lengths and buffer addresses aligned to the device's logical block: 4096 covers both
-/// 512-byte and 4K-sector devices.
-constexpr uint64_t kDirectAlign = 4096;
 
 /// Writes exactly n_bytes at offset; "" or the problem.
 /// With O_DIRECT (`direct`), EINVAL (this file system wants other alignment) is returned as "EINVAL".
@@ -62,10 +61,10 @@ std::string write_piece(int fd, int dfd, std::atomic<bool>& direct, std::unique_
                         const char* src, uint64_t lo, uint64_t hi) {
   const uint64_t a_lo = (lo + kDirectAlign - 1) / kDirectAlign * kDirectAlign, a_hi = hi / kDirectAlign * kDirectAlign;
   if (direct && a_hi > a_lo) {
-    if (!bounce) bounce.reset(static_cast<char*>(std::aligned_alloc(kDirectAlign, kChecksumChunkElems * sizeof(float))));
+    if (!bounce) bounce.reset(static_cast<char*>(std::aligned_alloc(kDirectAlign, kBounceBytes)));
     if (!bounce) throw std::bad_alloc();
     for (uint64_t at = a_lo; at < a_hi;) {
-      const uint64_t n = std::min<uint64_t>(a_hi - at, kChecksumChunkElems * sizeof(float));
+      const uint64_t n = std::min<uint64_t>(a_hi - at, kBounceBytes);
       std::memcpy(bounce.get(), src + (at - lo), size_t(n));
       std::string problem = pwrite_all(dfd, bounce.get(), size_t(n), at, true);
       if (problem == "EINVAL") {  // this file system wants other alignment: buffered from now on

@@ -1,12 +1,17 @@
 // Small helpers shared by the checkpoint's direct reads and writes (direct_read.cpp, direct_write.cpp).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 namespace zt {
+
+/// O_DIRECT wants file offsets, lengths and buffer addresses aligned to the device's logical block: 4096 covers
+/// both 512-byte and 4K-sector devices.
+constexpr uint64_t kDirectAlign = 4096;
 
 /// strerror-like text of an errno value.
 inline std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }

@@ -20,6 +20,7 @@ void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size
 H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
 H5Id shard_transfer_props();
 int threads_per_rank(MpiComm& comm, int per_node);
+bool all_ranks_posix_io(const std::string& path, int mode, MpiComm& comm, bool wants);
 }  // namespace detail
 
 namespace {
@@ -200,8 +201,7 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   // what HDF5 adds per dataset is a collective file-view set-up, one synchronous read and a staging copy. Any
   // other dataset is read through H5Dread. Whether every rank can read the file itself is agreed, so the choice of
   // path per dataset stays collective.
-  const bool posix_ok = ::access(path.c_str(), R_OK) == 0 && H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) > 0;
-  const bool direct = comm.all_reduce_max(posix_ok ? 0 : 1) == 0;
+  const bool direct = detail::all_ranks_posix_io(path, R_OK, comm, true);
   std::vector<SliceRead> direct_reads;
   {
     H5Id file = detail::open_parallel(path, comm, false);
@@ -255,7 +255,8 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
       if (a < b) engine.backend().from_host(dst[ti][d / n_t], buf.get(), b - a);
     }
   }
-  for (LoadProblem& p : read_into_engine(path, direct_reads, detail::threads_per_rank(comm, kReadersPerNode), engine.backend()))
+  const int n_readers = detail::threads_per_rank(comm, kReadersPerNode);
+  for (LoadProblem& p : read_into_engine(path, direct_reads, n_readers, engine.backend()))
     problems.push_back(std::move(p));
   std::stable_sort(problems.begin(), problems.end(),
                    [](const LoadProblem& x, const LoadProblem& y) { return x.dataset < y.dataset; });
