@@ -2,7 +2,9 @@
 // unsharded buffers (no trainer, no ZeRO, no comm). Prints tokens/s and MFU as docs/gpu-results.md defines them.
 //
 // Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
-//                        [--peak_tflops F]
+//                        [--peak_tflops F] [--profile_steps K]
+// --profile_steps K: after the timed steps, K more steps with every op timed (core/profiling_backend.hpp), and a
+// table of where the step's time goes.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,6 +19,7 @@
 #include "core/errors.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
+#include "core/profiling_backend.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "test/cuda/flat_units.hpp"
 
@@ -30,6 +33,7 @@ struct Options {
   int warmup = 3;
   bool bf16 = true;
   double peak_tflops = 0;  // 0: from the device name
+  int profile_steps = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -54,10 +58,13 @@ Options parse(int argc, char** argv) {
       o.bf16 = false;
     else if (a == "--peak_tflops")
       o.peak_tflops = std::stod(value());
+    else if (a == "--profile_steps")
+      o.profile_steps = std::stoi(value());
     else
       ZT_FAIL("unknown argument {} (see the usage at the top of bench/gpu/gpt2_cuda_bench.cpp)", a);
   }
-  ZT_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.steps >= 1 && o.warmup >= 0, "batch, seq_len, steps must be >= 1");
+  ZT_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.steps >= 1 && o.warmup >= 0 && o.profile_steps >= 0,
+           "batch, seq_len, steps must be >= 1; warmup, profile_steps >= 0");
   return o;
 }
 
@@ -78,7 +85,9 @@ int run(const Options& o) {
   zt::ModelConfig cfg = zt::model_preset(o.preset);
   ZT_CHECK(o.seq_len <= cfg.seq_len, "--seq_len {} exceeds the preset's {}", o.seq_len, cfg.seq_len);
   const zt::ParamTable table(cfg);
-  auto be = zt::make_cuda_backend(0, o.bf16);
+  auto cuda = zt::make_cuda_backend(0, o.bf16);
+  zt::ProfilingBackend profiler(*cuda, false);  // forwards only, until the profiled steps
+  zt::Backend* be = &profiler;
   zt::FlatUnits units(*be, table, 1234);
   std::vector<float*> m, v;
   for (size_t u = 0; u < units.n_units(); ++u) {
@@ -101,7 +110,9 @@ int run(const Options& o) {
   std::uniform_int_distribution<int32_t> token(0, cfg.vocab - 1);
   std::vector<int32_t> inputs(n_tokens), targets(n_tokens);
   std::vector<double> step_s;
-  for (int step = 0; step < o.warmup + o.steps; ++step) {
+  for (int step = 0; step < o.warmup + o.steps + o.profile_steps; ++step) {
+    const bool profiled = step >= o.warmup + o.steps;
+    profiler.set_enabled(profiled);
     for (auto& t : inputs) t = token(rng);
     for (auto& t : targets) t = token(rng);
     be->synchronize();
@@ -118,9 +129,10 @@ int run(const Options& o) {
                        1e-8f, 0.0f, grad_scale, step + 1);
     be->synchronize();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (step >= o.warmup) step_s.push_back(dt);
+    profiler.set_enabled(false);
+    if (step >= o.warmup && !profiled) step_s.push_back(dt);
     std::printf("step %d loss %.4f grad_norm %.3f %.1f ms %.0f tok/s%s\n", step + 1, loss, norm, dt * 1e3,
-                double(n_tokens) / dt, step < o.warmup ? " (warm-up)" : "");
+                double(n_tokens) / dt, step < o.warmup ? " (warm-up)" : profiled ? " (profiled)" : "");
     std::fflush(stdout);
   }
   std::sort(step_s.begin(), step_s.end());
@@ -132,6 +144,9 @@ int run(const Options& o) {
                 flops_per_token * tokens_per_s / 1e12, peak);
   else
     std::printf("zt_mfu=unknown (no peak for this card: pass --peak_tflops)\n");
+  if (o.profile_steps > 0)
+    std::printf("\nwhere a step's time goes (%d profiled steps; each op timed between synchronizations):\n%s",
+                o.profile_steps, profiler.report(o.profile_steps).c_str());
   for (size_t u = 0; u < m.size(); ++u) {
     be->release(m[u]);
     be->release(v[u]);

@@ -180,12 +180,20 @@ add_row "trainer: 4-rank ZeRO-3 on the shared GPU (--comm mpi)" "$result" \
 
 # 6. zerotrain GPT-2 124M, T=1024, bf16: tokens/s and MFU (definitions in docs/gpu-results.md).
 run_step "zerotrain GPT-2 124M bf16 throughput" 120 "$outdir/zt_throughput.log" bash "$bundle/run.sh" gpt2_cuda_bench \
-  --preset gpt2 --batch "$batch" --seq_len 1024 --steps 10 --warmup 3
+  --preset gpt2 --batch "$batch" --seq_len 1024 --steps 10 --warmup 3 --profile_steps 2
 set_result
 zt_tps=$(sed -n 's/^zt_tokens_per_s=//p' "$outdir/zt_throughput.log")
 zt_mfu=$(sed -n 's/^zt_mfu=\([0-9.]*\).*/\1/p' "$outdir/zt_throughput.log")
 [[ $result == PASS ]] && result="measured"
 add_row "zerotrain GPT-2 124M, B=$batch T=1024 bf16" "$result" "${zt_tps:-?} tokens/s, MFU ${zt_mfu:-?}"
+# The profiled steps after the timed ones: the three ops that take most of a step (the full table is in the log).
+top_ops=$(awk '/^where a step.s time goes/ { on = 1; next } on && $1 != "op" && $1 != "total" && NF >= 4 {
+                 printf "%s%s %s", (n++ ? ", " : ""), $1, $4; if (n == 3) exit }' "$outdir/zt_throughput.log")
+if [[ -n $top_ops ]]; then
+  add_row "zerotrain: where a step's time goes (top 3 ops)" "measured" "$top_ops"
+else
+  add_row "zerotrain: where a step's time goes (top 3 ops)" "not measured" "no profile table in the log"
+fi
 
 # 7. The same step in PyTorch on this machine: torch.compile, then eager.
 torch_tps() { sed -n 's/^torch_tokens_per_s=//p' "$1"; }
