@@ -40,6 +40,12 @@ class Backend {
                               int OC, bool weight_transposed) = 0;
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                const float* weight, int N, int C, int OC, bool weight_transposed) = 0;
+  /// Floats of the `att` buffer attention_forward fills and attention_backward reads: the probabilities
+  /// [B,NH,T,T] by default; a backend that keeps less (the CUDA backend's row statistics) says so.
+  virtual size_t attention_state_elems(int B, int T, int C, int NH) const {
+    (void)C;
+    return size_t(B) * size_t(NH) * size_t(T) * size_t(T);
+  }
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) = 0;
   virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T,
                                   int C, int NH) = 0;

@@ -10,9 +10,13 @@ Gpt2::Gpt2(const ParamTable& table, Backend& backend, int B, int T) : table_(tab
   ZT_CHECK(T >= 1 && T <= c.seq_len, "sequence length {} exceeds the model's seq_len {}", T, c.seq_len);
   ZT_CHECK(B >= 1, "micro-batch size must be >= 1, got {}", B);
   const size_t BT = size_t(B) * T, C = size_t(c.d_model), NH = size_t(c.n_head), Vp = size_t(c.padded_vocab());
-  const size_t per_layer = BT * C * 7 + BT * 4 + BT * 3 * C + size_t(B) * NH * T * T + BT * 8 * C;
-  activation_elems_ = BT * C + per_layer * size_t(c.n_layer) + BT * C + 2 * BT + BT * Vp + BT;
-  const size_t scratch = BT * C * 4 + BT * 4 * C * 2 + BT * 3 * C;
+  // Every buffer starts kArenaAlign floats (256 bytes) into the arena: aligned for vectorised and tensor-core
+  // kernels and cuBLASLt, whatever B, T and the head count.
+  auto r = [](size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; };
+  const size_t att_elems = backend.attention_state_elems(B, T, int(C), int(NH));
+  const size_t per_layer = 7 * r(BT * C) + 4 * r(BT) + r(BT * 3 * C) + r(att_elems) + 2 * r(BT * 4 * C);
+  activation_elems_ = r(BT * C) + per_layer * size_t(c.n_layer) + r(BT * C) + 2 * r(BT) + r(BT * Vp) + r(BT);
+  const size_t scratch = 4 * r(BT * C) + 2 * r(BT * 4 * C) + r(BT * 3 * C);
   arena_ = be_.alloc(activation_elems_ + scratch);
   tokens_ = be_.alloc_int(BT);
   targets_ = be_.alloc_int(BT);
@@ -23,7 +27,7 @@ Gpt2::Gpt2(const ParamTable& table, Backend& backend, int B, int T) : table_(tab
     L.ln1_mean = take(BT);
     L.ln1_rstd = take(BT);
     L.qkv = take(BT * 3 * C);
-    L.att = take(size_t(B) * NH * T * T);
+    L.att = take(att_elems);
     L.atty = take(BT * C);
     L.attproj = take(BT * C);
     L.res2 = take(BT * C);
@@ -60,7 +64,7 @@ Gpt2::~Gpt2() {
 
 float* Gpt2::take(size_t n) {
   float* p = arena_ + arena_used_;
-  arena_used_ += n;
+  arena_used_ += (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
   return p;
 }
 

@@ -49,7 +49,9 @@ class Gpt2 {
     float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu,
         *fcproj, *res3;
   };
+  /// The next n floats of the arena, rounded up to a multiple of kArenaAlign.
   float* take(size_t n);
+  static constexpr size_t kArenaAlign = 64;
 
   const ParamTable& table_;
   Backend& be_;

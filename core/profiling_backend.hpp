@@ -61,6 +61,9 @@ class ProfilingBackend final : public Backend {
                       bool weight_transposed) override;
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int N, int C, int OC, bool weight_transposed) override;
+  size_t attention_state_elems(int B, int T, int C, int NH) const override {
+    return inner_.attention_state_elems(B, T, C, NH);
+  }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override;
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override;

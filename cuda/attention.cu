@@ -10,11 +10,14 @@
 // Backward without atomics: one kernel per query tile walks the key tiles for dQ, another per key tile walks the
 // query tiles for dK and dV; each recomputes P = exp(S - L) and dS = P ∘ (dP - D), dP = dO V^T. Every sum runs
 // in a fixed order, so results are deterministic.
-// Not yet: tensor cores (mma / wgmma in bf16); these kernels run on the fp32 pipes in both backend modes.
+// These kernels run on the fp32 pipes: the fp32 mode's attention, and the bf16 mode's for head sizes other than 32
+// and 64 or unaligned buffers; the bf16 mode otherwise runs attention_tc.cu's tensor-core twins of them (same
+// schedule, same att contents).
 #include <cmath>
 #include <type_traits>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_tc.cuh"
 #include "cuda/cuda_common.cuh"
 
 namespace zt::cuda {
@@ -339,13 +342,6 @@ void with_dims_per_lane(int hs, Fn&& fn) {
   }
 }
 
-// Dynamic shared memory beyond the default 48 KB must be asked for per kernel.
-template <typename Kernel>
-void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
-  if (n_bytes > size_t(48) << 10)
-    ZT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(n_bytes)));
-}
-
 int head_dim(int C, int NH) {
   ZT_CHECK(NH > 0 && C % NH == 0, "attention: d_model {} is not a multiple of n_head {}", C, NH);
   const int hs = C / NH;
@@ -356,9 +352,18 @@ int head_dim(int C, int NH) {
 
 bool att_holds_out_copy(int T, int hs) { return hs + 1 <= T; }
 
+// Whether this call runs on the tensor cores: asked for, a head size they take, buffers their loads can read.
+bool use_tensor_cores(bool tensor_cores, int hs, const float* qkv, const float* dout) {
+  return tensor_cores && attention_tc_supports(hs) && attention_tc_aligned(qkv, dout);
+}
+
 void launch_forward(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
-                    cudaStream_t stream) {
+                    bool tensor_cores, cudaStream_t stream) {
   const int hs = head_dim(C, NH);
+  if (use_tensor_cores(tensor_cores, hs, qkv, qkv)) {
+    attention_forward_tc(out, out_copy, lse, qkv, B, T, C, NH, stream);
+    return;
+  }
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));
   const size_t shared_bytes = sizeof(float) * size_t(kTile) * (2 * hs + hs + 1);
@@ -372,12 +377,18 @@ void launch_forward(float* out, float* out_copy, float* lse, const float* qkv, i
 
 }  // namespace
 
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, bool tensor_cores,
+                       cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_forward: the CUDA backend keeps the backward's row statistics in att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
   float* out_copy = att_holds_out_copy(T, hs) ? att + size_t(B) * NH * T : nullptr;
-  launch_forward(out, out_copy, att, qkv, B, T, C, NH, stream);
+  launch_forward(out, out_copy, att, qkv, B, T, C, NH, tensor_cores, stream);
+}
+
+size_t attention_state_elems(int B, int T, int C, int NH) {
+  const int hs = head_dim(C, NH);
+  return size_t(B) * NH * T + (att_holds_out_copy(T, hs) ? size_t(B) * T * C : 0);
 }
 
 size_t attention_backward_scratch_elems(int B, int T, int C, int NH) {
@@ -387,7 +398,7 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH) {
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C, int NH,
-                        float* scratch, cudaStream_t stream) {
+                        bool tensor_cores, float* scratch, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
@@ -399,7 +410,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   if (!att_holds_out_copy(T, hs)) {  // short sequences: recompute O (and L, bitwise the same) into scratch
     float* o_scratch = scratch + n_stats;
     float* lse_scratch = o_scratch + size_t(B) * T * C;
-    launch_forward(o_scratch, nullptr, lse_scratch, qkv, B, T, C, NH, stream);
+    launch_forward(o_scratch, nullptr, lse_scratch, qkv, B, T, C, NH, tensor_cores, stream);
     o = o_scratch;
     lse = lse_scratch;
   }
@@ -408,6 +419,10 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   attention_backward_dsum_kernel<<<(n_rows + rows_per_block - 1) / rows_per_block, kThreads, 0, stream>>>(
       dsum, dout, o, n_rows, T, C, NH, hs);
   ZT_CUDA_LAUNCH_CHECK();
+  if (use_tensor_cores(tensor_cores, hs, qkv, dout)) {
+    attention_backward_tc(dqkv, dout, qkv, lse, dsum, B, T, C, NH, stream);
+    return;
+  }
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));
   const size_t shared_bytes = sizeof(float) * size_t(kTile) * (2 * hs + 2 * (hs + 1));
   with_dims_per_lane(hs, [&](auto dpl) {

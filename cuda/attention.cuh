@@ -13,11 +13,17 @@ constexpr int kAttentionMaxHeadDim = 128;
 /// out[B,T,C] = causal softmax(Q K^T / sqrt(hs)) V per head, qkv[B,T,3C] holding q|k|v. The contract's att buffer
 /// [B,NH,T,T] is used as the backward's memory instead of probabilities: the per-row log-sum-exp at
 /// att[0, B*NH*T), and, when hs + 1 <= T (it then fits), a copy of out at att[B*NH*T, +B*T*C).
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, cudaStream_t stream);
+/// `tensor_cores`: bf16 products on the tensor cores (attention_tc.cu) where the head size allows (32, 64), else
+/// the fp32 kernels.
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, bool tensor_cores,
+                       cudaStream_t stream);
+/// Floats of att attention_forward writes and attention_backward reads (the row statistics, and the output copy
+/// when hs + 1 <= T): at most B*NH*T*T, so a buffer of the contract's size always holds them.
+size_t attention_state_elems(int B, int T, int C, int NH);
 /// Floats of scratch attention_backward needs (row sums D; room to recompute out when att could not hold it).
 size_t attention_backward_scratch_elems(int B, int T, int C, int NH);
 /// Accumulates dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics).
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C, int NH,
-                        float* scratch, cudaStream_t stream);
+                        bool tensor_cores, float* scratch, cudaStream_t stream);
 
 }  // namespace zt::cuda

@@ -1,7 +1,9 @@
 // CudaBackend: the Backend contract over device memory on one stream, forwarding to the op launchers in cuda/.
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "cuda/adamw.cuh"
@@ -36,6 +38,12 @@ class CudaBackend final : public Backend {
     ZT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_flag_device_), error_flag_host_, 0));
     ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
     matmul_ = std::make_unique<cuda::MatmulContext>(bf16);
+    // bf16 mode runs attention on the tensor cores; ZT_CUDA_ATTENTION=fp32 keeps the fp32 kernels (to compare).
+    const char* attention = std::getenv("ZT_CUDA_ATTENTION");
+    const std::string attention_choice = attention != nullptr ? attention : "auto";
+    ZT_CHECK(attention_choice == "auto" || attention_choice == "fp32",
+             "ZT_CUDA_ATTENTION={}: expected auto (tensor cores in bf16 mode) or fp32", attention_choice);
+    attention_tensor_cores_ = bf16 && attention_choice == "auto";
   }
 
   ~CudaBackend() override {
@@ -140,13 +148,16 @@ class CudaBackend final : public Backend {
                        const float* weight, int N, int C, int OC, bool wt) override {
     cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, inp, weight, N, C, OC, wt, stream_);
   }
+  size_t attention_state_elems(int B, int T, int C, int NH) const override {
+    return cuda::attention_state_elems(B, T, C, NH);
+  }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
-    cuda::attention_forward(out, att, qkv, B, T, C, NH, stream_);
+    cuda::attention_forward(out, att, qkv, B, T, C, NH, attention_tensor_cores_, stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH));
-    cuda::attention_backward(dqkv, dout, qkv, att, B, T, C, NH, scratch, stream_);
+    cuda::attention_backward(dqkv, dout, qkv, att, B, T, C, NH, attention_tensor_cores_, scratch, stream_);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override { cuda::gelu_forward(out, inp, n, stream_); }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
@@ -200,6 +211,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  bool attention_tensor_cores_ = false;
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;
   int* error_flag_device_ = nullptr;

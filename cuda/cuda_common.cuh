@@ -36,6 +36,13 @@ inline int grid_for(size_t n, int block, int max_blocks = 65536) {
   return blocks == 0 ? 1 : blocks > size_t(max_blocks) ? max_blocks : int(blocks);
 }
 
+/// Dynamic shared memory beyond the default 48 KB must be asked for, per kernel, before its first launch.
+template <typename Kernel>
+void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
+  if (n_bytes > size_t(48) << 10)
+    ZT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(n_bytes)));
+}
+
 #ifdef __CUDACC__
 // Butterfly (xor) reductions: lane i adds v_i + v_(i^k) and lane i^k adds the same two values, so every lane ends
 // with bitwise the same result, in an order fixed by the lane numbering alone (deterministic).

@@ -48,6 +48,13 @@ constexpr Tolerance kF32{1e-5, 1e-5};
 // the products summed in fp32, so a K-term dot product errs by ~2^-8 of the root-sum-square of its terms, which
 // is 1e-3 of the output's largest value (typically 4e-3 at the worst element). 1e-2 gives 2.5x margin.
 constexpr Tolerance kBf16Matmul{1e-2, 1e-2};
+// bf16-mode attention on the tensor cores (head sizes 32 and 64): Q, K, V, dO and the probabilities P (and dS) are
+// rounded to bf16 for the products, softmax statistics and sums stay fp32. A score errs by ~2^-8 of the rss of its
+// hs terms times 1/sqrt(hs) (~1.3e-3 for hs = 64 with inputs in [-1, 1]), so P by ~1e-3 relative, and an output or
+// gradient, a P- or dS-weighted sum of bf16 rows, by a few 1e-3 of its tensor's largest value; the backward
+// compounds two such products (dP, then dS·K). 2e-2 leaves a 3-5x margin; a wrong index, mask or term is off by
+// O(1) of the scale.
+constexpr Tolerance kBf16Attention{2e-2, 2e-2};
 // Sums of squares accumulated in double on both sides, only the order differs.
 constexpr Tolerance kDouble{1e-12, 0.0};
 // A whole fp32 GPT-2 step: the per-op differences above compound through ~30 ops (two blocks forward and back)
@@ -301,18 +308,33 @@ TEST_CASE("matmul forward and backward match the CPU", "[cuda][matmul]") {
   }
 }
 
+// Elementwise a - b: the part of an accumulated output that the op added.
+VecF minus(const VecF& a, const VecF& b) {
+  VecF d(a.size());
+  for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
+  return d;
+}
+
 TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
   const bool bf16 = GENERATE(false, true);
   auto rng = seeded_rng();
   auto be = cuda_backend(bf16);
   const int head_dims[] = {1, 8, 16, 24, 32, 40, 64, 72, 96, 128};
-  for (int trial = 0; trial < 8; ++trial) {
-    const int hs = head_dims[uniform_int(rng, 0, 9)];
+  for (int trial = 0; trial < 10; ++trial) {
+    // Trials 8 and 9 take hs = 64, the tensor-core kernels' GPT-2 size, at T > 64 (several tiles, a partial last
+    // one); trial 9 shifts qkv off 16-byte alignment, where bf16 mode falls back to the fp32 kernels.
+    const int hs = trial >= 8 ? 64 : head_dims[uniform_int(rng, 0, 9)];
     const int B = uniform_int(rng, 1, 3), NH = uniform_int(rng, 1, 4);
     // Half the trials have T <= hs, where att cannot hold the output copy and the backward recomputes it.
-    const int T = trial % 2 == 0 ? uniform_int(rng, 1, std::max(1, hs)) : uniform_int(rng, hs + 1, hs + 100);
+    const int T = trial >= 8          ? uniform_int(rng, 65, 200)
+                  : trial % 2 == 0 ? uniform_int(rng, 1, std::max(1, hs))
+                                   : uniform_int(rng, hs + 1, hs + 100);
+    const size_t misalign = trial == 9 ? 1 : 0;
+    const bool tensor_cores = bf16 && (hs == 32 || hs == 64) && misalign == 0;
+    const Tolerance tol = tensor_cores ? kBf16Attention : kF32;
     const int C = NH * hs;
-    INFO("bf16=" << bf16 << " B=" << B << " T=" << T << " NH=" << NH << " hs=" << hs);
+    INFO("bf16=" << bf16 << " B=" << B << " T=" << T << " NH=" << NH << " hs=" << hs << " misalign=" << misalign
+                 << " tensor_cores=" << tensor_cores);
     const size_t BT = size_t(B) * T, n_att = size_t(B) * NH * T * T;
     const VecF qkv = uniform(rng, BT * 3 * C, -1, 1), dout = uniform(rng, BT * C, -1, 1);
     const VecF dqkv0 = uniform(rng, BT * 3 * C, -1, 1);
@@ -322,15 +344,72 @@ TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
     cpu::attention_backward(dqkv_ref.data(), dout.data(), qkv.data(), att_ref.data(), B, T, C, NH);
 
     // att stays poisoned except what the CUDA forward writes: the backward reading anything else would show NaN.
-    DeviceArray d_qkv(*be, qkv.size()), d_out(*be, out_ref.size()), d_att(*be, n_att), d_dout(*be, dout.size());
+    // It is exactly as large as the backend says it needs (less than the CPU's n_att): the guard behind it catches
+    // a forward that writes more.
+    const size_t n_state = be->attention_state_elems(B, T, C, NH);
+    CHECK(n_state <= n_att);
+    DeviceArray d_qkv(*be, qkv.size(), misalign), d_out(*be, out_ref.size()), d_att(*be, n_state),
+        d_dout(*be, dout.size());
     DeviceArray d_dqkv(*be, dqkv0.size());
     d_qkv.upload(qkv);
     d_dout.upload(dout);
     d_dqkv.upload(dqkv0);
     be->attention_forward(d_out.get(), d_att.get(), d_qkv.get(), B, T, C, NH);
-    expect_close("attention out", d_out.download(), out_ref, kF32);
+    (void)d_att.download();  // reads the guard behind att back: the forward wrote nothing past n_state
+    expect_close("attention out", d_out.download(), out_ref, tol);
     be->attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH);
-    expect_close("attention dqkv", d_dqkv.download(), dqkv_ref, kF32);
+    const VecF dqkv = d_dqkv.download();
+    expect_close("attention dqkv", dqkv, dqkv_ref, tol);
+    // The gradient alone, without the [-1, 1] it was added to: bf16's tolerance is then relative to the gradient's
+    // own scale (the sum's scale would hide a dK or dV a few times too small).
+    if (tensor_cores) expect_close("attention dqkv increment", minus(dqkv, dqkv0), minus(dqkv_ref, dqkv0), tol);
+  }
+}
+
+TEST_CASE("bf16 attention runs on the tensor cores unless ZT_CUDA_ATTENTION=fp32", "[cuda][attention]") {
+  auto rng = seeded_rng();
+  const int B = 2, T = 130, NH = 2, hs = 64, C = NH * hs;
+  const size_t BT = size_t(B) * T;
+  const VecF qkv = uniform(rng, BT * 3 * C, -1, 1), dout = uniform(rng, BT * C, -1, 1);
+  // out and dqkv of one forward + backward from zero.
+  auto run = [&](zt::Backend& be) {
+    DeviceArray d_qkv(be, qkv.size()), d_out(be, BT * C), d_att(be, size_t(B) * NH * T * T), d_dout(be, dout.size());
+    DeviceArray d_dqkv(be, qkv.size());
+    d_qkv.upload(qkv);
+    d_dout.upload(dout);
+    be.zero(d_dqkv.get(), qkv.size());
+    be.attention_forward(d_out.get(), d_att.get(), d_qkv.get(), B, T, C, NH);
+    be.attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH);
+    return std::vector<VecF>{d_out.download(), d_dqkv.download()};
+  };
+  auto fp32_mode = cuda_backend(false);
+  auto tc_mode = cuda_backend(true);
+  const auto fp32_result = run(*fp32_mode);
+  const auto tc_result = run(*tc_mode);
+  const auto tc_again = run(*tc_mode);
+  // The variable is read when a backend is made; it is unset again before anything can fail.
+  ::setenv("ZT_CUDA_ATTENTION", "fp32", 1);
+  std::unique_ptr<zt::Backend> bf16_fp32_attention;
+  std::string bad_value_error;
+  try {
+    bf16_fp32_attention = cuda_backend(true);
+    ::setenv("ZT_CUDA_ATTENTION", "tensor", 1);
+    cuda_backend(true);
+  } catch (const std::exception& e) {
+    bad_value_error = e.what();
+  }
+  ::unsetenv("ZT_CUDA_ATTENTION");
+  REQUIRE(bf16_fp32_attention != nullptr);
+  CHECK_THAT(bad_value_error, Catch::Contains("ZT_CUDA_ATTENTION=tensor: expected auto"));
+  const auto forced_fp32 = run(*bf16_fp32_attention);
+  for (size_t k = 0; k < 2; ++k) {
+    INFO((k == 0 ? "out" : "dqkv"));
+    // bf16 mode with ZT_CUDA_ATTENTION=fp32 runs the fp32 kernels: the fp32 mode's bits.
+    CHECK(std::memcmp(forced_fp32[k].data(), fp32_result[k].data(), fp32_result[k].size() * sizeof(float)) == 0);
+    // The tensor-core kernels are another computation (bf16 products) of nearly the same values, bitwise repeatable.
+    CHECK(std::memcmp(tc_result[k].data(), fp32_result[k].data(), fp32_result[k].size() * sizeof(float)) != 0);
+    expect_close("tensor cores vs fp32", tc_result[k], fp32_result[k], kBf16Attention);
+    CHECK(std::memcmp(tc_result[k].data(), tc_again[k].data(), tc_result[k].size() * sizeof(float)) == 0);
   }
 }
 

@@ -1,0 +1,452 @@
+// Causal attention on the tensor cores: FlashAttention-2's schedule over mma.sync.m16n8k16 (bf16 in, fp32 out).
+//
+// Tiles of 64 queries and 64 keys; 4 warps, each owning 16 rows of the tile (queries in the forward and dQ kernels,
+// keys in the dK/dV kernel). Global fp32 rows are rounded to bf16 as they enter shared memory; rows are padded by
+// 8 elements (16 bytes) so the fragment loads of the 8 row groups land in distinct banks.
+//
+// Fragments of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"): with g = lane / 4 and t = lane % 4,
+//   A (16x16, row-major): reg 0 = A[g][2t, 2t+1], reg 1 = A[g+8][2t, 2t+1], reg 2 = A[g][2t+8, +9],
+//                         reg 3 = A[g+8][2t+8, +9]           (the lower column in the low 16 bits)
+//   B (16x8, "col"):      reg 0 = B[2t, 2t+1][g], reg 1 = B[2t+8, 2t+9][g]
+//   C (16x8, fp32):       c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
+// So a B operand is read from a shared tile stored with the product's k index contiguous: K rows for S = Q K^T (k =
+// head dim), transposed tiles (dim-major) where k is the key or query index (P V, dS K, P^T dO, dS^T Q). Two C tiles
+// side by side (columns 16kk .. 16kk + 15) are exactly the A fragment of the next product (FlashAttention-2's
+// register reuse): P and dS never go through shared memory.
+//
+// Numerics: scores, softmax statistics, accumulators and outputs in fp32; Q, K, V, dO, P and dS rounded to bf16
+// for the products. Deterministic: every sum has a fixed order (no atomics), as in the fp32 kernels.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/attention_tc.cuh"
+#include "cuda/cuda_common.cuh"
+
+namespace zt::cuda {
+namespace {
+
+constexpr int kTileRows = 64;  // queries (or keys) per block tile
+constexpr int kTileKeys = 64;  // keys (or queries) per streamed tile
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kWarpRows = kTileRows / kWarps;  // 16: the M of one mma
+constexpr int kPad = 8;                        // bf16 elements of padding per shared row
+
+static_assert(kTileRows == kTileKeys, "causal tiling assumes square tiles: tile k0 <= q0 for every streamed tile");
+
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// d += a · b on one 16x8x16 tile.
+__device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// dst[r][d] (row stride HS + kPad) = bf16(src[(t0 + r) * row_stride + d]) for r < 64; rows past T are 0.
+template <int HS>
+__device__ inline void load_rows(__nv_bfloat16* dst, const float* src, size_t row_stride, int t0, int T) {
+  constexpr int kQuads = HS / 4;
+  for (int idx = threadIdx.x; idx < kTileRows * kQuads; idx += kThreads) {
+    const int r = idx / kQuads, d = (idx - r * kQuads) * 4;
+    const int t = t0 + r;
+    const float4 v = t < T ? *reinterpret_cast<const float4*>(src + size_t(t) * row_stride + d) : float4{0, 0, 0, 0};
+    uint2 packed;
+    packed.x = pack_bf16(v.x, v.y);
+    packed.y = pack_bf16(v.z, v.w);
+    *reinterpret_cast<uint2*>(dst + r * (HS + kPad) + d) = packed;
+  }
+}
+
+// dst[d][r] (row stride 64 + kPad) = bf16(src[(t0 + r) * row_stride + d]): the tile transposed, dims major.
+template <int HS>
+__device__ inline void load_cols(__nv_bfloat16* dst, const float* src, size_t row_stride, int t0, int T) {
+  constexpr int kQuads = HS / 4;
+  constexpr int ld = kTileKeys + kPad;
+  for (int idx = threadIdx.x; idx < kTileKeys * kQuads; idx += kThreads) {
+    const int r = idx / kQuads, d = (idx - r * kQuads) * 4;
+    const int t = t0 + r;
+    const float4 v = t < T ? *reinterpret_cast<const float4*>(src + size_t(t) * row_stride + d) : float4{0, 0, 0, 0};
+    dst[(d + 0) * ld + r] = __float2bfloat16_rn(v.x);
+    dst[(d + 1) * ld + r] = __float2bfloat16_rn(v.y);
+    dst[(d + 2) * ld + r] = __float2bfloat16_rn(v.z);
+    dst[(d + 3) * ld + r] = __float2bfloat16_rn(v.w);
+  }
+}
+
+// The A fragments of this warp's 16 rows of a row-major tile, for each 16-wide slice of the head dim.
+template <int HS>
+__device__ inline void load_a_fragments(uint32_t (&a)[HS / 16][4], const __nv_bfloat16* tile, int warp, int g,
+                                        int t) {
+  constexpr int ld = HS + kPad;
+  const __nv_bfloat16* rows = tile + (warp * kWarpRows + g) * ld + 2 * t;
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; ++kk) {
+    a[kk][0] = load_pair(rows + kk * 16);
+    a[kk][1] = load_pair(rows + 8 * ld + kk * 16);
+    a[kk][2] = load_pair(rows + kk * 16 + 8);
+    a[kk][3] = load_pair(rows + 8 * ld + kk * 16 + 8);
+  }
+}
+
+// acc[nt] (16 x 8 tiles over the 64 columns) = A · tile^T, A this warp's fragments, tile row-major [64][HS + kPad]:
+// S = Q K^T, dP = dO V^T and their transposes.
+template <int HS>
+__device__ inline void product_with_rows(float (&acc)[kTileKeys / 8][4], const uint32_t (&a)[HS / 16][4],
+                                         const __nv_bfloat16* tile, int g, int t) {
+  constexpr int ld = HS + kPad;
+#pragma unroll
+  for (int nt = 0; nt < kTileKeys / 8; ++nt) {
+    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    const __nv_bfloat16* row = tile + (nt * 8 + g) * ld + 2 * t;
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; ++kk) mma_bf16(acc[nt], a[kk], load_pair(row + kk * 16), load_pair(row + kk * 16 + 8));
+  }
+}
+
+// acc[dt] += X · M, X (16 x 64) given as C tiles x[nt] (e.g. P or dS), M (64 x HS) stored transposed [HS][64 + kPad].
+template <int HS>
+__device__ inline void accumulate_with_cols(float (&acc)[HS / 8][4], const float (&x)[kTileKeys / 8][4],
+                                            const __nv_bfloat16* tile_t, int g, int t) {
+  constexpr int ld = kTileKeys + kPad;
+#pragma unroll
+  for (int kk = 0; kk < kTileKeys / 16; ++kk) {
+    const uint32_t a[4] = {pack_bf16(x[2 * kk][0], x[2 * kk][1]), pack_bf16(x[2 * kk][2], x[2 * kk][3]),
+                           pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+    for (int dt = 0; dt < HS / 8; ++dt) {
+      const __nv_bfloat16* col = tile_t + (dt * 8 + g) * ld + kk * 16 + 2 * t;
+      mma_bf16(acc[dt], a, load_pair(col), load_pair(col + 8));
+    }
+  }
+}
+
+__device__ inline float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ inline float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Grid (query tile, batch·head). Shared: Q [64][HS+8], K [64][HS+8], V^T [HS][64+8].
+template <int HS>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_tc_kernel(float* out, float* out_copy, float* lse, const float* qkv, int T, int C, int NH,
+                                float scale) {
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_bytes);
+  __nv_bfloat16* k_s = q_s + kTileRows * (HS + kPad);
+  __nv_bfloat16* vt_s = k_s + kTileKeys * (HS + kPad);
+  const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTileRows;  // the longest query tiles start first
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const size_t row3 = size_t(3) * C;
+  const float* q_g = qkv + size_t(b) * T * row3 + size_t(h) * HS;
+  const float* k_g = q_g + C;
+  const float* v_g = q_g + 2 * size_t(C);
+
+  load_rows<HS>(q_s, q_g, row3, q0, T);
+  __syncthreads();
+  uint32_t qa[HS / 16][4];
+  load_a_fragments<HS>(qa, q_s, warp, g, t);
+  const int row[2] = {q0 + warp * kWarpRows + g, q0 + warp * kWarpRows + g + 8};  // this thread's two queries
+  float o[HS / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HS / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+
+  const int n_tiles = (min(q0 + kTileRows, T) - 1) / kTileKeys + 1;  // causal: keys up to the tile's last query
+  for (int kt = 0; kt < n_tiles; ++kt) {
+    const int k0 = kt * kTileKeys;
+    __syncthreads();  // every warp is done with the previous K, V^T
+    load_rows<HS>(k_s, k_g, row3, k0, T);
+    load_cols<HS>(vt_s, v_g, row3, k0, T);
+    __syncthreads();
+    float s[kTileKeys / 8][4];
+    product_with_rows<HS>(s, qa, k_s, g, t);
+    // Masked keys (j > i, which includes every j >= T for a real row) become -inf. Key k0 <= q0 <= i is always
+    // visible, so the new maximum is finite and exp(-inf - m) = 0.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kTileKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = k0 + nt * 8 + 2 * t + (e & 1);
+        s[nt][e] = j <= row[e / 2] ? s[nt][e] * scale : -INFINITY;
+        tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
+      }
+    float corr[2], tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_new = fmaxf(m_run[r], quad_max(tile_max[r]));
+      corr[r] = expf(m_run[r] - m_new);  // 0 on the first tile
+      m_run[r] = m_new;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kTileKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = expf(s[nt][e] - m_run[e / 2]);
+        tile_sum[e / 2] += s[nt][e];
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + quad_sum(tile_sum[r]);
+#pragma unroll
+    for (int dt = 0; dt < HS / 8; ++dt) {
+      o[dt][0] *= corr[0];
+      o[dt][1] *= corr[0];
+      o[dt][2] *= corr[1];
+      o[dt][3] *= corr[1];
+    }
+    accumulate_with_cols<HS>(o, s, vt_s, g, t);  // O += P V
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row[r];
+    if (i >= T) continue;
+    const float inv = 1.0f / l_run[r];
+    const size_t off = (size_t(b) * T + i) * C + size_t(h) * HS;
+#pragma unroll
+    for (int dt = 0; dt < HS / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int d = dt * 8 + 2 * t + e;
+        const float value = o[dt][2 * r + e] * inv;
+        out[off + d] = value;
+        if (out_copy != nullptr) out_copy[off + d] = value;
+      }
+    if (t == 0) lse[size_t(bh) * T + i] = m_run[r] + logf(l_run[r]);
+  }
+}
+
+// dQ: grid (query tile, batch·head). dq[i] += scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
+// Shared: Q, dO, K, V [64][HS+8] and K^T [HS][64+8].
+template <int HS>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_tc_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                    const float* dsum, int T, int C, int NH, float scale) {
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_bytes);
+  __nv_bfloat16* do_s = q_s + kTileRows * (HS + kPad);
+  __nv_bfloat16* k_s = do_s + kTileRows * (HS + kPad);
+  __nv_bfloat16* v_s = k_s + kTileKeys * (HS + kPad);
+  __nv_bfloat16* kt_s = v_s + kTileKeys * (HS + kPad);
+  const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTileRows;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const size_t row3 = size_t(3) * C;
+  const float* q_g = qkv + size_t(b) * T * row3 + size_t(h) * HS;
+  const float* k_g = q_g + C;
+  const float* v_g = q_g + 2 * size_t(C);
+  const float* do_g = dout + size_t(b) * T * C + size_t(h) * HS;
+
+  load_rows<HS>(q_s, q_g, row3, q0, T);
+  load_rows<HS>(do_s, do_g, size_t(C), q0, T);
+  __syncthreads();
+  uint32_t qa[HS / 16][4], da[HS / 16][4];
+  load_a_fragments<HS>(qa, q_s, warp, g, t);
+  load_a_fragments<HS>(da, do_s, warp, g, t);
+  const int row[2] = {q0 + warp * kWarpRows + g, q0 + warp * kWarpRows + g + 8};
+  float L[2], D[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    L[r] = row[r] < T ? lse[size_t(bh) * T + row[r]] : 0.0f;
+    D[r] = row[r] < T ? dsum[size_t(bh) * T + row[r]] : 0.0f;
+  }
+  float dq[HS / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HS / 8; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
+
+  const int n_tiles = (min(q0 + kTileRows, T) - 1) / kTileKeys + 1;
+  for (int kt = 0; kt < n_tiles; ++kt) {
+    const int k0 = kt * kTileKeys;
+    __syncthreads();
+    load_rows<HS>(k_s, k_g, row3, k0, T);
+    load_rows<HS>(v_s, v_g, row3, k0, T);
+    load_cols<HS>(kt_s, k_g, row3, k0, T);
+    __syncthreads();
+    float s[kTileKeys / 8][4], dp[kTileKeys / 8][4];
+    product_with_rows<HS>(s, qa, k_s, g, t);
+    product_with_rows<HS>(dp, da, v_s, g, t);
+#pragma unroll
+    for (int nt = 0; nt < kTileKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row[e / 2], j = k0 + nt * 8 + 2 * t + (e & 1);
+        const float p = j <= i && i < T ? expf(s[nt][e] * scale - L[e / 2]) : 0.0f;
+        s[nt][e] = p * (dp[nt][e] - D[e / 2]);  // dS
+      }
+    accumulate_with_cols<HS>(dq, s, kt_s, g, t);  // dQ += dS K
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row[r];
+    if (i >= T) continue;
+    float* dq_row = dqkv + (size_t(b) * T + i) * row3 + size_t(h) * HS;
+#pragma unroll
+    for (int dt = 0; dt < HS / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) dq_row[dt * 8 + 2 * t + e] += dq[dt][2 * r + e] * scale;
+  }
+}
+
+// dK, dV: grid (key tile, batch·head); each warp owns 16 keys and walks the query tiles from the diagonal on.
+// S^T = K Q^T and dP^T = V dO^T give P^T and dS^T in the keys' rows: dV += P^T dO, dK += scale dS^T Q.
+// Shared: K, V, Q, dO [64][HS+8], Q^T, dO^T [HS][64+8], L and D of the query tile.
+template <int HS>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkv_tc_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                     const float* dsum, int T, int C, int NH, float scale) {
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  auto* k_s = reinterpret_cast<__nv_bfloat16*>(smem_bytes);
+  __nv_bfloat16* v_s = k_s + kTileRows * (HS + kPad);
+  __nv_bfloat16* q_s = v_s + kTileRows * (HS + kPad);
+  __nv_bfloat16* do_s = q_s + kTileKeys * (HS + kPad);
+  __nv_bfloat16* qt_s = do_s + kTileKeys * (HS + kPad);
+  __nv_bfloat16* dot_s = qt_s + HS * (kTileKeys + kPad);
+  auto* l_s = reinterpret_cast<float*>(dot_s + HS * (kTileKeys + kPad));
+  float* d_s = l_s + kTileKeys;
+  const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+  const int k_tile = blockIdx.x;  // the first key tiles walk the most queries: they start first
+  const int k0 = k_tile * kTileRows;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const size_t row3 = size_t(3) * C;
+  const float* q_g = qkv + size_t(b) * T * row3 + size_t(h) * HS;
+  const float* k_g = q_g + C;
+  const float* v_g = q_g + 2 * size_t(C);
+  const float* do_g = dout + size_t(b) * T * C + size_t(h) * HS;
+
+  load_rows<HS>(k_s, k_g, row3, k0, T);
+  load_rows<HS>(v_s, v_g, row3, k0, T);
+  __syncthreads();
+  uint32_t ka[HS / 16][4], va[HS / 16][4];
+  load_a_fragments<HS>(ka, k_s, warp, g, t);
+  load_a_fragments<HS>(va, v_s, warp, g, t);
+  const int key[2] = {k0 + warp * kWarpRows + g, k0 + warp * kWarpRows + g + 8};  // this thread's two keys
+  float dk[HS / 8][4], dv[HS / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HS / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+
+  const int n_q_tiles = (T + kTileKeys - 1) / kTileKeys;
+  for (int qt = k_tile; qt < n_q_tiles; ++qt) {
+    const int q0 = qt * kTileKeys;
+    __syncthreads();
+    load_rows<HS>(q_s, q_g, row3, q0, T);
+    load_rows<HS>(do_s, do_g, size_t(C), q0, T);
+    load_cols<HS>(qt_s, q_g, row3, q0, T);
+    load_cols<HS>(dot_s, do_g, size_t(C), q0, T);
+    for (int r = threadIdx.x; r < kTileKeys; r += kThreads) {
+      const int i = q0 + r;
+      l_s[r] = i < T ? lse[size_t(bh) * T + i] : 0.0f;
+      d_s[r] = i < T ? dsum[size_t(bh) * T + i] : 0.0f;
+    }
+    __syncthreads();
+    float st[kTileKeys / 8][4], dpt[kTileKeys / 8][4];
+    product_with_rows<HS>(st, ka, q_s, g, t);
+    product_with_rows<HS>(dpt, va, do_s, g, t);
+#pragma unroll
+    for (int nt = 0; nt < kTileKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t + (e & 1), i = q0 + c, j = key[e / 2];
+        const float p = j <= i && i < T ? expf(st[nt][e] * scale - l_s[c]) : 0.0f;
+        st[nt][e] = p;                        // P^T
+        dpt[nt][e] = p * (dpt[nt][e] - d_s[c]);  // dS^T
+      }
+    accumulate_with_cols<HS>(dv, st, dot_s, g, t);  // dV += P^T dO
+    accumulate_with_cols<HS>(dk, dpt, qt_s, g, t);  // dK += dS^T Q
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int j = key[r];
+    if (j >= T) continue;
+    float* dk_row = dqkv + (size_t(b) * T + j) * row3 + C + size_t(h) * HS;
+    float* dv_row = dk_row + C;
+#pragma unroll
+    for (int dt = 0; dt < HS / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int d = dt * 8 + 2 * t + e;
+        dk_row[d] += dk[dt][2 * r + e] * scale;
+        dv_row[d] += dv[dt][2 * r + e];
+      }
+  }
+}
+
+constexpr size_t rows_bytes(int hs) { return sizeof(__nv_bfloat16) * size_t(kTileRows) * size_t(hs + kPad); }
+constexpr size_t cols_bytes(int hs) { return sizeof(__nv_bfloat16) * size_t(hs) * size_t(kTileKeys + kPad); }
+
+// Calls fn(std::integral_constant<int, HS>) for a supported head size.
+template <typename Fn>
+void with_head_size(int hs, Fn&& fn) {
+  switch (hs) {
+    case 32:
+      fn(std::integral_constant<int, 32>{});
+      break;
+    case 64:
+      fn(std::integral_constant<int, 64>{});
+      break;
+    default:
+      ZT_FAIL("attention (tensor cores): head size {} is not supported (32 or 64)", hs);
+  }
+}
+
+}  // namespace
+
+bool attention_tc_supports(int hs) { return hs == 32 || hs == 64; }
+
+bool attention_tc_aligned(const void* qkv, const void* dout) {
+  return reinterpret_cast<uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<uintptr_t>(dout) % 16 == 0;
+}
+
+void attention_forward_tc(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
+                          cudaStream_t stream) {
+  const int hs = C / NH;
+  const float scale = 1.0f / sqrtf(float(hs));
+  const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
+  with_head_size(hs, [&](auto head) {
+    constexpr int HS = decltype(head)::value;
+    const size_t shared_bytes = 2 * rows_bytes(HS) + cols_bytes(HS);
+    auto kernel = attention_forward_tc_kernel<HS>;
+    allow_shared_bytes(kernel, shared_bytes);
+    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out_copy, lse, qkv, T, C, NH, scale);
+    ZT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
+                           int B, int T, int C, int NH, cudaStream_t stream) {
+  const int hs = C / NH;
+  const float scale = 1.0f / sqrtf(float(hs));
+  const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
+  with_head_size(hs, [&](auto head) {
+    constexpr int HS = decltype(head)::value;
+    const size_t dq_bytes = 4 * rows_bytes(HS) + cols_bytes(HS);
+    auto dq_kernel = attention_backward_dq_tc_kernel<HS>;
+    allow_shared_bytes(dq_kernel, dq_bytes);
+    dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dout, qkv, lse, dsum, T, C, NH, scale);
+    ZT_CUDA_LAUNCH_CHECK();
+    const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * cols_bytes(HS) + 2 * sizeof(float) * kTileKeys;
+    auto dkv_kernel = attention_backward_dkv_tc_kernel<HS>;
+    allow_shared_bytes(dkv_kernel, dkv_bytes);
+    dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dout, qkv, lse, dsum, T, C, NH, scale);
+    ZT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace zt::cuda

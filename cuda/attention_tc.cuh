@@ -1,0 +1,21 @@
+// Causal attention on the tensor cores (bf16 mode): the flash-style kernels of attention.cu with every product on
+// mma.sync m16n8k16 (bf16 operands, fp32 accumulation). Internal to cuda/: attention.cu decides when they run.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace zt::cuda {
+
+/// Whether the tensor-core kernels take this head size (GPT-2 and all its sizes use 64).
+bool attention_tc_supports(int hs);
+/// Whether the pointers allow the kernels' 16-byte loads (the launchers fall back to the fp32 kernels otherwise).
+bool attention_tc_aligned(const void* qkv, const void* dout);
+
+/// As attention.cu's forward: out, optionally out_copy, and lse[bh * T + i] (log-sum-exp of the scaled scores).
+void attention_forward_tc(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
+                          cudaStream_t stream);
+/// Accumulates dQ, dK, dV into dqkv from lse and dsum[bh * T + i] = sum_d dO * O of the forward's rows.
+void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
+                           int B, int T, int C, int NH, cudaStream_t stream);
+
+}  // namespace zt::cuda
