@@ -131,6 +131,42 @@ __device__ inline void accumulate_with_cols(float (&acc)[HS / 8][4], const float
   }
 }
 
+// This block's (batch, head), from blockIdx.y: where its q, k, v rows start in qkv [B,T,3C] (3C apart) and its dO
+// rows in dout [B,T,C].
+struct HeadRows {
+  int bh;
+  const float *q, *k, *v, *dout;
+  size_t stride;
+};
+
+template <int HS>
+__device__ inline HeadRows head_rows(const float* qkv, const float* dout, int T, int C, int NH) {
+  HeadRows r;
+  r.bh = blockIdx.y;
+  const int b = r.bh / NH, h = r.bh % NH;
+  r.stride = size_t(3) * C;
+  r.q = qkv + size_t(b) * T * r.stride + size_t(h) * HS;
+  r.k = r.q + C;
+  r.v = r.q + 2 * size_t(C);
+  r.dout = dout != nullptr ? dout + size_t(b) * T * C + size_t(h) * HS : nullptr;
+  return r;
+}
+
+// Hands out the dynamic shared memory in order: row-major tiles [64][HS+8], transposed tiles [HS][64+8], floats.
+template <int HS>
+struct SharedCarver {
+  unsigned char* next;
+  __device__ __nv_bfloat16* rows() { return take<__nv_bfloat16>(kTileRows * (HS + kPad)); }
+  __device__ __nv_bfloat16* cols() { return take<__nv_bfloat16>(HS * (kTileKeys + kPad)); }
+  __device__ float* floats(int n) { return take<float>(n); }
+  template <typename T>
+  __device__ T* take(int n) {
+    T* p = reinterpret_cast<T*>(next);
+    next += sizeof(T) * size_t(n);
+    return p;
+  }
+};
+
 __device__ inline float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -147,18 +183,13 @@ __global__ void __launch_bounds__(kThreads)
     attention_forward_tc_kernel(float* out, float* out_copy, float* lse, const float* qkv, int T, int C, int NH,
                                 float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_bytes);
-  __nv_bfloat16* k_s = q_s + kTileRows * (HS + kPad);
-  __nv_bfloat16* vt_s = k_s + kTileKeys * (HS + kPad);
-  const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+  SharedCarver<HS> carve{smem_bytes};
+  __nv_bfloat16 *q_s = carve.rows(), *k_s = carve.rows(), *vt_s = carve.cols();
+  const HeadRows head = head_rows<HS>(qkv, nullptr, T, C, NH);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTileRows;  // the longest query tiles start first
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
-  const size_t row3 = size_t(3) * C;
-  const float* q_g = qkv + size_t(b) * T * row3 + size_t(h) * HS;
-  const float* k_g = q_g + C;
-  const float* v_g = q_g + 2 * size_t(C);
 
-  load_rows<HS>(q_s, q_g, row3, q0, T);
+  load_rows<HS>(q_s, head.q, head.stride, q0, T);
   __syncthreads();
   uint32_t qa[HS / 16][4];
   load_a_fragments<HS>(qa, q_s, warp, g, t);
@@ -172,8 +203,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * kTileKeys;
     __syncthreads();  // every warp is done with the previous K, V^T
-    load_rows<HS>(k_s, k_g, row3, k0, T);
-    load_cols<HS>(vt_s, v_g, row3, k0, T);
+    load_rows<HS>(k_s, head.k, head.stride, k0, T);
+    load_cols<HS>(vt_s, head.v, head.stride, k0, T);
     __syncthreads();
     float s[kTileKeys / 8][4];
     product_with_rows<HS>(s, qa, k_s, g, t);
@@ -218,7 +249,7 @@ __global__ void __launch_bounds__(kThreads)
     const int i = row[r];
     if (i >= T) continue;
     const float inv = 1.0f / l_run[r];
-    const size_t off = (size_t(b) * T + i) * C + size_t(h) * HS;
+    const size_t off = (size_t(head.bh / NH) * T + i) * C + size_t(head.bh % NH) * HS;
 #pragma unroll
     for (int dt = 0; dt < HS / 8; ++dt)
 #pragma unroll
@@ -228,7 +259,7 @@ __global__ void __launch_bounds__(kThreads)
         out[off + d] = value;
         if (out_copy != nullptr) out_copy[off + d] = value;
       }
-    if (t == 0) lse[size_t(bh) * T + i] = m_run[r] + logf(l_run[r]);
+    if (t == 0) lse[size_t(head.bh) * T + i] = m_run[r] + logf(l_run[r]);
   }
 }
 
@@ -239,22 +270,16 @@ __global__ void __launch_bounds__(kThreads)
     attention_backward_dq_tc_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                                     const float* dsum, int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_bytes);
-  __nv_bfloat16* do_s = q_s + kTileRows * (HS + kPad);
-  __nv_bfloat16* k_s = do_s + kTileRows * (HS + kPad);
-  __nv_bfloat16* v_s = k_s + kTileKeys * (HS + kPad);
-  __nv_bfloat16* kt_s = v_s + kTileKeys * (HS + kPad);
-  const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+  SharedCarver<HS> carve{smem_bytes};
+  __nv_bfloat16 *q_s = carve.rows(), *do_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows(),
+                *kt_s = carve.cols();
+  const HeadRows head = head_rows<HS>(qkv, dout, T, C, NH);
+  const int bh = head.bh;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTileRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
-  const size_t row3 = size_t(3) * C;
-  const float* q_g = qkv + size_t(b) * T * row3 + size_t(h) * HS;
-  const float* k_g = q_g + C;
-  const float* v_g = q_g + 2 * size_t(C);
-  const float* do_g = dout + size_t(b) * T * C + size_t(h) * HS;
 
-  load_rows<HS>(q_s, q_g, row3, q0, T);
-  load_rows<HS>(do_s, do_g, size_t(C), q0, T);
+  load_rows<HS>(q_s, head.q, head.stride, q0, T);
+  load_rows<HS>(do_s, head.dout, size_t(C), q0, T);
   __syncthreads();
   uint32_t qa[HS / 16][4], da[HS / 16][4];
   load_a_fragments<HS>(qa, q_s, warp, g, t);
@@ -274,9 +299,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * kTileKeys;
     __syncthreads();
-    load_rows<HS>(k_s, k_g, row3, k0, T);
-    load_rows<HS>(v_s, v_g, row3, k0, T);
-    load_cols<HS>(kt_s, k_g, row3, k0, T);
+    load_rows<HS>(k_s, head.k, head.stride, k0, T);
+    load_rows<HS>(v_s, head.v, head.stride, k0, T);
+    load_cols<HS>(kt_s, head.k, head.stride, k0, T);
     __syncthreads();
     float s[kTileKeys / 8][4], dp[kTileKeys / 8][4];
     product_with_rows<HS>(s, qa, k_s, g, t);
@@ -295,7 +320,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int i = row[r];
     if (i >= T) continue;
-    float* dq_row = dqkv + (size_t(b) * T + i) * row3 + size_t(h) * HS;
+    float* dq_row = dqkv + (head.q - qkv) + size_t(i) * head.stride;
 #pragma unroll
     for (int dt = 0; dt < HS / 8; ++dt)
 #pragma unroll
@@ -311,26 +336,18 @@ __global__ void __launch_bounds__(kThreads)
     attention_backward_dkv_tc_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                                      const float* dsum, int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  auto* k_s = reinterpret_cast<__nv_bfloat16*>(smem_bytes);
-  __nv_bfloat16* v_s = k_s + kTileRows * (HS + kPad);
-  __nv_bfloat16* q_s = v_s + kTileRows * (HS + kPad);
-  __nv_bfloat16* do_s = q_s + kTileKeys * (HS + kPad);
-  __nv_bfloat16* qt_s = do_s + kTileKeys * (HS + kPad);
-  __nv_bfloat16* dot_s = qt_s + HS * (kTileKeys + kPad);
-  auto* l_s = reinterpret_cast<float*>(dot_s + HS * (kTileKeys + kPad));
-  float* d_s = l_s + kTileKeys;
-  const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+  SharedCarver<HS> carve{smem_bytes};
+  __nv_bfloat16 *k_s = carve.rows(), *v_s = carve.rows(), *q_s = carve.rows(), *do_s = carve.rows(),
+                *qt_s = carve.cols(), *dot_s = carve.cols();
+  float *l_s = carve.floats(kTileKeys), *d_s = carve.floats(kTileKeys);
+  const HeadRows head = head_rows<HS>(qkv, dout, T, C, NH);
+  const int bh = head.bh;
   const int k_tile = blockIdx.x;  // the first key tiles walk the most queries: they start first
   const int k0 = k_tile * kTileRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
-  const size_t row3 = size_t(3) * C;
-  const float* q_g = qkv + size_t(b) * T * row3 + size_t(h) * HS;
-  const float* k_g = q_g + C;
-  const float* v_g = q_g + 2 * size_t(C);
-  const float* do_g = dout + size_t(b) * T * C + size_t(h) * HS;
 
-  load_rows<HS>(k_s, k_g, row3, k0, T);
-  load_rows<HS>(v_s, v_g, row3, k0, T);
+  load_rows<HS>(k_s, head.k, head.stride, k0, T);
+  load_rows<HS>(v_s, head.v, head.stride, k0, T);
   __syncthreads();
   uint32_t ka[HS / 16][4], va[HS / 16][4];
   load_a_fragments<HS>(ka, k_s, warp, g, t);
@@ -346,10 +363,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int qt = k_tile; qt < n_q_tiles; ++qt) {
     const int q0 = qt * kTileKeys;
     __syncthreads();
-    load_rows<HS>(q_s, q_g, row3, q0, T);
-    load_rows<HS>(do_s, do_g, size_t(C), q0, T);
-    load_cols<HS>(qt_s, q_g, row3, q0, T);
-    load_cols<HS>(dot_s, do_g, size_t(C), q0, T);
+    load_rows<HS>(q_s, head.q, head.stride, q0, T);
+    load_rows<HS>(do_s, head.dout, size_t(C), q0, T);
+    load_cols<HS>(qt_s, head.q, head.stride, q0, T);
+    load_cols<HS>(dot_s, head.dout, size_t(C), q0, T);
     for (int r = threadIdx.x; r < kTileKeys; r += kThreads) {
       const int i = q0 + r;
       l_s[r] = i < T ? lse[size_t(bh) * T + i] : 0.0f;
@@ -375,7 +392,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int j = key[r];
     if (j >= T) continue;
-    float* dk_row = dqkv + (size_t(b) * T + j) * row3 + C + size_t(h) * HS;
+    float* dk_row = dqkv + (head.k - qkv) + size_t(j) * head.stride;
     float* dv_row = dk_row + C;
 #pragma unroll
     for (int dt = 0; dt < HS / 8; ++dt)

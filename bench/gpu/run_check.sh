@@ -7,7 +7,9 @@
 # this file says more.
 #
 # Usage: bench/gpu/run_check.sh OUTDIR      (needs bench/gpu/bundle/ from bundle.sh)
-# Env:   ZT_PYTHON (default python3: the one with PyTorch), ZT_CHECK_BUDGET_S (default 470), BATCH (default 16)
+# Env:   ZT_PYTHON (default python3: the one with PyTorch), ZT_CHECK_BUDGET_S (default 470), BATCH (default 16),
+#        ZT_CHECK_ONLY (a rerun of some steps: any of "ops zero nccl ckpt train throughput torch sanitizer"),
+#        ZT_OPS_FILTER (a Catch2 filter for the op tests, e.g. "[attention]")
 # Exit:  0 all run checks passed, 1 a check failed or timed out, 2 usage / missing bundle, 3 no device.
 set -uo pipefail
 
@@ -104,9 +106,16 @@ echo "device: $card; cuBLAS from ${ZT_CUBLAS_DIR:-(not found: matmuls will fail 
 failed=0
 # run_step NAME CAP_S LOG CMD...: runs CMD with the smaller of CAP_S and what is left of the budget; sets step_rc
 # (124 on timeout, 125 when no time was left to start it).
+# step_group names the step for ZT_CHECK_ONLY: a step outside the selection is reported as "not selected".
+step_group=""
 run_step() {
   local name=$1 cap=$2 log=$3
   shift 3
+  if [[ -n ${ZT_CHECK_ONLY:-} && " $ZT_CHECK_ONLY " != *" $step_group "* ]]; then
+    echo "-- $name: not selected (ZT_CHECK_ONLY=$ZT_CHECK_ONLY)" >"$log"
+    step_rc=126
+    return
+  fi
   local left=$((budget_s - SECONDS))
   local limit=$((cap < left ? cap : left))
   if ((limit < 15)); then
@@ -124,6 +133,7 @@ set_result() {  # result word for step_rc; a failure or timeout makes the whole 
     77) result="SKIP" ;;
     124 | 137) failed=1; result="TIMEOUT" ;;
     125) result="not run" ;;
+    126) result="not selected" ;;
     *) failed=1; result="FAIL" ;;
   esac
 }
@@ -131,13 +141,19 @@ set_result() {  # result word for step_rc; a failure or timeout makes the whole 
 summary_of() { grep -hE "^(SKIPPED|All tests passed|test cases:|PASSED|FAILED|FAIL:)" "$1" | tail -1; }
 
 # 1. Every CUDA op against its CPU twin (fp32 and bf16), whole GPT-2 steps on CUDA vs CPU.
-run_step "CUDA op tests" 150 "$outdir/test_cuda_ops.log" bash "$bundle/run.sh" test_cuda_ops --durations yes
+step_group=ops
+ops_filter=()
+[[ -n ${ZT_OPS_FILTER:-} ]] && ops_filter=("$ZT_OPS_FILTER")
+run_step "CUDA op tests" 150 "$outdir/test_cuda_ops.log" bash "$bundle/run.sh" test_cuda_ops --durations yes \
+  "${ops_filter[@]}"
 set_result
+# The Catch2 summary, then the names of the failed test cases (printed by the test's listener).
 add_row "CUDA op tests (all ops vs CPU, fp32+bf16, GPT-2 step)" "$result" \
-  "$(grep -E "^(All tests passed|test cases:)" "$outdir/test_cuda_ops.log" | tail -1)"
+  "$(grep -hE "^(All tests passed|test cases:|FAILED CASES:)" "$outdir/test_cuda_ops.log" | LC_ALL=C sort -r | paste -sd' ')"
 
 # 2. The device-memory comms and the ZeRO engine: staged MPI comm bit for bit MpiComm, ZeRO stages 0-3 on CUDA fp32
 #    against the CPU and against each other; on 1 rank, then 4 ranks sharing this GPU.
+step_group=zero
 run_step "ZeRO on CUDA, 1 rank" 60 "$outdir/cuda_zero_np1.log" "${mpirun[@]}" -np 1 "$ZT_BUNDLE_ROOT/bin/test_cuda_zero"
 set_result
 add_row "ZeRO on CUDA vs CPU, 1 rank (staged MPI comm)" "$result" "$(summary_of "$outdir/cuda_zero_np1.log")"
@@ -147,12 +163,14 @@ set_result
 add_row "4 ranks share the GPU: staged comm + ZeRO 0-3 vs CPU" "$result" "$(summary_of "$outdir/cuda_zero_np4.log")"
 
 # 3. NCCL on one rank (skipped when no libnccl.so.2 is found: env.sh looks in the CUDA toolkit and PyTorch's wheels).
+step_group=nccl
 run_step "NCCL smoke test" 60 "$outdir/nccl_np1.log" "${mpirun[@]}" -np 1 "$ZT_BUNDLE_ROOT/bin/test_nccl_comm"
 set_result
 add_row "NCCL single-rank smoke test" "$result" "$(summary_of "$outdir/nccl_np1.log")"
 
 # 4. Checkpoints from device memory through the zerotrain binary: GPU save -> CPU load + save -> GPU load + save, all
 #    bitwise equal; a GPU run resumed from the CPU's file equals an uninterrupted one.
+step_group=ckpt
 run_step "checkpoint round trip" 150 "$outdir/ckpt_roundtrip.log" env ZEROTRAIN="$ZT_BUNDLE_ROOT/bin/zerotrain" \
   ZT_MPIEXEC="$ZT_MPIRUN" "$python" "$repo/test/cuda/ckpt_device_roundtrip.py"
 set_result
@@ -160,6 +178,7 @@ add_row "checkpoints: GPU save -> CPU load -> GPU load, bitwise" "$result" "$(su
 
 # 5. The trainer itself: 4 ranks on this one GPU, ZeRO-3 through the staged MPI comm, bf16, the `small` preset; the
 #    loss must fall.
+step_group=train
 run_step "trainer, 4 ranks, ZeRO-3 on one GPU" 90 "$outdir/train_zero3_np4.log" "${mpirun[@]}" -np 4 \
   "$ZT_BUNDLE_ROOT/bin/zerotrain" train --device cuda --comm mpi --zero_stage 3 --preset small --max_steps 60 \
   --global_batch_size 16 --micro_batch_size 4 --learning_rate 3e-3 --log_interval 10 --threads 1 \
@@ -179,6 +198,7 @@ add_row "trainer: 4-rank ZeRO-3 on the shared GPU (--comm mpi)" "$result" \
   "${train_line:-no done line} | $(grep -m1 -E "^device " "$outdir/train_zero3_np4.log" | cut -c1-60)"
 
 # 6. zerotrain GPT-2 124M, T=1024, bf16: tokens/s and MFU (definitions in docs/gpu-results.md).
+step_group=throughput
 run_step "zerotrain GPT-2 124M bf16 throughput" 120 "$outdir/zt_throughput.log" bash "$bundle/run.sh" gpt2_cuda_bench \
   --preset gpt2 --batch "$batch" --seq_len 1024 --steps 10 --warmup 3 --profile_steps 2
 set_result
@@ -197,6 +217,7 @@ fi
 
 # 7. The same step in PyTorch on this machine: torch.compile, then eager.
 torch_tps() { sed -n 's/^torch_tokens_per_s=//p' "$1"; }
+step_group=torch
 run_step "PyTorch torch.compile" 180 "$outdir/torch_compile.log" "$python" "$here/torch_gpt2_cuda.py" --compile \
   --batch "$batch" --steps 10 --warmup 3
 set_result
@@ -231,6 +252,7 @@ else
     summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$2" | tail -1 | sed 's/^=* *//')
     add_row "$1" "$result" "${summary:-no summary line}"
   }
+  step_group=sanitizer
   run_step "memcheck" 150 "$outdir/memcheck.log" "$sanitizer" --tool memcheck --leak-check no --error-exitcode 99 \
     "$ZT_BUNDLE_ROOT/bin/test_cuda_ops" "~[model]"
   sanitizer_row "compute-sanitizer memcheck on the op tests" "$outdir/memcheck.log"

@@ -609,6 +609,28 @@ TEST_CASE("a whole GPT-2 step on CUDA matches the CPU: loss and every gradient",
   }
 }
 
+namespace {
+
+// Prints the names of the failed test cases last ("FAILED CASES: a; b"), so the GPU check's summary row says which
+// ops failed without anyone reading the log.
+struct FailedCaseLister : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  std::vector<std::string> failed;
+  void testCaseEnded(const Catch::TestCaseStats& stats) override {
+    if (stats.totals.assertions.failed > 0) failed.push_back(stats.testInfo.name);
+  }
+  void testRunEnded(const Catch::TestRunStats&) override {
+    if (failed.empty()) return;
+    std::string names;
+    for (const auto& name : failed) names += (names.empty() ? "" : "; ") + name;
+    std::printf("FAILED CASES: %s\n", names.c_str());
+  }
+};
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(FailedCaseLister)
+
 int main(int argc, char** argv) {
   const int n_devices = zt::cuda_device_count();
   if (n_devices == 0) {
