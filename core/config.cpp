@@ -73,6 +73,7 @@ void TrainConfig::validate(int world_size) const {
   ZT_CHECK(eval_batches >= 1, "--eval_batches must be >= 1, got {}", eval_batches);
   ZT_CHECK(zero_stage >= 0 && zero_stage <= 3, "--zero_stage must be 0, 1, 2 or 3, got {}", zero_stage);
   ZT_CHECK(exit_after_steps >= 0, "--exit_after_steps must be >= 0, got {}", exit_after_steps);
+  ZT_CHECK(profile_steps >= 0, "--profile_steps must be >= 0, got {}", profile_steps);
   ZT_CHECK(save_total_limit >= 0, "--save_total_limit must be >= 0, got {}", save_total_limit);
   ZT_CHECK(save_interval >= 0, "--save_interval must be >= 0, got {}", save_interval);
   ZT_CHECK(threads >= 0, "--threads must be >= 0, got {}", threads);
@@ -115,6 +116,7 @@ nlohmann::json to_json(const TrainConfig& t) {
           {"comm", t.comm},
           {"save_interval", t.save_interval},
           {"exit_after_steps", t.exit_after_steps},
+          {"profile_steps", t.profile_steps},
           {"save_total_limit", t.save_total_limit},
           {"async_save", t.async_save},
           {"resume_from_checkpoint", t.resume_from_checkpoint}};
@@ -173,6 +175,7 @@ void update_from_json(const nlohmann::json& j, ModelConfig& m, TrainConfig& t) {
     else if (k == "comm") read_key(v, k, t.comm);
     else if (k == "save_interval") read_key(v, k, t.save_interval);
     else if (k == "exit_after_steps") read_key(v, k, t.exit_after_steps);
+    else if (k == "profile_steps") read_key(v, k, t.profile_steps);
     else if (k == "save_total_limit") read_key(v, k, t.save_total_limit);
     else if (k == "async_save") read_key(v, k, t.async_save);
     else if (k == "resume_from_checkpoint") read_key(v, k, t.resume_from_checkpoint);

@@ -56,6 +56,7 @@ struct TrainConfig {
   std::string dtype = "auto";      ///< matmul precision: fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)
   std::string comm = "auto";       ///< mpi, nccl, or auto (nccl on cuda with a GPU per rank, else mpi)
   int exit_after_steps = 0;            ///< stop (saving a checkpoint first) after this many steps of this run; 0: off
+  int profile_steps = 0;               ///< time every op of this many steps (after the first) and print where it goes
   int save_total_limit = 0;            ///< keep only the newest K committed checkpoints; 0: keep all
   bool async_save = false;             ///< write checkpoints in the background (the step blocks for the host copy)
   int save_interval = 0;               ///< checkpoint every N steps and at the end; 0: no checkpoints

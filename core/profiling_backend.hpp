@@ -27,6 +27,7 @@ class ProfilingBackend final : public Backend {
 
   /// While disabled, calls only forward (no synchronization, nothing counted).
   void set_enabled(bool enabled) { enabled_ = enabled; }
+  bool enabled() const { return enabled_; }
 
   /// Totals per op name since construction or the last reset().
   const std::map<std::string, OpProfile>& ops() const { return ops_; }

@@ -19,6 +19,7 @@
 #include "core/lr_schedule.hpp"
 #include "core/preempt.hpp"
 #include "core/model.hpp"
+#include "core/profiling_backend.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -107,8 +108,11 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   if (!tcfg.val_data.empty()) val_src = std::shared_ptr<const TokenSource>(open_token_source(tcfg.val_data, mcfg.vocab));
   DataLoader loader(train_src, val_src, T, tcfg.val_data.empty() ? tcfg.val_fraction : 0.0, tcfg.seed);
 
-  Gpt2 model(table, backend, B, T);
-  ZeroEngine engine(table, backend, comm, tcfg.zero_stage);
+  // --profile_steps: the model and the engine call the backend through a profiler, timing ops only while on.
+  ProfilingBackend profiler(backend, false);
+  Backend& be = tcfg.profile_steps > 0 ? static_cast<Backend&>(profiler) : backend;
+  Gpt2 model(table, be, B, T);
+  ZeroEngine engine(table, be, comm, tcfg.zero_stage);
   bool resumed = false;
   LoadedCheckpoint loaded;
   double load_s = 0;
@@ -285,12 +289,26 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   }
 
   const float dloss = float(1.0 / (double(G) * T));
+  int profiled_steps = 0;
+  double profiled_s = 0;
+  bool profile_reported = false;
+  // Rank 0's table: every rank runs the same ops, and the other ranks' times differ only by load and skew.
+  auto report_profile = [&] {
+    profile_reported = true;
+    if (!lead || opts.quiet || profiled_steps == 0) return;
+    fmt::print("profile of {} step(s) on rank 0 ({:.1f} ms per step, each op timed between synchronizations, so the "
+               "steps ran slower; the rest of a step is communication and host work):\n{}",
+               profiled_steps, profiled_s * 1e3 / profiled_steps, profiler.report(profiled_steps));
+    std::fflush(stdout);
+  };
   const auto t_start = Clock::now();
   double time_in_steps = 0;
   for (int step = start_step; step < tcfg.max_steps; ++step) {
     const int64_t batch_index = cursor0 + (step - start_step);
     ZT_CHECK(!(rank == fail_rank && step == fail_step), "injected failure (ZT_TEST_FAIL_RANK={}) at step {}",
              fail_rank, step);
+    // The first step of a run warms up (first-use allocations, cuBLASLt plans); the next profile_steps are timed.
+    profiler.set_enabled(step > start_step && step <= start_step + tcfg.profile_steps);
     const auto t0 = Clock::now();
     comm.reset_counters();
     const double lr = lr_at(step, tcfg.learning_rate, tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio);
@@ -336,6 +354,11 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     }
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     time_in_steps += dt;
+    if (profiler.enabled()) {
+      profiler.set_enabled(false);
+      profiled_steps += 1;
+      profiled_s += dt;
+    }
     const double tok_s = double(G) * T / dt;
     summary.bytes_sent.push_back(comm.bytes_sent());
     summary.comm_wait_s.push_back(comm.wait_seconds());
@@ -367,6 +390,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
         std::fflush(stdout);
       }
     }
+    if (profiled_steps == tcfg.profile_steps && !profile_reported) report_profile();
     // After the metrics row, so a resumed run's metrics.jsonl has every step up to its checkpoint.
     // Every rank agrees at the same step; after the last step there is nothing left to requeue for.
     const int signal = step + 1 < tcfg.max_steps ? comm.all_reduce_max(preemption_signal()) : 0;
@@ -398,6 +422,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   }
   if (async_unreported) finish_async_copy();
   if (async) report_async(async->wait());
+  if (tcfg.profile_steps > 0 && !profile_reported) report_profile();  // the run ended before profile_steps
   if (opts.collect_params) {
     std::vector<float> full;
     for (size_t u = 0; u < table.units().size(); ++u) {

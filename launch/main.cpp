@@ -177,6 +177,9 @@ int run(int argc, char** argv, int rank) {
   add_override(*train, overrides, "--exit_after_steps", &TrainConfig::exit_after_steps,
                "Stop after N steps of this run, saving a checkpoint first (time-sliced jobs; 0: off)",
                d.exit_after_steps);
+  add_override(*train, overrides, "--profile_steps", &TrainConfig::profile_steps,
+               "Time every op of N steps (after this run's first) and print where a step's time goes (rank 0)",
+               d.profile_steps);
   add_override(*train, overrides, "--resume_from_checkpoint", &TrainConfig::resume_from_checkpoint,
                "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)",
                d.resume_from_checkpoint);

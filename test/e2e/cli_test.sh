@@ -67,6 +67,23 @@ if [ -s "$work/det_a/metrics.jsonl" ] && diff <(cut_losses "$work/det_a/metrics.
   pass "two runs give identical losses"
 else fail "runs differ"; fi
 
+# --profile_steps: the profiled run computes the same losses, and rank 0 prints one table counting every op.
+"$MPIEXEC" -np 2 "$ZT" train --max_steps 8 --zero_stage 2 --output_dir "$work/det_prof" --profile_steps 3 \
+  --log_interval 100 >"$work/prof.log" 2>&1 || fail "profiled run"
+if [ -s "$work/det_prof/metrics.jsonl" ] && diff <(cut_losses "$work/det_a/metrics.jsonl") <(cut_losses "$work/det_prof/metrics.jsonl") >/dev/null; then
+  pass "a profiled run gives identical losses"
+else fail "profiled run differs"; fi
+n_layer=$(sed -n 's/.* n_layer=\([0-9]*\) .*/\1/p' "$work/prof.log" | head -1)
+want_calls="$((4 * ${n_layer:-0} + 1)).0"  # qkv, attention projection, fc, fc projection per block; the LM head
+if [ "$(grep -c '^profile of 3 step(s) on rank 0' "$work/prof.log")" = 1 ] &&
+   grep -qE "^matmul_forward +$want_calls " "$work/prof.log" && grep -qE "^total " "$work/prof.log"; then
+  pass "profile table: one, from rank 0, matmul_forward $want_calls calls per step"
+else fail "profile table (n_layer=$n_layer): $(sed -n '/^profile of/,/^total/p' "$work/prof.log" | head -5)"; fi
+"$ZT" train --max_steps 3 --profile_steps 20 --output_dir "$work/prof_short" >"$work/prof_short.log" 2>&1 || fail "short profiled run"
+grep -q '^profile of 2 step(s)' "$work/prof_short.log" && pass "a run shorter than --profile_steps reports what it profiled" \
+  || fail "short profile: $(grep '^profile' "$work/prof_short.log")"
+expect_fail "bad profile_steps" "--profile_steps must be >= 0, got -1" "$ZT" train --profile_steps -1 --max_steps 1
+
 # A failure on one rank ends a 4-rank job quickly, naming the rank.
 start=$(date +%s)
 ZT_TEST_FAIL_RANK=2 ZT_TEST_FAIL_STEP=1 timeout 60 "$MPIEXEC" -np 4 -x ZT_TEST_FAIL_RANK -x ZT_TEST_FAIL_STEP \
