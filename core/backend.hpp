@@ -28,6 +28,25 @@ class Backend {
   /// Waits until every op issued so far has finished.
   virtual void synchronize() = 0;
 
+  /// Bytes per element of the low-precision copy of the parameters that this backend's matmuls read (2: the CUDA
+  /// backend in bf16 mode), or 0 when they read the fp32 parameters themselves (then the two calls below do
+  /// nothing).
+  virtual size_t param_copy_bytes() const { return 0; }
+  /// Keeps a low-precision copy of the fp32 parameters [params, params + n), made now; params is memory from
+  /// alloc, and the copy goes when it is released. Matmuls whose weight lies in a kept range read the copy instead
+  /// of rounding the weight per call, and adamw_update on part of a kept range rewrites that part of the copy in
+  /// the same pass. Whoever writes the parameters any other way (a collective, a checkpoint load) calls
+  /// refresh_param_copy afterwards.
+  virtual void keep_param_copy(const float* params, size_t n) {
+    (void)params;
+    (void)n;
+  }
+  /// Rounds [params, params + n), inside a kept range, into its copy again.
+  virtual void refresh_param_copy(const float* params, size_t n) {
+    (void)params;
+    (void)n;
+  }
+
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
                                  int C) = 0;
   virtual void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,

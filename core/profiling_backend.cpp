@@ -39,6 +39,11 @@ void ProfilingBackend::copy(float* dst, const float* src, size_t n) {
   timed("copy", 0, 2 * kF32 * double(n), [&] { inner_.copy(dst, src, n); });
 }
 
+void ProfilingBackend::refresh_param_copy(const float* params, size_t n) {
+  const double cb = double(inner_.param_copy_bytes());
+  timed("refresh_param_copy", 0, (kF32 + cb) * double(n), [&] { inner_.refresh_param_copy(params, n); });
+}
+
 void ProfilingBackend::embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                                          int T, int C) {
   const double btc = double(B) * T * C;

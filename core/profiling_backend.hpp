@@ -5,7 +5,7 @@
 #include <memory>
 #include <string>
 
-#include "core/backend.hpp"
+#include "core/forwarding_backend.hpp"
 
 namespace zt {
 
@@ -20,10 +20,11 @@ struct OpProfile {
 /// Wraps `inner` (which must outlive it). Each op is timed from a synchronized backend to a synchronized backend,
 /// so the per-op times add the launch and synchronization latency (some microseconds) that an unprofiled step
 /// overlaps: profile a few steps for the shares, time unprofiled steps for the throughput. Memory management
-/// (alloc, copies to and from the host) passes through untimed; zero, copy and accumulate are timed.
-class ProfilingBackend final : public Backend {
+/// (alloc, copies to and from the host) passes through untimed; zero, copy, accumulate and the refresh of
+/// parameter copies are timed.
+class ProfilingBackend final : public ForwardingBackend {
  public:
-  explicit ProfilingBackend(Backend& inner, bool enabled = true) : inner_(inner), enabled_(enabled) {}
+  explicit ProfilingBackend(Backend& inner, bool enabled = true) : ForwardingBackend(inner), enabled_(enabled) {}
 
   /// While disabled, calls only forward (no synchronization, nothing counted).
   void set_enabled(bool enabled) { enabled_ = enabled; }
@@ -36,19 +37,9 @@ class ProfilingBackend final : public Backend {
   /// TFLOP/s and GB/s achieved. `n_steps` divides the totals.
   std::string report(int n_steps) const;
 
-  std::string name() const override { return inner_.name(); }
-  bool host_memory() const override { return inner_.host_memory(); }
-  float* alloc(size_t n) override { return inner_.alloc(n); }
-  int32_t* alloc_int(size_t n) override { return inner_.alloc_int(n); }
-  void release(void* p) override { inner_.release(p); }
   void zero(float* p, size_t n) override;
   void copy(float* dst, const float* src, size_t n) override;
-  void to_host(float* host_dst, const float* src, size_t n) override { inner_.to_host(host_dst, src, n); }
-  void from_host(float* dst, const float* host_src, size_t n) override { inner_.from_host(dst, host_src, n); }
-  void tokens_from_host(int32_t* dst, const int32_t* host_src, size_t n) override {
-    inner_.tokens_from_host(dst, host_src, n);
-  }
-  void synchronize() override { inner_.synchronize(); }
+  void refresh_param_copy(const float* params, size_t n) override;
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
                          int C) override;
@@ -62,9 +53,6 @@ class ProfilingBackend final : public Backend {
                       bool weight_transposed) override;
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int N, int C, int OC, bool weight_transposed) override;
-  size_t attention_state_elems(int B, int T, int C, int NH) const override {
-    return inner_.attention_state_elems(B, T, C, NH);
-  }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override;
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override;
@@ -83,7 +71,6 @@ class ProfilingBackend final : public Backend {
   template <class Op>
   void timed(const char* name, double flops, double bytes, Op&& op);
 
-  Backend& inner_;
   bool enabled_;
   std::map<std::string, OpProfile> ops_;
 };

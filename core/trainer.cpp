@@ -152,11 +152,15 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
                human_count(double(G) * T), B, N, accum);
     const MemoryReport mem = engine.memory_report();
     fmt::print("ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
-               "(formula {}), grads {} (formula {}), optimizer {} (formula {}) | Ψ={} | {}\n",
+               "(formula {}), grads {} (formula {}), optimizer {} (formula {}){} | Ψ={} | {}\n",
                tcfg.zero_stage, N, backend.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
                human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
                human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
-               human_bytes(double(mem.formula_optim)), mem.psi, mem.formula_text);
+               human_bytes(double(mem.formula_optim)),
+               mem.param_copy_bytes > 0
+                   ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
+                   : std::string(),
+               mem.psi, mem.formula_text);
     fmt::print("activations {} per rank\n", human_bytes(double(model.activation_bytes())));
     std::fflush(stdout);
   }

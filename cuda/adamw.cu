@@ -1,4 +1,4 @@
-// Fused AdamW on the GPU: the fp32 master range, m and v in one pass, bitwise the CPU reference.
+// Fused AdamW on the GPU: the fp32 master range, m, v and the bf16 copy in one pass, bitwise the CPU reference.
 //
 // The scalars are formed on the host exactly as core/adamw.cpp forms them, and the element math uses the
 // round-to-nearest intrinsics so that nvcc cannot contract a*b+c into an FMA: every operation rounds as the CPU's
@@ -17,7 +17,8 @@ struct AdamwScalars {
   float beta1, beta2, eps, grad_scale, decay, one_minus_b1, one_minus_b2, neg_step_size, bias_correction2_sqrt;
 };
 
-__global__ void adamw_update_kernel(float* param, const float* grad, float* m, float* v, size_t n, AdamwScalars k) {
+__global__ void adamw_update_kernel(float* param, const float* grad, float* m, float* v, size_t n, AdamwScalars k,
+                                    __nv_bfloat16* param_copy) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const float g = __fmul_rn(grad[i], k.grad_scale);
     const float p = __fmul_rn(param[i], k.decay);
@@ -26,14 +27,17 @@ __global__ void adamw_update_kernel(float* param, const float* grad, float* m, f
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), k.bias_correction2_sqrt), k.eps);
     m[i] = mi;
     v[i] = vi;
-    param[i] = __fadd_rn(p, __fdiv_rn(__fmul_rn(k.neg_step_size, mi), denom));
+    const float updated = __fadd_rn(p, __fdiv_rn(__fmul_rn(k.neg_step_size, mi), denom));
+    param[i] = updated;
+    if (param_copy != nullptr) param_copy[i] = __float2bfloat16_rn(updated);
   }
 }
 
 }  // namespace
 
 void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float weight_decay, float grad_scale, int64_t step, cudaStream_t stream) {
+                  float eps, float weight_decay, float grad_scale, int64_t step, __nv_bfloat16* param_copy,
+                  cudaStream_t stream) {
   ZT_CHECK(step >= 1, "adamw_update: step is 1-based (bias correction divides by 1 - beta^step), got {}", step);
   if (n == 0) return;
   // Scalars in double as PyTorch forms them, rounded to float where it passes them to a float kernel.
@@ -50,7 +54,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, size_t n,
   const double bias_correction2 = 1.0 - std::pow(double(beta2), t);
   k.neg_step_size = float(-(double(lr) / bias_correction1));
   k.bias_correction2_sqrt = float(std::sqrt(bias_correction2));
-  adamw_update_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(param, grad, m, v, n, k);
+  adamw_update_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(param, grad, m, v, n, k, param_copy);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
 #include "cuda/backend_stream.cuh"
+#include "cuda/cast.cuh"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/cuda_common.cuh"
 #include "cuda/device_memory.cuh"
@@ -44,11 +46,19 @@ class CudaBackend final : public Backend {
     ZT_CHECK(attention_choice == "auto" || attention_choice == "fp32",
              "ZT_CUDA_ATTENTION={}: expected auto (tensor cores in bf16 mode) or fp32", attention_choice);
     attention_tensor_cores_ = bf16 && attention_choice == "auto";
+    // bf16 mode keeps bf16 copies of the parameters it is asked to; ZT_CUDA_PARAM_COPY=0 rounds per matmul instead
+    // (the same bits: the tests compare the two).
+    const char* param_copy = std::getenv("ZT_CUDA_PARAM_COPY");
+    const std::string param_copy_choice = param_copy != nullptr ? param_copy : "1";
+    ZT_CHECK(param_copy_choice == "0" || param_copy_choice == "1", "ZT_CUDA_PARAM_COPY={}: expected 1 (default) or 0",
+             param_copy_choice);
+    param_copies_on_ = bf16 && param_copy_choice == "1";
   }
 
   ~CudaBackend() override {
     // No throwing from a destructor: errors here leave nothing to clean up that the process exit does not.
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (auto& kv : param_copies_) cudaFree(kv.second.copy);
     matmul_.reset();
     if (norm_host_ != nullptr) cudaFreeHost(norm_host_);
     if (error_flag_host_ != nullptr) cudaFreeHost(error_flag_host_);
@@ -60,7 +70,11 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
 
-  float* alloc(size_t n) override { return static_cast<float*>(alloc_zeroed(n * sizeof(float))); }
+  float* alloc(size_t n) override {
+    auto* p = static_cast<float*>(alloc_zeroed(n * sizeof(float)));
+    float_allocs_[reinterpret_cast<uintptr_t>(p)] = n;
+    return p;
+  }
   int32_t* alloc_int(size_t n) override {
     auto* p = static_cast<int32_t*>(alloc_zeroed(n * sizeof(int32_t)));
     int_allocs_[reinterpret_cast<uintptr_t>(p)] = n;
@@ -74,6 +88,15 @@ class CudaBackend final : public Backend {
       const uintptr_t begin = it->first, end = begin + it->second * sizeof(int32_t);
       host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
       int_allocs_.erase(it);
+    }
+    const auto f = float_allocs_.find(reinterpret_cast<uintptr_t>(p));
+    if (f != float_allocs_.end()) {  // drop the parameter copies kept of ranges in it
+      const uintptr_t begin = f->first, end = begin + f->second * sizeof(float);
+      for (auto c = param_copies_.lower_bound(begin); c != param_copies_.end() && c->first < end;) {
+        ZT_CUDA_CHECK(cudaFree(c->second.copy));
+        c = param_copies_.erase(c);
+      }
+      float_allocs_.erase(f);
     }
     ZT_CUDA_CHECK(cudaFree(p));
   }
@@ -106,6 +129,32 @@ class CudaBackend final : public Backend {
     }
     host_tokens_[begin].assign(host_src, host_src + n);
   }
+  size_t param_copy_bytes() const override { return param_copies_on_ ? sizeof(__nv_bfloat16) : 0; }
+  void keep_param_copy(const float* params, size_t n) override {
+    if (!param_copies_on_ || n == 0) return;
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(params), end = begin + n * sizeof(float);
+    auto next = param_copies_.lower_bound(begin);
+    const bool overlaps_next = next != param_copies_.end() && next->first < end;
+    const bool overlaps_prev = next != param_copies_.begin() && std::prev(next)->first +
+                                                                       std::prev(next)->second.n * sizeof(float) >
+                                                                   begin;
+    ZT_CHECK(!overlaps_next && !overlaps_prev, "keep_param_copy: [{}, +{}) overlaps a range already kept",
+             static_cast<const void*>(params), n);
+    void* copy = nullptr;
+    const cudaError_t rc = cudaMalloc(&copy, n * sizeof(__nv_bfloat16));
+    ZT_CHECK(rc == cudaSuccess, "out of device memory allocating a {}-byte bf16 parameter copy on CUDA device {}: {}",
+             n * sizeof(__nv_bfloat16), device_, cudaGetErrorString(rc));
+    param_copies_[begin] = {n, static_cast<__nv_bfloat16*>(copy)};
+    cuda::cast_to_bf16(static_cast<__nv_bfloat16*>(copy), params, n, stream_);
+  }
+  void refresh_param_copy(const float* params, size_t n) override {
+    if (!param_copies_on_ || n == 0) return;
+    __nv_bfloat16* copy = param_copy_of(params, n);
+    ZT_CHECK(copy != nullptr, "refresh_param_copy: [{}, +{}) is not inside a kept range", static_cast<const void*>(params),
+             n);
+    cuda::cast_to_bf16(copy, params, n, stream_);
+  }
+
   void synchronize() override {
     ZT_CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (*error_flag_host_ != 0) {
@@ -142,11 +191,13 @@ class CudaBackend final : public Backend {
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
                       bool wt) override {
-    cuda::matmul_forward(*matmul_, out, inp, weight, bias, N, C, OC, wt, stream_);
+    cuda::matmul_forward(*matmul_, out, inp, weight, param_copy_of(weight, size_t(C) * OC), bias, N, C, OC, wt,
+                         stream_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int N, int C, int OC, bool wt) override {
-    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, inp, weight, N, C, OC, wt, stream_);
+    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, inp, weight, param_copy_of(weight, size_t(C) * OC), N,
+                          C, OC, wt, stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH);
@@ -172,7 +223,8 @@ class CudaBackend final : public Backend {
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                     float eps, float wd, float grad_scale, int64_t step) override {
-    cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step, stream_);
+    cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step, param_copy_of(param, n),
+                       stream_);
   }
   double squared_norm(const float* x, size_t n) override {
     auto* scratch = static_cast<double*>(scratch_.get(cuda::squared_norm_scratch_elems(n) * sizeof(double)));
@@ -196,6 +248,18 @@ class CudaBackend final : public Backend {
 
   float* scratch_floats(size_t n) { return static_cast<float*>(scratch_.get(n * sizeof(float))); }
 
+  // The kept bf16 copy of [p, p + n), or null when no kept range holds all of it.
+  __nv_bfloat16* param_copy_of(const float* p, size_t n) {
+    if (param_copies_.empty()) return nullptr;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+    auto it = param_copies_.upper_bound(addr);
+    if (it == param_copies_.begin()) return nullptr;
+    --it;
+    const size_t offset = (addr - it->first) / sizeof(float);
+    if ((addr - it->first) % sizeof(float) != 0 || offset + n > it->second.n) return nullptr;
+    return it->second.copy + offset;
+  }
+
   // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
   const int32_t* uploaded_tokens(const int32_t* tokens, size_t n) {
     const uintptr_t addr = reinterpret_cast<uintptr_t>(tokens);
@@ -210,8 +274,16 @@ class CudaBackend final : public Backend {
     return it->second.data() + offset;
   }
 
+  struct ParamCopy {
+    size_t n;
+    __nv_bfloat16* copy;
+  };
+
   int device_;
   bool attention_tensor_cores_ = false;
+  bool param_copies_on_ = false;
+  std::map<uintptr_t, ParamCopy> param_copies_;  // start of a kept fp32 range -> its bf16 copy
+  std::map<uintptr_t, size_t> float_allocs_;      // device float buffers and their lengths
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;
   int* error_flag_device_ = nullptr;

@@ -161,8 +161,8 @@ MatmulContext::~MatmulContext() = default;
 
 bool MatmulContext::bf16() const { return impl_->bf16; }
 
-void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const float* weight, const float* bias, int N,
-                    int C, int OC, bool weight_transposed, cudaStream_t stream) {
+void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const float* weight, const void* weight_bf16,
+                    const float* bias, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
   if (N == 0 || OC == 0) return;
   MatmulContext::Impl& m = ctx.impl();
   if (C == 0) {  // an empty product: out = bias (or 0)
@@ -177,9 +177,9 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const floa
     auto* inp16 = carve.take<__nv_bfloat16>(size_t(N) * C);
     auto* w16 = carve.take<__nv_bfloat16>(size_t(C) * OC);
     cast_to_bf16(inp16, inp, size_t(N) * C, stream);
-    cast_to_bf16(w16, weight, size_t(C) * OC, stream);
+    if (weight_bf16 == nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
     a = inp16;
-    w = w16;
+    w = weight_bf16 != nullptr ? weight_bf16 : w16;
   }
   // W [C,OC]: out = inp · W; W [OC,C]: out = inp · W^T.
   const int ldw = weight_transposed ? C : OC;
@@ -197,7 +197,8 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const floa
 }
 
 void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
+                     const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
+                     cudaStream_t stream) {
   if (N == 0 || OC == 0 || C == 0) return;
   MatmulContext::Impl& m = ctx.impl();
   const RowChunks chunks = row_chunks(N);
@@ -214,10 +215,10 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
     auto* w16 = carve.take<__nv_bfloat16>(size_t(C) * OC);
     cast_to_bf16(d16, dout, size_t(N) * OC, stream);
     cast_to_bf16(x16, inp, size_t(N) * C, stream);
-    if (dinp != nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
+    if (dinp != nullptr && weight_bf16 == nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
     d = d16;
     x = x16;
-    w = w16;
+    w = weight_bf16 != nullptr ? weight_bf16 : w16;
   }
   if (weight_transposed) {
     if (dinp != nullptr)  // dinp[N,C] += dout[N,OC] · W[OC,C]

@@ -27,10 +27,13 @@ class MatmulContext {
 };
 
 /// out[N,OC] = inp[N,C] · W + bias; W is [C,OC], or [OC,C] when weight_transposed; bias may be null.
-void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const float* weight, const float* bias, int N,
-                    int C, int OC, bool weight_transposed, cudaStream_t stream);
+/// weight_bf16 (bf16 mode; may be null): W already rounded to bf16 (a kept parameter copy), read instead of rounding
+/// W again.
+void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const float* weight, const void* weight_bf16,
+                    const float* bias, int N, int C, int OC, bool weight_transposed, cudaStream_t stream);
 /// Accumulates dinp (may be null), dweight, dbias (may be null; a deterministic two-stage column sum).
 void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int N, int C, int OC, bool weight_transposed, cudaStream_t stream);
+                     const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
+                     cudaStream_t stream);
 
 }  // namespace zt::cuda

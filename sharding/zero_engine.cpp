@@ -26,6 +26,7 @@ struct ZeroEngine::GatherSlot {
   float* buf = nullptr;
   size_t position = SIZE_MAX;
   bool in_flight = false;
+  bool copy_fresh = false;  // the backend's low-precision copy of buf holds the gathered unit
   CommHandle handle;
 };
 
@@ -80,6 +81,14 @@ ZeroEngine::ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, in
       gather_slots_.push_back(std::move(s));
     }
   }
+  // A backend whose matmuls read a low-precision copy keeps one of every buffer the model reads parameters from:
+  // the whole units (stages 0-2), refreshed after each all-gather and load (stage 0's AdamW updates it in place),
+  // or the two gather slots (stage 3), refreshed after each gather.
+  param_copies_ = be_.param_copy_bytes() > 0;
+  if (param_copies_) {
+    for (size_t u = 0; u < n_units && stage_ <= 2; ++u) be_.keep_param_copy(units_[u]->params_full, layouts_[u].padded_numel);
+    for (auto& s : gather_slots_) be_.keep_param_copy(s->buf, max_padded_);
+  }
   // Two reductions in flight at most; at stages 2/3 two rotating work buffers serve every unit but the embeddings.
   for (int i = 0; i < 2; ++i) {
     auto s = std::make_unique<GradSlot>();
@@ -117,6 +126,7 @@ void ZeroEngine::init_params(uint64_t seed) {
       host.resize(L.padded_numel);
       init_unit_range(table_, int(u), seed, 0, L.padded_numel, host.data());
       be_.from_host(units_[u]->params_full, host.data(), L.padded_numel);
+      if (param_copies_) be_.refresh_param_copy(units_[u]->params_full, L.padded_numel);
     } else {
       host.resize(L.shard_numel);
       init_unit_range(table_, int(u), seed, L.begin(comm_.rank()), L.shard_numel, host.data());
@@ -150,6 +160,7 @@ void ZeroEngine::start_gather(size_t position) {
   const int unit = schedule_[position];
   s.position = position;
   s.in_flight = true;
+  s.copy_fresh = false;
   s.handle = comm_.iall_gather(units_[size_t(unit)]->params_shard, s.buf, layouts_[size_t(unit)].shard_numel);
 }
 
@@ -162,6 +173,10 @@ const float* ZeroEngine::unit_params(int unit) {
   if (s.in_flight) {
     comm_.wait(s.handle);
     s.in_flight = false;
+  }
+  if (param_copies_ && !s.copy_fresh) {
+    be_.refresh_param_copy(s.buf, layouts_[size_t(unit)].padded_numel);
+    s.copy_fresh = true;
   }
   // Prefetch the next unit of the schedule into the other slot (released before this call).
   if (pos + 1 < schedule_.size()) start_gather(pos + 1);
@@ -284,6 +299,7 @@ void ZeroEngine::optimizer_step(const AdamwStep& hp) {
       float* tmp = grad_slots_[0]->recv;
       be_.copy(tmp, owned, L.shard_numel);
       comm_.all_gather(tmp, u.params_full, L.shard_numel);
+      if (param_copies_) be_.refresh_param_copy(u.params_full, L.padded_numel);
     }
   }
 }
@@ -322,7 +338,10 @@ void ZeroEngine::finish_load(int64_t adam_step) {
     Unit& u = *units_[ui];
     const ShardLayout& L = layouts_[ui];
     const size_t b = L.begin(r);
-    if (stage_ <= 2) comm_.all_gather(u.params_full + b, u.params_full, L.shard_numel);
+    if (stage_ <= 2) {
+      comm_.all_gather(u.params_full + b, u.params_full, L.shard_numel);
+      if (param_copies_) be_.refresh_param_copy(u.params_full, L.padded_numel);
+    }
     if (stage_ == 0) {
       comm_.all_gather(u.m + b, u.m, L.shard_numel);
       comm_.all_gather(u.v + b, u.v, L.shard_numel);
@@ -347,6 +366,8 @@ MemoryReport ZeroEngine::memory_report() const {
   r.params_bytes = stage_ <= 2 ? psi * f : shards * f + r.gathered_bytes;
   r.grads_bytes = (shards + work + recv) * f;
   r.optim_bytes = 2 * (stage_ == 0 ? psi : shards) * f;
+  if (param_copies_)
+    r.param_copy_bytes = be_.param_copy_bytes() * (stage_ <= 2 ? psi : gather_slots_.size() * max_padded_);
   // The ZeRO formulas for fp32 parameters, gradients and Adam (m, v): K = 8 bytes of optimizer state per element.
   r.formula_params = stage_ <= 2 ? 4 * psi : 4 * psi / N;
   r.formula_grads = stage_ <= 1 ? 4 * psi + 4 * psi / N : 4 * psi / N;

@@ -20,6 +20,7 @@ struct MemoryReport {
   size_t gathered_bytes = 0;      ///< stage 3: gather buffers (two units) included in params_bytes
   size_t grad_working_bytes = 0;  ///< full-size per-unit gradient work buffers included in grads_bytes
   size_t psi = 0;                 ///< padded parameter count Ψ (sum over units)
+  size_t param_copy_bytes = 0;    ///< the backend's low-precision parameter copies (bf16 on CUDA), not in params_bytes
   size_t formula_params = 0, formula_grads = 0, formula_optim = 0;
   std::string formula_text;
 };
@@ -108,6 +109,7 @@ class ZeroEngine final : public UnitProvider {
   std::vector<int> schedule_;
   size_t cursor_ = 0;
   bool training_ = false;
+  bool param_copies_ = false;  // the backend keeps low-precision copies of the parameter buffers
   int64_t adam_step_ = 0;
 };
 

@@ -23,6 +23,7 @@ class FlatUnits final : public UnitProvider {
       numel_.push_back(n);
       params_.push_back(be.alloc(n));
       be.from_host(params_.back(), host.data(), n);
+      be.keep_param_copy(params_.back(), n);  // bf16 mode: the matmuls read it, AdamW keeps it current
       grads_.push_back(be.alloc(n));
     }
     zeroed_.assign(numel_.size(), false);

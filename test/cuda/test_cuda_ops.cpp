@@ -562,6 +562,73 @@ TEST_CASE("backward ops repeat bit for bit (no atomics)", "[cuda][determinism]")
   }
 }
 
+TEST_CASE("bf16 parameter copies: AdamW keeps them current, matmuls read them, same bits as rounding per call",
+          "[cuda][copies]") {
+  const zt::ParamTable table(zt::model_preset("tiny"));
+  const int B = 2, T = 32, steps = 3;
+  auto rng = seeded_rng();
+  const VecI inputs = random_tokens(rng, size_t(B) * T, table.config().vocab);
+  const VecI targets = random_tokens(rng, size_t(B) * T, table.config().vocab);
+  // Losses and final parameters of `steps` steps of forward, backward and AdamW over whole units.
+  auto train = [&](zt::Backend& be) {
+    FlatUnits units(be, table, 99);
+    zt::Gpt2 model(table, be, B, T);
+    std::vector<float*> m, v;
+    for (size_t u = 0; u < units.n_units(); ++u) {
+      m.push_back(be.alloc(units.numel(int(u))));
+      v.push_back(be.alloc(units.numel(int(u))));
+    }
+    std::vector<VecF> result;
+    VecF losses;
+    for (int step = 1; step <= steps; ++step) {
+      units.start_micro_step();
+      losses.push_back(float(model.step(units, inputs.data(), targets.data(), true, 1.0f / float(B * T))));
+      for (size_t u = 0; u < units.n_units(); ++u)
+        be.adamw_update(units.params(int(u)), units.grads(int(u)), m[u], v[u], units.numel(int(u)), 1e-2f, 0.9f,
+                        0.95f, 1e-8f, 0.1f, 1.0f, step);
+    }
+    result.push_back(losses);
+    for (size_t u = 0; u < units.n_units(); ++u) {
+      VecF p(units.numel(int(u)));
+      be.to_host(p.data(), units.params(int(u)), p.size());
+      result.push_back(p);
+      be.release(m[u]);
+      be.release(v[u]);
+    }
+    return result;
+  };
+  auto with_copies = cuda_backend(true);
+  REQUIRE(with_copies->param_copy_bytes() == 2);
+  ::setenv("ZT_CUDA_PARAM_COPY", "0", 1);
+  std::unique_ptr<zt::Backend> per_call;
+  std::string bad_value_error;
+  try {
+    per_call = cuda_backend(true);
+    ::setenv("ZT_CUDA_PARAM_COPY", "yes", 1);
+    cuda_backend(true);
+  } catch (const std::exception& e) {
+    bad_value_error = e.what();
+  }
+  ::unsetenv("ZT_CUDA_PARAM_COPY");
+  REQUIRE(per_call != nullptr);
+  CHECK(per_call->param_copy_bytes() == 0);
+  CHECK_THAT(bad_value_error, Catch::Contains("ZT_CUDA_PARAM_COPY=yes: expected 1 (default) or 0"));
+  CHECK(cuda_backend(false)->param_copy_bytes() == 0);  // fp32 mode reads the fp32 weights
+
+  const auto a = train(*with_copies), b = train(*per_call);
+  REQUIRE(a.size() == b.size());
+  for (size_t k = 0; k < a.size(); ++k) {
+    INFO((k == 0 ? std::string("losses") : "unit " + std::to_string(k - 1) + " parameters"));
+    CHECK(std::memcmp(a[k].data(), b[k].data(), a[k].size() * sizeof(float)) == 0);
+  }
+  // The contract's errors: a refresh outside kept memory, a second keep of an overlapping range.
+  DeviceArray d(*with_copies, 64);
+  with_copies->keep_param_copy(d.get(), 32);
+  CHECK_THROWS_WITH(with_copies->keep_param_copy(d.get() + 16, 32), Catch::Contains("overlaps a range already kept"));
+  CHECK_THROWS_WITH(with_copies->refresh_param_copy(d.get() + 16, 32), Catch::Contains("is not inside a kept range"));
+  with_copies->refresh_param_copy(d.get() + 8, 24);
+}
+
 TEST_CASE("a whole GPT-2 step on CUDA matches the CPU: loss and every gradient", "[cuda][model]") {
   const bool bf16 = GENERATE(false, true);
   // Head size 16: at T = 32 (>= 16 + 1) att holds the attention output copy; at T = 12 the backward recomputes it.

@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -221,6 +222,42 @@ TEST_CASE("ZeRO steps on CUDA (fp32) match the CPU at every stage; CUDA stages a
     const ZeroRun& b = cuda_runs[0];
     CHECK(std::memcmp(a.losses.data(), b.losses.data(), a.losses.size() * sizeof(double)) == 0);
     for (size_t u = 0; u < a.final_params.size(); ++u) CHECK(same_bits(a.final_params[u], b.final_params[u]));
+  }
+}
+
+TEST_CASE("bf16 ZeRO steps read kept parameter copies: the bits of rounding every weight per matmul", "[zero][copies]") {
+  // The engine keeps the copies current (AdamW in place at stage 0, a refresh after each all-gather or gather);
+  // ZT_CUDA_PARAM_COPY=0 makes a backend that rounds the fp32 weight at every matmul instead. Rounding is the same
+  // either way, so any stale copy shows up as different bits.
+  for (int stage = 0; stage <= 3; ++stage) {
+    INFO("stage " << stage);
+    ZeroRun with_copies, per_call;
+    {
+      auto be = zt::make_cuda_backend(zt::test::local_device(), true);
+      REQUIRE(be->param_copy_bytes() == 2);
+      auto comm = zt::make_staged_mpi_comm(MPI_COMM_WORLD, *be);
+      with_copies = zt::test::run_zero_steps(*be, *comm, stage, kSteps, kLr);
+    }
+    {
+      ::setenv("ZT_CUDA_PARAM_COPY", "0", 1);
+      std::unique_ptr<zt::Backend> be;
+      try {
+        be = zt::make_cuda_backend(zt::test::local_device(), true);
+      } catch (...) {
+        ::unsetenv("ZT_CUDA_PARAM_COPY");
+        throw;
+      }
+      ::unsetenv("ZT_CUDA_PARAM_COPY");
+      REQUIRE(be->param_copy_bytes() == 0);
+      auto comm = zt::make_staged_mpi_comm(MPI_COMM_WORLD, *be);
+      per_call = zt::test::run_zero_steps(*be, *comm, stage, kSteps, kLr);
+    }
+    CHECK(std::memcmp(with_copies.losses.data(), per_call.losses.data(), per_call.losses.size() * sizeof(double)) ==
+          0);
+    for (size_t u = 0; u < per_call.final_params.size(); ++u) {
+      INFO("unit " << u);
+      CHECK(same_bits(with_copies.final_params[u], per_call.final_params[u]));
+    }
   }
 }
 

@@ -2,9 +2,15 @@
 #include <catch2/catch.hpp>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <vector>
 
 #include "core/backend.hpp"
+#include "core/forwarding_backend.hpp"
 #include "core/model.hpp"
 #include "core/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
@@ -39,18 +45,88 @@ TrainConfig base_train(int stage, int world, int steps) {
   return t;
 }
 
-TrainSummary run(const TrainConfig& t, MPI_Comm mpi_comm) {
-  auto backend = make_cpu_backend(1);
+// The CPU backend keeping parameter copies as the CUDA backend does in bf16 mode, but exact (fp32, host memory):
+// matmuls read the copy of a kept weight, AdamW rewrites the copy of what it updates. A copy the engine failed to
+// refresh is stale, and the run's losses and parameters then differ from the plain backend's.
+class CopyCheckingBackend final : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  long reads_from_copy = 0, reads_from_params = 0;  // matmul weight reads
+
+  size_t param_copy_bytes() const override { return sizeof(float); }
+  void keep_param_copy(const float* params, size_t n) override {
+    REQUIRE(copies_.count(params) == 0);
+    copies_[params].assign(params, params + n);
+  }
+  void refresh_param_copy(const float* params, size_t n) override {
+    float* copy = copy_of(params, n);
+    REQUIRE(copy != nullptr);
+    std::copy(params, params + n, copy);
+  }
+  void release(void* p) override {
+    copies_.erase(static_cast<const float*>(p));  // the engine keeps whole allocations
+    inner_.release(p);
+  }
+  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+                    float eps, float weight_decay, float grad_scale, int64_t step) override {
+    inner_.adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, step);
+    if (float* copy = copy_of(param, n)) std::copy(param, param + n, copy);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                      bool weight_transposed) override {
+    inner_.matmul_forward(out, inp, weight_read(weight, size_t(C) * OC), bias, N, C, OC, weight_transposed);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, int N, int C, int OC, bool weight_transposed) override {
+    inner_.matmul_backward(dinp, dweight, dbias, dout, inp, weight_read(weight, size_t(C) * OC), N, C, OC,
+                           weight_transposed);
+  }
+
+ private:
+  float* copy_of(const float* p, size_t n) {
+    auto it = copies_.upper_bound(p);
+    if (it == copies_.begin()) return nullptr;
+    --it;
+    const size_t offset = size_t(p - it->first);
+    return offset + n <= it->second.size() ? it->second.data() + offset : nullptr;
+  }
+  const float* weight_read(const float* weight, size_t n) {
+    const float* copy = copy_of(weight, n);
+    (copy != nullptr ? reads_from_copy : reads_from_params) += 1;
+    return copy != nullptr ? copy : weight;
+  }
+  std::map<const float*, std::vector<float>> copies_;
+};
+
+struct WeightReads {
+  long from_copy = 0, from_params = 0;
+};
+
+// Runs `t`; with `reads`, through a CopyCheckingBackend, whose matmul weight reads are counted there.
+// `shared_dir`: every rank uses t.output_dir itself (checkpoints), else each rank its own directory (so ranks of a
+// MPI_COMM_SELF run do not collide).
+TrainSummary run(const TrainConfig& t, MPI_Comm mpi_comm, WeightReads* reads = nullptr, bool shared_dir = false) {
+  auto cpu = make_cpu_backend(1);
+  std::unique_ptr<CopyCheckingBackend> copying;
+  Backend* backend = cpu.get();
+  if (reads != nullptr) {
+    copying = std::make_unique<CopyCheckingBackend>(*cpu);
+    backend = copying.get();
+  }
   MpiComm comm(mpi_comm);
   RunOptions opts;
   opts.quiet = true;
   opts.collect_params = true;
-  // Each rank writes metrics into its own directory so ranks of a MPI_COMM_SELF run do not collide.
   TrainConfig tt = t;
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  tt.output_dir = fmt::format("{}-{}", t.output_dir, rank);
-  return train(small_model(), tt, comm, *backend, opts);
+  if (!shared_dir) tt.output_dir = fmt::format("{}-{}", t.output_dir, rank);
+  TrainSummary summary = train(small_model(), tt, comm, *backend, opts);
+  if (reads != nullptr) {
+    reads->from_copy += copying->reads_from_copy;
+    reads->from_params += copying->reads_from_params;
+  }
+  return summary;
 }
 
 }  // namespace
@@ -91,6 +167,45 @@ TEST_CASE("all ZeRO stages give bitwise-identical losses and parameters, close t
   if (rank == 0)
     WARN("world " << world << ": max |param(N) - param(1)| = " << max_diff << ", max loss rel diff = " << max_loss_rel);
   REQUIRE(max_diff <= 5e-5);
+}
+
+TEST_CASE("parameter copies (as bf16 CUDA keeps them) stay current at every stage, resumed or not", "[zero][copies]") {
+  int world = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const int steps = 6;
+  for (int stage = 0; stage <= 3; ++stage) {
+    INFO("world " << world << " stage " << stage);
+    const TrainSummary plain = run(base_train(stage, world, steps), MPI_COMM_WORLD);
+    WeightReads reads;
+    const TrainSummary copied = run(base_train(stage, world, steps), MPI_COMM_WORLD, &reads);
+    // Every weight the matmuls read came from a kept copy, and every copy was current: the same bits.
+    CHECK(reads.from_params == 0);
+    CHECK(reads.from_copy > 0);
+    REQUIRE(copied.losses == plain.losses);
+    REQUIRE(copied.final_params == plain.final_params);
+
+    // Stopped after 3 steps with a checkpoint, resumed (the engine refreshes the copies after the load): the
+    // uninterrupted run's bits.
+    TrainConfig first = base_train(stage, world, steps);
+    first.output_dir = fmt::format("/tmp/zt_test_zero_copies_{}_{}", world, stage);
+    if (rank == 0) std::filesystem::remove_all(first.output_dir);
+    MPI_Barrier(MPI_COMM_WORLD);
+    first.save_interval = 3;
+    first.exit_after_steps = 3;
+    WeightReads resumed_reads;
+    (void)run(first, MPI_COMM_WORLD, &resumed_reads, true);
+    TrainConfig second = first;
+    second.exit_after_steps = 0;
+    second.resume_from_checkpoint = "latest";
+    const TrainSummary resumed = run(second, MPI_COMM_WORLD, &resumed_reads, true);
+    CHECK(resumed_reads.from_params == 0);
+    REQUIRE(resumed.losses.size() == 3);
+    for (int s = 0; s < 3; ++s) REQUIRE(resumed.losses[size_t(s)] == plain.losses[size_t(3 + s)]);
+    REQUIRE(resumed.final_params == plain.final_params);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) std::filesystem::remove_all(first.output_dir);
+  }
 }
 
 TEST_CASE("per-rank memory equals the ZeRO formula for every stage", "[zero][memory]") {
