@@ -4,9 +4,9 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -17,8 +17,8 @@
 #include "core/errors.hpp"
 #include "core/gpt2.hpp"
 #include "core/lr_schedule.hpp"
-#include "core/preempt.hpp"
 #include "core/model.hpp"
+#include "core/preempt.hpp"
 #include "core/profiling_backend.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
@@ -151,16 +151,16 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
                train_src->describe(), loader.n_train_sequences(), loader.n_val_sequences(), G,
                human_count(double(G) * T), B, N, accum);
     const MemoryReport mem = engine.memory_report();
-    fmt::print("ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
-               "(formula {}), grads {} (formula {}), optimizer {} (formula {}){} | Ψ={} | {}\n",
-               tcfg.zero_stage, N, backend.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
-               human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
-               human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
-               human_bytes(double(mem.formula_optim)),
-               mem.param_copy_bytes > 0
-                   ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
-                   : std::string(),
-               mem.psi, mem.formula_text);
+    fmt::print(
+        "ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
+        "(formula {}), grads {} (formula {}), optimizer {} (formula {}){} | Ψ={} | {}\n",
+        tcfg.zero_stage, N, backend.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
+        human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
+        human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
+        human_bytes(double(mem.formula_optim)),
+        mem.param_copy_bytes > 0 ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
+                                 : std::string(),
+        mem.psi, mem.formula_text);
     fmt::print("activations {} per rank\n", human_bytes(double(model.activation_bytes())));
     std::fflush(stdout);
   }
@@ -300,9 +300,10 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   auto report_profile = [&] {
     profile_reported = true;
     if (!lead || opts.quiet || profiled_steps == 0) return;
-    fmt::print("profile of {} step(s) on rank 0 ({:.1f} ms per step, each op timed between synchronizations, so the "
-               "steps ran slower; the rest of a step is communication and host work):\n{}",
-               profiled_steps, profiled_s * 1e3 / profiled_steps, profiler.report(profiled_steps));
+    fmt::print(
+        "profile of {} step(s) on rank 0 ({:.1f} ms per step, each op timed between synchronizations, so the "
+        "steps ran slower; the rest of a step is communication and host work):\n{}",
+        profiled_steps, profiled_s * 1e3 / profiled_steps, profiler.report(profiled_steps));
     std::fflush(stdout);
   };
   const auto t_start = Clock::now();

@@ -86,8 +86,7 @@ __device__ inline void load_cols(__nv_bfloat16* dst, const float* src, size_t ro
 
 // The A fragments of this warp's 16 rows of a row-major tile, for each 16-wide slice of the head dim.
 template <int HS>
-__device__ inline void load_a_fragments(uint32_t (&a)[HS / 16][4], const __nv_bfloat16* tile, int warp, int g,
-                                        int t) {
+__device__ inline void load_a_fragments(uint32_t (&a)[HS / 16][4], const __nv_bfloat16* tile, int warp, int g, int t) {
   constexpr int ld = HS + kPad;
   const __nv_bfloat16* rows = tile + (warp * kWarpRows + g) * ld + 2 * t;
 #pragma unroll
@@ -110,7 +109,8 @@ __device__ inline void product_with_rows(float (&acc)[kTileKeys / 8][4], const u
     acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
     const __nv_bfloat16* row = tile + (nt * 8 + g) * ld + 2 * t;
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; ++kk) mma_bf16(acc[nt], a[kk], load_pair(row + kk * 16), load_pair(row + kk * 16 + 8));
+    for (int kk = 0; kk < HS / 16; ++kk)
+      mma_bf16(acc[nt], a[kk], load_pair(row + kk * 16), load_pair(row + kk * 16 + 8));
   }
 }
 
@@ -122,7 +122,8 @@ __device__ inline void accumulate_with_cols(float (&acc)[HS / 8][4], const float
 #pragma unroll
   for (int kk = 0; kk < kTileKeys / 16; ++kk) {
     const uint32_t a[4] = {pack_bf16(x[2 * kk][0], x[2 * kk][1]), pack_bf16(x[2 * kk][2], x[2 * kk][3]),
-                           pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+                           pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                           pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
 #pragma unroll
     for (int dt = 0; dt < HS / 8; ++dt) {
       const __nv_bfloat16* col = tile_t + (dt * 8 + g) * ld + kk * 16 + 2 * t;
@@ -382,7 +383,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) {
         const int c = nt * 8 + 2 * t + (e & 1), i = q0 + c, j = key[e / 2];
         const float p = j <= i && i < T ? expf(st[nt][e] * scale - l_s[c]) : 0.0f;
-        st[nt][e] = p;                        // P^T
+        st[nt][e] = p;                           // P^T
         dpt[nt][e] = p * (dpt[nt][e] - d_s[c]);  // dS^T
       }
     accumulate_with_cols<HS>(dv, st, dot_s, g, t);  // dV += P^T dO
@@ -446,8 +447,8 @@ void attention_forward_tc(float* out, float* out_copy, float* lse, const float* 
   });
 }
 
-void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
-                           int B, int T, int C, int NH, cudaStream_t stream) {
+void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum, int B,
+                           int T, int C, int NH, cudaStream_t stream) {
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));

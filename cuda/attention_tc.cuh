@@ -15,7 +15,7 @@ bool attention_tc_aligned(const void* qkv, const void* dout);
 void attention_forward_tc(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
                           cudaStream_t stream);
 /// Accumulates dQ, dK, dV into dqkv from lse and dsum[bh * T + i] = sum_d dO * O of the forward's rows.
-void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
-                           int B, int T, int C, int NH, cudaStream_t stream);
+void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum, int B,
+                           int T, int C, int NH, cudaStream_t stream);
 
 }  // namespace zt::cuda

@@ -1,7 +1,7 @@
 // CudaBackend: the Backend contract over device memory on one stream, forwarding to the op launchers in cuda/.
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
+#include <cstdlib>
 #include <iterator>
 #include <map>
 #include <string>
@@ -133,13 +133,14 @@ class CudaBackend final : public Backend {
   void keep_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
     const uintptr_t begin = reinterpret_cast<uintptr_t>(params), end = begin + n * sizeof(float);
-    auto next = param_copies_.lower_bound(begin);
-    const bool overlaps_next = next != param_copies_.end() && next->first < end;
-    const bool overlaps_prev = next != param_copies_.begin() && std::prev(next)->first +
-                                                                       std::prev(next)->second.n * sizeof(float) >
-                                                                   begin;
-    ZT_CHECK(!overlaps_next && !overlaps_prev, "keep_param_copy: [{}, +{}) overlaps a range already kept",
-             static_cast<const void*>(params), n);
+    const auto next = param_copies_.lower_bound(begin);  // the first kept range starting at or after begin
+    bool overlaps = next != param_copies_.end() && next->first < end;
+    if (next != param_copies_.begin()) {
+      const auto prev = std::prev(next);
+      overlaps = overlaps || prev->first + prev->second.n * sizeof(float) > begin;
+    }
+    ZT_CHECK(!overlaps, "keep_param_copy: [{}, +{}) overlaps a range already kept", static_cast<const void*>(params),
+             n);
     void* copy = nullptr;
     const cudaError_t rc = cudaMalloc(&copy, n * sizeof(__nv_bfloat16));
     ZT_CHECK(rc == cudaSuccess, "out of device memory allocating a {}-byte bf16 parameter copy on CUDA device {}: {}",
@@ -150,8 +151,8 @@ class CudaBackend final : public Backend {
   void refresh_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
     __nv_bfloat16* copy = param_copy_of(params, n);
-    ZT_CHECK(copy != nullptr, "refresh_param_copy: [{}, +{}) is not inside a kept range", static_cast<const void*>(params),
-             n);
+    ZT_CHECK(copy != nullptr, "refresh_param_copy: [{}, +{}) is not inside a kept range",
+             static_cast<const void*>(params), n);
     cuda::cast_to_bf16(copy, params, n, stream_);
   }
 
@@ -283,7 +284,7 @@ class CudaBackend final : public Backend {
   bool attention_tensor_cores_ = false;
   bool param_copies_on_ = false;
   std::map<uintptr_t, ParamCopy> param_copies_;  // start of a kept fp32 range -> its bf16 copy
-  std::map<uintptr_t, size_t> float_allocs_;      // device float buffers and their lengths
+  std::map<uintptr_t, size_t> float_allocs_;     // device float buffers and their lengths
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;
   int* error_flag_device_ = nullptr;

@@ -86,7 +86,8 @@ ZeroEngine::ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, in
   // or the two gather slots (stage 3), refreshed after each gather.
   param_copies_ = be_.param_copy_bytes() > 0;
   if (param_copies_) {
-    for (size_t u = 0; u < n_units && stage_ <= 2; ++u) be_.keep_param_copy(units_[u]->params_full, layouts_[u].padded_numel);
+    for (size_t u = 0; u < n_units && stage_ <= 2; ++u)
+      be_.keep_param_copy(units_[u]->params_full, layouts_[u].padded_numel);
     for (auto& s : gather_slots_) be_.keep_param_copy(s->buf, max_padded_);
   }
   // Two reductions in flight at most; at stages 2/3 two rotating work buffers serve every unit but the embeddings.

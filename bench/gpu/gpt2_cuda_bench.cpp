@@ -132,7 +132,10 @@ int run(const Options& o) {
     profiler.set_enabled(false);
     if (step >= o.warmup && !profiled) step_s.push_back(dt);
     std::printf("step %d loss %.4f grad_norm %.3f %.1f ms %.0f tok/s%s\n", step + 1, loss, norm, dt * 1e3,
-                double(n_tokens) / dt, step < o.warmup ? " (warm-up)" : profiled ? " (profiled)" : "");
+                double(n_tokens) / dt,
+                step < o.warmup ? " (warm-up)"
+                : profiled      ? " (profiled)"
+                                : "");
     std::fflush(stdout);
   }
   std::sort(step_s.begin(), step_s.end());

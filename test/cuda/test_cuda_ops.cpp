@@ -326,7 +326,7 @@ TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
     const int hs = trial >= 8 ? 64 : head_dims[uniform_int(rng, 0, 9)];
     const int B = uniform_int(rng, 1, 3), NH = uniform_int(rng, 1, 4);
     // Half the trials have T <= hs, where att cannot hold the output copy and the backward recomputes it.
-    const int T = trial >= 8          ? uniform_int(rng, 65, 200)
+    const int T = trial >= 8       ? uniform_int(rng, 65, 200)
                   : trial % 2 == 0 ? uniform_int(rng, 1, std::max(1, hs))
                                    : uniform_int(rng, hs + 1, hs + 100);
     const size_t misalign = trial == 9 ? 1 : 0;
@@ -584,8 +584,8 @@ TEST_CASE("bf16 parameter copies: AdamW keeps them current, matmuls read them, s
       units.start_micro_step();
       losses.push_back(float(model.step(units, inputs.data(), targets.data(), true, 1.0f / float(B * T))));
       for (size_t u = 0; u < units.n_units(); ++u)
-        be.adamw_update(units.params(int(u)), units.grads(int(u)), m[u], v[u], units.numel(int(u)), 1e-2f, 0.9f,
-                        0.95f, 1e-8f, 0.1f, 1.0f, step);
+        be.adamw_update(units.params(int(u)), units.grads(int(u)), m[u], v[u], units.numel(int(u)), 1e-2f, 0.9f, 0.95f,
+                        1e-8f, 0.1f, 1.0f, step);
     }
     result.push_back(losses);
     for (size_t u = 0; u < units.n_units(); ++u) {

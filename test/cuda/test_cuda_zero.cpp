@@ -2,9 +2,9 @@
 // steps through the ZeRO engine on CUDA (fp32) match the CPU at every stage, and the stages agree bit for bit.
 // Exits 77 (CTest: skipped) with no device.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
 #include <mpi.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -225,7 +225,8 @@ TEST_CASE("ZeRO steps on CUDA (fp32) match the CPU at every stage; CUDA stages a
   }
 }
 
-TEST_CASE("bf16 ZeRO steps read kept parameter copies: the bits of rounding every weight per matmul", "[zero][copies]") {
+TEST_CASE("bf16 ZeRO steps read kept parameter copies: the bits of rounding every weight per matmul",
+          "[zero][copies]") {
   // The engine keeps the copies current (AdamW in place at stage 0, a refresh after each all-gather or gather);
   // ZT_CUDA_PARAM_COPY=0 makes a backend that rounds the fp32 weight at every matmul instead. Rounding is the same
   // either way, so any stale copy shows up as different bits.
@@ -252,8 +253,7 @@ TEST_CASE("bf16 ZeRO steps read kept parameter copies: the bits of rounding ever
       auto comm = zt::make_staged_mpi_comm(MPI_COMM_WORLD, *be);
       per_call = zt::test::run_zero_steps(*be, *comm, stage, kSteps, kLr);
     }
-    CHECK(std::memcmp(with_copies.losses.data(), per_call.losses.data(), per_call.losses.size() * sizeof(double)) ==
-          0);
+    CHECK(std::memcmp(with_copies.losses.data(), per_call.losses.data(), per_call.losses.size() * sizeof(double)) == 0);
     for (size_t u = 0; u < per_call.final_params.size(); ++u) {
       INFO("unit " << u);
       CHECK(same_bits(with_copies.final_params[u], per_call.final_params[u]));

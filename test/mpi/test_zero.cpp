@@ -1,8 +1,8 @@
 // ZeRO engine under mpirun: stages agree bit for bit, match the single-rank run, memory and traffic formulas.
-#include <catch2/catch.hpp>
 #include <mpi.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
 #include <map>

@@ -1,7 +1,6 @@
 // ProfilingBackend: a profiled GPT-2 step computes exactly what the plain one does, and the profile counts every
 // op of the step with the work the model's shapes imply.
 #include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <sstream>
 #include <string>
