@@ -178,6 +178,28 @@ void expect_close(const std::string& what, const VecF& got, const VecF& ref, Tol
 
 std::unique_ptr<zt::Backend> cuda_backend(bool bf16) { return zt::make_cuda_backend(0, bf16); }
 
+// A bf16 backend made with the environment variable `name` set to `value`, and the error that making one with it
+// set to `bad_value` gives. The backend reads the variable when it is made; it is unset before anything can fail.
+struct EnvBackend {
+  std::unique_ptr<zt::Backend> backend;
+  std::string bad_value_error;
+};
+EnvBackend bf16_backend_with_env(const char* name, const char* value, const char* bad_value) {
+  EnvBackend made;
+  ::setenv(name, value, 1);
+  try {
+    made.backend = cuda_backend(true);
+    ::setenv(name, bad_value, 1);
+    cuda_backend(true);
+  } catch (const std::exception& e) {
+    made.bad_value_error = e.what();
+  }
+  ::unsetenv(name);
+  INFO(name << "=" << value << ": " << made.bad_value_error);
+  REQUIRE(made.backend != nullptr);
+  return made;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -387,21 +409,9 @@ TEST_CASE("bf16 attention runs on the tensor cores unless ZT_CUDA_ATTENTION=fp32
   const auto fp32_result = run(*fp32_mode);
   const auto tc_result = run(*tc_mode);
   const auto tc_again = run(*tc_mode);
-  // The variable is read when a backend is made; it is unset again before anything can fail.
-  ::setenv("ZT_CUDA_ATTENTION", "fp32", 1);
-  std::unique_ptr<zt::Backend> bf16_fp32_attention;
-  std::string bad_value_error;
-  try {
-    bf16_fp32_attention = cuda_backend(true);
-    ::setenv("ZT_CUDA_ATTENTION", "tensor", 1);
-    cuda_backend(true);
-  } catch (const std::exception& e) {
-    bad_value_error = e.what();
-  }
-  ::unsetenv("ZT_CUDA_ATTENTION");
-  REQUIRE(bf16_fp32_attention != nullptr);
-  CHECK_THAT(bad_value_error, Catch::Contains("ZT_CUDA_ATTENTION=tensor: expected auto"));
-  const auto forced_fp32 = run(*bf16_fp32_attention);
+  const EnvBackend bf16_fp32_attention = bf16_backend_with_env("ZT_CUDA_ATTENTION", "fp32", "tensor");
+  CHECK_THAT(bf16_fp32_attention.bad_value_error, Catch::Contains("ZT_CUDA_ATTENTION=tensor: expected auto"));
+  const auto forced_fp32 = run(*bf16_fp32_attention.backend);
   for (size_t k = 0; k < 2; ++k) {
     INFO((k == 0 ? "out" : "dqkv"));
     // bf16 mode with ZT_CUDA_ATTENTION=fp32 runs the fp32 kernels: the fp32 mode's bits.
@@ -599,23 +609,12 @@ TEST_CASE("bf16 parameter copies: AdamW keeps them current, matmuls read them, s
   };
   auto with_copies = cuda_backend(true);
   REQUIRE(with_copies->param_copy_bytes() == 2);
-  ::setenv("ZT_CUDA_PARAM_COPY", "0", 1);
-  std::unique_ptr<zt::Backend> per_call;
-  std::string bad_value_error;
-  try {
-    per_call = cuda_backend(true);
-    ::setenv("ZT_CUDA_PARAM_COPY", "yes", 1);
-    cuda_backend(true);
-  } catch (const std::exception& e) {
-    bad_value_error = e.what();
-  }
-  ::unsetenv("ZT_CUDA_PARAM_COPY");
-  REQUIRE(per_call != nullptr);
-  CHECK(per_call->param_copy_bytes() == 0);
-  CHECK_THAT(bad_value_error, Catch::Contains("ZT_CUDA_PARAM_COPY=yes: expected 1 (default) or 0"));
+  const EnvBackend per_call = bf16_backend_with_env("ZT_CUDA_PARAM_COPY", "0", "yes");
+  CHECK(per_call.backend->param_copy_bytes() == 0);
+  CHECK_THAT(per_call.bad_value_error, Catch::Contains("ZT_CUDA_PARAM_COPY=yes: expected 1 (default) or 0"));
   CHECK(cuda_backend(false)->param_copy_bytes() == 0);  // fp32 mode reads the fp32 weights
 
-  const auto a = train(*with_copies), b = train(*per_call);
+  const auto a = train(*with_copies), b = train(*per_call.backend);
   REQUIRE(a.size() == b.size());
   for (size_t k = 0; k < a.size(); ++k) {
     INFO((k == 0 ? std::string("losses") : "unit " + std::to_string(k - 1) + " parameters"));
