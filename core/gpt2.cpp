@@ -12,7 +12,7 @@ Gpt2::Gpt2(const ParamTable& table, Backend& backend, int B, int T) : table_(tab
   const size_t BT = size_t(B) * T, C = size_t(c.d_model), NH = size_t(c.n_head), Vp = size_t(c.padded_vocab());
   // Every buffer starts kArenaAlign floats (256 bytes) into the arena: aligned for vectorised and tensor-core
   // kernels and cuBLASLt, whatever B, T and the head count.
-  auto r = [](size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; };
+  auto r = [](size_t n) { return arena_elems(n); };
   const size_t att_elems = backend.attention_state_elems(B, T, int(C), int(NH));
   const size_t per_layer = 7 * r(BT * C) + 4 * r(BT) + r(BT * 3 * C) + r(att_elems) + 2 * r(BT * 4 * C);
   activation_elems_ = r(BT * C) + per_layer * size_t(c.n_layer) + r(BT * C) + 2 * r(BT) + r(BT * Vp) + r(BT);
@@ -64,7 +64,7 @@ Gpt2::~Gpt2() {
 
 float* Gpt2::take(size_t n) {
   float* p = arena_ + arena_used_;
-  arena_used_ += (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
+  arena_used_ += arena_elems(n);
   return p;
 }
 

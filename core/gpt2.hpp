@@ -52,6 +52,8 @@ class Gpt2 {
   /// The next n floats of the arena, rounded up to a multiple of kArenaAlign.
   float* take(size_t n);
   static constexpr size_t kArenaAlign = 64;
+  /// Floats take(n) uses: n rounded up to a multiple of kArenaAlign.
+  static constexpr size_t arena_elems(size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
 
   const ParamTable& table_;
   Backend& be_;

@@ -70,33 +70,21 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
 
-  float* alloc(size_t n) override {
-    auto* p = static_cast<float*>(alloc_zeroed(n * sizeof(float)));
-    float_allocs_[reinterpret_cast<uintptr_t>(p)] = n;
-    return p;
-  }
-  int32_t* alloc_int(size_t n) override {
-    auto* p = static_cast<int32_t*>(alloc_zeroed(n * sizeof(int32_t)));
-    int_allocs_[reinterpret_cast<uintptr_t>(p)] = n;
-    return p;
-  }
+  float* alloc(size_t n) override { return static_cast<float*>(alloc_zeroed(n * sizeof(float))); }
+  int32_t* alloc_int(size_t n) override { return static_cast<int32_t*>(alloc_zeroed(n * sizeof(int32_t))); }
   void release(void* p) override {
     if (p == nullptr) return;
     ZT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // work in flight may still use it
-    const auto it = int_allocs_.find(reinterpret_cast<uintptr_t>(p));
-    if (it != int_allocs_.end()) {  // forget the host copies of tokens uploaded into it
-      const uintptr_t begin = it->first, end = begin + it->second * sizeof(int32_t);
+    const auto it = alloc_bytes_.find(reinterpret_cast<uintptr_t>(p));
+    if (it != alloc_bytes_.end()) {
+      // Forget what was recorded about ranges inside it: host copies of uploaded tokens, kept parameter copies.
+      const uintptr_t begin = it->first, end = begin + it->second;
       host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
-      int_allocs_.erase(it);
-    }
-    const auto f = float_allocs_.find(reinterpret_cast<uintptr_t>(p));
-    if (f != float_allocs_.end()) {  // drop the parameter copies kept of ranges in it
-      const uintptr_t begin = f->first, end = begin + f->second * sizeof(float);
       for (auto c = param_copies_.lower_bound(begin); c != param_copies_.end() && c->first < end;) {
         ZT_CUDA_CHECK(cudaFree(c->second.copy));
         c = param_copies_.erase(c);
       }
-      float_allocs_.erase(f);
+      alloc_bytes_.erase(it);
     }
     ZT_CUDA_CHECK(cudaFree(p));
   }
@@ -244,6 +232,7 @@ class CudaBackend final : public Backend {
              cudaGetErrorString(rc));
     // Zeroed like the CPU backend's memory, in stream order before any op that uses it.
     ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n_bytes == 0 ? 256 : n_bytes, stream_));
+    alloc_bytes_[reinterpret_cast<uintptr_t>(p)] = n_bytes;
     return p;
   }
 
@@ -284,7 +273,7 @@ class CudaBackend final : public Backend {
   bool attention_tensor_cores_ = false;
   bool param_copies_on_ = false;
   std::map<uintptr_t, ParamCopy> param_copies_;  // start of a kept fp32 range -> its bf16 copy
-  std::map<uintptr_t, size_t> float_allocs_;     // device float buffers and their lengths
+  std::map<uintptr_t, size_t> alloc_bytes_;      // every buffer from alloc / alloc_int and its size in bytes
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;
   int* error_flag_device_ = nullptr;
@@ -294,7 +283,6 @@ class CudaBackend final : public Backend {
   cuda::DeviceScratch bucket_device_;
   cuda::PinnedStaging bucket_staging_;
   std::vector<int32_t> bucket_host_;
-  std::map<uintptr_t, size_t> int_allocs_;                 // device int buffers and their lengths
   std::map<uintptr_t, std::vector<int32_t>> host_tokens_;  // device address -> tokens last uploaded there
 };
 
