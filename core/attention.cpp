@@ -1,4 +1,4 @@
-// Causal multi-head self-attention (forward keeps the softmax probabilities; backward accumulates dqkv).
+// Causal multi-head self-attention (forward keeps the softmax probabilities; backward writes dqkv).
 //
 // Work is split over (batch, head) pairs, which write disjoint parts of out / att / dqkv, so any thread count gives
 // the same bits. Within a head the products are small register-tiled kernels over kRows rows at a time (no gemm:
@@ -7,6 +7,7 @@
 //   tile_accumulate: Y[r][d] += sum_i A[r][i] * X[i][d]        P·V, dS·K, dS^T·Q and P^T·dO
 // Rows of a tile run to the longest row's causal length; the shorter rows read zeros there (att and dS are zero
 // above the diagonal), so they gain exact zeros and no masking is needed inside the kernels.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -204,12 +205,15 @@ inline void backward_keys(T* dk, T* dv, const T* dout, size_t dout_stride, const
                      dout_stride, n, hs);
 }
 
-// One (batch, head) pair of the backward, accumulating into dq, dk, dv (rows at stride row3).
+// One (batch, head) pair of the backward, writing dq, dk, dv (rows at stride row3).
 template <typename T>
 ZT_CPU_CLONES void head_backward(T* dq, T* dk, T* dv, const T* dout, size_t dout_stride, const T* q, const T* k,
                                  const T* v, size_t row3, const T* att, int T_, int hs, T* vt, T* ds) {
   const T scale = T(1) / std::sqrt(T(hs));
   const int ld = round_up(T_, kPad);
+  // dq, dk, dv are the op's outputs, not accumulators: clear this head's slices, then the tiles add into them.
+  for (int t = 0; t < T_; ++t)
+    for (T* d : {dq, dk, dv}) std::fill_n(d + size_t(t) * row3, hs, T(0));
   transpose_head(vt, ld, v, row3, T_, hs);
   int t0 = 0;
   for (; t0 + kRows <= T_; t0 += kRows)

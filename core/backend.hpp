@@ -8,7 +8,9 @@
 
 namespace zt {
 
-/// Every op of the model over buffers in the backend's memory space. Backward ops accumulate (+=).
+/// Every op of the model over buffers in the backend's memory space. Backward ops accumulate (+=) into parameter
+/// gradients and layernorm_backward's dinp, and write matmul_backward's dinp, gelu_backward's dinp and
+/// attention_backward's dqkv (core/ops.hpp says why).
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -41,6 +43,17 @@ class Backend {
     (void)params;
     (void)n;
   }
+  /// Keeps a low-precision copy of the activation (or activation-gradient) buffer [act, act + n), memory from
+  /// alloc, for a matmul to read instead of rounding it per call: matmul_forward's and matmul_backward's inp, and
+  /// matmul_backward's dout. These writes of a kept range write its copy too: zero; layernorm_forward's and
+  /// residual_layernorm_forward's out; attention_forward's out; gelu_forward's out; layernorm_backward's dinp;
+  /// gelu_backward's dinp; attention_backward's dqkv; softmax_cross_entropy's logits (their gradient). Any other
+  /// write (a matmul's output, copy, from_host) leaves the copy stale, so a kept range that a matmul reads must
+  /// have been written last by one of those.
+  virtual void keep_activation_copy(const float* act, size_t n) {
+    (void)act;
+    (void)n;
+  }
   /// Rounds [params, params + n), inside a kept range, into its copy again.
   virtual void refresh_param_copy(const float* params, size_t n) {
     (void)params;
@@ -53,6 +66,10 @@ class Backend {
                                   int C) = 0;
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                                  const float* bias, int N, int C) = 0;
+  /// res = a + b, then layernorm_forward(out, mean, rstd, res, ...): the residual add and the next LayerNorm in one
+  /// pass, with the bits of the two ops in turn.
+  virtual void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a,
+                                          const float* b, const float* weight, const float* bias, int N, int C) = 0;
   virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                   const float* weight, const float* mean, const float* rstd, int N, int C) = 0;
   virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C,

@@ -65,6 +65,10 @@ class CpuBackend final : public Backend {
                          const float* bias, int N, int C) override {
     cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
   }
+  void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
+                                  const float* weight, const float* bias, int N, int C) override {
+    cpu::residual_layernorm_forward(res, out, mean, rstd, a, b, weight, bias, N, C);
+  }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
     cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);

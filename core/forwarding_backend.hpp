@@ -27,6 +27,7 @@ class ForwardingBackend : public Backend {
   void synchronize() override { inner_.synchronize(); }
   size_t param_copy_bytes() const override { return inner_.param_copy_bytes(); }
   void keep_param_copy(const float* params, size_t n) override { inner_.keep_param_copy(params, n); }
+  void keep_activation_copy(const float* act, size_t n) override { inner_.keep_activation_copy(act, n); }
   void refresh_param_copy(const float* params, size_t n) override { inner_.refresh_param_copy(params, n); }
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
@@ -40,6 +41,10 @@ class ForwardingBackend : public Backend {
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
                          int N, int C) override {
     inner_.layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+  }
+  void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
+                                  const float* weight, const float* bias, int N, int C) override {
+    inner_.residual_layernorm_forward(res, out, mean, rstd, a, b, weight, bias, N, C);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {

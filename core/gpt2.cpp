@@ -53,6 +53,23 @@ Gpt2::Gpt2(const ParamTable& table, Backend& backend, int B, int T) : table_(tab
   d_fch_ = take(BT * 4 * C);
   d_qkv_ = take(BT * 3 * C);
   ZT_ASSERT(arena_used_ == activation_elems_ + scratch);
+  // What the matmuls read, each written last by an op that can also write a rounded copy (keep_activation_copy):
+  // a backend that multiplies in bf16 keeps those copies, so no matmul rounds an operand again. The inputs (the
+  // LayerNorm, attention and GELU outputs) are read by the forward and weight-gradient products; the output
+  // gradients (the residual stream's, GELU's, attention's and the dlogits) by the backward products.
+  auto keep = [&](float* a, size_t n) {
+    be_.keep_activation_copy(a, n);
+    activation_copy_elems_ += n;
+  };
+  for (LayerActs& L : layers_) {
+    for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C);
+    keep(L.fch_gelu, BT * 4 * C);
+  }
+  keep(lnf_, BT * C);
+  keep(d_res_, BT * C);
+  keep(d_fch_, BT * 4 * C);
+  keep(d_qkv_, BT * 3 * C);
+  keep(logits_, BT * Vp);
   losses_host_.resize(BT);
 }
 
@@ -97,29 +114,38 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
     be_.embedding_forward(encoded_, tokens_, p + table_.wte_offset(), p + table_.wpe_offset(), B, T, C);
     units.release_params(emb);
   }
-  const float* x = encoded_;
+  // The residual add that ends a block is fused into the LayerNorm that reads its sum: the next block's ln_1, or
+  // the final norm. It needs only activations, so it runs once that LayerNorm's unit is gathered.
   for (int l = 0; l < c.n_layer; ++l) {
     const float* p = units.unit_params(table_.block_unit(l));
     LayerActs& A = layers_[size_t(l)];
-    be_.layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, p + o.ln_1_w, p + o.ln_1_b, BT, C);
+    if (l == 0) {
+      be_.layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, encoded_, p + o.ln_1_w, p + o.ln_1_b, BT, C);
+    } else {
+      LayerActs& prev = layers_[size_t(l) - 1];
+      be_.residual_layernorm_forward(prev.res3, A.ln1, A.ln1_mean, A.ln1_rstd, prev.res2, prev.fcproj, p + o.ln_1_w,
+                                     p + o.ln_1_b, BT, C);
+    }
+    const float* x = l == 0 ? encoded_ : layers_[size_t(l) - 1].res3;
     be_.matmul_forward(A.qkv, A.ln1, p + o.attn_w, p + o.attn_b, BT, C, 3 * C, false);
     units.progress();
     be_.attention_forward(A.atty, A.att, A.qkv, B, T, C, NH);
     be_.matmul_forward(A.attproj, A.atty, p + o.attn_proj_w, p + o.attn_proj_b, BT, C, C, false);
-    be_.residual_forward(A.res2, x, A.attproj, size_t(BT) * C);
+    be_.residual_layernorm_forward(A.res2, A.ln2, A.ln2_mean, A.ln2_rstd, x, A.attproj, p + o.ln_2_w, p + o.ln_2_b, BT,
+                                   C);
     units.progress();
-    be_.layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res2, p + o.ln_2_w, p + o.ln_2_b, BT, C);
     be_.matmul_forward(A.fch, A.ln2, p + o.fc_w, p + o.fc_b, BT, C, 4 * C, false);
     be_.gelu_forward(A.fch_gelu, A.fch, size_t(BT) * 4 * C);
     units.progress();
     be_.matmul_forward(A.fcproj, A.fch_gelu, p + o.fc_proj_w, p + o.fc_proj_b, BT, 4 * C, C, false);
-    be_.residual_forward(A.res3, A.res2, A.fcproj, size_t(BT) * C);
     units.release_params(table_.block_unit(l));
-    x = A.res3;
   }
+  // The last block's output res3 comes from the final norm's fused add (ModelConfig requires n_layer >= 1).
+  const LayerActs& last = layers_.back();
+  const float* x = last.res3;
   {
     const float* p = units.unit_params(fin);
-    be_.layernorm_forward(lnf_, lnf_mean_, lnf_rstd_, x, p, p + C, BT, C);
+    be_.residual_layernorm_forward(last.res3, lnf_, lnf_mean_, lnf_rstd_, last.res2, last.fcproj, p, p + C, BT, C);
     units.release_params(fin);
   }
   {
@@ -131,7 +157,6 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
     be_.softmax_cross_entropy(logits_, losses_, targets_, BT, V, Vp, backward ? dloss : 0.0f);
     if (backward) {
       float* g = units.unit_grads(emb);
-      be_.zero(d_lnf_, size_t(BT) * C);
       be_.matmul_backward(d_lnf_, g + table_.wte_offset(), nullptr, logits_, lnf_, wte, BT, C, Vp, true);
     }
     units.release_params(emb);
@@ -142,6 +167,8 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
   if (!backward) return loss_sum;
 
   // ---- backward ----
+  // matmul, GELU and attention backward write their activation gradients (no zeroing first); layernorm_backward
+  // accumulates into d_res, the residual stream's gradient, which starts from zero at the final norm.
   {
     const float* p = units.unit_params(fin);
     float* g = units.unit_grads(fin);
@@ -157,25 +184,19 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
     LayerActs& A = layers_[size_t(l)];
     const float* x_in = l == 0 ? encoded_ : layers_[size_t(l) - 1].res3;
     // d_res holds d(res3); the skip path passes it on unchanged, the MLP path adds into it -> d(res2).
-    be_.zero(d_fch_gelu_, size_t(BT) * 4 * C);
-    be_.matmul_backward(d_fch_gelu_, g + o.fc_proj_w, g + o.fc_proj_b, d_res_, A.fch_gelu, p + o.fc_proj_w, BT,
-                        4 * C, C, false);
-    be_.zero(d_fch_, size_t(BT) * 4 * C);
+    be_.matmul_backward(d_fch_gelu_, g + o.fc_proj_w, g + o.fc_proj_b, d_res_, A.fch_gelu, p + o.fc_proj_w, BT, 4 * C,
+                        C, false);
     be_.gelu_backward(d_fch_, A.fch, d_fch_gelu_, size_t(BT) * 4 * C);
     units.progress();
-    be_.zero(d_ln_, size_t(BT) * C);
     be_.matmul_backward(d_ln_, g + o.fc_w, g + o.fc_b, d_fch_, A.ln2, p + o.fc_w, BT, C, 4 * C, false);
     be_.layernorm_backward(d_res_, g + o.ln_2_w, g + o.ln_2_b, d_ln_, A.res2, p + o.ln_2_w, A.ln2_mean, A.ln2_rstd,
                            BT, C);
     units.progress();
     // d_res now holds d(res2); the attention path adds into it -> d(x_in).
-    be_.zero(d_atty_, size_t(BT) * C);
     be_.matmul_backward(d_atty_, g + o.attn_proj_w, g + o.attn_proj_b, d_res_, A.atty, p + o.attn_proj_w, BT, C, C,
                         false);
-    be_.zero(d_qkv_, size_t(BT) * 3 * C);
     be_.attention_backward(d_qkv_, d_atty_, A.qkv, A.att, B, T, C, NH);
     units.progress();
-    be_.zero(d_ln_, size_t(BT) * C);
     be_.matmul_backward(d_ln_, g + o.attn_w, g + o.attn_b, d_qkv_, A.ln1, p + o.attn_w, BT, C, 3 * C, false);
     be_.layernorm_backward(d_res_, g + o.ln_1_w, g + o.ln_1_b, d_ln_, x_in, p + o.ln_1_w, A.ln1_mean, A.ln1_rstd, BT,
                            C);

@@ -41,6 +41,8 @@ class Gpt2 {
   double step(UnitProvider& units, const int32_t* inputs, const int32_t* targets, bool backward, float dloss);
   /// Bytes of activation memory held.
   size_t activation_bytes() const { return activation_elems_ * sizeof(float); }
+  /// Bytes of the backend's low-precision copies of the matmul operands (keep_activation_copy; 0 on the CPU).
+  size_t activation_copy_bytes() const { return activation_copy_elems_ * be_.param_copy_bytes(); }
   int batch() const { return B_; }
   int seq_len() const { return T_; }
 
@@ -59,7 +61,7 @@ class Gpt2 {
   Backend& be_;
   int B_, T_;
   float* arena_ = nullptr;
-  size_t arena_used_ = 0, activation_elems_ = 0;
+  size_t arena_used_ = 0, activation_elems_ = 0, activation_copy_elems_ = 0;
   int32_t* tokens_ = nullptr;
   int32_t* targets_ = nullptr;
   float* encoded_ = nullptr;

@@ -1,5 +1,8 @@
 // The CPU reference ops, templated on the scalar (float for training, double for finite-difference tests).
-// Layouts are row-major. Every backward op ACCUMULATES (+=) into each of its gradient outputs; callers zero them.
+// Layouts are row-major. Backward ops ACCUMULATE (+=) into parameter gradients (dweight, dbias, dwte, dwpe: they
+// sum over micro-steps) and into layernorm_backward's dinp (the residual stream's gradient, which the skip path
+// also feeds); the other activation gradients (matmul_backward's dinp, gelu_backward's dinp, attention_backward's
+// dqkv) are WRITTEN, so nobody zeroes them first (a pass over memory that would only be read back).
 // Each op has a CUDA twin of the same name in cuda/.
 #pragma once
 
@@ -18,6 +21,11 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, 
 /// Normalises each of N rows of C: out = (x - mean) * rstd * weight + bias, eps = 1e-5; saves mean, rstd.
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N, int C);
+/// Fused residual + LayerNorm: res = a + b, then out, mean, rstd = layernorm_forward(res): the same bits as
+/// residual_forward then layernorm_forward, in one pass over memory.
+template <typename T>
+void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, const T* b, const T* weight,
+                                const T* bias, int N, int C);
 /// Accumulates dinp, dweight, dbias.
 template <typename T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
@@ -28,7 +36,7 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC,
                     bool weight_transposed);
-/// Accumulates dinp (may be null), dweight, dbias (may be null).
+/// Writes dinp (may be null); accumulates dweight, dbias (may be null).
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C,
                      int OC, bool weight_transposed);
@@ -37,14 +45,14 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 /// probabilities (needed by the backward; entries above the diagonal are zero).
 template <typename T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int T_, int C, int NH);
-/// Accumulates dqkv.
+/// Writes dqkv.
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C, int NH);
 
 /// GELU, tanh approximation (as GPT-2).
 template <typename T>
 void gelu_forward(T* out, const T* inp, size_t n);
-/// Accumulates dinp.
+/// Writes dinp.
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n);
 

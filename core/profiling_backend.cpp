@@ -63,6 +63,14 @@ void ProfilingBackend::layernorm_forward(float* out, float* mean, float* rstd, c
   timed("layernorm_forward", 8 * nc, kF32 * (2 * nc + 2.0 * C + 2.0 * N),
         [&] { inner_.layernorm_forward(out, mean, rstd, inp, weight, bias, N, C); });
 }
+void ProfilingBackend::residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a,
+                                                  const float* b, const float* weight, const float* bias, int N,
+                                                  int C) {
+  // a and b read, res and out written: one pass, against three reads and two writes for the two ops apart.
+  const double nc = double(N) * C;
+  timed("residual_layernorm_forward", 9 * nc, kF32 * (4 * nc + 2.0 * C + 2.0 * N),
+        [&] { inner_.residual_layernorm_forward(res, out, mean, rstd, a, b, weight, bias, N, C); });
+}
 void ProfilingBackend::layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                           const float* inp, const float* weight, const float* mean, const float* rstd,
                                           int N, int C) {

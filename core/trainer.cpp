@@ -161,7 +161,10 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
         mem.param_copy_bytes > 0 ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
                                  : std::string(),
         mem.psi, mem.formula_text);
-    fmt::print("activations {} per rank\n", human_bytes(double(model.activation_bytes())));
+    fmt::print("activations {} per rank{}\n", human_bytes(double(model.activation_bytes())),
+               model.activation_copy_bytes() > 0 ? fmt::format(" + bf16 copies of the matmul operands {}",
+                                                               human_bytes(double(model.activation_copy_bytes())))
+                                                 : std::string());
     std::fflush(stdout);
   }
 

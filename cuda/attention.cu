@@ -38,11 +38,12 @@ __device__ inline void load_tile(float* dst, int ld, const float* src, size_t ro
   }
 }
 
-// Grid (query tile, batch·head). Writes out, optionally out_copy, and lse[bh * T + i] = m + log l per row.
+// Grid (query tile, batch·head). Writes out (and, when out16 is given, its bf16 copy), optionally out_copy, and
+// lse[bh * T + i] = m + log l per row.
 template <int DPL>
 __global__ void __launch_bounds__(kThreads)
-    attention_forward_kernel(float* out, float* out_copy, float* lse, const float* qkv, int T, int C, int NH, int hs,
-                             float scale) {
+    attention_forward_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int T,
+                             int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int ldk = hs + 1;          // rows read one per lane: padded so the lanes hit distinct banks
   float* q_s = smem;               // [kTile][hs]: read as broadcasts
@@ -123,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < DPL; ++k) {
       const int d = lane + k * kWarpSize;
       if (d >= hs) continue;
-      out[off + d] = acc[r][k] * inv;
+      store_kept(out, out16, off + d, acc[r][k] * inv);
       if (out_copy != nullptr) out_copy[off + d] = acc[r][k] * inv;
     }
     if (lane == 0) lse[size_t(bh) * T + i] = m_run[r] + logf(l_run[r]);
@@ -144,11 +145,11 @@ __global__ void attention_backward_dsum_kernel(float* dsum, const float* dout, c
   if (lane == 0) dsum[row] = s;
 }
 
-// dQ: grid (query tile, batch·head). dq[i] += scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
+// dQ: grid (query tile, batch·head). dq[i] = scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
 template <int DPL>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
-                                 int T, int C, int NH, int hs, float scale) {
+    attention_backward_dq_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
+                                 const float* lse, const float* dsum, int T, int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int ldk = hs + 1;
   float* q_s = smem;               // [kTile][hs] broadcasts
@@ -221,20 +222,20 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int i = q0 + r_base + r;
     if (i >= T) continue;
-    float* dq = dqkv + (size_t(b) * T + i) * row3 + size_t(h) * hs;
+    const size_t dq = (size_t(b) * T + i) * row3 + size_t(h) * hs;
 #pragma unroll
     for (int k = 0; k < DPL; ++k) {
       const int d = lane + k * kWarpSize;
-      if (d < hs) dq[d] += acc[r][k] * scale;
+      if (d < hs) store_kept(dqkv, dqkv16, dq + d, acc[r][k] * scale);
     }
   }
 }
 
-// dK, dV: grid (key tile, batch·head). dv[j] += sum_i P[i, j] dO[i]; dk[j] += scale * sum_i dS[i, j] Q[i].
+// dK, dV: grid (key tile, batch·head). dv[j] = sum_i P[i, j] dO[i]; dk[j] = scale * sum_i dS[i, j] Q[i].
 template <int DPL>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum,
-                                  int T, int C, int NH, int hs, float scale) {
+    attention_backward_dkv_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
+                                  const float* lse, const float* dsum, int T, int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int ldq = hs + 1;
   float* k_s = smem;                // [kTile][hs] broadcasts (this warp's keys)
@@ -311,14 +312,13 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int j = k0 + r_base + r;
     if (j >= T) continue;
-    float* dk = dqkv + (size_t(b) * T + j) * row3 + C + size_t(h) * hs;
-    float* dv = dk + C;
+    const size_t dk = (size_t(b) * T + j) * row3 + C + size_t(h) * hs, dv = dk + C;
 #pragma unroll
     for (int k = 0; k < DPL; ++k) {
       const int d = lane + k * kWarpSize;
       if (d >= hs) continue;
-      dk[d] += acc_dk[r][k] * scale;
-      dv[d] += acc_dv[r][k];
+      store_kept(dqkv, dqkv16, dk + d, acc_dk[r][k] * scale);
+      store_kept(dqkv, dqkv16, dv + d, acc_dv[r][k]);
     }
   }
 }
@@ -357,11 +357,11 @@ bool use_tensor_cores(bool tensor_cores, int hs, const float* qkv, const float* 
   return tensor_cores && attention_tc_supports(hs) && attention_tc_aligned(qkv, dout);
 }
 
-void launch_forward(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
-                    bool tensor_cores, cudaStream_t stream) {
+void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
+                    int C, int NH, bool tensor_cores, cudaStream_t stream) {
   const int hs = head_dim(C, NH);
   if (use_tensor_cores(tensor_cores, hs, qkv, qkv)) {
-    attention_forward_tc(out, out_copy, lse, qkv, B, T, C, NH, stream);
+    attention_forward_tc(out, out16, out_copy, lse, qkv, B, T, C, NH, stream);
     return;
   }
   const float scale = 1.0f / sqrtf(float(hs));
@@ -370,20 +370,20 @@ void launch_forward(float* out, float* out_copy, float* lse, const float* qkv, i
   with_dims_per_lane(hs, [&](auto dpl) {
     auto kernel = attention_forward_kernel<decltype(dpl)::value>;
     allow_shared_bytes(kernel, shared_bytes);
-    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out_copy, lse, qkv, T, C, NH, hs, scale);
+    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }
 
 }  // namespace
 
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, bool tensor_cores,
-                       cudaStream_t stream) {
+void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
+                       bool tensor_cores, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_forward: the CUDA backend keeps the backward's row statistics in att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
   float* out_copy = att_holds_out_copy(T, hs) ? att + size_t(B) * NH * T : nullptr;
-  launch_forward(out, out_copy, att, qkv, B, T, C, NH, tensor_cores, stream);
+  launch_forward(out, out16, out_copy, att, qkv, B, T, C, NH, tensor_cores, stream);
 }
 
 size_t attention_state_elems(int B, int T, int C, int NH) {
@@ -397,8 +397,8 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH) {
   return n_stats + (att_holds_out_copy(T, hs) ? 0 : size_t(B) * T * C + n_stats);
 }
 
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C, int NH,
-                        bool tensor_cores, float* scratch, cudaStream_t stream) {
+void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
+                        int B, int T, int C, int NH, bool tensor_cores, float* scratch, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
@@ -410,7 +410,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   if (!att_holds_out_copy(T, hs)) {  // short sequences: recompute O (and L, bitwise the same) into scratch
     float* o_scratch = scratch + n_stats;
     float* lse_scratch = o_scratch + size_t(B) * T * C;
-    launch_forward(o_scratch, nullptr, lse_scratch, qkv, B, T, C, NH, tensor_cores, stream);
+    launch_forward(o_scratch, nullptr, nullptr, lse_scratch, qkv, B, T, C, NH, tensor_cores, stream);
     o = o_scratch;
     lse = lse_scratch;
   }
@@ -420,7 +420,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
       dsum, dout, o, n_rows, T, C, NH, hs);
   ZT_CUDA_LAUNCH_CHECK();
   if (use_tensor_cores(tensor_cores, hs, qkv, dout)) {
-    attention_backward_tc(dqkv, dout, qkv, lse, dsum, B, T, C, NH, stream);
+    attention_backward_tc(dqkv, dqkv16, dout, qkv, lse, dsum, B, T, C, NH, stream);
     return;
   }
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));
@@ -428,11 +428,11 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   with_dims_per_lane(hs, [&](auto dpl) {
     auto dq_kernel = attention_backward_dq_kernel<decltype(dpl)::value>;
     allow_shared_bytes(dq_kernel, shared_bytes);
-    dq_kernel<<<grid, kThreads, shared_bytes, stream>>>(dqkv, dout, qkv, lse, dsum, T, C, NH, hs, scale);
+    dq_kernel<<<grid, kThreads, shared_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
     auto dkv_kernel = attention_backward_dkv_kernel<decltype(dpl)::value>;
     allow_shared_bytes(dkv_kernel, shared_bytes);
-    dkv_kernel<<<grid, kThreads, shared_bytes, stream>>>(dqkv, dout, qkv, lse, dsum, T, C, NH, hs, scale);
+    dkv_kernel<<<grid, kThreads, shared_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }

@@ -1,6 +1,7 @@
 // Causal multi-head attention on the GPU: flash-style fused forward and backward (the T×T matrix is never stored).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -14,16 +15,17 @@ constexpr int kAttentionMaxHeadDim = 128;
 /// [B,NH,T,T] is used as the backward's memory instead of probabilities: the per-row log-sum-exp at
 /// att[0, B*NH*T), and, when hs + 1 <= T (it then fits), a copy of out at att[B*NH*T, +B*T*C).
 /// `tensor_cores`: bf16 products on the tensor cores (attention_tc.cu) where the head size allows (32, 64), else
-/// the fp32 kernels.
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH, bool tensor_cores,
-                       cudaStream_t stream);
+/// the fp32 kernels. out16 (may be null) receives out rounded to bf16 (the kept copy the c_proj products read).
+void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
+                       bool tensor_cores, cudaStream_t stream);
 /// Floats of att attention_forward writes and attention_backward reads (the row statistics, and the output copy
 /// when hs + 1 <= T): at most B*NH*T*T, so a buffer of the contract's size always holds them.
 size_t attention_state_elems(int B, int T, int C, int NH);
 /// Floats of scratch attention_backward needs (row sums D; room to recompute out when att could not hold it).
 size_t attention_backward_scratch_elems(int B, int T, int C, int NH);
-/// Accumulates dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics).
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C, int NH,
-                        bool tensor_cores, float* scratch, cudaStream_t stream);
+/// Writes dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics). dqkv16 (may be
+/// null) receives dqkv rounded to bf16 (the kept copy the c_attn backward products read).
+void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
+                        int B, int T, int C, int NH, bool tensor_cores, float* scratch, cudaStream_t stream);
 
 }  // namespace zt::cuda

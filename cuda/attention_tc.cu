@@ -181,8 +181,8 @@ __device__ inline float quad_sum(float v) {
 // Grid (query tile, batch·head). Shared: Q [64][HS+8], K [64][HS+8], V^T [HS][64+8].
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    attention_forward_tc_kernel(float* out, float* out_copy, float* lse, const float* qkv, int T, int C, int NH,
-                                float scale) {
+    attention_forward_tc_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int T,
+                                int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *q_s = carve.rows(), *k_s = carve.rows(), *vt_s = carve.cols();
@@ -257,19 +257,19 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 2; ++e) {
         const int d = dt * 8 + 2 * t + e;
         const float value = o[dt][2 * r + e] * inv;
-        out[off + d] = value;
+        store_kept(out, out16, off + d, value);
         if (out_copy != nullptr) out_copy[off + d] = value;
       }
     if (t == 0) lse[size_t(head.bh) * T + i] = m_run[r] + logf(l_run[r]);
   }
 }
 
-// dQ: grid (query tile, batch·head). dq[i] += scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
+// dQ: grid (query tile, batch·head). dq[i] = scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
 // Shared: Q, dO, K, V [64][HS+8] and K^T [HS][64+8].
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_tc_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
-                                    const float* dsum, int T, int C, int NH, float scale) {
+    attention_backward_dq_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
+                                    const float* lse, const float* dsum, int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *q_s = carve.rows(), *do_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows(),
@@ -321,21 +321,21 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int i = row[r];
     if (i >= T) continue;
-    float* dq_row = dqkv + (head.q - qkv) + size_t(i) * head.stride;
+    const size_t dq_row = size_t(head.q - qkv) + size_t(i) * head.stride;
 #pragma unroll
     for (int dt = 0; dt < HS / 8; ++dt)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) dq_row[dt * 8 + 2 * t + e] += dq[dt][2 * r + e] * scale;
+      for (int e = 0; e < 2; ++e) store_kept(dqkv, dqkv16, dq_row + dt * 8 + 2 * t + e, dq[dt][2 * r + e] * scale);
   }
 }
 
 // dK, dV: grid (key tile, batch·head); each warp owns 16 keys and walks the query tiles from the diagonal on.
-// S^T = K Q^T and dP^T = V dO^T give P^T and dS^T in the keys' rows: dV += P^T dO, dK += scale dS^T Q.
+// S^T = K Q^T and dP^T = V dO^T give P^T and dS^T in the keys' rows: dV = P^T dO, dK = scale dS^T Q.
 // Shared: K, V, Q, dO [64][HS+8], Q^T, dO^T [HS][64+8], L and D of the query tile.
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkv_tc_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
-                                     const float* dsum, int T, int C, int NH, float scale) {
+    attention_backward_dkv_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
+                                     const float* lse, const float* dsum, int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *k_s = carve.rows(), *v_s = carve.rows(), *q_s = carve.rows(), *do_s = carve.rows(),
@@ -393,15 +393,14 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int j = key[r];
     if (j >= T) continue;
-    float* dk_row = dqkv + (head.k - qkv) + size_t(j) * head.stride;
-    float* dv_row = dk_row + C;
+    const size_t dk_row = size_t(head.k - qkv) + size_t(j) * head.stride, dv_row = dk_row + size_t(C);
 #pragma unroll
     for (int dt = 0; dt < HS / 8; ++dt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int d = dt * 8 + 2 * t + e;
-        dk_row[d] += dk[dt][2 * r + e] * scale;
-        dv_row[d] += dv[dt][2 * r + e];
+        store_kept(dqkv, dqkv16, dk_row + d, dk[dt][2 * r + e] * scale);
+        store_kept(dqkv, dqkv16, dv_row + d, dv[dt][2 * r + e]);
       }
   }
 }
@@ -432,8 +431,8 @@ bool attention_tc_aligned(const void* qkv, const void* dout) {
   return reinterpret_cast<uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<uintptr_t>(dout) % 16 == 0;
 }
 
-void attention_forward_tc(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
-                          cudaStream_t stream) {
+void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
+                          int C, int NH, cudaStream_t stream) {
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
@@ -442,13 +441,13 @@ void attention_forward_tc(float* out, float* out_copy, float* lse, const float* 
     const size_t shared_bytes = 2 * rows_bytes(HS) + cols_bytes(HS);
     auto kernel = attention_forward_tc_kernel<HS>;
     allow_shared_bytes(kernel, shared_bytes);
-    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out_copy, lse, qkv, T, C, NH, scale);
+    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }
 
-void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum, int B,
-                           int T, int C, int NH, cudaStream_t stream) {
+void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* lse,
+                           const float* dsum, int B, int T, int C, int NH, cudaStream_t stream) {
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
@@ -457,12 +456,12 @@ void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, con
     const size_t dq_bytes = 4 * rows_bytes(HS) + cols_bytes(HS);
     auto dq_kernel = attention_backward_dq_tc_kernel<HS>;
     allow_shared_bytes(dq_kernel, dq_bytes);
-    dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dout, qkv, lse, dsum, T, C, NH, scale);
+    dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
     const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * cols_bytes(HS) + 2 * sizeof(float) * kTileKeys;
     auto dkv_kernel = attention_backward_dkv_tc_kernel<HS>;
     allow_shared_bytes(dkv_kernel, dkv_bytes);
-    dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dout, qkv, lse, dsum, T, C, NH, scale);
+    dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }

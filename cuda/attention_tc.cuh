@@ -2,6 +2,7 @@
 // mma.sync m16n8k16 (bf16 operands, fp32 accumulation). Internal to cuda/: attention.cu decides when they run.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 namespace zt::cuda {
@@ -11,11 +12,13 @@ bool attention_tc_supports(int hs);
 /// Whether the pointers allow the kernels' 16-byte loads (the launchers fall back to the fp32 kernels otherwise).
 bool attention_tc_aligned(const void* qkv, const void* dout);
 
-/// As attention.cu's forward: out, optionally out_copy, and lse[bh * T + i] (log-sum-exp of the scaled scores).
-void attention_forward_tc(float* out, float* out_copy, float* lse, const float* qkv, int B, int T, int C, int NH,
-                          cudaStream_t stream);
-/// Accumulates dQ, dK, dV into dqkv from lse and dsum[bh * T + i] = sum_d dO * O of the forward's rows.
-void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* dsum, int B,
-                           int T, int C, int NH, cudaStream_t stream);
+/// As attention.cu's forward: out (and its bf16 copy when out16 is given), optionally out_copy, and lse[bh * T + i]
+/// (log-sum-exp of the scaled scores).
+void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
+                          int C, int NH, cudaStream_t stream);
+/// Writes dQ, dK, dV into dqkv (and, when dqkv16 is given, their bf16 copy) from lse and dsum[bh * T + i] =
+/// sum_d dO * O of the forward's rows.
+void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* lse,
+                           const float* dsum, int B, int T, int C, int NH, cudaStream_t stream);
 
 }  // namespace zt::cuda

@@ -46,8 +46,8 @@ class CudaBackend final : public Backend {
     ZT_CHECK(attention_choice == "auto" || attention_choice == "fp32",
              "ZT_CUDA_ATTENTION={}: expected auto (tensor cores in bf16 mode) or fp32", attention_choice);
     attention_tensor_cores_ = bf16 && attention_choice == "auto";
-    // bf16 mode keeps bf16 copies of the parameters it is asked to; ZT_CUDA_PARAM_COPY=0 rounds per matmul instead
-    // (the same bits: the tests compare the two).
+    // bf16 mode keeps bf16 copies of the parameters and activations it is asked to; ZT_CUDA_PARAM_COPY=0 rounds per
+    // matmul instead (the same bits: the tests compare the two).
     const char* param_copy = std::getenv("ZT_CUDA_PARAM_COPY");
     const std::string param_copy_choice = param_copy != nullptr ? param_copy : "1";
     ZT_CHECK(param_copy_choice == "0" || param_copy_choice == "1", "ZT_CUDA_PARAM_COPY={}: expected 1 (default) or 0",
@@ -89,7 +89,10 @@ class CudaBackend final : public Backend {
     ZT_CUDA_CHECK(cudaFree(p));
   }
   void zero(float* p, size_t n) override {
-    if (n) ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+    if (n == 0) return;
+    ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+    // A kept copy stays current (bf16 zero is all zero bits too): the residual gradient is zeroed, then accumulated.
+    if (__nv_bfloat16* copy = bf16_copy_of(p, n)) ZT_CUDA_CHECK(cudaMemsetAsync(copy, 0, n * sizeof(*copy), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
     if (dst != src && n) ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
@@ -136,9 +139,10 @@ class CudaBackend final : public Backend {
     param_copies_[begin] = {n, static_cast<__nv_bfloat16*>(copy)};
     cuda::cast_to_bf16(static_cast<__nv_bfloat16*>(copy), params, n, stream_);
   }
+  void keep_activation_copy(const float* act, size_t n) override { keep_param_copy(act, n); }
   void refresh_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
-    __nv_bfloat16* copy = param_copy_of(params, n);
+    __nv_bfloat16* copy = bf16_copy_of(params, n);
     ZT_CHECK(copy != nullptr, "refresh_param_copy: [{}, +{}) is not inside a kept range",
              static_cast<const void*>(params), n);
     cuda::cast_to_bf16(copy, params, n, stream_);
@@ -171,48 +175,60 @@ class CudaBackend final : public Backend {
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
                          int N, int C) override {
-    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_);
+    cuda::layernorm_forward(out, bf16_copy_of(out, size_t(N) * C), mean, rstd, inp, weight, bias, N, C, stream_);
+  }
+  void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
+                                  const float* weight, const float* bias, int N, int C) override {
+    cuda::residual_layernorm_forward(res, out, bf16_copy_of(out, size_t(N) * C), mean, rstd, a, b, weight, bias, N, C,
+                                     stream_);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
     float* scratch = scratch_floats(cuda::layernorm_backward_scratch_elems(N, C));
-    cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, scratch, stream_);
+    cuda::layernorm_backward(dinp, bf16_copy_of(dinp, size_t(N) * C), dweight, dbias, dout, inp, weight, mean, rstd, N,
+                             C, scratch, stream_);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
                       bool wt) override {
-    cuda::matmul_forward(*matmul_, out, inp, weight, param_copy_of(weight, size_t(C) * OC), bias, N, C, OC, wt,
-                         stream_);
+    cuda::matmul_forward(*matmul_, out, inp, bf16_copy_of(inp, size_t(N) * C), weight,
+                         bf16_copy_of(weight, size_t(C) * OC), bias, N, C, OC, wt, stream_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int N, int C, int OC, bool wt) override {
-    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, inp, weight, param_copy_of(weight, size_t(C) * OC), N,
-                          C, OC, wt, stream_);
+    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, bf16_copy_of(dout, size_t(N) * OC), inp,
+                          bf16_copy_of(inp, size_t(N) * C), weight, bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt,
+                          stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
-    cuda::attention_forward(out, att, qkv, B, T, C, NH, attention_tensor_cores_, stream_);
+    cuda::attention_forward(out, bf16_copy_of(out, size_t(B) * T * C), att, qkv, B, T, C, NH, attention_tensor_cores_,
+                            stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH));
-    cuda::attention_backward(dqkv, dout, qkv, att, B, T, C, NH, attention_tensor_cores_, scratch, stream_);
+    cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
+                             attention_tensor_cores_, scratch, stream_);
   }
-  void gelu_forward(float* out, const float* inp, size_t n) override { cuda::gelu_forward(out, inp, n, stream_); }
+  void gelu_forward(float* out, const float* inp, size_t n) override {
+    cuda::gelu_forward(out, bf16_copy_of(out, n), inp, n, stream_);
+  }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
-    cuda::gelu_backward(dinp, inp, dout, n, stream_);
+    cuda::gelu_backward(dinp, bf16_copy_of(dinp, n), inp, dout, n, stream_);
   }
   void residual_forward(float* out, const float* a, const float* b, size_t n) override {
     cuda::residual_forward(out, a, b, n, stream_);
   }
   void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
                              float dloss) override {
-    cuda::softmax_cross_entropy(logits, losses, targets, N, V, Vp, dloss, error_flag_device_, stream_);
+    cuda::softmax_cross_entropy(logits, bf16_copy_of(logits, size_t(N) * Vp), losses, targets, N, V, Vp, dloss,
+                                error_flag_device_, stream_);
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                     float eps, float wd, float grad_scale, int64_t step) override {
-    cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step, param_copy_of(param, n),
+    cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step, bf16_copy_of(param, n),
                        stream_);
   }
   double squared_norm(const float* x, size_t n) override {
@@ -238,8 +254,9 @@ class CudaBackend final : public Backend {
 
   float* scratch_floats(size_t n) { return static_cast<float*>(scratch_.get(n * sizeof(float))); }
 
-  // The kept bf16 copy of [p, p + n), or null when no kept range holds all of it.
-  __nv_bfloat16* param_copy_of(const float* p, size_t n) {
+  // The kept bf16 copy (of parameters or activations: one map) of [p, p + n), or null when no kept range holds all
+  // of it.
+  __nv_bfloat16* bf16_copy_of(const float* p, size_t n) {
     if (param_copies_.empty()) return nullptr;
     const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
     auto it = param_copies_.upper_bound(addr);

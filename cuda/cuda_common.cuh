@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -44,6 +45,13 @@ void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
 }
 
 #ifdef __CUDACC__
+/// p[i] = v and, where the buffer has a kept bf16 copy p16 (null: none), p16[i] = v rounded to nearest: the bits
+/// cast_to_bf16 would give, so a matmul reading the copy multiplies what rounding per call would.
+__device__ inline void store_kept(float* p, __nv_bfloat16* p16, size_t i, float v) {
+  p[i] = v;
+  if (p16 != nullptr) p16[i] = __float2bfloat16_rn(v);
+}
+
 // Butterfly (xor) reductions: lane i adds v_i + v_(i^k) and lane i^k adds the same two values, so every lane ends
 // with bitwise the same result, in an order fixed by the lane numbering alone (deterministic).
 template <typename T>

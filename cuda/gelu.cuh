@@ -1,15 +1,18 @@
-// GELU (tanh approximation, as GPT-2) on the GPU: forward, and backward accumulating dinp.
+// GELU (tanh approximation, as GPT-2) on the GPU: forward, and backward writing dinp.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 
 namespace zt::cuda {
 
-/// out = gelu(inp), evaluated as x * sigmoid(2u) like the CPU reference.
-void gelu_forward(float* out, const float* inp, size_t n, cudaStream_t stream);
-/// dinp += gelu'(inp) * dout.
-void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n, cudaStream_t stream);
+/// out = gelu(inp), evaluated as x * sigmoid(2u) like the CPU reference; out16 (may be null) also receives it
+/// rounded to bf16 (the kept copy a bf16 matmul reads).
+void gelu_forward(float* out, __nv_bfloat16* out16, const float* inp, size_t n, cudaStream_t stream);
+/// dinp = gelu'(inp) * dout; dinp16 (may be null) also receives it rounded to bf16.
+void gelu_backward(float* dinp, __nv_bfloat16* dinp16, const float* inp, const float* dout, size_t n,
+                   cudaStream_t stream);
 
 }  // namespace zt::cuda

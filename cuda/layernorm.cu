@@ -1,4 +1,5 @@
-// LayerNorm on the GPU: one warp per row for the forward and dinp; weight/bias gradients as two-stage column sums.
+// LayerNorm on the GPU: one warp per row for the forward (alone or fused after the residual add) and dinp;
+// weight/bias gradients as two-stage column sums.
 #include "cuda/cuda_common.cuh"
 #include "cuda/layernorm.cuh"
 #include "cuda/reduce.cuh"
@@ -11,13 +12,10 @@ constexpr int kRowBlock = 256;  // 8 warps: 8 rows per block
 constexpr int kColumnBlock = 256;
 
 // One warp per row: mean, then the variance about it (two passes, no cancellation when |mean| >> std), as the CPU.
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                                         const float* bias, int N, int C) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
-  if (row >= N) return;
-  const float* x = inp + size_t(row) * C;
-  float* o = out + size_t(row) * C;
+// Both forward kernels end in it, so the fused one gives layernorm_forward's bits. o16 (may be null): the output's
+// kept bf16 copy, the same values rounded to nearest.
+__device__ inline void layernorm_row(float* o, __nv_bfloat16* o16, float* mean, float* rstd, const float* x,
+                                     const float* weight, const float* bias, int row, int C, int lane) {
   float sum = 0.0f;
   for (int c = lane; c < C; c += kWarpSize) sum += x[c];
   const float m = warp_sum(sum) / float(C);
@@ -27,16 +25,40 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
     sq += d * d;
   }
   const float s = 1.0f / sqrtf(warp_sum(sq) / float(C) + kLayerNormEps);
-  for (int c = lane; c < C; c += kWarpSize) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+  for (int c = lane; c < C; c += kWarpSize) store_kept(o, o16, size_t(c), (x[c] - m) * s * weight[c] + bias[c]);
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = s;
   }
 }
 
+__global__ void layernorm_forward_kernel(float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const size_t off = size_t(row) * C;
+  layernorm_row(out + off, out16 != nullptr ? out16 + off : nullptr, mean, rstd, inp + off, weight, bias, row, C, lane);
+}
+
+// res = a + b, then the LayerNorm of res. Each lane reads back only the res elements it wrote itself (the same
+// c = lane + k * 32), so program order makes them visible: no barrier, and the row is still in L1.
+__global__ void residual_layernorm_forward_kernel(float* res, float* out, __nv_bfloat16* out16, float* mean,
+                                                  float* rstd, const float* a, const float* b, const float* weight,
+                                                  const float* bias, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const size_t off = size_t(row) * C;
+  for (int c = lane; c < C; c += kWarpSize) res[off + c] = a[off + c] + b[off + c];
+  layernorm_row(out + off, out16 != nullptr ? out16 + off : nullptr, mean, rstd, res + off, weight, bias, row, C, lane);
+}
+
 // dinp, one warp per row: dx += (w*dy - mean(w*dy) - norm * mean(w*dy*norm)) * rstd.
-__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
-                                               const float* mean, const float* rstd, int N, int C) {
+// dinp16 (may be null): dinp's kept bf16 copy, written with the sum just stored.
+__global__ void layernorm_backward_dinp_kernel(float* dinp, __nv_bfloat16* dinp16, const float* dout, const float* inp,
+                                               const float* weight, const float* mean, const float* rstd, int N,
+                                               int C) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= N) return;
@@ -52,9 +74,10 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, c
   }
   const float dnorm_mean = warp_sum(dnorm_sum) / float(C);
   const float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / float(C);
+  __nv_bfloat16* dx16 = dinp16 != nullptr ? dinp16 + size_t(row) * C : nullptr;
   for (int c = lane; c < C; c += kWarpSize) {
     const float norm = (x[c] - m) * s;
-    dx[c] += (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+    store_kept(dx, dx16, size_t(c), dx[c] + (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s);
   }
 }
 
@@ -81,24 +104,34 @@ __global__ void layernorm_backward_partials_kernel(float* partials, const float*
 
 }  // namespace
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
-                       int N, int C, cudaStream_t stream) {
+void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
-  layernorm_forward_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(out, mean, rstd, inp, weight,
-                                                                                          bias, N, C);
+  layernorm_forward_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(out, out16, mean, rstd, inp,
+                                                                                          weight, bias, N, C);
+  ZT_CUDA_LAUNCH_CHECK();
+}
+
+void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* a,
+                                const float* b, const float* weight, const float* bias, int N, int C,
+                                cudaStream_t stream) {
+  if (N == 0 || C == 0) return;
+  const int rows_per_block = kRowBlock / kWarpSize;
+  residual_layernorm_forward_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(
+      res, out, out16, mean, rstd, a, b, weight, bias, N, C);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
 size_t layernorm_backward_scratch_elems(int N, int C) { return size_t(row_chunks(N).n_chunks) * 2 * size_t(C); }
 
-void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                        const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch,
-                        cudaStream_t stream) {
+void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C,
+                        float* scratch, cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
-  layernorm_backward_dinp_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(dinp, dout, inp, weight,
-                                                                                                mean, rstd, N, C);
+  layernorm_backward_dinp_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(
+      dinp, dinp16, dout, inp, weight, mean, rstd, N, C);
   ZT_CUDA_LAUNCH_CHECK();
   const RowChunks chunks = row_chunks(N);
   const dim3 grid(unsigned(ceil_div(size_t(C), kColumnBlock)), unsigned(chunks.n_chunks));

@@ -161,8 +161,9 @@ MatmulContext::~MatmulContext() = default;
 
 bool MatmulContext::bf16() const { return impl_->bf16; }
 
-void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const float* weight, const void* weight_bf16,
-                    const float* bias, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
+void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void* inp_bf16, const float* weight,
+                    const void* weight_bf16, const float* bias, int N, int C, int OC, bool weight_transposed,
+                    cudaStream_t stream) {
   if (N == 0 || OC == 0) return;
   MatmulContext::Impl& m = ctx.impl();
   if (C == 0) {  // an empty product: out = bias (or 0)
@@ -176,9 +177,9 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const floa
     ScratchCarver carve(m.scratch.get(align_bytes(size_t(N) * C * 2) + align_bytes(size_t(C) * OC * 2)));
     auto* inp16 = carve.take<__nv_bfloat16>(size_t(N) * C);
     auto* w16 = carve.take<__nv_bfloat16>(size_t(C) * OC);
-    cast_to_bf16(inp16, inp, size_t(N) * C, stream);
+    if (inp_bf16 == nullptr) cast_to_bf16(inp16, inp, size_t(N) * C, stream);
     if (weight_bf16 == nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
-    a = inp16;
+    a = inp_bf16 != nullptr ? inp_bf16 : inp16;
     w = weight_bf16 != nullptr ? weight_bf16 : w16;
   }
   // W [C,OC]: out = inp · W; W [OC,C]: out = inp · W^T.
@@ -196,9 +197,9 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const floa
   m.gemm(false, weight_transposed, N, OC, C, a, C, w, ldw, out, OC, 1.0f, nullptr, stream);
 }
 
-void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
-                     cudaStream_t stream) {
+void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
+                     const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
   if (N == 0 || OC == 0 || C == 0) return;
   MatmulContext::Impl& m = ctx.impl();
   const RowChunks chunks = row_chunks(N);
@@ -213,20 +214,20 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
     auto* d16 = carve.take<__nv_bfloat16>(size_t(N) * OC);
     auto* x16 = carve.take<__nv_bfloat16>(size_t(N) * C);
     auto* w16 = carve.take<__nv_bfloat16>(size_t(C) * OC);
-    cast_to_bf16(d16, dout, size_t(N) * OC, stream);
-    cast_to_bf16(x16, inp, size_t(N) * C, stream);
+    if (dout_bf16 == nullptr) cast_to_bf16(d16, dout, size_t(N) * OC, stream);
+    if (inp_bf16 == nullptr) cast_to_bf16(x16, inp, size_t(N) * C, stream);
     if (dinp != nullptr && weight_bf16 == nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
-    d = d16;
-    x = x16;
+    d = dout_bf16 != nullptr ? dout_bf16 : d16;
+    x = inp_bf16 != nullptr ? inp_bf16 : x16;
     w = weight_bf16 != nullptr ? weight_bf16 : w16;
   }
   if (weight_transposed) {
-    if (dinp != nullptr)  // dinp[N,C] += dout[N,OC] · W[OC,C]
-      m.gemm(false, false, N, C, OC, d, OC, w, C, dinp, C, 1.0f, nullptr, stream);
+    if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[OC,C]
+      m.gemm(false, false, N, C, OC, d, OC, w, C, dinp, C, 0.0f, nullptr, stream);
     m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, nullptr, stream);  // dW[OC,C] += dout^T · inp
   } else {
-    if (dinp != nullptr)  // dinp[N,C] += dout[N,OC] · W[C,OC]^T
-      m.gemm(false, true, N, C, OC, d, OC, w, OC, dinp, C, 1.0f, nullptr, stream);
+    if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[C,OC]^T
+      m.gemm(false, true, N, C, OC, d, OC, w, OC, dinp, C, 0.0f, nullptr, stream);
     m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, nullptr, stream);  // dW[C,OC] += inp^T · dout
   }
   if (dbias != nullptr) {

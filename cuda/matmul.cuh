@@ -27,13 +27,15 @@ class MatmulContext {
 };
 
 /// out[N,OC] = inp[N,C] · W + bias; W is [C,OC], or [OC,C] when weight_transposed; bias may be null.
-/// weight_bf16 (bf16 mode; may be null): W already rounded to bf16 (a kept parameter copy), read instead of rounding
-/// W again.
-void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const float* weight, const void* weight_bf16,
-                    const float* bias, int N, int C, int OC, bool weight_transposed, cudaStream_t stream);
-/// Accumulates dinp (may be null), dweight, dbias (may be null; a deterministic two-stage column sum).
-void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
-                     cudaStream_t stream);
+/// inp_bf16, weight_bf16 (bf16 mode; each may be null): inp and W already rounded to bf16 (a kept activation or
+/// parameter copy), read instead of rounding them again.
+void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void* inp_bf16, const float* weight,
+                    const void* weight_bf16, const float* bias, int N, int C, int OC, bool weight_transposed,
+                    cudaStream_t stream);
+/// Writes dinp (may be null); accumulates dweight, dbias (may be null; a deterministic two-stage column sum).
+/// dout_bf16, inp_bf16, weight_bf16 (bf16 mode; each may be null): kept bf16 copies read instead of rounding.
+void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
+                     const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream);
 
 }  // namespace zt::cuda

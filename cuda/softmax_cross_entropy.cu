@@ -9,8 +9,9 @@ namespace {
 
 constexpr int kBlock = 512;
 
-__global__ void softmax_cross_entropy_kernel(float* logits, float* losses, const int32_t* targets, int V, int Vp,
-                                             float dloss, int* error_flag) {
+// logits16 (may be null): the kept bf16 copy of the logits, written with the gradient that replaces them.
+__global__ void softmax_cross_entropy_kernel(float* logits, __nv_bfloat16* logits16, float* losses,
+                                             const int32_t* targets, int V, int Vp, float dloss, int* error_flag) {
   __shared__ float shared_f[kWarpSize];
   __shared__ double shared_d[kWarpSize];
   const int i = blockIdx.x;
@@ -36,23 +37,24 @@ __global__ void softmax_cross_entropy_kernel(float* logits, float* losses, const
     }
   }
   const float scale = float(double(dloss) / sum);
+  __nv_bfloat16* row16 = logits16 != nullptr ? logits16 + size_t(i) * Vp : nullptr;
   for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
     float g = 0.0f;  // padded columns never receive probability
     if (j < V) {
       g = expf(row[j] - mx) * scale;
       if (j == target) g -= dloss;
     }
-    row[j] = g;
+    store_kept(row, row16, size_t(j), g);
   }
 }
 
 }  // namespace
 
-void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp, float dloss,
-                           int* error_flag, cudaStream_t stream) {
+void softmax_cross_entropy(float* logits, __nv_bfloat16* logits16, float* losses, const int32_t* targets, int N, int V,
+                           int Vp, float dloss, int* error_flag, cudaStream_t stream) {
   ZT_CHECK(V > 0 && V <= Vp, "softmax_cross_entropy: need 0 < V <= Vp, got V={} Vp={}", V, Vp);
   if (N == 0) return;
-  softmax_cross_entropy_kernel<<<N, kBlock, 0, stream>>>(logits, losses, targets, V, Vp, dloss, error_flag);
+  softmax_cross_entropy_kernel<<<N, kBlock, 0, stream>>>(logits, logits16, losses, targets, V, Vp, dloss, error_flag);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

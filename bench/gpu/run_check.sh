@@ -8,7 +8,8 @@
 #
 # Usage: bench/gpu/run_check.sh OUTDIR      (needs bench/gpu/bundle/ from bundle.sh)
 # Env:   ZT_PYTHON (default python3: the one with PyTorch), ZT_CHECK_BUDGET_S (default 470), BATCH (default 16),
-#        ZT_CHECK_ONLY (a rerun of some steps: any of "ops zero nccl ckpt train throughput torch sanitizer"),
+#        ZT_CHECK_ONLY (a rerun of some steps: any of "ops zero nccl ckpt train throughput torch sanitizer
+#        variants"),
 #        ZT_OPS_FILTER (a Catch2 filter for the op tests, e.g. "[attention]")
 # Exit:  0 all run checks passed, 1 a check failed or timed out, 2 usage / missing bundle, 3 no device.
 set -uo pipefail
@@ -260,6 +261,25 @@ else
     "$ZT_BUNDLE_ROOT/bin/test_cuda_ops" "[attention]"
   sanitizer_row "compute-sanitizer racecheck on attention" "$outdir/racecheck.log"
 fi
+
+# 9. What two of the bf16 mode's choices buy, in the same run (whatever budget is left): the throughput step again
+#    without the bf16 operand copies (every matmul rounds its operands per call), and with the fp32 attention
+#    kernels instead of the tensor-core ones. Each row gives tokens/s and the ratio of the main run to it.
+step_group=variants
+variant_row() {  # NAME LOG
+  local result tps ratio
+  set_result
+  tps=$(sed -n 's/^zt_tokens_per_s=//p' "$2")
+  [[ $result == PASS ]] && result="measured"
+  ratio=$(awk -v a="${zt_tps:-}" -v b="${tps:-}" 'BEGIN { if (a > 0 && b > 0) printf ", main run %.2fx this", a / b }')
+  add_row "$1" "$result" "${tps:-?} tokens/s${ratio}"
+}
+run_step "throughput without operand copies" 45 "$outdir/zt_throughput_no_copies.log" env ZT_CUDA_PARAM_COPY=0 \
+  bash "$bundle/run.sh" gpt2_cuda_bench --preset gpt2 --batch "$batch" --seq_len 1024 --steps 5 --warmup 2
+variant_row "variant: ZT_CUDA_PARAM_COPY=0 (round per matmul)" "$outdir/zt_throughput_no_copies.log"
+run_step "throughput with fp32 attention" 45 "$outdir/zt_throughput_fp32_attention.log" env ZT_CUDA_ATTENTION=fp32 \
+  bash "$bundle/run.sh" gpt2_cuda_bench --preset gpt2 --batch "$batch" --seq_len 1024 --steps 5 --warmup 2
+variant_row "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)" "$outdir/zt_throughput_fp32_attention.log"
 
 print_table
 echo "(${SECONDS}s in all; the table is also in $outdir/summary.md for docs/gpu-results.md)"

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -57,6 +58,9 @@ std::vector<int32_t> random_tokens(std::mt19937_64& rng, size_t n, int vocab) {
 }
 
 VecF to_float(const Vec& v) { return VecF(v.begin(), v.end()); }
+
+// Fills outputs an op must write (not accumulate into): an element left unwritten, or read, stays NaN and fails.
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double dot(const Vec& a, const Vec& b) {
   double s = 0;
@@ -272,12 +276,12 @@ TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]
         }
       check_close("out", out, want);
 
-      const Vec dinp0 = uniform(rng, inp.size(), -1, 1), dw0 = uniform(rng, weight.size(), -1, 1),
-                db0 = uniform(rng, OC, -1, 1);
-      Vec dinp = dinp0, dw = dw0, db = db0;
+      // dinp is written (NaN before: any element left unwritten or read fails); dweight, dbias accumulate.
+      const Vec dw0 = uniform(rng, weight.size(), -1, 1), db0 = uniform(rng, OC, -1, 1);
+      Vec dinp(inp.size(), kNaN), dw = dw0, db = db0;
       cpu::matmul_backward(dinp.data(), dw.data(), with_bias ? db.data() : nullptr, w.data(), inp.data(), weight.data(),
                            N, C, OC, transposed);
-      check_gradient("dinp", inp, minus(dinp, dinp0), loss);
+      check_gradient("dinp", inp, dinp, loss);
       check_gradient("dweight", weight, minus(dw, dw0), loss);
       if (with_bias) check_gradient("dbias", bias, minus(db, db0), loss);
 
@@ -294,13 +298,12 @@ TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]
     INFO("multi-tile, weight_transposed=" << transposed);
     const int Nt = 150, Ct = 140, OCt = 130;
     const Vec x = uniform(rng, Nt * Ct, -1, 1), W = uniform(rng, Ct * OCt, -1, 1), bias = uniform(rng, OCt, -1, 1),
-              dout = uniform(rng, Nt * OCt, -1, 1), dx0 = uniform(rng, Nt * Ct, -1, 1),
-              dW0 = uniform(rng, Ct * OCt, -1, 1);
+              dout = uniform(rng, Nt * OCt, -1, 1), dW0 = uniform(rng, Ct * OCt, -1, 1);
     auto w_at = [&](const Vec& w, int c, int o) { return transposed ? w[size_t(o) * Ct + c] : w[size_t(c) * OCt + o]; };
-    Vec out(Nt * OCt), dx = dx0, dW = dW0, db(OCt, 0);
+    Vec out(Nt * OCt), dx(size_t(Nt) * Ct, kNaN), dW = dW0, db(OCt, 0);
     cpu::matmul_forward(out.data(), x.data(), W.data(), bias.data(), Nt, Ct, OCt, transposed);
     cpu::matmul_backward(dx.data(), dW.data(), db.data(), dout.data(), x.data(), W.data(), Nt, Ct, OCt, transposed);
-    Vec out_ref(out.size()), dx_ref = dx0, dW_ref = dW0;
+    Vec out_ref(out.size()), dx_ref(dx.size(), 0), dW_ref = dW0;
     for (int i = 0; i < Nt; ++i)
       for (int o = 0; o < OCt; ++o) {
         double acc = bias[o];
@@ -385,10 +388,9 @@ TEST_CASE("attention: forward, causal mask, finite-difference backward, float vs
           CHECK(out_changed[(size_t(b) * T + t) * C + c] == out_before[(size_t(b) * T + t) * C + c]);
 
     const Vec att0 = att;
-    const Vec dqkv0 = uniform(rng, qkv.size(), -1, 1);
-    Vec dqkv = dqkv0;
+    Vec dqkv(qkv.size(), kNaN);  // written, not accumulated: every element must be replaced
     cpu::attention_backward(dqkv.data(), w.data(), qkv.data(), att0.data(), B, T, C, NH);
-    check_gradient("dqkv", qkv, minus(dqkv, dqkv0), loss);
+    check_gradient("dqkv", qkv, dqkv, loss);
   }
 
   // float: 8-lane vectors; head size 64 runs 16-column tiles, T=70 leaves 2 rows after the 4-row tiles.
@@ -420,10 +422,9 @@ TEST_CASE("gelu: forward against the tanh formula, finite-difference backward, f
   Vec want(x.size());
   for (size_t i = 0; i < x.size(); ++i) want[i] = gelu_ref(x[i]);
   check_close("out", out, want);
-  const Vec dinp0 = uniform(rng, x.size(), -1, 1);
-  Vec dinp = dinp0;
+  Vec dinp(x.size(), kNaN);  // written, not accumulated
   cpu::gelu_backward(dinp.data(), x.data(), w.data(), x.size());
-  check_gradient("dinp", x, minus(dinp, dinp0), loss);
+  check_gradient("dinp", x, dinp, loss);
 
   // float against double, element by element over the whole useful range and where exp would overflow. The
   // forward is compared relatively (the sigmoid form never cancels): float rounds z = 2u to |z| 2^-24 and exp turns
@@ -459,6 +460,45 @@ TEST_CASE("residual: out = a + b", "[ops]") {
   VecF out(a.size());
   cpu::residual_forward(out.data(), af.data(), bf.data(), out.size());
   for (size_t i = 0; i < out.size(); ++i) CHECK(out[i] == af[i] + bf[i]);  // one rounding: exact equality
+}
+
+// The fused op against the two it replaces, bit for bit, in float and double, on rows whose sum has a mean far from
+// 0 (the two-pass variance) and a C that is not a multiple of the vector width.
+template <typename T>
+void check_residual_layernorm_fused(std::mt19937_64& rng, int N, int C) {
+  auto draw = [&](size_t n, double lo, double hi) {
+    const Vec d = uniform(rng, n, lo, hi);
+    return std::vector<T>(d.begin(), d.end());
+  };
+  const std::vector<T> a = draw(size_t(N) * C, 1, 5), b = draw(size_t(N) * C, -1, 1), w = draw(size_t(C), 0.5, 1.5),
+                       bias = draw(size_t(C), -1, 1);
+  std::vector<T> res(a.size(), T(-7)), out(a.size(), T(-7)), mean(size_t(N), T(-7)), rstd(size_t(N), T(-7));
+  std::vector<T> res2(a.size()), out2(a.size()), mean2(static_cast<size_t>(N)), rstd2(static_cast<size_t>(N));
+  cpu::residual_layernorm_forward(res.data(), out.data(), mean.data(), rstd.data(), a.data(), b.data(), w.data(),
+                                  bias.data(), N, C);
+  cpu::residual_forward(res2.data(), a.data(), b.data(), res2.size());
+  cpu::layernorm_forward(out2.data(), mean2.data(), rstd2.data(), res2.data(), w.data(), bias.data(), N, C);
+  INFO("sizeof(T)=" << sizeof(T) << " N=" << N << " C=" << C);
+  CHECK(res == res2);
+  CHECK(out == out2);
+  CHECK(mean == mean2);
+  CHECK(rstd == rstd2);
+  // And it is a LayerNorm: every output row of weight 1, bias 0 would have mean 0; here, undo weight and bias.
+  double worst = 0;
+  for (int i = 0; i < N; ++i) {
+    double m = 0;
+    for (int c = 0; c < C; ++c) m += (double(out[size_t(i) * C + c]) - double(bias[size_t(c)])) / double(w[size_t(c)]);
+    worst = std::max(worst, std::abs(m / C));
+  }
+  CHECK(worst < 1e-5);  // the normalised rows' mean, in float's precision (~1e-7 per term)
+}
+
+TEST_CASE("residual_layernorm_forward: the residual add then layernorm_forward, bit for bit", "[ops]") {
+  ZT_SEEDED_RNG(rng);
+  for (int C : {1, 7, 96, 131}) {
+    check_residual_layernorm_fused<float>(rng, 9, C);
+    check_residual_layernorm_fused<double>(rng, 9, C);
+  }
 }
 
 TEST_CASE("softmax_cross_entropy: losses, finite-difference gradient, padded columns", "[ops]") {
@@ -595,6 +635,13 @@ TEST_CASE("ops give bit-identical results for any thread count", "[ops]") {
     const VecF x = to_float(uniform(rng, N * C, -2, 2)), g = to_float(uniform(rng, C, 0.5, 1.5)),
                bb = to_float(uniform(rng, C, -1, 1)), dout = to_float(uniform(rng, N * C, -1, 1)),
                init = to_float(uniform(rng, N * C + 2 * C, -1, 1));
+    check_thread_invariant("residual_layernorm_forward", [&] {
+      VecF res(N * C), out(N * C), mean(N), rstd(N);
+      cpu::residual_layernorm_forward(res.data(), out.data(), mean.data(), rstd.data(), x.data(), dout.data(), g.data(),
+                                      bb.data(), N, C);
+      for (VecF* v : {&out, &mean, &rstd}) res.insert(res.end(), v->begin(), v->end());
+      return res;
+    });
     check_thread_invariant("layernorm forward+backward", [&] {
       VecF out(N * C), mean(N), rstd(N), grads = init;
       cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), g.data(), bb.data(), N, C);

@@ -57,7 +57,11 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
   CHECK(calls("matmul_backward") == 4 * L + 1);
   CHECK(calls("attention_forward") == L);
   CHECK(calls("attention_backward") == L);
-  CHECK(calls("layernorm_forward") == 2 * L + 1);
+  // ln_1 of the first block alone; every later LayerNorm is fused with the residual add before it (ln_2 after the
+  // attention's, each later ln_1 and the final norm after the MLP's): no separate residual add is left.
+  CHECK(calls("layernorm_forward") == 1);
+  CHECK(calls("residual_layernorm_forward") == 2 * L);
+  CHECK(calls("residual_forward") == 0);
   CHECK(calls("layernorm_backward") == 2 * L + 1);
   CHECK(calls("gelu_forward") == L);
   CHECK(calls("embedding_forward") == 1);
