@@ -49,10 +49,13 @@ class Backend {
   /// residual_layernorm_forward's out; attention_forward's out; gelu_forward's out; layernorm_backward's dinp;
   /// gelu_backward's dinp; attention_backward's dqkv; softmax_cross_entropy's logits (their gradient). Any other
   /// write (a matmul's output, copy, from_host) leaves the copy stale, so a kept range that a matmul reads must
-  /// have been written last by one of those.
-  virtual void keep_activation_copy(const float* act, size_t n) {
+  /// have been written last by one of those. With `fp32_read` false, nothing but matmuls reads the range after
+  /// those writes, and a backend that keeps the copy may skip the forward ops' and softmax_cross_entropy's fp32
+  /// writes into it (its fp32 contents are then unspecified; a backend without a copy writes them as always).
+  virtual void keep_activation_copy(const float* act, size_t n, bool fp32_read) {
     (void)act;
     (void)n;
+    (void)fp32_read;
   }
   /// Rounds [params, params + n), inside a kept range, into its copy again.
   virtual void refresh_param_copy(const float* params, size_t n) {

@@ -27,7 +27,9 @@ class ForwardingBackend : public Backend {
   void synchronize() override { inner_.synchronize(); }
   size_t param_copy_bytes() const override { return inner_.param_copy_bytes(); }
   void keep_param_copy(const float* params, size_t n) override { inner_.keep_param_copy(params, n); }
-  void keep_activation_copy(const float* act, size_t n) override { inner_.keep_activation_copy(act, n); }
+  void keep_activation_copy(const float* act, size_t n, bool fp32_read) override {
+    inner_.keep_activation_copy(act, n, fp32_read);
+  }
   void refresh_param_copy(const float* params, size_t n) override { inner_.refresh_param_copy(params, n); }
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,

@@ -55,21 +55,22 @@ Gpt2::Gpt2(const ParamTable& table, Backend& backend, int B, int T) : table_(tab
   ZT_ASSERT(arena_used_ == activation_elems_ + scratch);
   // What the matmuls read, each written last by an op that can also write a rounded copy (keep_activation_copy):
   // a backend that multiplies in bf16 keeps those copies, so no matmul rounds an operand again. The inputs (the
-  // LayerNorm, attention and GELU outputs) are read by the forward and weight-gradient products; the output
-  // gradients (the residual stream's, GELU's, attention's and the dlogits) by the backward products.
-  auto keep = [&](float* a, size_t n) {
-    be_.keep_activation_copy(a, n);
+  // LayerNorm, attention and GELU outputs) are read by the forward and weight-gradient products and by nothing
+  // else, so their fp32 values need not be written at all; nor need the dlogits'. The other output gradients (the
+  // residual stream's, GELU's, attention's) are also read in fp32: by LayerNorm's backward and the bias gradients.
+  auto keep = [&](float* a, size_t n, bool fp32_read) {
+    be_.keep_activation_copy(a, n, fp32_read);
     activation_copy_elems_ += n;
   };
   for (LayerActs& L : layers_) {
-    for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C);
-    keep(L.fch_gelu, BT * 4 * C);
+    for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C, false);
+    keep(L.fch_gelu, BT * 4 * C, false);
   }
-  keep(lnf_, BT * C);
-  keep(d_res_, BT * C);
-  keep(d_fch_, BT * 4 * C);
-  keep(d_qkv_, BT * 3 * C);
-  keep(logits_, BT * Vp);
+  keep(lnf_, BT * C, false);
+  keep(logits_, BT * Vp, false);  // the forward's logits are the LM head's fp32 output; only their gradient is skipped
+  keep(d_res_, BT * C, true);
+  keep(d_fch_, BT * 4 * C, true);
+  keep(d_qkv_, BT * 3 * C, true);
   losses_host_.resize(BT);
 }
 

@@ -15,7 +15,8 @@ constexpr int kAttentionMaxHeadDim = 128;
 /// [B,NH,T,T] is used as the backward's memory instead of probabilities: the per-row log-sum-exp at
 /// att[0, B*NH*T), and, when hs + 1 <= T (it then fits), a copy of out at att[B*NH*T, +B*T*C).
 /// `tensor_cores`: bf16 products on the tensor cores (attention_tc.cu) where the head size allows (32, 64), else
-/// the fp32 kernels. out16 (may be null) receives out rounded to bf16 (the kept copy the c_proj products read).
+/// the fp32 kernels. out16 (may be null) receives out rounded to bf16 (the kept copy the c_proj products read); out
+/// may be null when out16 is given.
 void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
                        bool tensor_cores, cudaStream_t stream);
 /// Floats of att attention_forward writes and attention_backward reads (the row statistics, and the output copy

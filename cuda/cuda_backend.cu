@@ -121,25 +121,8 @@ class CudaBackend final : public Backend {
     host_tokens_[begin].assign(host_src, host_src + n);
   }
   size_t param_copy_bytes() const override { return param_copies_on_ ? sizeof(__nv_bfloat16) : 0; }
-  void keep_param_copy(const float* params, size_t n) override {
-    if (!param_copies_on_ || n == 0) return;
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(params), end = begin + n * sizeof(float);
-    const auto next = param_copies_.lower_bound(begin);  // the first kept range starting at or after begin
-    bool overlaps = next != param_copies_.end() && next->first < end;
-    if (next != param_copies_.begin()) {
-      const auto prev = std::prev(next);
-      overlaps = overlaps || prev->first + prev->second.n * sizeof(float) > begin;
-    }
-    ZT_CHECK(!overlaps, "keep_param_copy: [{}, +{}) overlaps a range already kept", static_cast<const void*>(params),
-             n);
-    void* copy = nullptr;
-    const cudaError_t rc = cudaMalloc(&copy, n * sizeof(__nv_bfloat16));
-    ZT_CHECK(rc == cudaSuccess, "out of device memory allocating a {}-byte bf16 parameter copy on CUDA device {}: {}",
-             n * sizeof(__nv_bfloat16), device_, cudaGetErrorString(rc));
-    param_copies_[begin] = {n, static_cast<__nv_bfloat16*>(copy)};
-    cuda::cast_to_bf16(static_cast<__nv_bfloat16*>(copy), params, n, stream_);
-  }
-  void keep_activation_copy(const float* act, size_t n) override { keep_param_copy(act, n); }
+  void keep_param_copy(const float* params, size_t n) override { keep_copy(params, n, false); }
+  void keep_activation_copy(const float* act, size_t n, bool fp32_read) override { keep_copy(act, n, !fp32_read); }
   void refresh_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
     __nv_bfloat16* copy = bf16_copy_of(params, n);
@@ -175,12 +158,14 @@ class CudaBackend final : public Backend {
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
                          int N, int C) override {
-    cuda::layernorm_forward(out, bf16_copy_of(out, size_t(N) * C), mean, rstd, inp, weight, bias, N, C, stream_);
+    const size_t n = size_t(N) * C;
+    cuda::layernorm_forward(fp32_output(out, n), bf16_copy_of(out, n), mean, rstd, inp, weight, bias, N, C, stream_);
   }
   void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
                                   const float* weight, const float* bias, int N, int C) override {
-    cuda::residual_layernorm_forward(res, out, bf16_copy_of(out, size_t(N) * C), mean, rstd, a, b, weight, bias, N, C,
-                                     stream_);
+    const size_t n = size_t(N) * C;
+    cuda::residual_layernorm_forward(res, fp32_output(out, n), bf16_copy_of(out, n), mean, rstd, a, b, weight, bias, N,
+                                     C, stream_);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
@@ -203,7 +188,8 @@ class CudaBackend final : public Backend {
     return cuda::attention_state_elems(B, T, C, NH);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
-    cuda::attention_forward(out, bf16_copy_of(out, size_t(B) * T * C), att, qkv, B, T, C, NH, attention_tensor_cores_,
+    const size_t n = size_t(B) * T * C;
+    cuda::attention_forward(fp32_output(out, n), bf16_copy_of(out, n), att, qkv, B, T, C, NH, attention_tensor_cores_,
                             stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
@@ -213,7 +199,7 @@ class CudaBackend final : public Backend {
                              attention_tensor_cores_, scratch, stream_);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
-    cuda::gelu_forward(out, bf16_copy_of(out, n), inp, n, stream_);
+    cuda::gelu_forward(fp32_output(out, n), bf16_copy_of(out, n), inp, n, stream_);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
     cuda::gelu_backward(dinp, bf16_copy_of(dinp, n), inp, dout, n, stream_);
@@ -223,8 +209,9 @@ class CudaBackend final : public Backend {
   }
   void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
                              float dloss) override {
-    cuda::softmax_cross_entropy(logits, bf16_copy_of(logits, size_t(N) * Vp), losses, targets, N, V, Vp, dloss,
-                                error_flag_device_, stream_);
+    const size_t n = size_t(N) * Vp;
+    cuda::softmax_cross_entropy(logits, fp32_output(logits, n) != nullptr, bf16_copy_of(logits, n), losses, targets, N,
+                                V, Vp, dloss, error_flag_device_, stream_);
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                     float eps, float wd, float grad_scale, int64_t step) override {
@@ -241,6 +228,32 @@ class CudaBackend final : public Backend {
   void accumulate(float* x, const float* y, size_t n) override { cuda::residual_forward(x, x, y, n, stream_); }
 
  private:
+  // One kept range: its copy, and whether only the copy needs writing (keep_activation_copy with fp32_read false).
+  struct ParamCopy {
+    size_t n;
+    __nv_bfloat16* copy;
+    bool fp32_unread;
+  };
+
+  void keep_copy(const float* params, size_t n, bool fp32_unread) {
+    if (!param_copies_on_ || n == 0) return;
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(params), end = begin + n * sizeof(float);
+    const auto next = param_copies_.lower_bound(begin);  // the first kept range starting at or after begin
+    bool overlaps = next != param_copies_.end() && next->first < end;
+    if (next != param_copies_.begin()) {
+      const auto prev = std::prev(next);
+      overlaps = overlaps || prev->first + prev->second.n * sizeof(float) > begin;
+    }
+    ZT_CHECK(!overlaps, "keeping a bf16 copy of [{}, +{}): it overlaps a range already kept",
+             static_cast<const void*>(params), n);
+    void* copy = nullptr;
+    const cudaError_t rc = cudaMalloc(&copy, n * sizeof(__nv_bfloat16));
+    ZT_CHECK(rc == cudaSuccess, "out of device memory allocating a {}-byte bf16 copy on CUDA device {}: {}",
+             n * sizeof(__nv_bfloat16), device_, cudaGetErrorString(rc));
+    param_copies_[begin] = {n, static_cast<__nv_bfloat16*>(copy), fp32_unread};
+    cuda::cast_to_bf16(static_cast<__nv_bfloat16*>(copy), params, n, stream_);
+  }
+
   void* alloc_zeroed(size_t n_bytes) {
     void* p = nullptr;
     const cudaError_t rc = cudaMalloc(&p, n_bytes == 0 ? 256 : n_bytes);
@@ -254,17 +267,30 @@ class CudaBackend final : public Backend {
 
   float* scratch_floats(size_t n) { return static_cast<float*>(scratch_.get(n * sizeof(float))); }
 
-  // The kept bf16 copy (of parameters or activations: one map) of [p, p + n), or null when no kept range holds all
-  // of it.
-  __nv_bfloat16* bf16_copy_of(const float* p, size_t n) {
+  // The kept range (of parameters or activations: one map) that holds all of [p, p + n), or null; *offset is p's
+  // element offset in it.
+  const ParamCopy* kept_range_of(const float* p, size_t n, size_t* offset) const {
     if (param_copies_.empty()) return nullptr;
     const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
     auto it = param_copies_.upper_bound(addr);
     if (it == param_copies_.begin()) return nullptr;
     --it;
-    const size_t offset = (addr - it->first) / sizeof(float);
-    if ((addr - it->first) % sizeof(float) != 0 || offset + n > it->second.n) return nullptr;
-    return it->second.copy + offset;
+    *offset = (addr - it->first) / sizeof(float);
+    if ((addr - it->first) % sizeof(float) != 0 || *offset + n > it->second.n) return nullptr;
+    return &it->second;
+  }
+  // The kept bf16 copy of [p, p + n), or null.
+  __nv_bfloat16* bf16_copy_of(const float* p, size_t n) const {
+    size_t offset = 0;
+    const ParamCopy* kept = kept_range_of(p, n, &offset);
+    return kept != nullptr ? kept->copy + offset : nullptr;
+  }
+  // Where a forward op writes the fp32 values of its output [p, p + n): p, or null when the range is kept with
+  // fp32_read false (only its copy is read, so only the copy is written).
+  float* fp32_output(float* p, size_t n) const {
+    size_t offset = 0;
+    const ParamCopy* kept = kept_range_of(p, n, &offset);
+    return kept != nullptr && kept->fp32_unread ? nullptr : p;
   }
 
   // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
@@ -280,11 +306,6 @@ class CudaBackend final : public Backend {
              n, it->second.size());
     return it->second.data() + offset;
   }
-
-  struct ParamCopy {
-    size_t n;
-    __nv_bfloat16* copy;
-  };
 
   int device_;
   bool attention_tensor_cores_ = false;

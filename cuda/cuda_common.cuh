@@ -46,9 +46,10 @@ void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
 
 #ifdef __CUDACC__
 /// p[i] = v and, where the buffer has a kept bf16 copy p16 (null: none), p16[i] = v rounded to nearest: the bits
-/// cast_to_bf16 would give, so a matmul reading the copy multiplies what rounding per call would.
+/// cast_to_bf16 would give, so a matmul reading the copy multiplies what rounding per call would. p is null where
+/// only the copy is read (keep_activation_copy with fp32_read false).
 __device__ inline void store_kept(float* p, __nv_bfloat16* p16, size_t i, float v) {
-  p[i] = v;
+  if (p != nullptr) p[i] = v;
   if (p16 != nullptr) p16[i] = __float2bfloat16_rn(v);
 }
 

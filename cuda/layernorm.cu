@@ -13,7 +13,7 @@ constexpr int kColumnBlock = 256;
 
 // One warp per row: mean, then the variance about it (two passes, no cancellation when |mean| >> std), as the CPU.
 // Both forward kernels end in it, so the fused one gives layernorm_forward's bits. o16 (may be null): the output's
-// kept bf16 copy, the same values rounded to nearest.
+// kept bf16 copy, the same values rounded to nearest; o is null where only the copy is wanted.
 __device__ inline void layernorm_row(float* o, __nv_bfloat16* o16, float* mean, float* rstd, const float* x,
                                      const float* weight, const float* bias, int row, int C, int lane) {
   float sum = 0.0f;
@@ -38,7 +38,8 @@ __global__ void layernorm_forward_kernel(float* out, __nv_bfloat16* out16, float
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= N) return;
   const size_t off = size_t(row) * C;
-  layernorm_row(out + off, out16 != nullptr ? out16 + off : nullptr, mean, rstd, inp + off, weight, bias, row, C, lane);
+  layernorm_row(out != nullptr ? out + off : nullptr, out16 != nullptr ? out16 + off : nullptr, mean, rstd, inp + off,
+                weight, bias, row, C, lane);
 }
 
 // res = a + b, then the LayerNorm of res. Each lane reads back only the res elements it wrote itself (the same
@@ -51,7 +52,8 @@ __global__ void residual_layernorm_forward_kernel(float* res, float* out, __nv_b
   if (row >= N) return;
   const size_t off = size_t(row) * C;
   for (int c = lane; c < C; c += kWarpSize) res[off + c] = a[off + c] + b[off + c];
-  layernorm_row(out + off, out16 != nullptr ? out16 + off : nullptr, mean, rstd, res + off, weight, bias, row, C, lane);
+  layernorm_row(out != nullptr ? out + off : nullptr, out16 != nullptr ? out16 + off : nullptr, mean, rstd, res + off,
+                weight, bias, row, C, lane);
 }
 
 // dinp, one warp per row: dx += (w*dy - mean(w*dy) - norm * mean(w*dy*norm)) * rstd.

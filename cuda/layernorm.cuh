@@ -9,7 +9,8 @@
 namespace zt::cuda {
 
 /// out = (x - mean) * rstd * weight + bias per row of C, eps 1e-5, two-pass variance as the CPU reference.
-/// out16 (may be null): also written with out rounded to bf16 (the kept copy a bf16 matmul reads).
+/// out16 (may be null): also written with out rounded to bf16 (the kept copy a bf16 matmul reads); out may be null
+/// when out16 is given (only the copy is read).
 void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C, cudaStream_t stream);
 /// res = a + b, then layernorm_forward of res in the same kernel: bitwise residual_forward then layernorm_forward.

@@ -9,8 +9,9 @@ namespace {
 
 constexpr int kBlock = 512;
 
-// logits16 (may be null): the kept bf16 copy of the logits, written with the gradient that replaces them.
-__global__ void softmax_cross_entropy_kernel(float* logits, __nv_bfloat16* logits16, float* losses,
+// logits16 (may be null): the kept bf16 copy of the logits, written with the gradient that replaces them; with
+// write_fp32 false only the copy receives the gradient.
+__global__ void softmax_cross_entropy_kernel(float* logits, bool write_fp32, __nv_bfloat16* logits16, float* losses,
                                              const int32_t* targets, int V, int Vp, float dloss, int* error_flag) {
   __shared__ float shared_f[kWarpSize];
   __shared__ double shared_d[kWarpSize];
@@ -44,17 +45,20 @@ __global__ void softmax_cross_entropy_kernel(float* logits, __nv_bfloat16* logit
       g = expf(row[j] - mx) * scale;
       if (j == target) g -= dloss;
     }
-    store_kept(row, row16, size_t(j), g);
+    store_kept(write_fp32 ? row : nullptr, row16, size_t(j), g);
   }
 }
 
 }  // namespace
 
-void softmax_cross_entropy(float* logits, __nv_bfloat16* logits16, float* losses, const int32_t* targets, int N, int V,
-                           int Vp, float dloss, int* error_flag, cudaStream_t stream) {
+void softmax_cross_entropy(float* logits, bool write_fp32, __nv_bfloat16* logits16, float* losses,
+                           const int32_t* targets, int N, int V, int Vp, float dloss, int* error_flag,
+                           cudaStream_t stream) {
+  ZT_CHECK(write_fp32 || logits16 != nullptr, "softmax_cross_entropy: the gradient must go to the logits or a copy");
   ZT_CHECK(V > 0 && V <= Vp, "softmax_cross_entropy: need 0 < V <= Vp, got V={} Vp={}", V, Vp);
   if (N == 0) return;
-  softmax_cross_entropy_kernel<<<N, kBlock, 0, stream>>>(logits, logits16, losses, targets, V, Vp, dloss, error_flag);
+  softmax_cross_entropy_kernel<<<N, kBlock, 0, stream>>>(logits, write_fp32, logits16, losses, targets, V, Vp, dloss,
+                                                         error_flag);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

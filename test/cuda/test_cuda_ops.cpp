@@ -13,6 +13,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.hpp"
@@ -662,19 +663,36 @@ TEST_CASE(
     const VecF x = uniform(rng, size_t(N) * C, -2, 2), gamma = uniform(rng, size_t(C), 0.5f, 1.5f),
                beta = uniform(rng, size_t(C), -1, 1), w = uniform(rng, size_t(C) * OC, -1, 1),
                other = uniform(rng, size_t(N) * C, -1, 1);
-    auto ln_then_matmul = [&](zt::Backend& be, bool keep, bool overwrite) {
+    // keep: 0 no copy, 1 a copy beside the fp32 values, 2 a copy only (fp32_read false, as the model's LayerNorm,
+    // attention and GELU outputs). Returns the product, and how many fp32 LayerNorm outputs are still NaN (unwritten).
+    auto ln_matmul = [&](zt::Backend& be, int keep, bool overwrite) {
       DeviceArray d_x(be, x.size()), d_g(be, gamma.size()), d_b(be, beta.size()), d_ln(be, x.size());
       DeviceArray d_mean(be, size_t(N)), d_rstd(be, size_t(N)), d_w(be, w.size()), d_out(be, size_t(N) * OC);
       d_x.upload(x);
       d_g.upload(gamma);
       d_b.upload(beta);
       d_w.upload(w);
-      if (keep) be.keep_activation_copy(d_ln.get(), x.size());
+      if (keep > 0) be.keep_activation_copy(d_ln.get(), x.size(), keep == 1);
       be.layernorm_forward(d_ln.get(), d_mean.get(), d_rstd.get(), d_x.get(), d_g.get(), d_b.get(), N, C);
+      const VecF ln = d_ln.download();
       if (overwrite) d_ln.upload(other);
       be.matmul_forward(d_out.get(), d_ln.get(), d_w.get(), nullptr, N, C, OC, false);
-      return d_out.download();
+      return std::make_pair(d_out.download(),
+                            size_t(std::count_if(ln.begin(), ln.end(), [](float v) { return std::isnan(v); })));
     };
+    auto ln_then_matmul = [&](zt::Backend& be, bool keep, bool overwrite) {
+      return ln_matmul(be, keep ? 1 : 0, overwrite).first;
+    };
+    {
+      // Copy only: the fp32 buffer keeps its NaN poison and the product is the same; without copies every fp32
+      // element is written as always.
+      const VecF honest = ln_then_matmul(*per_call.backend, false, false);
+      const auto kept = ln_matmul(*with_copies, 2, false), unkept = ln_matmul(*per_call.backend, 2, false);
+      CHECK(std::memcmp(kept.first.data(), honest.data(), honest.size() * sizeof(float)) == 0);
+      CHECK(kept.second == x.size());
+      CHECK(std::memcmp(unkept.first.data(), honest.data(), honest.size() * sizeof(float)) == 0);
+      CHECK(unkept.second == 0);
+    }
     // An output gradient likewise: gelu_backward writes the copy, matmul_backward reads it as dout.
     const VecF pre = uniform(rng, size_t(N) * OC, -3, 3), up = uniform(rng, size_t(N) * OC, -1, 1),
                other_grad = uniform(rng, size_t(N) * OC, -1, 1);
@@ -686,7 +704,7 @@ TEST_CASE(
       d_x.upload(x);
       d_w.upload(w);
       be.zero(d_dw.get(), w.size());
-      if (keep) be.keep_activation_copy(d_grad.get(), pre.size());
+      if (keep) be.keep_activation_copy(d_grad.get(), pre.size(), true);
       be.gelu_backward(d_grad.get(), d_pre.get(), d_up.get(), pre.size());
       if (overwrite) d_grad.upload(other_grad);
       be.matmul_backward(d_dx.get(), d_dw.get(), nullptr, d_grad.get(), d_x.get(), d_w.get(), N, C, OC, false);
@@ -707,6 +725,8 @@ TEST_CASE(
   DeviceArray d(*with_copies, 64);
   with_copies->keep_param_copy(d.get(), 32);
   CHECK_THROWS_WITH(with_copies->keep_param_copy(d.get() + 16, 32), Catch::Contains("overlaps a range already kept"));
+  CHECK_THROWS_WITH(with_copies->keep_activation_copy(d.get() + 30, 8, false),
+                    Catch::Contains("overlaps a range already kept"));
   CHECK_THROWS_WITH(with_copies->refresh_param_copy(d.get() + 16, 32), Catch::Contains("is not inside a kept range"));
   with_copies->refresh_param_copy(d.get() + 8, 24);
 }
