@@ -9,8 +9,10 @@
 //                         reg 3 = A[g+8][2t+8, +9]           (the lower column in the low 16 bits)
 //   B (16x8, "col"):      reg 0 = B[2t, 2t+1][g], reg 1 = B[2t+8, 2t+9][g]
 //   C (16x8, fp32):       c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
-// So a B operand is read from a shared tile stored with the product's k index contiguous: K rows for S = Q K^T (k =
-// head dim), transposed tiles (dim-major) where k is the key or query index (P V, dS K, P^T dO, dS^T Q). Two C tiles
+// So a B operand whose k index is contiguous in the shared tile is read with plain 32-bit loads: K rows for
+// S = Q K^T (k = head dim). Where k is the key or query index (P V, dS K, P^T dO, dS^T Q) the tile's rows are the k
+// index, and ldmatrix.trans hands each lane its B pairs straight from the row-major tile (it transposes 8x8 blocks
+// on the way to registers), so every tile is loaded once, row-major, and no transposed copy is made. Two C tiles
 // side by side (columns 16kk .. 16kk + 15) are exactly the A fragment of the next product (FlashAttention-2's
 // register reuse): P and dS never go through shared memory.
 //
@@ -68,20 +70,15 @@ __device__ inline void load_rows(__nv_bfloat16* dst, const float* src, size_t ro
   }
 }
 
-// dst[d][r] (row stride 64 + kPad) = bf16(src[(t0 + r) * row_stride + d]): the tile transposed, dims major.
-template <int HS>
-__device__ inline void load_cols(__nv_bfloat16* dst, const float* src, size_t row_stride, int t0, int T) {
-  constexpr int kQuads = HS / 4;
-  constexpr int ld = kTileKeys + kPad;
-  for (int idx = threadIdx.x; idx < kTileKeys * kQuads; idx += kThreads) {
-    const int r = idx / kQuads, d = (idx - r * kQuads) * 4;
-    const int t = t0 + r;
-    const float4 v = t < T ? *reinterpret_cast<const float4*>(src + size_t(t) * row_stride + d) : float4{0, 0, 0, 0};
-    dst[(d + 0) * ld + r] = __float2bfloat16_rn(v.x);
-    dst[(d + 1) * ld + r] = __float2bfloat16_rn(v.y);
-    dst[(d + 2) * ld + r] = __float2bfloat16_rn(v.z);
-    dst[(d + 3) * ld + r] = __float2bfloat16_rn(v.w);
-  }
+// Four 8x8 bf16 matrices from shared memory, transposed on the way: lane l gives the (16-byte-aligned) address of
+// row l % 8 of matrix l / 8 and receives, in r[m], elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4) of matrix
+// m as stored, the lower one in the low 16 bits: for a matrix of 8 k-rows by 8 n-columns, the B pair of mma's
+// (t = l % 4, g = l / 4).
+__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
+  const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 // The A fragments of this warp's 16 rows of a row-major tile, for each 16-wide slice of the head dim.
@@ -114,20 +111,28 @@ __device__ inline void product_with_rows(float (&acc)[kTileKeys / 8][4], const u
   }
 }
 
-// acc[dt] += X · M, X (16 x 64) given as C tiles x[nt] (e.g. P or dS), M (64 x HS) stored transposed [HS][64 + kPad].
+// acc[dt] += X · M, X (16 x 64) given as C tiles x[nt] (e.g. P or dS), M (64 x HS) the row-major tile
+// [64][HS + kPad] (V for P V, K for dS K, dO for P^T dO, Q for dS^T Q). For 16 rows kk of M and two 8-column
+// tiles dt, dt + 1: matrices 0, 1 are rows 16kk + 0..7 and 16kk + 8..15 of columns 8dt.., matrices 2, 3 the same
+// rows of columns 8(dt + 1)..; they give b0, b1 of tile dt and b0, b1 of tile dt + 1.
 template <int HS>
-__device__ inline void accumulate_with_cols(float (&acc)[HS / 8][4], const float (&x)[kTileKeys / 8][4],
-                                            const __nv_bfloat16* tile_t, int g, int t) {
-  constexpr int ld = kTileKeys + kPad;
+__device__ inline void accumulate_with_rows(float (&acc)[HS / 8][4], const float (&x)[kTileKeys / 8][4],
+                                            const __nv_bfloat16* tile, int lane) {
+  static_assert(HS % 16 == 0, "column tiles are taken in pairs");
+  constexpr int ld = HS + kPad;
+  const int m = lane / 8, r = lane % 8;
 #pragma unroll
   for (int kk = 0; kk < kTileKeys / 16; ++kk) {
     const uint32_t a[4] = {pack_bf16(x[2 * kk][0], x[2 * kk][1]), pack_bf16(x[2 * kk][2], x[2 * kk][3]),
                            pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]),
                            pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+    const __nv_bfloat16* rows = tile + (kk * 16 + (m % 2) * 8 + r) * ld + (m / 2) * 8;
 #pragma unroll
-    for (int dt = 0; dt < HS / 8; ++dt) {
-      const __nv_bfloat16* col = tile_t + (dt * 8 + g) * ld + kk * 16 + 2 * t;
-      mma_bf16(acc[dt], a, load_pair(col), load_pair(col + 8));
+    for (int dt = 0; dt < HS / 8; dt += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, rows + dt * 8);
+      mma_bf16(acc[dt], a, b[0], b[1]);
+      mma_bf16(acc[dt + 1], a, b[2], b[3]);
     }
   }
 }
@@ -153,12 +158,11 @@ __device__ inline HeadRows head_rows(const float* qkv, const float* dout, int T,
   return r;
 }
 
-// Hands out the dynamic shared memory in order: row-major tiles [64][HS+8], transposed tiles [HS][64+8], floats.
+// Hands out the dynamic shared memory in order: row-major tiles [64][HS+8], then floats.
 template <int HS>
 struct SharedCarver {
   unsigned char* next;
   __device__ __nv_bfloat16* rows() { return take<__nv_bfloat16>(kTileRows * (HS + kPad)); }
-  __device__ __nv_bfloat16* cols() { return take<__nv_bfloat16>(HS * (kTileKeys + kPad)); }
   __device__ float* floats(int n) { return take<float>(n); }
   template <typename T>
   __device__ T* take(int n) {
@@ -178,14 +182,14 @@ __device__ inline float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Grid (query tile, batch·head). Shared: Q [64][HS+8], K [64][HS+8], V^T [HS][64+8].
+// Grid (query tile, batch·head). Shared: Q, K, V [64][HS+8].
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_tc_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int T,
                                 int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
-  __nv_bfloat16 *q_s = carve.rows(), *k_s = carve.rows(), *vt_s = carve.cols();
+  __nv_bfloat16 *q_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows();
   const HeadRows head = head_rows<HS>(qkv, nullptr, T, C, NH);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTileRows;  // the longest query tiles start first
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
@@ -203,9 +207,9 @@ __global__ void __launch_bounds__(kThreads)
   const int n_tiles = (min(q0 + kTileRows, T) - 1) / kTileKeys + 1;  // causal: keys up to the tile's last query
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * kTileKeys;
-    __syncthreads();  // every warp is done with the previous K, V^T
+    __syncthreads();  // every warp is done with the previous K, V
     load_rows<HS>(k_s, head.k, head.stride, k0, T);
-    load_cols<HS>(vt_s, head.v, head.stride, k0, T);
+    load_rows<HS>(v_s, head.v, head.stride, k0, T);
     __syncthreads();
     float s[kTileKeys / 8][4];
     product_with_rows<HS>(s, qa, k_s, g, t);
@@ -243,7 +247,7 @@ __global__ void __launch_bounds__(kThreads)
       o[dt][2] *= corr[1];
       o[dt][3] *= corr[1];
     }
-    accumulate_with_cols<HS>(o, s, vt_s, g, t);  // O += P V
+    accumulate_with_rows<HS>(o, s, v_s, lane);  // O += P V
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -265,15 +269,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // dQ: grid (query tile, batch·head). dq[i] = scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
-// Shared: Q, dO, K, V [64][HS+8] and K^T [HS][64+8].
+// Shared: Q, dO, K, V [64][HS+8].
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dq_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
                                     const float* lse, const float* dsum, int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
-  __nv_bfloat16 *q_s = carve.rows(), *do_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows(),
-                *kt_s = carve.cols();
+  __nv_bfloat16 *q_s = carve.rows(), *do_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows();
   const HeadRows head = head_rows<HS>(qkv, dout, T, C, NH);
   const int bh = head.bh;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTileRows;
@@ -302,7 +305,6 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     load_rows<HS>(k_s, head.k, head.stride, k0, T);
     load_rows<HS>(v_s, head.v, head.stride, k0, T);
-    load_cols<HS>(kt_s, head.k, head.stride, k0, T);
     __syncthreads();
     float s[kTileKeys / 8][4], dp[kTileKeys / 8][4];
     product_with_rows<HS>(s, qa, k_s, g, t);
@@ -315,7 +317,7 @@ __global__ void __launch_bounds__(kThreads)
         const float p = j <= i && i < T ? expf(s[nt][e] * scale - L[e / 2]) : 0.0f;
         s[nt][e] = p * (dp[nt][e] - D[e / 2]);  // dS
       }
-    accumulate_with_cols<HS>(dq, s, kt_s, g, t);  // dQ += dS K
+    accumulate_with_rows<HS>(dq, s, k_s, lane);  // dQ += dS K
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -331,15 +333,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // dK, dV: grid (key tile, batch·head); each warp owns 16 keys and walks the query tiles from the diagonal on.
 // S^T = K Q^T and dP^T = V dO^T give P^T and dS^T in the keys' rows: dV = P^T dO, dK = scale dS^T Q.
-// Shared: K, V, Q, dO [64][HS+8], Q^T, dO^T [HS][64+8], L and D of the query tile.
+// Shared: K, V, Q, dO [64][HS+8], L and D of the query tile.
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkv_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
                                      const float* lse, const float* dsum, int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
-  __nv_bfloat16 *k_s = carve.rows(), *v_s = carve.rows(), *q_s = carve.rows(), *do_s = carve.rows(),
-                *qt_s = carve.cols(), *dot_s = carve.cols();
+  __nv_bfloat16 *k_s = carve.rows(), *v_s = carve.rows(), *q_s = carve.rows(), *do_s = carve.rows();
   float *l_s = carve.floats(kTileKeys), *d_s = carve.floats(kTileKeys);
   const HeadRows head = head_rows<HS>(qkv, dout, T, C, NH);
   const int bh = head.bh;
@@ -366,8 +367,6 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     load_rows<HS>(q_s, head.q, head.stride, q0, T);
     load_rows<HS>(do_s, head.dout, size_t(C), q0, T);
-    load_cols<HS>(qt_s, head.q, head.stride, q0, T);
-    load_cols<HS>(dot_s, head.dout, size_t(C), q0, T);
     for (int r = threadIdx.x; r < kTileKeys; r += kThreads) {
       const int i = q0 + r;
       l_s[r] = i < T ? lse[size_t(bh) * T + i] : 0.0f;
@@ -386,8 +385,8 @@ __global__ void __launch_bounds__(kThreads)
         st[nt][e] = p;                           // P^T
         dpt[nt][e] = p * (dpt[nt][e] - d_s[c]);  // dS^T
       }
-    accumulate_with_cols<HS>(dv, st, dot_s, g, t);  // dV += P^T dO
-    accumulate_with_cols<HS>(dk, dpt, qt_s, g, t);  // dK += dS^T Q
+    accumulate_with_rows<HS>(dv, st, do_s, lane);  // dV += P^T dO
+    accumulate_with_rows<HS>(dk, dpt, q_s, lane);  // dK += dS^T Q
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -406,7 +405,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 constexpr size_t rows_bytes(int hs) { return sizeof(__nv_bfloat16) * size_t(kTileRows) * size_t(hs + kPad); }
-constexpr size_t cols_bytes(int hs) { return sizeof(__nv_bfloat16) * size_t(hs) * size_t(kTileKeys + kPad); }
 
 // Calls fn(std::integral_constant<int, HS>) for a supported head size.
 template <typename Fn>
@@ -438,7 +436,7 @@ void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, flo
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
   with_head_size(hs, [&](auto head) {
     constexpr int HS = decltype(head)::value;
-    const size_t shared_bytes = 2 * rows_bytes(HS) + cols_bytes(HS);
+    const size_t shared_bytes = 3 * rows_bytes(HS);
     auto kernel = attention_forward_tc_kernel<HS>;
     allow_shared_bytes(kernel, shared_bytes);
     kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv, T, C, NH, scale);
@@ -453,12 +451,12 @@ void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const float* dout
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
   with_head_size(hs, [&](auto head) {
     constexpr int HS = decltype(head)::value;
-    const size_t dq_bytes = 4 * rows_bytes(HS) + cols_bytes(HS);
+    const size_t dq_bytes = 4 * rows_bytes(HS);
     auto dq_kernel = attention_backward_dq_tc_kernel<HS>;
     allow_shared_bytes(dq_kernel, dq_bytes);
     dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
-    const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * cols_bytes(HS) + 2 * sizeof(float) * kTileKeys;
+    const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * sizeof(float) * kTileKeys;
     auto dkv_kernel = attention_backward_dkv_tc_kernel<HS>;
     allow_shared_bytes(dkv_kernel, dkv_bytes);
     dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, scale);
