@@ -352,15 +352,27 @@ int head_dim(int C, int NH) {
 
 bool att_holds_out_copy(int T, int hs) { return hs + 1 <= T; }
 
-// Whether this call runs on the tensor cores: asked for, a head size they take, buffers their loads can read.
-bool use_tensor_cores(bool tensor_cores, int hs, const float* qkv, const float* dout) {
-  return tensor_cores && attention_tc_supports(hs) && attention_tc_aligned(qkv, dout);
+// Whether the forward and the backward of this qkv run on the tensor cores: asked for, a head size they take, a qkv
+// their 16-byte loads can read. Both decide alike (the backward's statistics must come from the same kernels); a
+// dout the loads cannot read is copied to aligned scratch first.
+bool use_tensor_cores(bool tensor_cores, int hs, const float* qkv) {
+  return tensor_cores && attention_tc_supports(hs) && attention_tc_aligned(qkv, qkv);
+}
+
+bool needs_dout_copy(bool tensor_cores, int hs, const float* qkv, const float* dout) {
+  return use_tensor_cores(tensor_cores, hs, qkv) && !attention_tc_aligned(qkv, dout);
+}
+
+// Scratch floats before the dout copy, rounded up to 64 floats (256 bytes) so the copy is aligned.
+size_t dout_copy_offset(size_t n_stats, bool holds_out_copy, size_t n_out) {
+  const size_t n = n_stats + (holds_out_copy ? 0 : n_out + n_stats);
+  return (n + 63) / 64 * 64;
 }
 
 void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
                     int C, int NH, bool tensor_cores, cudaStream_t stream) {
   const int hs = head_dim(C, NH);
-  if (use_tensor_cores(tensor_cores, hs, qkv, qkv)) {
+  if (use_tensor_cores(tensor_cores, hs, qkv)) {
     attention_forward_tc(out, out16, out_copy, lse, qkv, B, T, C, NH, stream);
     return;
   }
@@ -391,10 +403,12 @@ size_t attention_state_elems(int B, int T, int C, int NH) {
   return size_t(B) * NH * T + (att_holds_out_copy(T, hs) ? size_t(B) * T * C : 0);
 }
 
-size_t attention_backward_scratch_elems(int B, int T, int C, int NH) {
+size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores, const float* qkv,
+                                        const float* dout) {
   const int hs = head_dim(C, NH);
-  const size_t n_stats = size_t(B) * NH * T;
-  return n_stats + (att_holds_out_copy(T, hs) ? 0 : size_t(B) * T * C + n_stats);
+  const size_t n_stats = size_t(B) * NH * T, n_out = size_t(B) * T * C;
+  const size_t offset = dout_copy_offset(n_stats, att_holds_out_copy(T, hs), n_out);
+  return offset + (needs_dout_copy(tensor_cores, hs, qkv, dout) ? n_out : 0);
 }
 
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
@@ -419,7 +433,13 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   attention_backward_dsum_kernel<<<(n_rows + rows_per_block - 1) / rows_per_block, kThreads, 0, stream>>>(
       dsum, dout, o, n_rows, T, C, NH, hs);
   ZT_CUDA_LAUNCH_CHECK();
-  if (use_tensor_cores(tensor_cores, hs, qkv, dout)) {
+  if (use_tensor_cores(tensor_cores, hs, qkv)) {
+    if (needs_dout_copy(tensor_cores, hs, qkv, dout)) {
+      const size_t n_out = size_t(B) * T * C;
+      float* aligned = scratch + dout_copy_offset(n_stats, att_holds_out_copy(T, hs), n_out);
+      ZT_CUDA_CHECK(cudaMemcpyAsync(aligned, dout, n_out * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+      dout = aligned;
+    }
     attention_backward_tc(dqkv, dqkv16, dout, qkv, lse, dsum, B, T, C, NH, stream);
     return;
   }

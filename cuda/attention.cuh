@@ -22,8 +22,10 @@ void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float
 /// Floats of att attention_forward writes and attention_backward reads (the row statistics, and the output copy
 /// when hs + 1 <= T): at most B*NH*T*T, so a buffer of the contract's size always holds them.
 size_t attention_state_elems(int B, int T, int C, int NH);
-/// Floats of scratch attention_backward needs (row sums D; room to recompute out when att could not hold it).
-size_t attention_backward_scratch_elems(int B, int T, int C, int NH);
+/// Floats of scratch attention_backward needs for these buffers (row sums D; room to recompute out when att could
+/// not hold it; an aligned copy of dout when the tensor-core kernels run on a dout their loads cannot read).
+size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores, const float* qkv,
+                                        const float* dout);
 /// Writes dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics). dqkv16 (may be
 /// null) receives dqkv rounded to bf16 (the kept copy the c_attn backward products read).
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,

@@ -90,9 +90,10 @@ class CudaBackend final : public Backend {
   }
   void zero(float* p, size_t n) override {
     if (n == 0) return;
-    ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
     // A kept copy stays current (bf16 zero is all zero bits too): the residual gradient is zeroed, then accumulated.
-    if (__nv_bfloat16* copy = bf16_copy_of(p, n)) ZT_CUDA_CHECK(cudaMemsetAsync(copy, 0, n * sizeof(*copy), stream_));
+    __nv_bfloat16* copy = bf16_copy_of(p, n);
+    ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+    if (copy != nullptr) ZT_CUDA_CHECK(cudaMemsetAsync(copy, 0, n * sizeof(*copy), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
     if (dst != src && n) ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
@@ -194,7 +195,8 @@ class CudaBackend final : public Backend {
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
-    float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH));
+    float* scratch =
+        scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_, qkv, dout));
     cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
                              attention_tensor_cores_, scratch, stream_);
   }
@@ -267,17 +269,29 @@ class CudaBackend final : public Backend {
 
   float* scratch_floats(size_t n) { return static_cast<float*>(scratch_.get(n * sizeof(float))); }
 
-  // The kept range (of parameters or activations: one map) that holds all of [p, p + n), or null; *offset is p's
-  // element offset in it.
+  // The kept range (of parameters or activations: one map) that holds all of [p, p + n), or null when none
+  // overlaps it; *offset is p's element offset in it. A range that overlaps kept memory without lying inside one
+  // kept range is an error: the op would leave a copy stale, or read one only in part.
   const ParamCopy* kept_range_of(const float* p, size_t n, size_t* offset) const {
-    if (param_copies_.empty()) return nullptr;
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-    auto it = param_copies_.upper_bound(addr);
-    if (it == param_copies_.begin()) return nullptr;
-    --it;
-    *offset = (addr - it->first) / sizeof(float);
-    if ((addr - it->first) % sizeof(float) != 0 || *offset + n > it->second.n) return nullptr;
-    return &it->second;
+    if (param_copies_.empty() || n == 0) return nullptr;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(p), end = addr + n * sizeof(float);
+    auto it = param_copies_.upper_bound(addr);  // the first kept range starting after addr
+    const bool overlaps_next = it != param_copies_.end() && it->first < end;
+    bool overlaps = overlaps_next;
+    const ParamCopy* kept = nullptr;
+    if (it != param_copies_.begin()) {
+      --it;  // the last kept range starting at or before addr
+      const uintptr_t kept_end = it->first + it->second.n * sizeof(float);
+      overlaps = overlaps || addr < kept_end;
+      if (end <= kept_end && (addr - it->first) % sizeof(float) == 0 && !overlaps_next) {
+        kept = &it->second;
+        *offset = (addr - it->first) / sizeof(float);
+      }
+    }
+    ZT_CHECK(kept != nullptr || !overlaps,
+             "[{}, +{}) overlaps a bf16 copy's range but is not inside a kept range (the copy would go stale)",
+             static_cast<const void*>(p), n);
+    return kept;
   }
   // The kept bf16 copy of [p, p + n), or null.
   __nv_bfloat16* bf16_copy_of(const float* p, size_t n) const {

@@ -43,6 +43,20 @@ __global__ void bias_grad_partials_kernel(float* partials, const float* dout, in
   partials[size_t(chunk) * OC + c] = acc;
 }
 
+// Scratch bytes for a bf16 operand of n elements: none where a kept copy serves it or the product does not read it.
+size_t bf16_scratch_bytes(const void* kept, size_t n, bool used) {
+  return kept == nullptr && used ? align_bytes(n * sizeof(__nv_bfloat16)) : 0;
+}
+
+// The bf16 operand: the kept copy, else src rounded into scratch carved now (null when the product does not read it).
+const void* bf16_operand(ScratchCarver& carve, const float* src, const void* kept, size_t n, bool used,
+                         cudaStream_t stream) {
+  if (kept != nullptr || !used) return kept;
+  auto* p = carve.take<__nv_bfloat16>(n);
+  cast_to_bf16(p, src, n, stream);
+  return p;
+}
+
 // Largest power of two (up to 256) dividing the address: the alignment cuBLASLt's heuristics must assume.
 uint32_t alignment_of(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -174,13 +188,11 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void
   const void* a = inp;
   const void* w = weight;
   if (m.bf16) {
-    ScratchCarver carve(m.scratch.get(align_bytes(size_t(N) * C * 2) + align_bytes(size_t(C) * OC * 2)));
-    auto* inp16 = carve.take<__nv_bfloat16>(size_t(N) * C);
-    auto* w16 = carve.take<__nv_bfloat16>(size_t(C) * OC);
-    if (inp_bf16 == nullptr) cast_to_bf16(inp16, inp, size_t(N) * C, stream);
-    if (weight_bf16 == nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
-    a = inp_bf16 != nullptr ? inp_bf16 : inp16;
-    w = weight_bf16 != nullptr ? weight_bf16 : w16;
+    const size_t n_inp = size_t(N) * C, n_w = size_t(C) * OC;
+    ScratchCarver carve(
+        m.scratch.get(bf16_scratch_bytes(inp_bf16, n_inp, true) + bf16_scratch_bytes(weight_bf16, n_w, true) + 256));
+    a = bf16_operand(carve, inp, inp_bf16, n_inp, true, stream);
+    w = bf16_operand(carve, weight, weight_bf16, n_w, true, stream);
   }
   // W [C,OC]: out = inp · W; W [OC,C]: out = inp · W^T.
   const int ldw = weight_transposed ? C : OC;
@@ -203,23 +215,22 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
   if (N == 0 || OC == 0 || C == 0) return;
   MatmulContext::Impl& m = ctx.impl();
   const RowChunks chunks = row_chunks(N);
-  const size_t operand_bytes =
-      m.bf16 ? align_bytes(size_t(N) * OC * 2) + align_bytes(size_t(N) * C * 2) + align_bytes(size_t(C) * OC * 2) : 0;
+  const size_t n_dout = size_t(N) * OC, n_inp = size_t(N) * C, n_w = size_t(C) * OC;
+  const bool w_used = dinp != nullptr;  // the weight enters the dinp product only
+  // Scratch for the operands no kept copy serves (a copy of the LM head's dlogits alone would be N * Vp * 2 bytes).
+  const size_t operand_bytes = m.bf16 ? bf16_scratch_bytes(dout_bf16, n_dout, true) +
+                                            bf16_scratch_bytes(inp_bf16, n_inp, true) +
+                                            bf16_scratch_bytes(weight_bf16, n_w, w_used)
+                                      : 0;
   const size_t partial_bytes = dbias != nullptr ? align_bytes(size_t(chunks.n_chunks) * OC * sizeof(float)) : 0;
   ScratchCarver carve(m.scratch.get(operand_bytes + partial_bytes + 256));
   const void* d = dout;
   const void* x = inp;
   const void* w = weight;
   if (m.bf16) {
-    auto* d16 = carve.take<__nv_bfloat16>(size_t(N) * OC);
-    auto* x16 = carve.take<__nv_bfloat16>(size_t(N) * C);
-    auto* w16 = carve.take<__nv_bfloat16>(size_t(C) * OC);
-    if (dout_bf16 == nullptr) cast_to_bf16(d16, dout, size_t(N) * OC, stream);
-    if (inp_bf16 == nullptr) cast_to_bf16(x16, inp, size_t(N) * C, stream);
-    if (dinp != nullptr && weight_bf16 == nullptr) cast_to_bf16(w16, weight, size_t(C) * OC, stream);
-    d = dout_bf16 != nullptr ? dout_bf16 : d16;
-    x = inp_bf16 != nullptr ? inp_bf16 : x16;
-    w = weight_bf16 != nullptr ? weight_bf16 : w16;
+    d = bf16_operand(carve, dout, dout_bf16, n_dout, true, stream);
+    x = bf16_operand(carve, inp, inp_bf16, n_inp, true, stream);
+    w = bf16_operand(carve, weight, weight_bf16, n_w, w_used, stream);
   }
   if (weight_transposed) {
     if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[OC,C]

@@ -382,21 +382,22 @@ TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
   auto rng = seeded_rng();
   auto be = cuda_backend(bf16);
   const int head_dims[] = {1, 8, 16, 24, 32, 40, 64, 72, 96, 128};
-  for (int trial = 0; trial < 10; ++trial) {
-    // Trials 8 and 9 take hs = 64, the tensor-core kernels' GPT-2 size, at T > 64 (several tiles, a partial last
-    // one); trial 9 shifts qkv off 16-byte alignment, where bf16 mode falls back to the fp32 kernels.
+  for (int trial = 0; trial < 11; ++trial) {
+    // Trials 8-10 take hs = 64, the tensor-core kernels' GPT-2 size, at T > 64 (several tiles, a partial last
+    // one); trial 9 shifts qkv off 16-byte alignment, where bf16 mode falls back to the fp32 kernels; trial 10
+    // shifts dout alone, which the tensor-core backward copies to aligned scratch (forward and backward must agree).
     const int hs = trial >= 8 ? 64 : head_dims[uniform_int(rng, 0, 9)];
     const int B = uniform_int(rng, 1, 3), NH = uniform_int(rng, 1, 4);
     // Half the trials have T <= hs, where att cannot hold the output copy and the backward recomputes it.
     const int T = trial >= 8       ? uniform_int(rng, 65, 200)
                   : trial % 2 == 0 ? uniform_int(rng, 1, std::max(1, hs))
                                    : uniform_int(rng, hs + 1, hs + 100);
-    const size_t misalign = trial == 9 ? 1 : 0;
+    const size_t misalign = trial == 9 ? 1 : 0, misalign_dout = trial == 10 ? 1 : 0;
     const bool tensor_cores = bf16 && (hs == 32 || hs == 64) && misalign == 0;
     const Tolerance tol = tensor_cores ? kBf16Attention : kF32;
     const int C = NH * hs;
     INFO("bf16=" << bf16 << " B=" << B << " T=" << T << " NH=" << NH << " hs=" << hs << " misalign=" << misalign
-                 << " tensor_cores=" << tensor_cores);
+                 << " misalign_dout=" << misalign_dout << " tensor_cores=" << tensor_cores);
     const size_t BT = size_t(B) * T, n_att = size_t(B) * NH * T * T;
     const VecF qkv = uniform(rng, BT * 3 * C, -1, 1), dout = uniform(rng, BT * C, -1, 1);
 
@@ -410,7 +411,7 @@ TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
     const size_t n_state = be->attention_state_elems(B, T, C, NH);
     CHECK(n_state <= n_att);
     DeviceArray d_qkv(*be, qkv.size(), misalign), d_out(*be, out_ref.size()), d_att(*be, n_state),
-        d_dout(*be, dout.size());
+        d_dout(*be, dout.size(), misalign_dout);
     DeviceArray d_dqkv(*be, dqkv_ref.size());  // poisoned: the backward writes every element
     d_qkv.upload(qkv);
     d_dout.upload(dout);
@@ -727,6 +728,10 @@ TEST_CASE(
   CHECK_THROWS_WITH(with_copies->keep_param_copy(d.get() + 16, 32), Catch::Contains("overlaps a range already kept"));
   CHECK_THROWS_WITH(with_copies->keep_activation_copy(d.get() + 30, 8, false),
                     Catch::Contains("overlaps a range already kept"));
+  // An op on a range that covers kept memory in part would leave the copy stale: refused, naming the range.
+  CHECK_THROWS_WITH(with_copies->zero(d.get() + 24, 16), Catch::Contains("overlaps a bf16 copy's range"));
+  CHECK_THROWS_WITH(with_copies->gelu_forward(d.get() + 24, d.get() + 40, 16),
+                    Catch::Contains("is not inside a kept range"));
   CHECK_THROWS_WITH(with_copies->refresh_param_copy(d.get() + 16, 32), Catch::Contains("is not inside a kept range"));
   with_copies->refresh_param_copy(d.get() + 8, 24);
 }
