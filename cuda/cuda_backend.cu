@@ -377,6 +377,12 @@ std::string cuda_device_description(int device) {
                      double(prop.totalGlobalMem) / double(1ull << 30));
 }
 
+size_t cuda_device_memory_used() {
+  size_t free_bytes = 0, total_bytes = 0;
+  ZT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return total_bytes - free_bytes;
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16) {
   return std::make_unique<CudaBackend>(device, bf16);
 }

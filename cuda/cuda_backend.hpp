@@ -2,6 +2,7 @@
 // tests include it from plain C++.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -13,11 +14,14 @@ namespace zt {
 int cuda_device_count();
 /// One line for logs: "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"; throws zt::Error for a bad index.
 std::string cuda_device_description(int device);
+/// Bytes of the current device's memory in use (total minus free, every process's and the driver's included).
+size_t cuda_device_memory_used();
 /// The CUDA backend on `device` (the calling thread's current device from then on; use the backend from that thread).
 /// Every interface buffer is fp32 device memory in both modes. bf16 = false: fp32 everywhere, matmuls in true fp32
 /// (no TF32): the mode the tests compare with the CPU. bf16 = true: matmul operands are rounded into internal bf16
-/// copies and multiplied with fp32 accumulation into the fp32 outputs; every other op, and the fp32 master
-/// weights, optimizer state and gradients, stay fp32. Throws zt::Error when the device does not exist.
+/// copies (or the kept copies: keep_param_copy, keep_activation_copy) and multiplied with fp32 accumulation into the
+/// fp32 outputs; every other op, and the fp32 master weights, optimizer state and gradients, stay fp32. Throws
+/// zt::Error when the device does not exist.
 std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16);
 
 }  // namespace zt

@@ -101,9 +101,10 @@ int run(const Options& o) {
   // Q K^T and P V (12 L C T forward + backward, halved by the causal mask); llm.c and nanoGPT count the same way.
   const double flops_per_token = 6.0 * n_params + 6.0 * cfg.n_layer * double(cfg.d_model) * o.seq_len;
   const double peak = o.peak_tflops > 0 ? o.peak_tflops : default_peak_tflops(device);
-  std::printf("device %s | preset %s (%.1fM params) | B=%d T=%d | %s | activations %.2f GiB\n", device.c_str(),
-              o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
-              double(model.activation_bytes()) / double(1ull << 30));
+  const double gib = double(1ull << 30);
+  std::printf("device %s | preset %s (%.1fM params) | B=%d T=%d | %s | activations %.2f GiB + bf16 copies %.2f GiB\n",
+              device.c_str(), o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
+              double(model.activation_bytes()) / gib, double(model.activation_copy_bytes()) / gib);
   std::fflush(stdout);
 
   std::mt19937 rng(42);
@@ -131,6 +132,8 @@ int run(const Options& o) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     profiler.set_enabled(false);
     if (step >= o.warmup && !profiled) step_s.push_back(dt);
+    // After the first step every buffer and scratch block has been allocated: what a step holds on the device.
+    if (step == 0) std::printf("device memory in use after one step: %.2f GiB\n", zt::cuda_device_memory_used() / gib);
     std::printf("step %d loss %.4f grad_norm %.3f %.1f ms %.0f tok/s%s\n", step + 1, loss, norm, dt * 1e3,
                 double(n_tokens) / dt,
                 step < o.warmup ? " (warm-up)"

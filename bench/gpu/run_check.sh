@@ -205,8 +205,10 @@ run_step "zerotrain GPT-2 124M bf16 throughput" 120 "$outdir/zt_throughput.log" 
 set_result
 zt_tps=$(sed -n 's/^zt_tokens_per_s=//p' "$outdir/zt_throughput.log")
 zt_mfu=$(sed -n 's/^zt_mfu=\([0-9.]*\).*/\1/p' "$outdir/zt_throughput.log")
+zt_mem=$(sed -n 's/^device memory in use after one step: //p' "$outdir/zt_throughput.log")
 [[ $result == PASS ]] && result="measured"
-add_row "zerotrain GPT-2 124M, B=$batch T=1024 bf16" "$result" "${zt_tps:-?} tokens/s, MFU ${zt_mfu:-?}"
+add_row "zerotrain GPT-2 124M, B=$batch T=1024 bf16" "$result" \
+  "${zt_tps:-?} tokens/s, MFU ${zt_mfu:-?}, device memory ${zt_mem:-?}"
 # The profiled steps after the timed ones: the three ops that take most of a step (the full table is in the log).
 top_ops=$(awk '/^where a step.s time goes/ { on = 1; next } on && $1 != "op" && $1 != "total" && NF >= 4 {
                  printf "%s%s %s", (n++ ? ", " : ""), $1, $4; if (n == 3) exit }' "$outdir/zt_throughput.log")
@@ -267,12 +269,13 @@ fi
 #    kernels instead of the tensor-core ones. Each row gives tokens/s and the ratio of the main run to it.
 step_group=variants
 variant_row() {  # NAME LOG
-  local result tps ratio
+  local result tps ratio mem
   set_result
   tps=$(sed -n 's/^zt_tokens_per_s=//p' "$2")
+  mem=$(sed -n 's/^device memory in use after one step: //p' "$2")
   [[ $result == PASS ]] && result="measured"
   ratio=$(awk -v a="${zt_tps:-}" -v b="${tps:-}" 'BEGIN { if (a > 0 && b > 0) printf ", main run %.2fx this", a / b }')
-  add_row "$1" "$result" "${tps:-?} tokens/s${ratio}"
+  add_row "$1" "$result" "${tps:-?} tokens/s${ratio}, device memory ${mem:-?}"
 }
 run_step "throughput without operand copies" 45 "$outdir/zt_throughput_no_copies.log" env ZT_CUDA_PARAM_COPY=0 \
   bash "$bundle/run.sh" gpt2_cuda_bench --preset gpt2 --batch "$batch" --seq_len 1024 --steps 5 --warmup 2
