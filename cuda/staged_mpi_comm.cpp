@@ -24,10 +24,14 @@ StagedMpiComm::~StagedMpiComm() {
 bool StagedMpiComm::is_device(const void* p) {
   if (p == nullptr) return false;
   cudaPointerAttributes attr{};
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+  const cudaError_t rc = cudaPointerGetAttributes(&attr, p);
+  if (rc == cudaErrorInvalidValue) {
     cudaGetLastError();  // older drivers reject plain host pointers instead of reporting "unregistered"
     return false;
   }
+  // Anything else (a sticky error from a faulted kernel, say) must surface here: taken for host memory, a device
+  // pointer would reach MPI, and the job would crash there with the real cause lost.
+  ZT_CUDA_CHECK(rc);
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
 }
 

@@ -29,8 +29,11 @@ namespace {
 
 // ---- tolerances of CUDA fp32 against the CPU, through the whole engine ----
 // First step: the per-op fp32 differences (other summation orders, CUDA's expf) compound through ~30 ops and the
-// LM head's softmax; test_cuda_ops' whole-step tolerance (1e-4 of each gradient tensor's scale) applies unchanged,
-// since the reduced gradients are sums of per-rank gradients in a fixed order on both sides.
+// LM head's softmax; test_cuda_ops' whole-step tolerance (1e-4 relative plus 1e-4 of the scale) applies, since the
+// reduced gradients are sums of per-rank gradients in a fixed order on both sides. The scale here is the largest
+// gradient of the whole unit (the engine keeps a unit's gradients as one flat buffer), coarser than
+// test_cuda_ops' per-tensor scale: a wrong small tensor (a LayerNorm bias, wpe) is that test's to catch; this one
+// catches a wrong reduction, shard or stage.
 constexpr double kGradRel = 1e-4, kGradAbs = 1e-4;
 // Loss of the first step: test_cuda_ops' whole-step loss tolerance (the mean of per-token losses, each off by the
 // same compounded per-op differences).
