@@ -127,14 +127,35 @@ class NcclComm final : public StagedMpiComm {
       : StagedMpiComm(parent, compute_stream), api_(nccl_api()) {
     ZT_CHECK(api_.error.empty(), "--comm nccl: {}", api_.error);
     try {
-      ZT_CUDA_CHECK(cudaSetDevice(device));  // NCCL binds the communicator to the current device
-      ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
-      ZT_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-      ZT_CUDA_CHECK(cudaEventCreateWithFlags(&blocking_done_, cudaEventDisableTiming));
+      // What can fail on one rank alone is agreed over MPI before the next collective step (the id's broadcast,
+      // NCCL's bootstrap), so every rank throws, naming its own cause or the stage, instead of waiting there for
+      // the rank that failed.
+      std::exception_ptr local;
+      auto attempt = [&](auto&& step) {
+        if (local) return;
+        try {
+          step();
+        } catch (...) {
+          local = std::current_exception();
+        }
+      };
+      auto agree = [&](const char* stage) {
+        const int failed_anywhere = MpiComm::all_reduce_max(local ? 1 : 0);
+        if (local) std::rethrow_exception(local);
+        ZT_CHECK(failed_anywhere == 0, "--comm nccl: {} failed on another rank (its own error names the cause)", stage);
+      };
       ncclUniqueId id{};
-      if (rank() == 0) ZT_NCCL_CHECK(api_.get_unique_id(&id));
+      attempt([&] {
+        ZT_CUDA_CHECK(cudaSetDevice(device));  // NCCL binds the communicator to the current device
+        ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
+        ZT_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+        ZT_CUDA_CHECK(cudaEventCreateWithFlags(&blocking_done_, cudaEventDisableTiming));
+        if (rank() == 0) ZT_NCCL_CHECK(api_.get_unique_id(&id));
+      });
+      agree("setting up the device, streams and unique id");
       MpiComm::broadcast(&id, sizeof(id), 0);
-      ZT_NCCL_CHECK(api_.comm_init_rank(&nccl_, world_size(), id, rank()));
+      attempt([&] { ZT_NCCL_CHECK(api_.comm_init_rank(&nccl_, world_size(), id, rank())); });
+      agree("ncclCommInitRank");
     } catch (...) {
       release(/*abort=*/true);
       throw;
