@@ -80,7 +80,8 @@ class Backend {
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                const float* weight, int N, int C, int OC, bool weight_transposed) = 0;
   /// Floats of the `att` buffer attention_forward fills and attention_backward reads: the probabilities
-  /// [B,NH,T,T] by default; a backend that keeps less (the CUDA backend's row statistics) says so.
+  /// [B,NH,T,T] by default; a backend that keeps something else (the CUDA backend's row statistics, output copy and
+  /// bf16 qkv: far less at long sequences, possibly more at short ones) says so.
   virtual size_t attention_state_elems(int B, int T, int C, int NH) const {
     (void)C;
     return size_t(B) * size_t(NH) * size_t(T) * size_t(T);

@@ -18,6 +18,7 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/attention_tc.cuh"
+#include "cuda/cast.cuh"
 #include "cuda/cuda_common.cuh"
 
 namespace zt::cuda {
@@ -352,28 +353,34 @@ int head_dim(int C, int NH) {
 
 bool att_holds_out_copy(int T, int hs) { return hs + 1 <= T; }
 
-// Whether the forward and the backward of this qkv run on the tensor cores: asked for, a head size they take, a qkv
-// their 16-byte loads can read. Both decide alike (the backward's statistics must come from the same kernels); a
-// dout the loads cannot read is copied to aligned scratch first.
-bool use_tensor_cores(bool tensor_cores, int hs, const float* qkv) {
-  return tensor_cores && attention_tc_supports(hs) && attention_tc_aligned(qkv, qkv);
+// Whether the forward and the backward run on the tensor cores: asked for, and a head size they take. Both decide
+// alike: the backward's statistics must come from the same kernels.
+bool use_tensor_cores(bool tensor_cores, int hs) { return tensor_cores && attention_tc_supports(hs); }
+
+// Floats rounded up to 64 (256 bytes): where a bf16 region may start inside att or the scratch.
+size_t aligned_floats(size_t n) { return (n + 63) / 64 * 64; }
+// Floats that hold n bf16 values.
+size_t floats_for_bf16(size_t n) { return (n + 1) / 2; }
+
+// att: the row statistics (n_stats), the output copy when it fits, then, for the tensor cores, qkv rounded to bf16
+// (the forward rounds it once; the kernels then load half the bytes, at any alignment of qkv, and the backward
+// reuses it).
+size_t qkv16_offset(int B, int T, int C, int NH) {
+  const size_t n_stats = size_t(B) * NH * T, n_out = size_t(B) * T * C;
+  return aligned_floats(n_stats + (att_holds_out_copy(T, head_dim(C, NH)) ? n_out : 0));
+}
+// Backward scratch: the row sums D (n_stats), room to recompute out and lse when att cannot hold the output copy,
+// then, for the tensor cores, dout rounded to bf16.
+size_t dout16_offset(int B, int T, int C, int NH) {
+  const size_t n_stats = size_t(B) * NH * T, n_out = size_t(B) * T * C;
+  return aligned_floats(n_stats + (att_holds_out_copy(T, head_dim(C, NH)) ? 0 : n_out + n_stats));
 }
 
-bool needs_dout_copy(bool tensor_cores, int hs, const float* qkv, const float* dout) {
-  return use_tensor_cores(tensor_cores, hs, qkv) && !attention_tc_aligned(qkv, dout);
-}
-
-// Scratch floats before the dout copy, rounded up to 64 floats (256 bytes) so the copy is aligned.
-size_t dout_copy_offset(size_t n_stats, bool holds_out_copy, size_t n_out) {
-  const size_t n = n_stats + (holds_out_copy ? 0 : n_out + n_stats);
-  return (n + 63) / 64 * 64;
-}
-
-void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
-                    int C, int NH, bool tensor_cores, cudaStream_t stream) {
+void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv,
+                    const __nv_bfloat16* qkv16, int B, int T, int C, int NH, bool tensor_cores, cudaStream_t stream) {
   const int hs = head_dim(C, NH);
-  if (use_tensor_cores(tensor_cores, hs, qkv)) {
-    attention_forward_tc(out, out16, out_copy, lse, qkv, B, T, C, NH, stream);
+  if (use_tensor_cores(tensor_cores, hs)) {
+    attention_forward_tc(out, out16, out_copy, lse, qkv16, B, T, C, NH, stream);
     return;
   }
   const float scale = 1.0f / sqrtf(float(hs));
@@ -395,20 +402,26 @@ void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
   float* out_copy = att_holds_out_copy(T, hs) ? att + size_t(B) * NH * T : nullptr;
-  launch_forward(out, out16, out_copy, att, qkv, B, T, C, NH, tensor_cores, stream);
+  __nv_bfloat16* qkv16 = nullptr;
+  if (use_tensor_cores(tensor_cores, hs)) {
+    qkv16 = reinterpret_cast<__nv_bfloat16*>(att + qkv16_offset(B, T, C, NH));
+    cast_to_bf16(qkv16, qkv, size_t(B) * T * 3 * C, stream);
+  }
+  launch_forward(out, out16, out_copy, att, qkv, qkv16, B, T, C, NH, tensor_cores, stream);
 }
 
-size_t attention_state_elems(int B, int T, int C, int NH) {
-  const int hs = head_dim(C, NH);
-  return size_t(B) * NH * T + (att_holds_out_copy(T, hs) ? size_t(B) * T * C : 0);
-}
-
-size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores, const float* qkv,
-                                        const float* dout) {
+size_t attention_state_elems(int B, int T, int C, int NH, bool tensor_cores) {
   const int hs = head_dim(C, NH);
   const size_t n_stats = size_t(B) * NH * T, n_out = size_t(B) * T * C;
-  const size_t offset = dout_copy_offset(n_stats, att_holds_out_copy(T, hs), n_out);
-  return offset + (needs_dout_copy(tensor_cores, hs, qkv, dout) ? n_out : 0);
+  if (use_tensor_cores(tensor_cores, hs)) return qkv16_offset(B, T, C, NH) + floats_for_bf16(3 * n_out);
+  return n_stats + (att_holds_out_copy(T, hs) ? n_out : 0);
+}
+
+size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores) {
+  const int hs = head_dim(C, NH);
+  const size_t n_stats = size_t(B) * NH * T, n_out = size_t(B) * T * C;
+  if (use_tensor_cores(tensor_cores, hs)) return dout16_offset(B, T, C, NH) + floats_for_bf16(n_out);
+  return n_stats + (att_holds_out_copy(T, hs) ? 0 : n_out + n_stats);
 }
 
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
@@ -421,10 +434,13 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   const float* lse = att;
   float* dsum = scratch;
   const float* o = att + n_stats;
+  const bool tc = use_tensor_cores(tensor_cores, hs);
+  // The forward's bf16 qkv (tensor cores only).
+  const auto* qkv16 = tc ? reinterpret_cast<const __nv_bfloat16*>(att + qkv16_offset(B, T, C, NH)) : nullptr;
   if (!att_holds_out_copy(T, hs)) {  // short sequences: recompute O (and L, bitwise the same) into scratch
     float* o_scratch = scratch + n_stats;
     float* lse_scratch = o_scratch + size_t(B) * T * C;
-    launch_forward(o_scratch, nullptr, nullptr, lse_scratch, qkv, B, T, C, NH, tensor_cores, stream);
+    launch_forward(o_scratch, nullptr, nullptr, lse_scratch, qkv, qkv16, B, T, C, NH, tensor_cores, stream);
     o = o_scratch;
     lse = lse_scratch;
   }
@@ -433,14 +449,11 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   attention_backward_dsum_kernel<<<(n_rows + rows_per_block - 1) / rows_per_block, kThreads, 0, stream>>>(
       dsum, dout, o, n_rows, T, C, NH, hs);
   ZT_CUDA_LAUNCH_CHECK();
-  if (use_tensor_cores(tensor_cores, hs, qkv)) {
-    if (needs_dout_copy(tensor_cores, hs, qkv, dout)) {
-      const size_t n_out = size_t(B) * T * C;
-      float* aligned = scratch + dout_copy_offset(n_stats, att_holds_out_copy(T, hs), n_out);
-      ZT_CUDA_CHECK(cudaMemcpyAsync(aligned, dout, n_out * sizeof(float), cudaMemcpyDeviceToDevice, stream));
-      dout = aligned;
-    }
-    attention_backward_tc(dqkv, dqkv16, dout, qkv, lse, dsum, B, T, C, NH, stream);
+  if (tc) {
+    // dO rounded once, as the kernels would round it per tile load (the same bits), into aligned scratch.
+    auto* dout16 = reinterpret_cast<__nv_bfloat16*>(scratch + dout16_offset(B, T, C, NH));
+    cast_to_bf16(dout16, dout, size_t(B) * T * C, stream);
+    attention_backward_tc(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, stream);
     return;
   }
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));

@@ -12,20 +12,21 @@ namespace zt::cuda {
 constexpr int kAttentionMaxHeadDim = 128;
 
 /// out[B,T,C] = causal softmax(Q K^T / sqrt(hs)) V per head, qkv[B,T,3C] holding q|k|v. The contract's att buffer
-/// [B,NH,T,T] is used as the backward's memory instead of probabilities: the per-row log-sum-exp at
-/// att[0, B*NH*T), and, when hs + 1 <= T (it then fits), a copy of out at att[B*NH*T, +B*T*C).
+/// [B,NH,T,T] is used as the backward's memory instead of probabilities (attention_state_elems floats): the per-row
+/// log-sum-exp at att[0, B*NH*T), when hs + 1 <= T a copy of out at att[B*NH*T, +B*T*C), and for the tensor cores
+/// qkv in bf16 after them (256-byte aligned).
 /// `tensor_cores`: bf16 products on the tensor cores (attention_tc.cu) where the head size allows (32, 64), else
 /// the fp32 kernels. out16 (may be null) receives out rounded to bf16 (the kept copy the c_proj products read); out
 /// may be null when out16 is given.
 void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
                        bool tensor_cores, cudaStream_t stream);
-/// Floats of att attention_forward writes and attention_backward reads (the row statistics, and the output copy
-/// when hs + 1 <= T): at most B*NH*T*T, so a buffer of the contract's size always holds them.
-size_t attention_state_elems(int B, int T, int C, int NH);
-/// Floats of scratch attention_backward needs for these buffers (row sums D; room to recompute out when att could
-/// not hold it; an aligned copy of dout when the tensor-core kernels run on a dout their loads cannot read).
-size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores, const float* qkv,
-                                        const float* dout);
+/// Floats of att attention_forward writes and attention_backward reads: the row statistics, the output copy when
+/// hs + 1 <= T, and, when the tensor cores run, qkv rounded to bf16. Callers allocate att this size (it can exceed
+/// B*NH*T*T when T is small).
+size_t attention_state_elems(int B, int T, int C, int NH, bool tensor_cores);
+/// Floats of scratch attention_backward needs (row sums D; room to recompute out when att could not hold it; dout
+/// rounded to bf16 when the tensor cores run).
+size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores);
 /// Writes dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics). dqkv16 (may be
 /// null) receives dqkv rounded to bf16 (the kept copy the c_attn backward products read).
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,

@@ -1,8 +1,10 @@
 // Causal attention on the tensor cores: FlashAttention-2's schedule over mma.sync.m16n8k16 (bf16 in, fp32 out).
 //
 // Tiles of 64 queries and 64 keys; 4 warps, each owning 16 rows of the tile (queries in the forward and dQ kernels,
-// keys in the dK/dV kernel). Global fp32 rows are rounded to bf16 as they enter shared memory; rows are padded by
-// 8 elements (16 bytes) so the fragment loads of the 8 row groups land in distinct banks.
+// keys in the dK/dV kernel). Q, K, V and dO come in bf16 (attention.cu rounds them once per call, where the
+// kernels would otherwise round every tile as it is loaded, K and V once per query tile) and enter shared memory
+// 16 bytes a thread; rows are padded by 8 elements (16 bytes) so the fragment loads of the 8 row groups land in
+// distinct banks.
 //
 // Fragments of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"): with g = lane / 4 and t = lane % 4,
 //   A (16x16, row-major): reg 0 = A[g][2t, 2t+1], reg 1 = A[g+8][2t, 2t+1], reg 2 = A[g][2t+8, +9],
@@ -55,18 +57,16 @@ __device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// dst[r][d] (row stride HS + kPad) = bf16(src[(t0 + r) * row_stride + d]) for r < 64; rows past T are 0.
+// dst[r][d] (row stride HS + kPad) = src[(t0 + r) * row_stride + d] for r < 64; rows past T are 0. 8 bf16 (16
+// bytes) a load: src rows start 16-byte aligned (row strides C and 3C, head offsets HS, with C a multiple of 32).
 template <int HS>
-__device__ inline void load_rows(__nv_bfloat16* dst, const float* src, size_t row_stride, int t0, int T) {
-  constexpr int kQuads = HS / 4;
-  for (int idx = threadIdx.x; idx < kTileRows * kQuads; idx += kThreads) {
-    const int r = idx / kQuads, d = (idx - r * kQuads) * 4;
+__device__ inline void load_rows(__nv_bfloat16* dst, const __nv_bfloat16* src, size_t row_stride, int t0, int T) {
+  constexpr int kOcts = HS / 8;
+  for (int idx = threadIdx.x; idx < kTileRows * kOcts; idx += kThreads) {
+    const int r = idx / kOcts, d = (idx - r * kOcts) * 8;
     const int t = t0 + r;
-    const float4 v = t < T ? *reinterpret_cast<const float4*>(src + size_t(t) * row_stride + d) : float4{0, 0, 0, 0};
-    uint2 packed;
-    packed.x = pack_bf16(v.x, v.y);
-    packed.y = pack_bf16(v.z, v.w);
-    *reinterpret_cast<uint2*>(dst + r * (HS + kPad) + d) = packed;
+    const uint4 v = t < T ? *reinterpret_cast<const uint4*>(src + size_t(t) * row_stride + d) : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(dst + r * (HS + kPad) + d) = v;
   }
 }
 
@@ -138,15 +138,15 @@ __device__ inline void accumulate_with_rows(float (&acc)[HS / 8][4], const float
 }
 
 // This block's (batch, head), from blockIdx.y: where its q, k, v rows start in qkv [B,T,3C] (3C apart) and its dO
-// rows in dout [B,T,C].
+// rows in dout [B,T,C] (both bf16; the element offsets are those of the fp32 dqkv too).
 struct HeadRows {
   int bh;
-  const float *q, *k, *v, *dout;
+  const __nv_bfloat16 *q, *k, *v, *dout;
   size_t stride;
 };
 
 template <int HS>
-__device__ inline HeadRows head_rows(const float* qkv, const float* dout, int T, int C, int NH) {
+__device__ inline HeadRows head_rows(const __nv_bfloat16* qkv, const __nv_bfloat16* dout, int T, int C, int NH) {
   HeadRows r;
   r.bh = blockIdx.y;
   const int b = r.bh / NH, h = r.bh % NH;
@@ -185,8 +185,8 @@ __device__ inline float quad_sum(float v) {
 // Grid (query tile, batch·head). Shared: Q, K, V [64][HS+8].
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    attention_forward_tc_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int T,
-                                int C, int NH, float scale) {
+    attention_forward_tc_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const __nv_bfloat16* qkv,
+                                int T, int C, int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *q_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows();
@@ -272,8 +272,9 @@ __global__ void __launch_bounds__(kThreads)
 // Shared: Q, dO, K, V [64][HS+8].
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
-                                    const float* lse, const float* dsum, int T, int C, int NH, float scale) {
+    attention_backward_dq_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout,
+                                    const __nv_bfloat16* qkv, const float* lse, const float* dsum, int T, int C, int NH,
+                                    float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *q_s = carve.rows(), *do_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows();
@@ -336,8 +337,9 @@ __global__ void __launch_bounds__(kThreads)
 // Shared: K, V, Q, dO [64][HS+8], L and D of the query tile.
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkv_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
-                                     const float* lse, const float* dsum, int T, int C, int NH, float scale) {
+    attention_backward_dkv_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout,
+                                     const __nv_bfloat16* qkv, const float* lse, const float* dsum, int T, int C,
+                                     int NH, float scale) {
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *k_s = carve.rows(), *v_s = carve.rows(), *q_s = carve.rows(), *do_s = carve.rows();
@@ -425,12 +427,8 @@ void with_head_size(int hs, Fn&& fn) {
 
 bool attention_tc_supports(int hs) { return hs == 32 || hs == 64; }
 
-bool attention_tc_aligned(const void* qkv, const void* dout) {
-  return reinterpret_cast<uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<uintptr_t>(dout) % 16 == 0;
-}
-
-void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
-                          int C, int NH, cudaStream_t stream) {
+void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const __nv_bfloat16* qkv16,
+                          int B, int T, int C, int NH, cudaStream_t stream) {
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
@@ -439,13 +437,13 @@ void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, flo
     const size_t shared_bytes = 3 * rows_bytes(HS);
     auto kernel = attention_forward_tc_kernel<HS>;
     allow_shared_bytes(kernel, shared_bytes);
-    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv, T, C, NH, scale);
+    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv16, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }
 
-void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* lse,
-                           const float* dsum, int B, int T, int C, int NH, cudaStream_t stream) {
+void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout16, const __nv_bfloat16* qkv16,
+                           const float* lse, const float* dsum, int B, int T, int C, int NH, cudaStream_t stream) {
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
@@ -454,12 +452,12 @@ void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const float* dout
     const size_t dq_bytes = 4 * rows_bytes(HS);
     auto dq_kernel = attention_backward_dq_tc_kernel<HS>;
     allow_shared_bytes(dq_kernel, dq_bytes);
-    dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, scale);
+    dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
     const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * sizeof(float) * kTileKeys;
     auto dkv_kernel = attention_backward_dkv_tc_kernel<HS>;
     allow_shared_bytes(dkv_kernel, dkv_bytes);
-    dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, scale);
+    dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }

@@ -9,16 +9,14 @@ namespace zt::cuda {
 
 /// Whether the tensor-core kernels take this head size (GPT-2 and all its sizes use 64).
 bool attention_tc_supports(int hs);
-/// Whether the pointers allow the kernels' 16-byte loads (the launchers fall back to the fp32 kernels otherwise).
-bool attention_tc_aligned(const void* qkv, const void* dout);
 
 /// As attention.cu's forward: out (and its bf16 copy when out16 is given), optionally out_copy, and lse[bh * T + i]
-/// (log-sum-exp of the scaled scores).
-void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int B, int T,
-                          int C, int NH, cudaStream_t stream);
-/// Writes dQ, dK, dV into dqkv (and, when dqkv16 is given, their bf16 copy) from lse and dsum[bh * T + i] =
-/// sum_d dO * O of the forward's rows.
-void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* lse,
-                           const float* dsum, int B, int T, int C, int NH, cudaStream_t stream);
+/// (log-sum-exp of the scaled scores), from qkv16, qkv [B,T,3C] rounded to bf16 (16-byte aligned).
+void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const __nv_bfloat16* qkv16,
+                          int B, int T, int C, int NH, cudaStream_t stream);
+/// Writes dQ, dK, dV into dqkv (and, when dqkv16 is given, their bf16 copy) from dout16 and qkv16 (dout [B,T,C] and
+/// qkv rounded to bf16, 16-byte aligned), lse and dsum[bh * T + i] = sum_d dO * O of the forward's rows.
+void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout16, const __nv_bfloat16* qkv16,
+                           const float* lse, const float* dsum, int B, int T, int C, int NH, cudaStream_t stream);
 
 }  // namespace zt::cuda

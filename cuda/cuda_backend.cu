@@ -186,7 +186,7 @@ class CudaBackend final : public Backend {
                           stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
-    return cuda::attention_state_elems(B, T, C, NH);
+    return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
     const size_t n = size_t(B) * T * C;
@@ -195,8 +195,7 @@ class CudaBackend final : public Backend {
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
-    float* scratch =
-        scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_, qkv, dout));
+    float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_));
     cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
                              attention_tensor_cores_, scratch, stream_);
   }
