@@ -425,7 +425,8 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
 }
 
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, bool tensor_cores, float* scratch, cudaStream_t stream) {
+                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, float* scratch,
+                        cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
@@ -453,7 +454,7 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
     // dO rounded once, as the kernels would round it per tile load (the same bits), into aligned scratch.
     auto* dout16 = reinterpret_cast<__nv_bfloat16*>(scratch + dout16_offset(B, T, C, NH));
     cast_to_bf16(dout16, dout, size_t(B) * T * C, stream);
-    attention_backward_tc(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, stream);
+    attention_backward_tc(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, dkv_capped, stream);
     return;
   }
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));

@@ -334,9 +334,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // dK, dV: grid (key tile, batch·head); each warp owns 16 keys and walks the query tiles from the diagonal on.
 // S^T = K Q^T and dP^T = V dO^T give P^T and dS^T in the keys' rows: dV = P^T dO, dK = scale dS^T Q.
-// Shared: K, V, Q, dO [64][HS+8], L and D of the query tile.
-template <int HS>
-__global__ void __launch_bounds__(kThreads)
+// Shared: K, V, Q, dO [64][HS+8], L and D of the query tile. kMinBlocks: 1 lets the compiler take the registers it
+// wants (223 at HS = 64: 2 blocks an SM), 3 caps them for 3 blocks an SM at the price of a few spills; which is
+// faster is for a GPU to say (ZT_CUDA_ATTENTION_DKV_BLOCKS).
+template <int HS, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     attention_backward_dkv_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout,
                                      const __nv_bfloat16* qkv, const float* lse, const float* dsum, int T, int C,
                                      int NH, float scale) {
@@ -443,7 +445,8 @@ void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, flo
 }
 
 void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout16, const __nv_bfloat16* qkv16,
-                           const float* lse, const float* dsum, int B, int T, int C, int NH, cudaStream_t stream) {
+                           const float* lse, const float* dsum, int B, int T, int C, int NH, bool dkv_capped,
+                           cudaStream_t stream) {
   const int hs = C / NH;
   const float scale = 1.0f / sqrtf(float(hs));
   const dim3 grid(unsigned((T + kTileRows - 1) / kTileRows), unsigned(B * NH));
@@ -455,7 +458,7 @@ void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat
     dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
     const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * sizeof(float) * kTileKeys;
-    auto dkv_kernel = attention_backward_dkv_tc_kernel<HS>;
+    auto dkv_kernel = dkv_capped ? attention_backward_dkv_tc_kernel<HS, 3> : attention_backward_dkv_tc_kernel<HS, 1>;
     allow_shared_bytes(dkv_kernel, dkv_bytes);
     dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();

@@ -16,7 +16,10 @@ void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, flo
                           int B, int T, int C, int NH, cudaStream_t stream);
 /// Writes dQ, dK, dV into dqkv (and, when dqkv16 is given, their bf16 copy) from dout16 and qkv16 (dout [B,T,C] and
 /// qkv rounded to bf16, 16-byte aligned), lse and dsum[bh * T + i] = sum_d dO * O of the forward's rows.
+/// dkv_capped: the dK/dV kernel built for 3 blocks an SM (fewer registers) instead of the compiler's choice; the
+/// same source, so the same values (to the ulp where ptxas contracts a multiply-add differently).
 void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout16, const __nv_bfloat16* qkv16,
-                           const float* lse, const float* dsum, int B, int T, int C, int NH, cudaStream_t stream);
+                           const float* lse, const float* dsum, int B, int T, int C, int NH, bool dkv_capped,
+                           cudaStream_t stream);
 
 }  // namespace zt::cuda

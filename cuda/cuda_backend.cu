@@ -46,6 +46,13 @@ class CudaBackend final : public Backend {
     ZT_CHECK(attention_choice == "auto" || attention_choice == "fp32",
              "ZT_CUDA_ATTENTION={}: expected auto (tensor cores in bf16 mode) or fp32", attention_choice);
     attention_tensor_cores_ = bf16 && attention_choice == "auto";
+    // ZT_CUDA_ATTENTION_DKV_BLOCKS=3 runs the tensor-core dK/dV kernel built for 3 blocks an SM (fewer registers,
+    // the same source): a tuning choice the GPU check measures.
+    const char* dkv_blocks = std::getenv("ZT_CUDA_ATTENTION_DKV_BLOCKS");
+    const std::string dkv_choice = dkv_blocks != nullptr ? dkv_blocks : "auto";
+    ZT_CHECK(dkv_choice == "auto" || dkv_choice == "3",
+             "ZT_CUDA_ATTENTION_DKV_BLOCKS={}: expected auto (the compiler's register choice) or 3", dkv_choice);
+    attention_dkv_capped_ = dkv_choice == "3";
     // bf16 mode keeps bf16 copies of the parameters and activations it is asked to; ZT_CUDA_PARAM_COPY=0 rounds per
     // matmul instead (the same bits: the tests compare the two).
     const char* param_copy = std::getenv("ZT_CUDA_PARAM_COPY");
@@ -197,7 +204,7 @@ class CudaBackend final : public Backend {
                           int NH) override {
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_));
     cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
-                             attention_tensor_cores_, scratch, stream_);
+                             attention_tensor_cores_, attention_dkv_capped_, scratch, stream_);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(fp32_output(out, n), bf16_copy_of(out, n), inp, n, stream_);
@@ -322,6 +329,7 @@ class CudaBackend final : public Backend {
 
   int device_;
   bool attention_tensor_cores_ = false;
+  bool attention_dkv_capped_ = false;
   bool param_copies_on_ = false;
   std::map<uintptr_t, ParamCopy> param_copies_;  // start of a kept fp32 range -> its bf16 copy
   std::map<uintptr_t, size_t> alloc_bytes_;      // every buffer from alloc / alloc_int and its size in bytes

@@ -264,9 +264,10 @@ else
   sanitizer_row "compute-sanitizer racecheck on attention" "$outdir/racecheck.log"
 fi
 
-# 9. What two of the bf16 mode's choices buy, in the same run (whatever budget is left): the throughput step again
-#    without the bf16 operand copies (every matmul rounds its operands per call), and with the fp32 attention
-#    kernels instead of the tensor-core ones. Each row gives tokens/s and the ratio of the main run to it.
+# 9. What the bf16 mode's choices buy, in the same run (whatever budget is left): the throughput step again without
+#    the bf16 operand copies (every matmul rounds its operands per call), with the fp32 attention kernels instead of
+#    the tensor-core ones, and with the tensor-core dK/dV kernel capped at 3 blocks an SM (a tuning choice: if this
+#    row is faster, make it the default). Each row gives tokens/s and the ratio of the main run to it.
 step_group=variants
 variant_row() {  # NAME LOG
   local result tps ratio mem
@@ -283,6 +284,10 @@ variant_row "variant: ZT_CUDA_PARAM_COPY=0 (round per matmul)" "$outdir/zt_throu
 run_step "throughput with fp32 attention" 45 "$outdir/zt_throughput_fp32_attention.log" env ZT_CUDA_ATTENTION=fp32 \
   bash "$bundle/run.sh" gpt2_cuda_bench --preset gpt2 --batch "$batch" --seq_len 1024 --steps 5 --warmup 2
 variant_row "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)" "$outdir/zt_throughput_fp32_attention.log"
+run_step "throughput with the register-capped dK/dV kernel" 45 "$outdir/zt_throughput_dkv3.log" \
+  env ZT_CUDA_ATTENTION_DKV_BLOCKS=3 bash "$bundle/run.sh" gpt2_cuda_bench --preset gpt2 --batch "$batch" \
+  --seq_len 1024 --steps 5 --warmup 2
+variant_row "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks an SM)" "$outdir/zt_throughput_dkv3.log"
 
 print_table
 echo "(${SECONDS}s in all; the table is also in $outdir/summary.md for docs/gpu-results.md)"

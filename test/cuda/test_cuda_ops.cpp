@@ -423,7 +423,9 @@ TEST_CASE("attention forward and backward match the CPU", "[cuda][attention]") {
   }
 }
 
-TEST_CASE("bf16 attention runs on the tensor cores unless ZT_CUDA_ATTENTION=fp32", "[cuda][attention]") {
+TEST_CASE(
+    "bf16 attention runs on the tensor cores unless ZT_CUDA_ATTENTION=fp32; ZT_CUDA_ATTENTION_DKV_BLOCKS=3 agrees",
+    "[cuda][attention]") {
   auto rng = seeded_rng();
   const int B = 2, T = 130, NH = 2, hs = 64, C = NH * hs;
   const size_t BT = size_t(B) * T;
@@ -447,6 +449,11 @@ TEST_CASE("bf16 attention runs on the tensor cores unless ZT_CUDA_ATTENTION=fp32
   const EnvBackend bf16_fp32_attention = bf16_backend_with_env("ZT_CUDA_ATTENTION", "fp32", "tensor");
   CHECK_THAT(bf16_fp32_attention.bad_value_error, Catch::Contains("ZT_CUDA_ATTENTION=tensor: expected auto"));
   const auto forced_fp32 = run(*bf16_fp32_attention.backend);
+  // The dK/dV kernel built for 3 blocks an SM (fewer registers): the same source, so the same values, up to the
+  // ulp or so ptxas may change where it contracts a multiply-add differently under the register cap (kF32).
+  const EnvBackend capped_dkv = bf16_backend_with_env("ZT_CUDA_ATTENTION_DKV_BLOCKS", "3", "4");
+  CHECK_THAT(capped_dkv.bad_value_error, Catch::Contains("ZT_CUDA_ATTENTION_DKV_BLOCKS=4: expected auto"));
+  const auto tc_capped = run(*capped_dkv.backend);
   for (size_t k = 0; k < 2; ++k) {
     INFO((k == 0 ? "out" : "dqkv"));
     // bf16 mode with ZT_CUDA_ATTENTION=fp32 runs the fp32 kernels: the fp32 mode's bits.
@@ -455,6 +462,7 @@ TEST_CASE("bf16 attention runs on the tensor cores unless ZT_CUDA_ATTENTION=fp32
     CHECK(std::memcmp(tc_result[k].data(), fp32_result[k].data(), fp32_result[k].size() * sizeof(float)) != 0);
     expect_close("tensor cores vs fp32", tc_result[k], fp32_result[k], kBf16Attention);
     CHECK(std::memcmp(tc_result[k].data(), tc_again[k].data(), tc_result[k].size() * sizeof(float)) == 0);
+    expect_close("capped dK/dV kernel vs default", tc_capped[k], tc_result[k], kF32);
   }
 }
 
