@@ -25,6 +25,15 @@
 namespace zt {
 namespace {
 
+// A two-way choice from the environment, read when a backend is made: true when `name` is set to `other`, false
+// when it is unset or `usual`; any other value is refused, naming what is expected.
+bool env_choice(const char* name, const char* usual, const char* other, const char* expected) {
+  const char* value = std::getenv(name);
+  const std::string choice = value != nullptr ? value : usual;
+  ZT_CHECK(choice == usual || choice == other, "{}={}: expected {}", name, choice, expected);
+  return choice == other;
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, bool bf16) : device_(device) {
@@ -41,31 +50,21 @@ class CudaBackend final : public Backend {
     ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
     matmul_ = std::make_unique<cuda::MatmulContext>(bf16);
     // bf16 mode runs attention on the tensor cores; ZT_CUDA_ATTENTION=fp32 keeps the fp32 kernels (to compare).
-    const char* attention = std::getenv("ZT_CUDA_ATTENTION");
-    const std::string attention_choice = attention != nullptr ? attention : "auto";
-    ZT_CHECK(attention_choice == "auto" || attention_choice == "fp32",
-             "ZT_CUDA_ATTENTION={}: expected auto (tensor cores in bf16 mode) or fp32", attention_choice);
-    attention_tensor_cores_ = bf16 && attention_choice == "auto";
+    attention_tensor_cores_ =
+        bf16 && !env_choice("ZT_CUDA_ATTENTION", "auto", "fp32", "auto (tensor cores in bf16 mode) or fp32");
     // ZT_CUDA_ATTENTION_DKV_BLOCKS=3 runs the tensor-core dK/dV kernel built for 3 blocks an SM (fewer registers,
     // the same source): a tuning choice the GPU check measures.
-    const char* dkv_blocks = std::getenv("ZT_CUDA_ATTENTION_DKV_BLOCKS");
-    const std::string dkv_choice = dkv_blocks != nullptr ? dkv_blocks : "auto";
-    ZT_CHECK(dkv_choice == "auto" || dkv_choice == "3",
-             "ZT_CUDA_ATTENTION_DKV_BLOCKS={}: expected auto (the compiler's register choice) or 3", dkv_choice);
-    attention_dkv_capped_ = dkv_choice == "3";
+    attention_dkv_capped_ =
+        env_choice("ZT_CUDA_ATTENTION_DKV_BLOCKS", "auto", "3", "auto (the compiler's register choice) or 3");
     // bf16 mode keeps bf16 copies of the parameters and activations it is asked to; ZT_CUDA_PARAM_COPY=0 rounds per
     // matmul instead (the same bits: the tests compare the two).
-    const char* param_copy = std::getenv("ZT_CUDA_PARAM_COPY");
-    const std::string param_copy_choice = param_copy != nullptr ? param_copy : "1";
-    ZT_CHECK(param_copy_choice == "0" || param_copy_choice == "1", "ZT_CUDA_PARAM_COPY={}: expected 1 (default) or 0",
-             param_copy_choice);
-    param_copies_on_ = bf16 && param_copy_choice == "1";
+    param_copies_on_ = bf16 && !env_choice("ZT_CUDA_PARAM_COPY", "1", "0", "1 (default) or 0");
   }
 
   ~CudaBackend() override {
     // No throwing from a destructor: errors here leave nothing to clean up that the process exit does not.
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-    for (auto& kv : param_copies_) cudaFree(kv.second.copy);
+    for (auto& kv : kept_copies_) cudaFree(kv.second.copy);
     matmul_.reset();
     if (norm_host_ != nullptr) cudaFreeHost(norm_host_);
     if (error_flag_host_ != nullptr) cudaFreeHost(error_flag_host_);
@@ -87,9 +86,9 @@ class CudaBackend final : public Backend {
       // Forget what was recorded about ranges inside it: host copies of uploaded tokens, kept parameter copies.
       const uintptr_t begin = it->first, end = begin + it->second;
       host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
-      for (auto c = param_copies_.lower_bound(begin); c != param_copies_.end() && c->first < end;) {
+      for (auto c = kept_copies_.lower_bound(begin); c != kept_copies_.end() && c->first < end;) {
         ZT_CUDA_CHECK(cudaFree(c->second.copy));
-        c = param_copies_.erase(c);
+        c = kept_copies_.erase(c);
       }
       alloc_bytes_.erase(it);
     }
@@ -166,14 +165,13 @@ class CudaBackend final : public Backend {
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
                          int N, int C) override {
-    const size_t n = size_t(N) * C;
-    cuda::layernorm_forward(fp32_output(out, n), bf16_copy_of(out, n), mean, rstd, inp, weight, bias, N, C, stream_);
+    const OutputTargets o = output_targets(out, size_t(N) * C);
+    cuda::layernorm_forward(o.fp32, o.copy, mean, rstd, inp, weight, bias, N, C, stream_);
   }
   void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
                                   const float* weight, const float* bias, int N, int C) override {
-    const size_t n = size_t(N) * C;
-    cuda::residual_layernorm_forward(res, fp32_output(out, n), bf16_copy_of(out, n), mean, rstd, a, b, weight, bias, N,
-                                     C, stream_);
+    const OutputTargets o = output_targets(out, size_t(N) * C);
+    cuda::residual_layernorm_forward(res, o.fp32, o.copy, mean, rstd, a, b, weight, bias, N, C, stream_);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
@@ -196,9 +194,8 @@ class CudaBackend final : public Backend {
     return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
-    const size_t n = size_t(B) * T * C;
-    cuda::attention_forward(fp32_output(out, n), bf16_copy_of(out, n), att, qkv, B, T, C, NH, attention_tensor_cores_,
-                            stream_);
+    const OutputTargets o = output_targets(out, size_t(B) * T * C);
+    cuda::attention_forward(o.fp32, o.copy, att, qkv, B, T, C, NH, attention_tensor_cores_, stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
@@ -207,7 +204,8 @@ class CudaBackend final : public Backend {
                              attention_tensor_cores_, attention_dkv_capped_, scratch, stream_);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
-    cuda::gelu_forward(fp32_output(out, n), bf16_copy_of(out, n), inp, n, stream_);
+    const OutputTargets o = output_targets(out, n);
+    cuda::gelu_forward(o.fp32, o.copy, inp, n, stream_);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
     cuda::gelu_backward(dinp, bf16_copy_of(dinp, n), inp, dout, n, stream_);
@@ -217,9 +215,9 @@ class CudaBackend final : public Backend {
   }
   void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
                              float dloss) override {
-    const size_t n = size_t(N) * Vp;
-    cuda::softmax_cross_entropy(logits, fp32_output(logits, n) != nullptr, bf16_copy_of(logits, n), losses, targets, N,
-                                V, Vp, dloss, error_flag_device_, stream_);
+    const OutputTargets o = output_targets(logits, size_t(N) * Vp);
+    cuda::softmax_cross_entropy(logits, o.fp32 != nullptr, o.copy, losses, targets, N, V, Vp, dloss, error_flag_device_,
+                                stream_);
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                     float eps, float wd, float grad_scale, int64_t step) override {
@@ -236,29 +234,46 @@ class CudaBackend final : public Backend {
   void accumulate(float* x, const float* y, size_t n) override { cuda::residual_forward(x, x, y, n, stream_); }
 
  private:
-  // One kept range: its copy, and whether only the copy needs writing (keep_activation_copy with fp32_read false).
-  struct ParamCopy {
+  // One kept range (of parameters or activations): its copy, and whether only the copy needs writing
+  // (keep_activation_copy with fp32_read false).
+  struct KeptCopy {
     size_t n;
     __nv_bfloat16* copy;
     bool fp32_unread;
   };
 
+  // Where [p, p + n) (n > 0) stands against the kept ranges: the one that holds all of it (null if none; *offset is
+  // p's element offset in it), and whether it overlaps any kept range at all.
+  struct Placement {
+    const KeptCopy* inside;
+    bool overlaps;
+  };
+  Placement place(const float* p, size_t n, size_t* offset) const {
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(p), end = addr + n * sizeof(float);
+    auto it = kept_copies_.upper_bound(addr);  // the first kept range starting after addr
+    Placement at{nullptr, it != kept_copies_.end() && it->first < end};
+    if (it != kept_copies_.begin()) {
+      --it;  // the last kept range starting at or before addr
+      const uintptr_t kept_end = it->first + it->second.n * sizeof(float);
+      if (addr < kept_end) at.overlaps = true;
+      if (end <= kept_end && (addr - it->first) % sizeof(float) == 0) {
+        at.inside = &it->second;
+        *offset = (addr - it->first) / sizeof(float);
+      }
+    }
+    return at;
+  }
+
   void keep_copy(const float* params, size_t n, bool fp32_unread) {
     if (!param_copies_on_ || n == 0) return;
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(params), end = begin + n * sizeof(float);
-    const auto next = param_copies_.lower_bound(begin);  // the first kept range starting at or after begin
-    bool overlaps = next != param_copies_.end() && next->first < end;
-    if (next != param_copies_.begin()) {
-      const auto prev = std::prev(next);
-      overlaps = overlaps || prev->first + prev->second.n * sizeof(float) > begin;
-    }
-    ZT_CHECK(!overlaps, "keeping a bf16 copy of [{}, +{}): it overlaps a range already kept",
+    size_t offset = 0;
+    ZT_CHECK(!place(params, n, &offset).overlaps, "keeping a bf16 copy of [{}, +{}): it overlaps a range already kept",
              static_cast<const void*>(params), n);
     void* copy = nullptr;
     const cudaError_t rc = cudaMalloc(&copy, n * sizeof(__nv_bfloat16));
     ZT_CHECK(rc == cudaSuccess, "out of device memory allocating a {}-byte bf16 copy on CUDA device {}: {}",
              n * sizeof(__nv_bfloat16), device_, cudaGetErrorString(rc));
-    param_copies_[begin] = {n, static_cast<__nv_bfloat16*>(copy), fp32_unread};
+    kept_copies_[reinterpret_cast<uintptr_t>(params)] = {n, static_cast<__nv_bfloat16*>(copy), fp32_unread};
     cuda::cast_to_bf16(static_cast<__nv_bfloat16*>(copy), params, n, stream_);
   }
 
@@ -278,39 +293,31 @@ class CudaBackend final : public Backend {
   // The kept range (of parameters or activations: one map) that holds all of [p, p + n), or null when none
   // overlaps it; *offset is p's element offset in it. A range that overlaps kept memory without lying inside one
   // kept range is an error: the op would leave a copy stale, or read one only in part.
-  const ParamCopy* kept_range_of(const float* p, size_t n, size_t* offset) const {
-    if (param_copies_.empty() || n == 0) return nullptr;
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(p), end = addr + n * sizeof(float);
-    auto it = param_copies_.upper_bound(addr);  // the first kept range starting after addr
-    const bool overlaps_next = it != param_copies_.end() && it->first < end;
-    bool overlaps = overlaps_next;
-    const ParamCopy* kept = nullptr;
-    if (it != param_copies_.begin()) {
-      --it;  // the last kept range starting at or before addr
-      const uintptr_t kept_end = it->first + it->second.n * sizeof(float);
-      overlaps = overlaps || addr < kept_end;
-      if (end <= kept_end && (addr - it->first) % sizeof(float) == 0 && !overlaps_next) {
-        kept = &it->second;
-        *offset = (addr - it->first) / sizeof(float);
-      }
-    }
-    ZT_CHECK(kept != nullptr || !overlaps,
+  const KeptCopy* kept_range_of(const float* p, size_t n, size_t* offset) const {
+    if (kept_copies_.empty() || n == 0) return nullptr;
+    const Placement at = place(p, n, offset);
+    ZT_CHECK(at.inside != nullptr || !at.overlaps,
              "[{}, +{}) overlaps a bf16 copy's range but is not inside a kept range (the copy would go stale)",
              static_cast<const void*>(p), n);
-    return kept;
+    return at.inside;
   }
   // The kept bf16 copy of [p, p + n), or null.
   __nv_bfloat16* bf16_copy_of(const float* p, size_t n) const {
     size_t offset = 0;
-    const ParamCopy* kept = kept_range_of(p, n, &offset);
+    const KeptCopy* kept = kept_range_of(p, n, &offset);
     return kept != nullptr ? kept->copy + offset : nullptr;
   }
-  // Where a forward op writes the fp32 values of its output [p, p + n): p, or null when the range is kept with
-  // fp32_read false (only its copy is read, so only the copy is written).
-  float* fp32_output(float* p, size_t n) const {
+  // Where an op writes its output [p, p + n): the fp32 values to p, or nowhere (null) when the range is kept with
+  // fp32_read false (only its copy is read); the rounded values to the kept copy, or nowhere.
+  struct OutputTargets {
+    float* fp32;
+    __nv_bfloat16* copy;
+  };
+  OutputTargets output_targets(float* p, size_t n) const {
     size_t offset = 0;
-    const ParamCopy* kept = kept_range_of(p, n, &offset);
-    return kept != nullptr && kept->fp32_unread ? nullptr : p;
+    const KeptCopy* kept = kept_range_of(p, n, &offset);
+    if (kept == nullptr) return {p, nullptr};
+    return {kept->fp32_unread ? nullptr : p, kept->copy + offset};
   }
 
   // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
@@ -331,7 +338,7 @@ class CudaBackend final : public Backend {
   bool attention_tensor_cores_ = false;
   bool attention_dkv_capped_ = false;
   bool param_copies_on_ = false;
-  std::map<uintptr_t, ParamCopy> param_copies_;  // start of a kept fp32 range -> its bf16 copy
+  std::map<uintptr_t, KeptCopy> kept_copies_;    // start of a kept fp32 range -> its bf16 copy
   std::map<uintptr_t, size_t> alloc_bytes_;      // every buffer from alloc / alloc_int and its size in bytes
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;
