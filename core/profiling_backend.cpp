@@ -150,11 +150,13 @@ std::string ProfilingBackend::report(int n_steps) const {
   }
   const double total_s = total.seconds;
   const double steps = n_steps > 0 ? n_steps : 1;
-  std::string out = fmt::format("{:<24} {:>10} {:>10} {:>7} {:>9} {:>9}\n", "op", "calls/step", "ms/step", "share",
-                                "TFLOP/s", "GB/s");
+  size_t width = 24;  // the op column fits the longest name (residual_layernorm_forward is 26)
+  for (const auto& row : rows) width = std::max(width, row.first.size());
+  std::string out = fmt::format("{:<{}} {:>10} {:>10} {:>7} {:>9} {:>9}\n", "op", width, "calls/step", "ms/step",
+                                "share", "TFLOP/s", "GB/s");
   auto line = [&](const std::string& name, const OpProfile& p) {
     const double s = p.seconds > 0 ? p.seconds : 1e-30;
-    out += fmt::format("{:<24} {:>10.1f} {:>10.3f} {:>6.1f}% {:>9.2f} {:>9.1f}\n", name, double(p.calls) / steps,
+    out += fmt::format("{:<{}} {:>10.1f} {:>10.3f} {:>6.1f}% {:>9.2f} {:>9.1f}\n", name, width, double(p.calls) / steps,
                        p.seconds * 1e3 / steps, total_s > 0 ? 100.0 * p.seconds / total_s : 0.0, p.flops / s / 1e12,
                        p.bytes / s / 1e9);
   };

@@ -78,7 +78,11 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
   std::istringstream report(profiled.report(2));
   std::string line;
   bool found_matmul = false, found_total = false;
+  size_t line_length = 0;
   while (std::getline(report, line)) {
+    // A table: every line as long as the header, however long an op's name (the columns stay aligned).
+    if (line_length == 0) line_length = line.size();
+    CHECK(line.size() == line_length);
     std::istringstream fields(line);
     std::string name;
     double calls_per_step = 0;
