@@ -7,6 +7,8 @@
 #
 # Usage: bench/gpu/bundle.sh [BUILD_DIR]      (default: $ZT_BUILD_DIR, else <repo>/build-gpu)
 # Env:   JOBS (parallel build jobs, default 1)
+#        ZT_BUNDLE_SIM=1: bundle the CUDA simulator's builds of the same programs (cuda/sim/) instead, to rehearse
+#        run_check.sh on a machine without a GPU (run_check.sh refuses such a bundle unless ZT_CHECK_REHEARSAL=1).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,6 +17,9 @@ build=${1:-${ZT_BUILD_DIR:-$repo/build-gpu}}
 bundle=$here/bundle
 jobs=${JOBS:-1}
 targets=(test_cuda_ops gpt2_cuda_bench test_cuda_zero test_nccl_comm zerotrain)
+sim=${ZT_BUNDLE_SIM:-0}
+suffix=""
+[[ $sim == 1 ]] && suffix=_sim  # the simulator's programs, installed under the GPU programs' names
 max_bytes=$((64 * 1024 * 1024))
 
 die() { echo "bundle.sh: $*" >&2; exit 2; }
@@ -25,8 +30,8 @@ echo "== configure $build (CUDA on, sm_90)"
 mkdir -p "$build"
 cmake -S "$repo" -B "$build" -DZT_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 >"$build/bundle-configure.log" 2>&1 ||
   { cat "$build/bundle-configure.log" >&2; die "cmake configure failed"; }
-echo "== build ${targets[*]} (-j$jobs)"
-if ! cmake --build "$build" -j"$jobs" --target "${targets[@]}" >"$build/bundle-build.log" 2>&1; then
+echo "== build ${targets[*]/%/$suffix} (-j$jobs)"
+if ! cmake --build "$build" -j"$jobs" --target "${targets[@]/%/$suffix}" >"$build/bundle-build.log" 2>&1; then
   tail -40 "$build/bundle-build.log" >&2
   grep -q "No rule to make target" "$build/bundle-build.log" &&
     echo "bundle.sh: the CUDA targets are defined in test/cuda/CMakeLists.txt; test/CMakeLists.txt must include it" >&2
@@ -39,7 +44,7 @@ stage=$build/gpu-bundle-stage
 rm -rf "$stage" "$bundle"
 mkdir -p "$stage/bin" "$stage/lib" "$bundle"
 for t in "${targets[@]}"; do
-  exe=$(find "$build" -type f -name "$t" -perm -u+x | head -1)
+  exe=$(find "$build" -type f -name "$t$suffix" -perm -u+x | head -1)
   [[ -n $exe ]] || die "built target $t not found under $build"
   cp "$exe" "$stage/bin/$t"
   strip --strip-unneeded "$stage/bin/$t"
@@ -242,7 +247,11 @@ unpacked=$(du -sb "$stage" | cut -f1)
   fi
   echo "source: $rev"
   echo "nvcc: $(nvcc --version | tail -1)"
-  echo "CUDA architectures: sm_90"
+  if [[ $sim == 1 ]]; then
+    echo "kind: CUDA simulator rehearsal (cuda/sim/): every program runs its kernels on the CPU; not for a GPU"
+  else
+    echo "CUDA architectures: sm_90"
+  fi
   echo "Open MPI: $(ompi_info --parsable 2>/dev/null | sed -n 's/^ompi:version:full://p') from $ompi_prefix, $n_plugins plugins"
   echo "left to the GPU machine: glibc family, libcuda (driver), libcublas.so.13 and libcublasLt.so.13 (CUDA 13);"
   echo "  libnccl.so.2 (optional, loaded at run time by --comm nccl and test_nccl_comm)"

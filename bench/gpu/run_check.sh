@@ -11,6 +11,7 @@
 #        ZT_CHECK_ONLY (a rerun of some steps: any of "ops zero nccl ckpt train throughput torch sanitizer
 #        variants"),
 #        ZT_OPS_FILTER (a Catch2 filter for the op tests, e.g. "[attention]")
+#        ZT_CHECK_REHEARSAL=1 (accept a CUDA simulator bundle: rehearses this script without a GPU)
 # Exit:  0 all run checks passed, 1 a check failed or timed out, 2 usage / missing bundle, 3 no device.
 set -uo pipefail
 
@@ -30,6 +31,17 @@ if [[ ! -f $bundle/run.sh || ! -f $bundle/payload.tar.gz ]]; then
        "bench/gpu/bundle (it is git-ignored) to this one" >&2
   exit 2
 fi
+# A bundle of the CUDA simulator's programs (bundle.sh with ZT_BUNDLE_SIM=1) would "pass" on any machine: only a
+# rehearsal of this script may use one, and its table says so.
+rehearsal=""
+if grep -q "^kind: CUDA simulator rehearsal" "$bundle/MANIFEST.txt" 2>/dev/null; then
+  if [[ ${ZT_CHECK_REHEARSAL:-0} != 1 ]]; then
+    echo "run_check.sh: $bundle holds the CUDA simulator's programs (bundle.sh ran with ZT_BUNDLE_SIM=1), not the" \
+         "GPU's: rebuild it with bench/gpu/bundle.sh (or set ZT_CHECK_REHEARSAL=1 to rehearse this script)" >&2
+    exit 2
+  fi
+  rehearsal=" (CUDA simulator rehearsal: CPU figures, not GPU results)"
+fi
 # shellcheck source=/dev/null
 source "$bundle/env.sh"
 [[ -x $ZT_BUNDLE_ROOT/bin/zerotrain ]] || { echo "run_check.sh: the bundle did not unpack into $ZT_BUNDLE_ROOT" >&2; exit 2; }
@@ -41,7 +53,7 @@ rows=()
 add_row() { rows+=("$1|$2|$3"); }  # check | result | detail
 print_table() {
   echo
-  echo "== GPU check summary: ${card:-no device}, $(date -u +%Y-%m-%d), logs in $outdir"
+  echo "== GPU check summary: ${card:-no device}, $(date -u +%Y-%m-%d), logs in $outdir$rehearsal"
   printf '%-54s | %-14s | %s\n' "check" "result" "detail"
   printf '%-54s-+-%-14s-+-%s\n' "$(printf '%.0s-' {1..54})" "$(printf '%.0s-' {1..14})" "------"
   local row
@@ -50,6 +62,7 @@ print_table() {
     printf '%-54s | %-14s | %s\n' "$name" "$result" "$detail"
   done
   {
+    [[ -n $rehearsal ]] && echo "${rehearsal# }" && echo
     echo "| check | result | detail |"
     echo "| --- | --- | --- |"
     for row in "${rows[@]}"; do echo "| ${row//|/ | } |"; done
@@ -138,8 +151,11 @@ set_result() {  # result word for step_rc; a failure or timeout makes the whole 
     *) failed=1; result="FAIL" ;;
   esac
 }
-# The line a test printed about why it skipped or how it ended (Catch2 summary, PASSED / FAILED lines).
-summary_of() { grep -hE "^(SKIPPED|All tests passed|test cases:|PASSED|FAILED|FAIL:)" "$1" | tail -1; }
+# The line a test printed about why it skipped or how it ended (Catch2 summary, PASSED / FAILED lines). Colour
+# codes go first: under mpirun a rank's stdout is a pty, so Catch2 colours its summary.
+summary_of() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -E "^(SKIPPED|All tests passed|test cases:|PASSED|FAILED|FAIL:)" | tail -1
+}
 
 # 1. Every CUDA op against its CPU twin (fp32 and bf16), whole GPT-2 steps on CUDA vs CPU.
 step_group=ops
@@ -287,7 +303,7 @@ variant_row "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)" "$outdir/zt_thro
 run_step "throughput with the register-capped dK/dV kernel" 45 "$outdir/zt_throughput_dkv3.log" \
   env ZT_CUDA_ATTENTION_DKV_BLOCKS=3 bash "$bundle/run.sh" gpt2_cuda_bench --preset gpt2 --batch "$batch" \
   --seq_len 1024 --steps 5 --warmup 2
-variant_row "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks an SM)" "$outdir/zt_throughput_dkv3.log"
+variant_row "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks/SM)" "$outdir/zt_throughput_dkv3.log"
 
 print_table
 echo "(${SECONDS}s in all; the table is also in $outdir/summary.md for docs/gpu-results.md)"
