@@ -54,7 +54,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, size_t n,
   const double bias_correction2 = 1.0 - std::pow(double(beta2), t);
   k.neg_step_size = float(-(double(lr) / bias_correction1));
   k.bias_correction2_sqrt = float(std::sqrt(bias_correction2));
-  adamw_update_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(param, grad, m, v, n, k, param_copy);
+  ZT_LAUNCH(adamw_update_kernel, grid_for(n, kBlock), kBlock, 0, stream)(param, grad, m, v, n, k, param_copy);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

@@ -45,7 +45,7 @@ template <int DPL>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv, int T,
                              int C, int NH, int hs, float scale) {
-  extern __shared__ float smem[];
+  ZT_DYNAMIC_SHARED(float, smem);
   const int ldk = hs + 1;          // rows read one per lane: padded so the lanes hit distinct banks
   float* q_s = smem;               // [kTile][hs]: read as broadcasts
   float* k_s = q_s + kTile * hs;   // [kTile][hs + 1]
@@ -151,7 +151,7 @@ template <int DPL>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dq_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
                                  const float* lse, const float* dsum, int T, int C, int NH, int hs, float scale) {
-  extern __shared__ float smem[];
+  ZT_DYNAMIC_SHARED(float, smem);
   const int ldk = hs + 1;
   float* q_s = smem;               // [kTile][hs] broadcasts
   float* do_s = q_s + kTile * hs;  // [kTile][hs] broadcasts
@@ -237,7 +237,7 @@ template <int DPL>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkv_kernel(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv,
                                   const float* lse, const float* dsum, int T, int C, int NH, int hs, float scale) {
-  extern __shared__ float smem[];
+  ZT_DYNAMIC_SHARED(float, smem);
   const int ldq = hs + 1;
   float* k_s = smem;                // [kTile][hs] broadcasts (this warp's keys)
   float* v_s = k_s + kTile * hs;    // [kTile][hs] broadcasts
@@ -389,7 +389,7 @@ void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* ls
   with_dims_per_lane(hs, [&](auto dpl) {
     auto kernel = attention_forward_kernel<decltype(dpl)::value>;
     allow_shared_bytes(kernel, shared_bytes);
-    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv, T, C, NH, hs, scale);
+    ZT_LAUNCH(kernel, grid, kThreads, shared_bytes, stream)(out, out16, out_copy, lse, qkv, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }
@@ -447,8 +447,8 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   }
   const int n_rows = B * NH * T;
   const int rows_per_block = kThreads / kWarpSize;
-  attention_backward_dsum_kernel<<<(n_rows + rows_per_block - 1) / rows_per_block, kThreads, 0, stream>>>(
-      dsum, dout, o, n_rows, T, C, NH, hs);
+  ZT_LAUNCH(attention_backward_dsum_kernel, (n_rows + rows_per_block - 1) / rows_per_block, kThreads, 0, stream)
+  (dsum, dout, o, n_rows, T, C, NH, hs);
   ZT_CUDA_LAUNCH_CHECK();
   if (tc) {
     // dO rounded once, as the kernels would round it per tile load (the same bits), into aligned scratch.
@@ -462,11 +462,12 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   with_dims_per_lane(hs, [&](auto dpl) {
     auto dq_kernel = attention_backward_dq_kernel<decltype(dpl)::value>;
     allow_shared_bytes(dq_kernel, shared_bytes);
-    dq_kernel<<<grid, kThreads, shared_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
+    ZT_LAUNCH(dq_kernel, grid, kThreads, shared_bytes, stream)(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
     auto dkv_kernel = attention_backward_dkv_kernel<decltype(dpl)::value>;
     allow_shared_bytes(dkv_kernel, shared_bytes);
-    dkv_kernel<<<grid, kThreads, shared_bytes, stream>>>(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
+    ZT_LAUNCH(dkv_kernel, grid, kThreads, shared_bytes, stream)
+    (dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }

@@ -51,10 +51,14 @@ __device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpr
 // d += a · b on one 16x8x16 tile. Not volatile: a pure function of its registers, which the compiler may schedule
 // freely among the loads (the ldmatrix reads of shared memory stay volatile, ordered against the barriers).
 __device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef ZT_CUDA_SIM
+  zt_sim::mma_m16n8k16_bf16(d, a, b0, b1);
+#else
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // dst[r][d] (row stride HS + kPad) = src[(t0 + r) * row_stride + d] for r < 64; rows past T are 0. 8 bf16 (16
@@ -75,10 +79,14 @@ __device__ inline void load_rows(__nv_bfloat16* dst, const __nv_bfloat16* src, s
 // m as stored, the lower one in the low 16 bits: for a matrix of 8 k-rows by 8 n-columns, the B pair of mma's
 // (t = l % 4, g = l / 4).
 __device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
+#ifdef ZT_CUDA_SIM
+  zt_sim::ldmatrix_x4(r, row, true);
+#else
   const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+#endif
 }
 
 // The A fragments of this warp's 16 rows of a row-major tile, for each 16-wide slice of the head dim.
@@ -187,7 +195,7 @@ template <int HS>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_tc_kernel(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const __nv_bfloat16* qkv,
                                 int T, int C, int NH, float scale) {
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  ZT_DYNAMIC_SHARED(unsigned char, smem_bytes);
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *q_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows();
   const HeadRows head = head_rows<HS>(qkv, nullptr, T, C, NH);
@@ -275,7 +283,7 @@ __global__ void __launch_bounds__(kThreads)
     attention_backward_dq_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout,
                                     const __nv_bfloat16* qkv, const float* lse, const float* dsum, int T, int C, int NH,
                                     float scale) {
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  ZT_DYNAMIC_SHARED(unsigned char, smem_bytes);
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *q_s = carve.rows(), *do_s = carve.rows(), *k_s = carve.rows(), *v_s = carve.rows();
   const HeadRows head = head_rows<HS>(qkv, dout, T, C, NH);
@@ -342,7 +350,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     attention_backward_dkv_tc_kernel(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat16* dout,
                                      const __nv_bfloat16* qkv, const float* lse, const float* dsum, int T, int C,
                                      int NH, float scale) {
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  ZT_DYNAMIC_SHARED(unsigned char, smem_bytes);
   SharedCarver<HS> carve{smem_bytes};
   __nv_bfloat16 *k_s = carve.rows(), *v_s = carve.rows(), *q_s = carve.rows(), *do_s = carve.rows();
   float *l_s = carve.floats(kTileKeys), *d_s = carve.floats(kTileKeys);
@@ -439,7 +447,7 @@ void attention_forward_tc(float* out, __nv_bfloat16* out16, float* out_copy, flo
     const size_t shared_bytes = 3 * rows_bytes(HS);
     auto kernel = attention_forward_tc_kernel<HS>;
     allow_shared_bytes(kernel, shared_bytes);
-    kernel<<<grid, kThreads, shared_bytes, stream>>>(out, out16, out_copy, lse, qkv16, T, C, NH, scale);
+    ZT_LAUNCH(kernel, grid, kThreads, shared_bytes, stream)(out, out16, out_copy, lse, qkv16, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }
@@ -455,12 +463,12 @@ void attention_backward_tc(float* dqkv, __nv_bfloat16* dqkv16, const __nv_bfloat
     const size_t dq_bytes = 4 * rows_bytes(HS);
     auto dq_kernel = attention_backward_dq_tc_kernel<HS>;
     allow_shared_bytes(dq_kernel, dq_bytes);
-    dq_kernel<<<grid, kThreads, dq_bytes, stream>>>(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
+    ZT_LAUNCH(dq_kernel, grid, kThreads, dq_bytes, stream)(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
     const size_t dkv_bytes = 4 * rows_bytes(HS) + 2 * sizeof(float) * kTileKeys;
     auto dkv_kernel = dkv_capped ? attention_backward_dkv_tc_kernel<HS, 3> : attention_backward_dkv_tc_kernel<HS, 1>;
     allow_shared_bytes(dkv_kernel, dkv_bytes);
-    dkv_kernel<<<grid, kThreads, dkv_bytes, stream>>>(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
+    ZT_LAUNCH(dkv_kernel, grid, kThreads, dkv_bytes, stream)(dqkv, dqkv16, dout16, qkv16, lse, dsum, T, C, NH, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }

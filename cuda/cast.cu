@@ -16,7 +16,7 @@ __global__ void cast_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t
 
 void cast_to_bf16(__nv_bfloat16* dst, const float* src, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  cast_to_bf16_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(dst, src, n);
+  ZT_LAUNCH(cast_to_bf16_kernel, grid_for(n, kBlock), kBlock, 0, stream)(dst, src, n);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

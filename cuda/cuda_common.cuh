@@ -37,6 +37,24 @@ inline int grid_for(size_t n, int block, int max_blocks = 65536) {
   return blocks == 0 ? 1 : blocks > size_t(max_blocks) ? max_blocks : int(blocks);
 }
 
+/// Launches a kernel: ZT_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...) is kernel<<<...>>>(args...),
+/// spelled so that the CUDA simulator (cuda/sim/), which compiles these files as plain C++, can run it too.
+#ifdef ZT_CUDA_SIM
+#define ZT_LAUNCH(kernel, grid, block, shared_bytes, stream) \
+  ::zt_sim::launch(kernel, #kernel, grid, block, shared_bytes, stream)
+#else
+#define ZT_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#endif
+
+/// A kernel's dynamic shared memory (extern __shared__), 16-byte aligned, as `type* name`.
+#ifdef ZT_CUDA_SIM
+#define ZT_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::zt_sim::dynamic_shared())
+#else
+#define ZT_DYNAMIC_SHARED(type, name)                            \
+  extern __shared__ __align__(16) unsigned char name##_bytes_[]; \
+  type* name = reinterpret_cast<type*>(name##_bytes_)
+#endif
+
 /// Dynamic shared memory beyond the default 48 KB must be asked for, per kernel, before its first launch.
 template <typename Kernel>
 void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
@@ -44,7 +62,7 @@ void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
     ZT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(n_bytes)));
 }
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(ZT_CUDA_SIM)
 /// p[i] = v and, where the buffer has a kept bf16 copy p16 (null: none), p16[i] = v rounded to nearest: the bits
 /// cast_to_bf16 would give, so a matmul reading the copy multiplies what rounding per call would. p is null where
 /// only the copy is read (keep_activation_copy with fp32_read false).

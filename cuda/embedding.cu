@@ -93,18 +93,18 @@ void embedding_forward(float* out, const int32_t* tokens, const float* wte, cons
                        cudaStream_t stream) {
   const int n_rows = B * T;
   if (n_rows == 0 || C == 0) return;
-  embedding_forward_kernel<<<n_rows, kBlock, 0, stream>>>(out, tokens, wte, wpe, T, C);
+  ZT_LAUNCH(embedding_forward_kernel, n_rows, kBlock, 0, stream)(out, tokens, wte, wpe, T, C);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
 void embedding_backward(float* dwte, float* dwpe, const float* dout, const TokenBuckets& buckets, int B, int T, int C,
                         cudaStream_t stream) {
   if (B * T == 0 || C == 0) return;
-  embedding_backward_wpe_kernel<<<grid_for(size_t(T) * C, kBlock), kBlock, 0, stream>>>(dwpe, dout, B, T, C);
+  ZT_LAUNCH(embedding_backward_wpe_kernel, grid_for(size_t(T) * C, kBlock), kBlock, 0, stream)(dwpe, dout, B, T, C);
   ZT_CUDA_LAUNCH_CHECK();
   if (buckets.n_buckets == 0) return;
   const dim3 grid(unsigned(buckets.n_buckets), unsigned(ceil_div(size_t(C), kBlock)));
-  embedding_backward_wte_kernel<<<grid, kBlock, 0, stream>>>(dwte, dout, buckets, C);
+  ZT_LAUNCH(embedding_backward_wte_kernel, grid, kBlock, 0, stream)(dwte, dout, buckets, C);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

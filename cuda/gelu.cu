@@ -40,14 +40,14 @@ __global__ void gelu_backward_kernel(float* dinp, __nv_bfloat16* dinp16, const f
 
 void gelu_forward(float* out, __nv_bfloat16* out16, const float* inp, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  gelu_forward_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(out, out16, inp, n);
+  ZT_LAUNCH(gelu_forward_kernel, grid_for(n, kBlock), kBlock, 0, stream)(out, out16, inp, n);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
 void gelu_backward(float* dinp, __nv_bfloat16* dinp16, const float* inp, const float* dout, size_t n,
                    cudaStream_t stream) {
   if (n == 0) return;
-  gelu_backward_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(dinp, dinp16, inp, dout, n);
+  ZT_LAUNCH(gelu_backward_kernel, grid_for(n, kBlock), kBlock, 0, stream)(dinp, dinp16, inp, dout, n);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

@@ -110,8 +110,8 @@ void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rst
                        const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
-  layernorm_forward_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(out, out16, mean, rstd, inp,
-                                                                                          weight, bias, N, C);
+  ZT_LAUNCH(layernorm_forward_kernel, ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream)
+  (out, out16, mean, rstd, inp, weight, bias, N, C);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
@@ -120,8 +120,8 @@ void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, fl
                                 cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
-  residual_layernorm_forward_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(
-      res, out, out16, mean, rstd, a, b, weight, bias, N, C);
+  ZT_LAUNCH(residual_layernorm_forward_kernel, ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream)
+  (res, out, out16, mean, rstd, a, b, weight, bias, N, C);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
@@ -132,13 +132,13 @@ void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, floa
                         float* scratch, cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
-  layernorm_backward_dinp_kernel<<<ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream>>>(
-      dinp, dinp16, dout, inp, weight, mean, rstd, N, C);
+  ZT_LAUNCH(layernorm_backward_dinp_kernel, ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream)
+  (dinp, dinp16, dout, inp, weight, mean, rstd, N, C);
   ZT_CUDA_LAUNCH_CHECK();
   const RowChunks chunks = row_chunks(N);
   const dim3 grid(unsigned(ceil_div(size_t(C), kColumnBlock)), unsigned(chunks.n_chunks));
-  layernorm_backward_partials_kernel<<<grid, kColumnBlock, 0, stream>>>(scratch, dout, inp, mean, rstd, N, C,
-                                                                        chunks.rows_per_chunk);
+  ZT_LAUNCH(layernorm_backward_partials_kernel, grid, kColumnBlock, 0, stream)
+  (scratch, dout, inp, mean, rstd, N, C, chunks.rows_per_chunk);
   ZT_CUDA_LAUNCH_CHECK();
   sum_column_partials(dbias, scratch, chunks.n_chunks, 2 * C, C, stream);
   sum_column_partials(dweight, scratch + C, chunks.n_chunks, 2 * C, C, stream);

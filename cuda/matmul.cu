@@ -181,7 +181,7 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void
   if (N == 0 || OC == 0) return;
   MatmulContext::Impl& m = ctx.impl();
   if (C == 0) {  // an empty product: out = bias (or 0)
-    bias_broadcast_kernel<<<grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream>>>(out, bias, N, OC);
+    ZT_LAUNCH(bias_broadcast_kernel, grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream)(out, bias, N, OC);
     ZT_CUDA_LAUNCH_CHECK();
     return;
   }
@@ -204,7 +204,7 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void
   if (alignment_of(bias) >= 16 && m.gemm(false, weight_transposed, N, OC, C, a, C, w, ldw, out, OC, 0.0f, bias, stream))
     return;
   // No fused-bias algorithm here: seed out with the bias and accumulate the product onto it.
-  bias_broadcast_kernel<<<grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream>>>(out, bias, N, OC);
+  ZT_LAUNCH(bias_broadcast_kernel, grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream)(out, bias, N, OC);
   ZT_CUDA_LAUNCH_CHECK();
   m.gemm(false, weight_transposed, N, OC, C, a, C, w, ldw, out, OC, 1.0f, nullptr, stream);
 }
@@ -244,7 +244,7 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
   if (dbias != nullptr) {
     float* partials = carve.take<float>(size_t(chunks.n_chunks) * OC);
     const dim3 grid(unsigned(ceil_div(size_t(OC), kBlock)), unsigned(chunks.n_chunks));
-    bias_grad_partials_kernel<<<grid, kBlock, 0, stream>>>(partials, dout, N, OC, chunks.rows_per_chunk);
+    ZT_LAUNCH(bias_grad_partials_kernel, grid, kBlock, 0, stream)(partials, dout, N, OC, chunks.rows_per_chunk);
     ZT_CUDA_LAUNCH_CHECK();
     sum_column_partials(dbias, partials, chunks.n_chunks, OC, OC, stream);
   }

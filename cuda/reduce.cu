@@ -29,8 +29,8 @@ RowChunks row_chunks(int n_rows) {
 
 void sum_column_partials(float* dst, const float* partials, int n_chunks, int ld, int width, cudaStream_t stream) {
   if (width == 0 || n_chunks == 0) return;
-  sum_column_partials_kernel<<<ceil_div(size_t(width), kBlock), kBlock, 0, stream>>>(dst, partials, n_chunks, ld,
-                                                                                     width);
+  ZT_LAUNCH(sum_column_partials_kernel, ceil_div(size_t(width), kBlock), kBlock, 0, stream)
+  (dst, partials, n_chunks, ld, width);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

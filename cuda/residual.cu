@@ -16,7 +16,7 @@ __global__ void residual_forward_kernel(float* out, const float* a, const float*
 
 void residual_forward(float* out, const float* a, const float* b, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  residual_forward_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(out, a, b, n);
+  ZT_LAUNCH(residual_forward_kernel, grid_for(n, kBlock), kBlock, 0, stream)(out, a, b, n);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

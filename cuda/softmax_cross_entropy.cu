@@ -57,8 +57,8 @@ void softmax_cross_entropy(float* logits, bool write_fp32, __nv_bfloat16* logits
   ZT_CHECK(write_fp32 || logits16 != nullptr, "softmax_cross_entropy: the gradient must go to the logits or a copy");
   ZT_CHECK(V > 0 && V <= Vp, "softmax_cross_entropy: need 0 < V <= Vp, got V={} Vp={}", V, Vp);
   if (N == 0) return;
-  softmax_cross_entropy_kernel<<<N, kBlock, 0, stream>>>(logits, write_fp32, logits16, losses, targets, V, Vp, dloss,
-                                                         error_flag);
+  ZT_LAUNCH(softmax_cross_entropy_kernel, N, kBlock, 0, stream)
+  (logits, write_fp32, logits16, losses, targets, V, Vp, dloss, error_flag);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

@@ -39,10 +39,10 @@ void squared_norm(const float* x, size_t n, double* scratch, cudaStream_t stream
   ZT_CHECK(n_blocks < size_t(1) << 31, "squared_norm: {} elements is more than one launch covers", n);
   double* partials = scratch + 1;
   if (n_blocks > 0) {
-    squared_norm_partials_kernel<<<unsigned(n_blocks), kBlock, 0, stream>>>(partials, x, n);
+    ZT_LAUNCH(squared_norm_partials_kernel, unsigned(n_blocks), kBlock, 0, stream)(partials, x, n);
     ZT_CUDA_LAUNCH_CHECK();
   }
-  squared_norm_final_kernel<<<1, kFinalBlock, 0, stream>>>(scratch, partials, int(n_blocks));
+  ZT_LAUNCH(squared_norm_final_kernel, 1, kFinalBlock, 0, stream)(scratch, partials, int(n_blocks));
   ZT_CUDA_LAUNCH_CHECK();
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing Debian packages, builds (CUDA too when nvcc is present), runs CTest,
-# then runs the unit and MPI tests once more under AddressSanitizer + UndefinedBehaviorSanitizer.
+# then runs the unit and MPI tests (and the CUDA simulator's kernel tests) once more under AddressSanitizer +
+# UndefinedBehaviorSanitizer.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,11 +17,21 @@ if [ "${ZT_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== build (ASan + UBSan, CPU only) =="
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZT_SANITIZE=ON -DZT_ENABLE_CUDA=OFF \
     >build-asan-configure.log 2>&1 || { cat build-asan-configure.log; exit 1; }
-  cmake --build build-asan -j"$jobs" --target zt_unit_tests test_comm test_zero
-  echo "== unit + MPI tests under sanitizers =="
-  # Open MPI's own allocations are reported as leaks at exit; leaks are not what this run looks for.
+  # With the CUDA headers there, the CUDA simulator too (cuda/sim/): every kernel under the sanitizers, which
+  # name any read or write outside a device allocation or the launch's shared memory by its kernel's source line.
+  targets=(zt_unit_tests test_comm test_zero)
+  labels='unit|mpi'
+  # (grep without -q reads all of the list: with pipefail, an early exit would fail the pipeline through SIGPIPE)
+  if cmake --build build-asan --target help | grep test_cuda_ops_sim >/dev/null; then
+    targets+=(test_cuda_sim test_cuda_ops_sim)
+    labels='unit|mpi|cuda_sim'
+  fi
+  cmake --build build-asan -j"$jobs" --target "${targets[@]}"
+  echo "== unit + MPI tests (and the CUDA simulator's op tests) under sanitizers =="
+  # Open MPI's own allocations are reported as leaks at exit; leaks are not what this run looks for. The
+  # simulator's 4-rank ZeRO test, its CLI and bench runs are left to the full suite (their kernels are these).
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan -L 'unit|mpi' --output-on-failure -j1
+    ctest --test-dir build-asan -L "$labels" -E 'cuda_sim_(zero|ckpt|bench)' --output-on-failure -j1
 fi
 
 echo "== full suite =="

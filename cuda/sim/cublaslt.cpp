@@ -1,0 +1,284 @@
+// The CUDA simulator's cuBLASLt: the calls matmul.cu makes, with cuBLASLt's column-major semantics,
+//   D = alpha op(A) op(B) + beta C (+ bias[i] on row i of D with CUBLASLT_EPILOGUE_BIAS),
+// fp32 or bf16 operands, fp32 C/D and compute (OpenBLAS's sgemm on the widened operands). The checks cuBLASLt makes are
+// made here too, so a plan that would be refused on a GPU is refused on the CPU: layouts whose shapes do not chain
+// (op(A) m x k, op(B) k x n, C and D m x n), leading dimensions below the rows, operands of another type than the
+// plan's, and pointers less aligned than the alignment the heuristic was promised. Anything else matmul.cu does not
+// use is CUBLAS_STATUS_NOT_SUPPORTED.
+#include <cblas.h>
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "cuda/sim/sim_runtime.hpp"
+
+namespace {
+
+struct Desc {
+  cublasComputeType_t compute;
+  cudaDataType_t scale;
+  cublasOperation_t trans_a = CUBLAS_OP_N, trans_b = CUBLAS_OP_N;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  cudaDataType_t bias_type = CUDA_R_32F;
+  const void* bias = nullptr;
+};
+
+struct Layout {
+  cudaDataType_t type;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+
+struct Pref {
+  uint64_t workspace = 0;
+  uint32_t align[4] = {1, 1, 1, 1};  // A, B, C, D
+};
+
+// What the heuristic promised, kept in the algorithm's opaque words.
+struct Algo {
+  uint32_t magic;
+  uint32_t align[4];
+};
+constexpr uint32_t kMagic = 0x5a54534d;  // "ZTSM"
+
+Desc* desc(cublasLtMatmulDesc_t d) { return reinterpret_cast<Desc*>(d); }
+Layout* layout(cublasLtMatrixLayout_t l) { return reinterpret_cast<Layout*>(l); }
+Pref* pref(cublasLtMatmulPreference_t p) { return reinterpret_cast<Pref*>(p); }
+
+template <typename T>
+cublasStatus_t set(T& field, const void* buf, size_t n) {
+  if (buf == nullptr || n != sizeof(T)) return CUBLAS_STATUS_INVALID_VALUE;
+  std::memcpy(&field, buf, sizeof(T));
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+bool supported_operand(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_16BF; }
+
+// op(X) as stored column-major in l: its rows and columns after the op.
+void op_shape(const Layout& l, cublasOperation_t op, uint64_t& rows, uint64_t& cols) {
+  rows = op == CUBLAS_OP_N ? l.rows : l.cols;
+  cols = op == CUBLAS_OP_N ? l.cols : l.rows;
+}
+
+cublasStatus_t validate(const Desc& d, const Layout& a, const Layout& b, const Layout& c, const Layout& dd) {
+  if (d.compute != CUBLAS_COMPUTE_32F || d.scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d.epilogue != CUBLASLT_EPILOGUE_DEFAULT && d.epilogue != CUBLASLT_EPILOGUE_BIAS)
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && d.bias_type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (!supported_operand(a.type) || a.type != b.type) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (c.type != CUDA_R_32F || dd.type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  uint64_t am, ak, bk, bn;
+  op_shape(a, d.trans_a, am, ak);
+  op_shape(b, d.trans_b, bk, bn);
+  if (ak != bk || c.rows != am || c.cols != bn || dd.rows != c.rows || dd.cols != c.cols || dd.ld != c.ld)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  for (const Layout* l : {&a, &b, &c})
+    if (l->ld < int64_t(l->rows) || l->ld < 1) return CUBLAS_STATUS_INVALID_VALUE;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+uint32_t alignment_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
+float element(const void* base, cudaDataType_t type, uint64_t i) {
+  if (type == CUDA_R_32F) return static_cast<const float*>(base)[i];
+  uint16_t bits;
+  std::memcpy(&bits, static_cast<const unsigned char*>(base) + 2 * i, 2);
+  return zt_sim::bf16_bits_to_float(bits);
+}
+
+size_t type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+
+// Bytes a column-major matrix spans.
+size_t span_bytes(const Layout& l) { return ((l.cols - 1) * uint64_t(l.ld) + l.rows) * type_bytes(l.type); }
+
+}  // namespace
+
+extern "C" {
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
+  *handle = reinterpret_cast<cublasLtHandle_t>(new int(1));
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) {
+  delete reinterpret_cast<int*>(handle);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+const char* cublasLtGetStatusString(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "success";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "an invalid value (the simulator's cuBLASLt checks shapes, types and alignment)";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "not supported (by the simulator's cuBLASLt)";
+    default:
+      return "cuBLAS error";
+  }
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
+  auto* p = new Desc{};
+  p->compute = compute;
+  p->scale = scale;
+  *d = reinterpret_cast<cublasLtMatmulDesc_t>(p);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+  delete desc(d);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void* buf, size_t n) {
+  Desc& x = *desc(d);
+  switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+      return set(x.trans_a, buf, n);
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+      return set(x.trans_b, buf, n);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+      return set(x.epilogue, buf, n);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
+      return set(x.bias_type, buf, n);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+      return set(x.bias, buf, n);
+    default:
+      return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
+  *l = reinterpret_cast<cublasLtMatrixLayout_t>(new Layout{type, rows, cols, ld});
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+  delete layout(l);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
+  *p = reinterpret_cast<cublasLtMatmulPreference_t>(new Pref{});
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+  delete pref(p);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void* buf,
+                                                    size_t n) {
+  Pref& x = *pref(p);
+  switch (attr) {
+    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES:
+      return set(x.workspace, buf, n);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES:
+      return set(x.align[0], buf, n);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES:
+      return set(x.align[1], buf, n);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES:
+      return set(x.align[2], buf, n);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES:
+      return set(x.align[3], buf, n);
+    default:
+      return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t op,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                              cublasLtMatmulPreference_t p, int requested,
+                                              cublasLtMatmulHeuristicResult_t* results, int* n_results) {
+  *n_results = 0;
+  if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
+  const cublasStatus_t rc = validate(*desc(op), *layout(a), *layout(b), *layout(c), *layout(d));
+  if (rc != CUBLAS_STATUS_SUCCESS) return rc;
+  std::memset(&results[0], 0, sizeof results[0]);
+  Algo algo{kMagic, {pref(p)->align[0], pref(p)->align[1], pref(p)->align[2], pref(p)->align[3]}};
+  static_assert(sizeof(Algo) <= sizeof(cublasLtMatmulAlgo_t), "the promise fits the opaque words");
+  std::memcpy(&results[0].algo, &algo, sizeof algo);
+  results[0].state = CUBLAS_STATUS_SUCCESS;
+  results[0].wavesCount = 1.0f;
+  *n_results = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t op, const void* alpha, const void* A,
+                              cublasLtMatrixLayout_t a_layout, const void* B, cublasLtMatrixLayout_t b_layout,
+                              const void* beta, const void* C, cublasLtMatrixLayout_t c_layout, void* D,
+                              cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t* algo, void* /*workspace*/,
+                              size_t /*workspace_bytes*/, cudaStream_t /*stream*/) {
+  const Desc& d = *desc(op);
+  const Layout &la = *layout(a_layout), &lb = *layout(b_layout), &lc = *layout(c_layout), &ld = *layout(d_layout);
+  cublasStatus_t rc = validate(d, la, lb, lc, ld);
+  if (rc != CUBLAS_STATUS_SUCCESS) return rc;
+  if (algo == nullptr) return CUBLAS_STATUS_INVALID_VALUE;  // matmul.cu always passes the heuristic's choice
+  Algo promised;
+  std::memcpy(&promised, algo, sizeof promised);
+  if (promised.magic != kMagic) return CUBLAS_STATUS_INVALID_VALUE;
+  const void* ptrs[4] = {A, B, C, D};
+  for (int i = 0; i < 4; ++i)
+    if (alignment_of(ptrs[i]) < promised.align[i]) return CUBLAS_STATUS_INVALID_VALUE;
+  uint64_t m, k, k2, n;
+  op_shape(la, d.trans_a, m, k);
+  op_shape(lb, d.trans_b, k2, n);
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  // Every operand must lie inside device memory, as a kernel's reads would have to.
+  if ((k > 0 && (!zt_sim::is_device_range(A, span_bytes(la)) || !zt_sim::is_device_range(B, span_bytes(lb)))) ||
+      !zt_sim::is_device_range(D, span_bytes(ld)))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  if (be != 0.0f && !zt_sim::is_device_range(C, span_bytes(lc))) return CUBLAS_STATUS_INVALID_VALUE;
+  const bool with_bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
+  if (with_bias && (d.bias == nullptr || !zt_sim::is_device_range(d.bias, m * sizeof(float))))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  // op(A)[i][p]: A stored column-major, element (r, c) at r + c * ld.
+  auto a_at = [&](uint64_t i, uint64_t p) {
+    return d.trans_a == CUBLAS_OP_N ? element(A, la.type, i + p * uint64_t(la.ld))
+                                    : element(A, la.type, p + i * uint64_t(la.ld));
+  };
+  auto b_at = [&](uint64_t p, uint64_t j) {
+    return d.trans_b == CUBLAS_OP_N ? element(B, lb.type, p + j * uint64_t(lb.ld))
+                                    : element(B, lb.type, j + p * uint64_t(lb.ld));
+  };
+  // op(A) and op(B) as dense fp32 (bf16 widened exactly), multiplied by OpenBLAS's sgemm: fp32 products and sums,
+  // in another order than the GPU's, as cuBLASLt's own kernels differ from one another.
+  std::vector<float> af(m * k), bf(k * n), prod(m * n, 0.0f);
+  for (uint64_t p = 0; p < k; ++p)
+    for (uint64_t i = 0; i < m; ++i) af[i + p * m] = a_at(i, p);
+  for (uint64_t j = 0; j < n; ++j)
+    for (uint64_t p = 0; p < k; ++p) bf[p + j * k] = b_at(p, j);
+  if (k > 0)
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), al, af.data(), int(m), bf.data(),
+                int(k), 0.0f, prod.data(), int(m));
+  for (uint64_t j = 0; j < n; ++j) {
+    float* out = static_cast<float*>(D) + j * uint64_t(ld.ld);
+    const float* c_col = static_cast<const float*>(C) + j * uint64_t(lc.ld);
+    for (uint64_t i = 0; i < m; ++i) {
+      float v = prod[i + j * m];
+      // beta = 0 ignores C entirely (it may hold NaN), as BLAS specifies. C may be D: each element is read before
+      // it is written.
+      if (be != 0.0f) v += be * c_col[i];
+      if (with_bias) v += static_cast<const float*>(d.bias)[i];
+      out[i] = v;
+    }
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+}  // extern "C"

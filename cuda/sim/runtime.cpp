@@ -1,0 +1,372 @@
+// The CUDA simulator's runtime API: the calls of cuda/ done on host memory, synchronously (every stream is in
+// order with every other, so any order the real streams and events allow is one this run could have taken).
+// Device allocations are tracked: copies, memsets and frees that fall outside one are refused as the driver would
+// (cudaErrorInvalidValue), and new allocations are filled with 0xff bytes (NaN floats) where cudaMalloc leaves
+// whatever was there. One device, reported as an sm_90 part named for what it is.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
+#include <string>
+
+#include "cuda/sim/sim_runtime.hpp"
+
+namespace zt_sim {
+namespace {
+
+constexpr size_t kDeviceBytes = size_t(80) << 30;  // what cudaMemGetInfo reports as the total
+constexpr size_t kAlignment = 256;                 // cudaMalloc's alignment
+
+struct State {
+  std::mutex mutex;
+  std::map<uintptr_t, size_t> device;  // start -> bytes
+  std::map<uintptr_t, size_t> pinned;
+  size_t device_bytes = 0;
+  cudaError_t last_error = cudaSuccess;
+  std::string last_failure;
+};
+State& state() {
+  static State s;
+  return s;
+}
+
+struct Event {
+  std::chrono::steady_clock::time_point at{};
+  bool recorded = false;
+};
+struct Stream {
+  int id;
+};
+
+bool inside(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t n) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = allocs.upper_bound(a);
+  if (it == allocs.begin()) return false;
+  --it;
+  return a >= it->first && a + n <= it->first + it->second;
+}
+
+cudaError_t fail(cudaError_t rc) { return set_last_error(rc); }
+
+// The kind a pointer range has: 1 device, 2 pinned host, 0 other host memory.
+int kind_of(const void* p, size_t n) {
+  State& s = state();
+  if (inside(s.device, p, n)) return 1;
+  if (inside(s.pinned, p, n)) return 2;
+  return 0;
+}
+
+cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  if (n == 0) return cudaSuccess;
+  std::unique_lock<std::mutex> lock(state().mutex);
+  const int d = kind_of(dst, n), s = kind_of(src, n);
+  lock.unlock();
+  bool ok = false;
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      ok = d == 1 && s != 1;
+      break;
+    case cudaMemcpyDeviceToHost:
+      ok = d != 1 && s == 1;
+      break;
+    case cudaMemcpyDeviceToDevice:
+      ok = d == 1 && s == 1;
+      break;
+    case cudaMemcpyHostToHost:
+      ok = d != 1 && s != 1;
+      break;
+    case cudaMemcpyDefault:
+      ok = true;
+      break;
+  }
+  if (!ok) return fail(cudaErrorInvalidValue);
+  std::memmove(dst, src, n);
+  return cudaSuccess;
+}
+
+// Exactly n bytes (at least 1), 256-byte aligned: under AddressSanitizer a kernel that reads or writes past what was
+// asked for is caught at the first byte beyond it.
+void* host_alloc(std::map<uintptr_t, size_t>& allocs, size_t n) {
+  void* p = nullptr;
+  if (posix_memalign(&p, kAlignment, n == 0 ? 1 : n) != 0) return nullptr;
+  allocs[reinterpret_cast<uintptr_t>(p)] = n;
+  return p;
+}
+
+}  // namespace
+
+cudaError_t set_last_error(cudaError_t rc) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (rc != cudaSuccess) state().last_error = rc;
+  return rc;
+}
+
+void report_failure(const std::string& what) {
+  std::fprintf(stderr, "zerotrain CUDA simulator: %s\n", what.c_str());
+  std::lock_guard<std::mutex> lock(state().mutex);
+  state().last_failure = what;
+}
+
+std::string last_failure() {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return state().last_failure;
+}
+
+bool is_device_range(const void* p, size_t n_bytes) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return inside(state().device, p, n_bytes);
+}
+
+}  // namespace zt_sim
+
+using zt_sim::fail;
+using zt_sim::state;
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  std::memset(prop, 0, sizeof *prop);
+  std::snprintf(prop->name, sizeof prop->name, "zerotrain CUDA simulator (CPU, sm_90 model)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->totalGlobalMem = zt_sim::kDeviceBytes;
+  prop->sharedMemPerBlock = size_t(48) << 10;
+  prop->sharedMemPerBlockOptin = 232448;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+cudaError_t cudaGetLastError(void) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  const cudaError_t rc = state().last_error;
+  state().last_error = cudaSuccess;
+  return rc;
+}
+
+cudaError_t cudaPeekAtLastError(void) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return state().last_error;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    case cudaErrorNotSupported:
+      return "cudaErrorNotSupported";
+    default:
+      return "cudaError (other)";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure (the simulator printed why)";
+    case cudaErrorNotSupported:
+      return "operation not supported";
+    default:
+      return "unknown error";
+  }
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (state().device_bytes + size > zt_sim::kDeviceBytes) {
+    *ptr = nullptr;
+    state().last_error = cudaErrorMemoryAllocation;
+    return cudaErrorMemoryAllocation;
+  }
+  void* p = zt_sim::host_alloc(state().device, size);
+  if (p == nullptr) {
+    *ptr = nullptr;
+    state().last_error = cudaErrorMemoryAllocation;
+    return cudaErrorMemoryAllocation;
+  }
+  std::memset(p, 0xff, size);
+  state().device_bytes += size;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(state().mutex);
+  auto it = state().device.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == state().device.end()) {
+    state().last_error = cudaErrorInvalidValue;
+    return cudaErrorInvalidValue;
+  }
+  state().device_bytes -= it->second;
+  state().device.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  *ptr = zt_sim::host_alloc(state().pinned, size);
+  return *ptr != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int /*flags*/) { return cudaMallocHost(ptr, size); }
+
+cudaError_t cudaFreeHost(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(state().mutex);
+  auto it = state().pinned.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == state().pinned.end()) {
+    state().last_error = cudaErrorInvalidValue;
+    return cudaErrorInvalidValue;
+  }
+  state().pinned.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned int /*flags*/) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (!zt_sim::inside(state().pinned, host, 1)) {
+    state().last_error = cudaErrorInvalidValue;
+    return cudaErrorInvalidValue;
+  }
+  *device = host;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  *total_bytes = zt_sim::kDeviceBytes;
+  *free_bytes = zt_sim::kDeviceBytes - state().device_bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* ptr) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  std::memset(attr, 0, sizeof *attr);
+  const int kind = zt_sim::kind_of(ptr, 1);
+  attr->type = kind == 1 ? cudaMemoryTypeDevice : kind == 2 ? cudaMemoryTypeHost : cudaMemoryTypeUnregistered;
+  attr->device = 0;
+  attr->devicePointer = kind != 0 ? const_cast<void*>(ptr) : nullptr;
+  attr->hostPointer = kind == 2 ? const_cast<void*>(ptr) : nullptr;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  return zt_sim::copy(dst, src, count, kind);
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t /*stream*/) {
+  return zt_sim::copy(dst, src, count, kind);
+}
+
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (count == 0) return cudaSuccess;
+  if (!zt_sim::is_device_range(ptr, count)) return fail(cudaErrorInvalidValue);
+  std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t /*stream*/) {
+  return cudaMemset(ptr, value, count);
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int /*flags*/) {
+  *stream = reinterpret_cast<cudaStream_t>(new zt_sim::Stream{1});
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete reinterpret_cast<zt_sim::Stream*>(stream);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t /*stream*/) { return cudaSuccess; }
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t /*stream*/, cudaEvent_t event, unsigned int /*flags*/) {
+  return event != nullptr ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int /*flags*/) {
+  *event = reinterpret_cast<cudaEvent_t>(new zt_sim::Event{});
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, 0); }
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<zt_sim::Event*>(event);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t /*stream*/) {
+  if (event == nullptr) return fail(cudaErrorInvalidValue);
+  auto* e = reinterpret_cast<zt_sim::Event*>(event);
+  e->at = std::chrono::steady_clock::now();
+  e->recorded = true;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return event != nullptr ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t event) { return event != nullptr ? cudaSuccess : fail(cudaErrorInvalidValue); }
+
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  auto* a = reinterpret_cast<zt_sim::Event*>(start);
+  auto* b = reinterpret_cast<zt_sim::Event*>(end);
+  if (a == nullptr || b == nullptr || !a->recorded || !b->recorded) return fail(cudaErrorInvalidValue);
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  return zt_sim::set_kernel_attribute(func, attr, value);
+}
+
+}  // extern "C"

@@ -1,0 +1,31 @@
+// The CUDA simulator's host side, shared by its scheduler, runtime and cuBLASLt stand-ins (not for kernels).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace zt_sim {
+
+/// Sets the sticky error cudaGetLastError returns (and clears), and returns rc.
+cudaError_t set_last_error(cudaError_t rc);
+/// A kernel fault or refused launch: printed to stderr (with the rank's environment, so mpirun keeps it apart), and
+/// kept for last_failure().
+void report_failure(const std::string& what);
+/// The last fault or refused launch, empty if none.
+std::string last_failure();
+
+/// True when [p, p + n_bytes) lies inside one live device allocation.
+bool is_device_range(const void* p, size_t n_bytes);
+
+/// Warps and lanes taken in reverse order (as ZT_CUDA_SIM_ORDER=reverse does), for the simulator's own tests.
+void set_reverse_order(bool reverse);
+
+float bf16_bits_to_float(uint16_t bits);
+
+/// cudaFuncSetAttribute's per-kernel opt-in to more dynamic shared memory (the only attribute simulated).
+cudaError_t set_kernel_attribute(const void* kernel, cudaFuncAttribute attr, int value);
+
+}  // namespace zt_sim

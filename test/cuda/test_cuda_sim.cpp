@@ -1,0 +1,290 @@
+// The CUDA simulator's own tests (cuda/sim/): that it runs what the hardware would and refuses, or shows, what the
+// hardware would not. Compiled like a .cu file of cuda/ for the simulator (its device environment force-included).
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_common.cuh"
+#include "cuda/sim/sim_runtime.hpp"
+
+using zt::cuda::kWarpSize;
+
+namespace {
+
+template <typename T>
+T* device_copy(const std::vector<T>& host) {
+  void* p = nullptr;
+  REQUIRE(cudaMalloc(&p, host.size() * sizeof(T)) == cudaSuccess);
+  REQUIRE(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  return static_cast<T*>(p);
+}
+
+template <typename T>
+std::vector<T> host_copy(const T* device, size_t n) {
+  std::vector<T> host(n);
+  REQUIRE(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return host;
+}
+
+uint16_t bf16_bits(float x) {
+  const __nv_bfloat16 b = __float2bfloat16_rn(x);
+  uint16_t bits;
+  std::memcpy(&bits, &b, 2);
+  return bits;
+}
+
+// ---- kernels ----
+
+__global__ void shuffle_kernel(int* out_xor, int* out_idx, float* out_sum) {
+  __shared__ float partials[kWarpSize];
+  const int lane = threadIdx.x % kWarpSize;
+  out_xor[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x) * 10, 5);
+  out_idx[threadIdx.x] = __shfl_sync(0xffffffffu, int(threadIdx.x) * 10, (lane + 3) % kWarpSize);
+  const float total = zt::cuda::block_sum(float(threadIdx.x), partials);
+  if (threadIdx.x == 0) *out_sum = total;
+}
+
+// D[16][16] = A[16][16] B[16][16] (row-major bf16): A's fragments by ldmatrix.x4 (the idiom for an mma's A operand),
+// B's by ldmatrix.x4.trans from the row-major [k][n] tile, as the tensor-core attention reads V, K, dO and Q.
+__global__ void mma_kernel(float* d, const __nv_bfloat16* a, const __nv_bfloat16* b) {
+  ZT_DYNAMIC_SHARED(__nv_bfloat16, tiles);
+  __nv_bfloat16 *a_s = tiles, *b_s = tiles + 256;
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+    a_s[i] = a[i];
+    b_s[i] = b[i];
+  }
+  __syncthreads();
+  const int lane = threadIdx.x, m = lane / 8, r = lane % 8;
+  uint32_t af[4], bf[4];
+  // Matrices 0..3 of A: rows 0-7 / 8-15 of columns 0-7, then of columns 8-15.
+  zt_sim::ldmatrix_x4(af, a_s + ((m % 2) * 8 + r) * 16 + (m / 2) * 8, false);
+  // Matrices 0, 1: k rows 0-7 / 8-15 of n columns 0-7; 2, 3: the same rows of columns 8-15.
+  zt_sim::ldmatrix_x4(bf, b_s + ((m % 2) * 8 + r) * 16 + (m / 2) * 8, true);
+  float acc[2][4] = {};
+  zt_sim::mma_m16n8k16_bf16(acc[0], af, bf[0], bf[1]);
+  zt_sim::mma_m16n8k16_bf16(acc[1], af, bf[2], bf[3]);
+  const int g = lane / 4, t = lane % 4;
+  for (int nt = 0; nt < 2; ++nt) {
+    d[g * 16 + nt * 8 + 2 * t] = acc[nt][0];
+    d[g * 16 + nt * 8 + 2 * t + 1] = acc[nt][1];
+    d[(g + 8) * 16 + nt * 8 + 2 * t] = acc[nt][2];
+    d[(g + 8) * 16 + nt * 8 + 2 * t + 1] = acc[nt][3];
+  }
+}
+
+// out[i] = the value thread i + 32 (mod n) wrote to shared memory; with_barrier false leaves out the barrier.
+__global__ void neighbour_kernel(int* out, bool with_barrier) {
+  ZT_DYNAMIC_SHARED(int, cell);
+  cell[threadIdx.x] = int(threadIdx.x) + 1;
+  if (with_barrier) __syncthreads();
+  out[threadIdx.x] = cell[(threadIdx.x + kWarpSize) % blockDim.x];
+}
+
+__global__ void split_barrier_kernel(int* out) {
+  int v = int(threadIdx.x);
+  if (threadIdx.x < 16)
+    __syncthreads();
+  else
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+
+__global__ void diverged_kernel(int* out) {
+  int v = int(threadIdx.x);
+  if (threadIdx.x % 2 == 0) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+
+__global__ void shared_bytes_kernel(int* out) {
+  ZT_DYNAMIC_SHARED(int, cells);
+  cells[threadIdx.x] = 1;
+  out[threadIdx.x] = cells[threadIdx.x];
+}
+
+// Reads a static __shared__ array before writing it: what a block sees there is whatever the hardware left.
+__global__ void read_before_write_kernel(float* out) {
+  __shared__ float cells[kWarpSize];
+  out[blockIdx.x * kWarpSize + threadIdx.x] = cells[threadIdx.x];
+  cells[threadIdx.x] = 1.0f;
+}
+
+std::vector<int> run_neighbour(bool with_barrier, bool reverse) {
+  zt_sim::set_reverse_order(reverse);
+  int* out = device_copy(std::vector<int>(128, 0));
+  ZT_LAUNCH(neighbour_kernel, 1, 128, 128 * sizeof(int), nullptr)(out, with_barrier);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  std::vector<int> host = host_copy(out, 128);
+  cudaFree(out);
+  zt_sim::set_reverse_order(false);
+  return host;
+}
+
+}  // namespace
+
+TEST_CASE("shuffles exchange lanes as the hardware does; block_sum adds every thread", "[cuda_sim]") {
+  int* x = device_copy(std::vector<int>(64, 0));
+  int* idx = device_copy(std::vector<int>(64, 0));
+  float* sum = device_copy(std::vector<float>(1, 0.0f));
+  ZT_LAUNCH(shuffle_kernel, 1, 64, 0, nullptr)(x, idx, sum);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const auto hx = host_copy(x, 64), hi = host_copy(idx, 64);
+  for (int i = 0; i < 64; ++i) {
+    const int warp = i / 32 * 32, lane = i % 32;
+    CHECK(hx[i] == (warp + (lane ^ 5)) * 10);
+    CHECK(hi[i] == (warp + (lane + 3) % 32) * 10);
+  }
+  CHECK(host_copy(sum, 1)[0] == 63.0f * 64.0f / 2.0f);  // exact: small integers
+  cudaFree(x);
+  cudaFree(idx);
+  cudaFree(sum);
+}
+
+TEST_CASE("ldmatrix and mma.sync fragments compose into the matrix product", "[cuda_sim]") {
+  // The A operand read by ldmatrix.x4 and the B operand read by ldmatrix.x4.trans are the register layouts the PTX
+  // ISA gives for mma.m16n8k16, which is why the idiom works on the hardware: a simulator whose three layouts
+  // disagreed would fail here. Inputs are small integers (exact in bf16, products summed exactly in fp32).
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> dist(-4, 4);
+  std::vector<float> a(256), b(256);
+  for (auto& v : a) v = float(dist(rng));
+  for (auto& v : b) v = float(dist(rng));
+  std::vector<uint16_t> a16(256), b16(256);
+  for (int i = 0; i < 256; ++i) a16[i] = bf16_bits(a[i]), b16[i] = bf16_bits(b[i]);
+  auto* da = reinterpret_cast<__nv_bfloat16*>(device_copy(a16));
+  auto* db = reinterpret_cast<__nv_bfloat16*>(device_copy(b16));
+  float* dd = device_copy(std::vector<float>(256, -1.0f));
+  ZT_LAUNCH(mma_kernel, 1, 32, 2 * 256 * sizeof(__nv_bfloat16), nullptr)(dd, da, db);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const auto d = host_copy(dd, 256);
+  int n_wrong = 0;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float want = 0.0f;
+      for (int k = 0; k < 16; ++k) want += a[i * 16 + k] * b[k * 16 + j];
+      n_wrong += d[i * 16 + j] != want;
+    }
+  CHECK(n_wrong == 0);
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dd);
+}
+
+TEST_CASE("a missing __syncthreads shows as different results in one of the two thread orders", "[cuda_sim]") {
+  std::vector<int> want(128);
+  for (int i = 0; i < 128; ++i) want[i] = (i + 32) % 128 + 1;
+  CHECK(run_neighbour(true, false) == want);
+  CHECK(run_neighbour(true, true) == want);
+  const bool seen = run_neighbour(false, false) != want || run_neighbour(false, true) != want;
+  CHECK(seen);
+}
+
+TEST_CASE("shared memory starts every block as NaN, static __shared__ arrays too", "[cuda_sim]") {
+  // Without the poisoning, block 1 would read the 1.0f block 0 left behind in the function-local static.
+  float* out = device_copy(std::vector<float>(3 * kWarpSize, 0.0f));
+  ZT_LAUNCH(read_before_write_kernel, 3, kWarpSize, 0, nullptr)(out);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  int n_nan = 0;
+  for (float v : host_copy(out, 3 * kWarpSize)) n_nan += std::isnan(v) ? 1 : 0;
+  CHECK(n_nan == 3 * kWarpSize);
+  cudaFree(out);
+}
+
+TEST_CASE("deadlocks, diverged warp instructions and bad launches fail the launch and say why", "[cuda_sim]") {
+  int* out = device_copy(std::vector<int>(2048, 0));
+  ZT_LAUNCH(split_barrier_kernel, 1, 32, 0, nullptr)(out);
+  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK_THAT(zt_sim::last_failure(), Catch::Contains("split_barrier_kernel") && Catch::Contains("deadlock"));
+
+  ZT_LAUNCH(diverged_kernel, 1, 32, 0, nullptr)(out);
+  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK_THAT(zt_sim::last_failure(), Catch::Contains("diverged_kernel") && Catch::Contains("exited"));
+
+  ZT_LAUNCH(shared_bytes_kernel, 1, 2048, 0, nullptr)(out);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  ZT_LAUNCH(shared_bytes_kernel, 0, 32, 0, nullptr)(out);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+
+  // 64 KB of dynamic shared memory needs the kernel's opt-in, and 227 KB is the most an H100 allows.
+  ZT_LAUNCH(shared_bytes_kernel, 1, 32, size_t(64) << 10, nullptr)(out);
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  CHECK_THAT(zt_sim::last_failure(), Catch::Contains("MaxDynamicSharedMemorySize"));
+  CHECK(cudaFuncSetAttribute(shared_bytes_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10) ==
+        cudaSuccess);
+  ZT_LAUNCH(shared_bytes_kernel, 1, 32, size_t(64) << 10, nullptr)(out);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaFuncSetAttribute(shared_bytes_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10) ==
+        cudaErrorInvalidValue);
+  cudaGetLastError();
+  cudaFree(out);
+}
+
+TEST_CASE("copies and frees outside a device allocation are refused", "[cuda_sim]") {
+  void* p = nullptr;
+  REQUIRE(cudaMalloc(&p, 100) == cudaSuccess);
+  std::vector<unsigned char> host(200, 0);
+  CHECK(cudaMemcpy(host.data(), p, 100, cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(host[0] == 0xff);  // new device memory holds garbage (NaN floats), not zeros
+  CHECK(cudaMemcpy(host.data(), p, 101, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(p, host.data(), 100, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);  // wrong direction
+  CHECK(cudaMemset(static_cast<char*>(p) + 50, 0, 51) == cudaErrorInvalidValue);
+  CHECK(cudaFree(static_cast<char*>(p) + 4) == cudaErrorInvalidValue);
+  cudaGetLastError();
+  CHECK(cudaFree(p) == cudaSuccess);
+}
+
+TEST_CASE("the cuBLASLt stand-in refuses shapes that do not chain and pointers less aligned than promised",
+          "[cuda_sim]") {
+  cublasLtHandle_t handle;
+  REQUIRE(cublasLtCreate(&handle) == CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulDesc_t op;
+  REQUIRE(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+  cublasLtMatrixLayout_t a, b, c, bad;
+  cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, 4, 3, 4);  // m = 4, k = 3
+  cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, 3, 2, 3);  // k = 3, n = 2
+  cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, 4, 2, 4);
+  cublasLtMatrixLayoutCreate(&bad, CUDA_R_32F, 5, 2, 5);  // k = 5
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  const uint32_t align = 16;
+  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+    cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof align);
+  cublasLtMatmulHeuristicResult_t result;
+  int n = 0;
+  CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op, a, bad, c, c, pref, 1, &result, &n) == CUBLAS_STATUS_INVALID_VALUE);
+  REQUIRE(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, 1, &result, &n) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(n == 1);
+
+  // A = [[1..3 in column 0], ...] column-major: D = A B checked against a hand product.
+  std::vector<float> ha(12), hb(6);
+  for (int i = 0; i < 12; ++i) ha[i] = float(i + 1);
+  for (int i = 0; i < 6; ++i) hb[i] = float(i % 3 - 1);
+  float* da = device_copy(ha);
+  float* db = device_copy(hb);
+  float* dd = device_copy(std::vector<float>(8 + 1, 0.0f));
+  const float alpha = 1.0f, beta = 0.0f;
+  CHECK(cublasLtMatmul(handle, op, &alpha, da, a, db, b, &beta, dd, c, dd, c, &result.algo, nullptr, 0, nullptr) ==
+        CUBLAS_STATUS_SUCCESS);
+  const auto d = host_copy(dd, 8);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 2; ++j) {
+      float want = 0.0f;
+      for (int k = 0; k < 3; ++k) want += ha[i + k * 4] * hb[k + j * 3];
+      CHECK(d[i + j * 4] == want);
+    }
+  // D 4 bytes past a 256-byte boundary: less aligned than the 16 bytes the algorithm was chosen for.
+  CHECK(cublasLtMatmul(handle, op, &alpha, da, a, db, b, &beta, dd + 1, c, dd + 1, c, &result.algo, nullptr, 0,
+                       nullptr) == CUBLAS_STATUS_INVALID_VALUE);
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dd);
+  for (auto l : {a, b, c, bad}) cublasLtMatrixLayoutDestroy(l);
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatmulDescDestroy(op);
+  cublasLtDestroy(handle);
+}
