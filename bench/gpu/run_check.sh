@@ -168,6 +168,13 @@ set_result
 add_row "CUDA op tests (all ops vs CPU, fp32+bf16, GPT-2 step)" "$result" \
   "$(grep -hE "^(All tests passed|test cases:|FAILED CASES:)" "$outdir/test_cuda_ops.log" | LC_ALL=C sort -r | paste -sd' ')"
 
+# 1b. One step at GPT-2 124M's shapes (2 of its layers, T = 1024, the 50257-token vocabulary) against the CPU: the
+#     sizes the throughput run meets, beyond the op tests' small random ones (a hidden test case, "[gpt2]").
+run_step "CUDA step at GPT-2 124M shapes" 90 "$outdir/test_cuda_ops_gpt2.log" bash "$bundle/run.sh" test_cuda_ops \
+  --durations yes "[gpt2]"
+set_result
+add_row "one step at GPT-2 124M shapes vs CPU (fp32+bf16)" "$result" "$(summary_of "$outdir/test_cuda_ops_gpt2.log")"
+
 # 2. The device-memory comms and the ZeRO engine: staged MPI comm bit for bit MpiComm, ZeRO stages 0-3 on CUDA fp32
 #    against the CPU and against each other; on 1 rank, then 4 ranks sharing this GPU.
 step_group=zero

@@ -791,6 +791,45 @@ TEST_CASE("a whole GPT-2 step on CUDA matches the CPU: loss and every gradient",
   }
 }
 
+// GPT-2 124M's shapes (d_model 768, 12 heads of 64, vocabulary 50257 padded to 50304, T = 1024) on 2 of its 12
+// layers (the rest repeat them) and one sequence: the sizes the GPU check's throughput run first meets, which the
+// small random sizes above do not reach (1024 x 50304 logits, 16 tiles of tensor-core attention per head). Hidden
+// ([.]): run by the GPU check and by the simulator's CTest entry cuda_sim_gpt2_shapes. Same tolerances as above:
+// the longer sums (768 and 3072 terms; a 50304-way softmax) stay far inside them.
+TEST_CASE("GPT-2 124M shapes: one step on CUDA matches the CPU", "[.][gpt2]") {
+  const bool bf16 = GENERATE(false, true);
+  auto rng = seeded_rng();
+  zt::ModelConfig cfg;
+  cfg.n_layer = 2;
+  cfg.n_head = 12;
+  cfg.d_model = 768;
+  cfg.vocab = 50257;
+  cfg.seq_len = 1024;
+  const zt::ParamTable table(cfg);
+  const int B = 1, T = 1024;
+  const VecI inputs = random_tokens(rng, size_t(B) * T, cfg.vocab),
+             targets = random_tokens(rng, size_t(B) * T, cfg.vocab);
+  const float dloss = 1.0f / float(B * T);
+  const uint64_t init_seed = rng();
+  INFO("bf16=" << bf16);
+
+  auto cpu_be = zt::make_cpu_backend(0);
+  FlatUnits cpu_units(*cpu_be, table, init_seed);
+  zt::Gpt2 cpu_model(table, *cpu_be, B, T);
+  const double loss_ref = cpu_model.step(cpu_units, inputs.data(), targets.data(), true, dloss);
+
+  auto be = cuda_backend(bf16);
+  FlatUnits units(*be, table, init_seed);
+  zt::Gpt2 model(table, *be, B, T);
+  const double loss = model.step(units, inputs.data(), targets.data(), true, dloss);
+  const Tolerance tol = bf16 ? kBf16Model : kF32Model;
+  INFO("loss " << loss << " vs CPU " << loss_ref);
+  CHECK(std::fabs(loss - loss_ref) <= tol.rel * std::fabs(loss_ref));
+  for (size_t u = 0; u < units.n_units(); ++u)
+    expect_close("grads of unit " + table.units()[u].name, units.grads_to_host(int(u)), cpu_units.grads_to_host(int(u)),
+                 tol);
+}
+
 namespace {
 
 // Prints the names of the failed test cases last ("FAILED CASES: a; b"), so the GPU check's summary row says which
