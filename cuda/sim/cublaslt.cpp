@@ -99,6 +99,11 @@ size_t type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 // Bytes a column-major matrix spans.
 size_t span_bytes(const Layout& l) { return ((l.cols - 1) * uint64_t(l.ld) + l.rows) * type_bytes(l.type); }
 
+// D = alpha op(A) op(B) + beta C (+ bias): the queued part of cublasLtMatmul.
+void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc, const Layout& ld, const void* A,
+             const void* B, const void* C, void* D, float al, float be, uint64_t m, uint64_t n, uint64_t k,
+             bool with_bias);
+
 }  // namespace
 
 extern "C" {
@@ -222,7 +227,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
                               cublasLtMatrixLayout_t a_layout, const void* B, cublasLtMatrixLayout_t b_layout,
                               const void* beta, const void* C, cublasLtMatrixLayout_t c_layout, void* D,
                               cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t* algo, void* /*workspace*/,
-                              size_t /*workspace_bytes*/, cudaStream_t /*stream*/) {
+                              size_t /*workspace_bytes*/, cudaStream_t stream) {
   const Desc& d = *desc(op);
   const Layout &la = *layout(a_layout), &lb = *layout(b_layout), &lc = *layout(c_layout), &ld = *layout(d_layout);
   cublasStatus_t rc = validate(d, la, lb, lc, ld);
@@ -247,6 +252,20 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
   const bool with_bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
   if (with_bias && (d.bias == nullptr || !zt_sim::is_device_range(d.bias, m * sizeof(float))))
     return CUBLAS_STATUS_INVALID_VALUE;
+  // Checked now, computed when the stream gets there: the descriptor, layouts and scalars as they are at this call.
+  zt_sim::enqueue(stream, [d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k, with_bias] {
+    product(d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k, with_bias);
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+}  // extern "C"
+
+namespace {
+
+void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc, const Layout& ld, const void* A,
+             const void* B, const void* C, void* D, float al, float be, uint64_t m, uint64_t n, uint64_t k,
+             bool with_bias) {
   // op(A)[i][p]: A stored column-major, element (r, c) at r + c * ld.
   auto a_at = [&](uint64_t i, uint64_t p) {
     return d.trans_a == CUBLAS_OP_N ? element(A, la.type, i + p * uint64_t(la.ld))
@@ -278,7 +297,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
       out[i] = v;
     }
   }
-  return CUBLAS_STATUS_SUCCESS;
 }
 
-}  // extern "C"
+}  // namespace

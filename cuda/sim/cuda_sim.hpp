@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -46,17 +47,19 @@ struct LaunchConfig {
   size_t dynamic_shared_bytes;
   cudaStream_t stream;
 };
-void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body);
+/// Checks the launch as the hardware would (a bad one fails at once: cudaGetLastError) and queues it on its stream.
+void launch_grid(const LaunchConfig& config, std::function<void()> thread_body);
 
-/// Binds a kernel's parameters by value, as a launch does, and runs it.
+/// Binds a kernel's parameters by value, as a launch does, and queues it.
 template <typename... Params>
 struct Launcher {
   void (*kernel)(Params...);
   LaunchConfig config;
   template <typename... Args>
   void operator()(Args&&... args) const {
-    const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-    run_grid(config, [&] { std::apply(kernel, params); });
+    auto params = std::make_shared<const std::tuple<std::decay_t<Params>...>>(std::forward<Args>(args)...);
+    auto* k = kernel;
+    launch_grid(config, [k, params] { std::apply(k, *params); });
   }
 };
 

@@ -1,5 +1,7 @@
-// The CUDA simulator's runtime API: the calls of cuda/ done on host memory, synchronously (every stream is in
-// order with every other, so any order the real streams and events allow is one this run could have taken).
+// The CUDA simulator's runtime API: the calls of cuda/ done on host memory. Kernels, async copies and memsets are
+// queued on their stream and run in order when the host waits for that stream (sim_runtime.hpp), so a result read
+// or a buffer reused before the wait shows stale or changed data, as it may on a GPU. Waiting on an event runs its
+// stream's queue, and a stream waiting on an event runs the event's stream: one order the real streams could take.
 // Device allocations are tracked: copies, memsets and frees that fall outside one are refused as the driver would
 // (cudaErrorInvalidValue), and new allocations are filled with 0xff bytes (NaN floats) where cudaMalloc leaves
 // whatever was there. One device, reported as an sm_90 part named for what it is.
@@ -9,10 +11,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "cuda/sim/sim_runtime.hpp"
 
@@ -38,7 +44,17 @@ State& state() {
 struct Event {
   std::chrono::steady_clock::time_point at{};
   bool recorded = false;
+  cudaStream_t stream = nullptr;  // where it was last recorded
 };
+
+struct Queues {
+  std::mutex mutex;
+  std::map<cudaStream_t, std::deque<std::function<void()>>> work;
+};
+Queues& queues() {
+  static Queues q;
+  return q;
+}
 struct Stream {
   int id;
 };
@@ -61,7 +77,11 @@ int kind_of(const void* p, size_t n) {
   return 0;
 }
 
-cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+// A copy, checked now; `stream` null and `async` false: cudaMemcpy (after the legacy stream's queued work).
+// Asynchronously: a pageable source is read now (the driver stages it before returning), a pageable destination is
+// written before returning (after the stream's queued work); pinned and device memory are read and written when the
+// stream gets there.
+cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t stream, bool async) {
   if (n == 0) return cudaSuccess;
   std::unique_lock<std::mutex> lock(state().mutex);
   const int d = kind_of(dst, n), s = kind_of(src, n);
@@ -85,7 +105,18 @@ cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
       break;
   }
   if (!ok) return fail(cudaErrorInvalidValue);
-  std::memmove(dst, src, n);
+  if (!async || d == 0) {  // synchronous, or into pageable memory: done when the call returns
+    drain(stream);
+    std::memmove(dst, src, n);
+    return cudaSuccess;
+  }
+  if (s == 0) {  // from pageable memory: what it holds now
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                               static_cast<const unsigned char*>(src) + n);
+    enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    enqueue(stream, [dst, src, n] { std::memmove(dst, src, n); });
+  }
   return cudaSuccess;
 }
 
@@ -117,13 +148,52 @@ std::string last_failure() {
   return state().last_failure;
 }
 
+void enqueue(cudaStream_t stream, std::function<void()> work) {
+  Queues& q = queues();
+  std::lock_guard<std::mutex> lock(q.mutex);
+  q.work[stream].push_back(std::move(work));
+}
+
+void drain(cudaStream_t stream) {
+  Queues& q = queues();
+  for (;;) {
+    std::function<void()> next;
+    {
+      std::lock_guard<std::mutex> lock(q.mutex);
+      auto it = q.work.find(stream);
+      if (it == q.work.end() || it->second.empty()) return;
+      next = std::move(it->second.front());
+      it->second.pop_front();
+    }
+    next();  // without the lock: a copy or kernel queues nothing, but other threads may
+  }
+}
+
+void drain_all() {
+  std::vector<cudaStream_t> streams;
+  {
+    std::lock_guard<std::mutex> lock(queues().mutex);
+    for (const auto& kv : queues().work) streams.push_back(kv.first);
+  }
+  for (cudaStream_t s : streams) drain(s);
+}
+
 bool is_device_range(const void* p, size_t n_bytes) {
   std::lock_guard<std::mutex> lock(state().mutex);
   return inside(state().device, p, n_bytes);
 }
 
+// What a wait returns: the error a queued kernel left (a fault), once.
+cudaError_t after_wait() {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  const cudaError_t rc = state().last_error;
+  state().last_error = cudaSuccess;
+  return rc;
+}
+
 }  // namespace zt_sim
 
+using zt_sim::after_wait;
 using zt_sim::fail;
 using zt_sim::state;
 
@@ -156,7 +226,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  zt_sim::drain_all();
+  return after_wait();
+}
 
 cudaError_t cudaGetLastError(void) {
   std::lock_guard<std::mutex> lock(state().mutex);
@@ -233,6 +306,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  zt_sim::drain_all();  // cudaFree waits for the device, so queued work may still use the block
   std::lock_guard<std::mutex> lock(state().mutex);
   auto it = state().device.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == state().device.end()) {
@@ -255,6 +329,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int /*flags*/) { ret
 
 cudaError_t cudaFreeHost(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  zt_sim::drain_all();
   std::lock_guard<std::mutex> lock(state().mutex);
   auto it = state().pinned.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == state().pinned.end()) {
@@ -295,22 +370,26 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* pt
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  return zt_sim::copy(dst, src, count, kind);
+  return zt_sim::copy(dst, src, count, kind, nullptr, false);
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t /*stream*/) {
-  return zt_sim::copy(dst, src, count, kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
+  return zt_sim::copy(dst, src, count, kind, stream, true);
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
   if (count == 0) return cudaSuccess;
   if (!zt_sim::is_device_range(ptr, count)) return fail(cudaErrorInvalidValue);
+  zt_sim::drain(nullptr);
   std::memset(ptr, value, count);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t /*stream*/) {
-  return cudaMemset(ptr, value, count);
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (!zt_sim::is_device_range(ptr, count)) return fail(cudaErrorInvalidValue);
+  zt_sim::enqueue(stream, [ptr, value, count] { std::memset(ptr, value, count); });
+  return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int /*flags*/) {
@@ -321,14 +400,25 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int /*flags
 cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  zt_sim::drain(stream);  // work queued on a destroyed stream still completes
+  {
+    std::lock_guard<std::mutex> lock(zt_sim::queues().mutex);
+    zt_sim::queues().work.erase(stream);
+  }
   delete reinterpret_cast<zt_sim::Stream*>(stream);
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t /*stream*/) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  zt_sim::drain(stream);
+  return after_wait();
+}
 
-cudaError_t cudaStreamWaitEvent(cudaStream_t /*stream*/, cudaEvent_t event, unsigned int /*flags*/) {
-  return event != nullptr ? cudaSuccess : fail(cudaErrorInvalidValue);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int /*flags*/) {
+  if (event == nullptr) return fail(cudaErrorInvalidValue);
+  auto* e = reinterpret_cast<zt_sim::Event*>(event);
+  if (e->stream != stream) zt_sim::drain(e->stream);  // what `stream` does next comes after the event
+  return cudaSuccess;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int /*flags*/) {
@@ -339,23 +429,29 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int /*flags*/)
 cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, 0); }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  if (event != nullptr) zt_sim::drain(reinterpret_cast<zt_sim::Event*>(event)->stream);  // a queued record uses it
   delete reinterpret_cast<zt_sim::Event*>(event);
   return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t /*stream*/) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr) return fail(cudaErrorInvalidValue);
   auto* e = reinterpret_cast<zt_sim::Event*>(event);
-  e->at = std::chrono::steady_clock::now();
-  e->recorded = true;
+  e->stream = stream;
+  zt_sim::enqueue(stream, [e] {
+    e->at = std::chrono::steady_clock::now();
+    e->recorded = true;
+  });
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return event != nullptr ? cudaSuccess : fail(cudaErrorInvalidValue);
+  if (event == nullptr) return fail(cudaErrorInvalidValue);
+  zt_sim::drain(reinterpret_cast<zt_sim::Event*>(event)->stream);
+  return after_wait();
 }
 
-cudaError_t cudaEventQuery(cudaEvent_t event) { return event != nullptr ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   auto* a = reinterpret_cast<zt_sim::Event*>(start);

@@ -1,4 +1,5 @@
-// The CUDA simulator's scheduler: a grid runs block after block; a block's threads are fibers switched
+// The CUDA simulator's scheduler: a launch is checked at once and its grid queued on its stream (runtime.cpp runs
+// the queue when the host synchronizes); a grid runs block after block; a block's threads are fibers switched
 // cooperatively at __syncthreads and at every warp-wide instruction, which is where threads exchange data. A
 // thread runs until it must wait; the last one to arrive at a barrier completes it (for a warp instruction: computes
 // every lane's result) and goes on. Warps are run one at a time, each up to its next __syncthreads. No thread runs
@@ -455,14 +456,21 @@ cudaError_t set_kernel_attribute(const void* kernel, cudaFuncAttribute attr, int
   return cudaSuccess;
 }
 
+void launch_grid(const LaunchConfig& config, std::function<void()> thread_body) {
+  {
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    std::string why;
+    if (const cudaError_t rc = check_config(config, why); rc != cudaSuccess) {
+      report_failure(std::string("launch of ") + config.name + ": " + why);
+      set_last_error(rc);
+      return;
+    }
+  }
+  enqueue(config.stream, [config, body = std::move(thread_body)] { run_grid(config, body); });
+}
+
 void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
-  std::string why;
-  if (const cudaError_t rc = check_config(config, why); rc != cudaSuccess) {
-    report_failure(std::string("launch of ") + config.name + ": " + why);
-    set_last_error(rc);
-    return;
-  }
   const unsigned n_threads = config.block.x * config.block.y * config.block.z;
   std::vector<Fiber> fibers(n_threads);
   std::vector<unsigned char> shared(std::max<size_t>(1, config.dynamic_shared_bytes));

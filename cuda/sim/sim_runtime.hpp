@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace zt_sim {
@@ -16,6 +17,18 @@ cudaError_t set_last_error(cudaError_t rc);
 void report_failure(const std::string& what);
 /// The last fault or refused launch, empty if none.
 std::string last_failure();
+
+/// Stream order: work queued on a stream runs, in order, when the host waits for it (cudaStreamSynchronize, an
+/// event it recorded, cudaDeviceSynchronize, a copy into pageable memory, cudaFree) and not before, so host code
+/// that reads a result, or reuses a buffer, before it has waited sees what a GPU would let it see: stale data.
+/// nullptr is the legacy default stream.
+void enqueue(cudaStream_t stream, std::function<void()> work);
+void drain(cudaStream_t stream);
+void drain_all();
+
+/// Runs one queued grid now (on the calling thread): the scheduler's part of a launch.
+struct LaunchConfig;
+void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body);
 
 /// True when [p, p + n_bytes) lies inside one live device allocation.
 bool is_device_range(const void* p, size_t n_bytes);

@@ -196,12 +196,14 @@ TEST_CASE("shared memory starts every block as NaN, static __shared__ arrays too
 
 TEST_CASE("deadlocks, diverged warp instructions and bad launches fail the launch and say why", "[cuda_sim]") {
   int* out = device_copy(std::vector<int>(2048, 0));
+  // A fault inside a kernel is reported where the host waits for it, as on the hardware.
   ZT_LAUNCH(split_barrier_kernel, 1, 32, 0, nullptr)(out);
-  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
   CHECK_THAT(zt_sim::last_failure(), Catch::Contains("split_barrier_kernel") && Catch::Contains("deadlock"));
 
   ZT_LAUNCH(diverged_kernel, 1, 32, 0, nullptr)(out);
-  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
   CHECK_THAT(zt_sim::last_failure(), Catch::Contains("diverged_kernel") && Catch::Contains("exited"));
 
   ZT_LAUNCH(shared_bytes_kernel, 1, 2048, 0, nullptr)(out);
@@ -217,9 +219,49 @@ TEST_CASE("deadlocks, diverged warp instructions and bad launches fail the launc
         cudaSuccess);
   ZT_LAUNCH(shared_bytes_kernel, 1, 32, size_t(64) << 10, nullptr)(out);
   CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);
   CHECK(cudaFuncSetAttribute(shared_bytes_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10) ==
         cudaErrorInvalidValue);
   cudaGetLastError();
+  cudaFree(out);
+}
+
+// Sets *flag (mapped pinned memory, as the backend's error flag) and out[0].
+__global__ void set_flag_kernel(int* flag, int* out) {
+  *flag = 1;
+  out[0] = 7;
+}
+
+TEST_CASE("work on a stream happens when the host waits for it, not before", "[cuda_sim]") {
+  cudaStream_t stream;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  int* flag = nullptr;
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&flag), sizeof(int), cudaHostAllocMapped) == cudaSuccess);
+  *flag = 0;
+  int* out = device_copy(std::vector<int>(1, 0));
+  int* pinned = nullptr;
+  REQUIRE(cudaMallocHost(reinterpret_cast<void**>(&pinned), sizeof(int)) == cudaSuccess);
+  *pinned = -1;
+  ZT_LAUNCH(set_flag_kernel, 1, 32, 0, stream)(flag, out);
+  REQUIRE(cudaMemcpyAsync(pinned, out, sizeof(int), cudaMemcpyDeviceToHost, stream) == cudaSuccess);
+  CHECK(*flag == 0);     // read before any wait: the kernel has not run
+  CHECK(*pinned == -1);  // nor has the copy into pinned memory
+  cudaEvent_t done;
+  REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+  REQUIRE(cudaEventRecord(done, stream) == cudaSuccess);
+  REQUIRE(cudaEventSynchronize(done) == cudaSuccess);
+  CHECK(*flag == 1);
+  CHECK(*pinned == 7);
+  // A pinned source is read when the stream gets to the copy: changing it first changes what arrives.
+  *pinned = 11;
+  REQUIRE(cudaMemcpyAsync(out, pinned, sizeof(int), cudaMemcpyHostToDevice, stream) == cudaSuccess);
+  *pinned = 12;
+  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  CHECK(host_copy(out, 1)[0] == 12);
+  cudaEventDestroy(done);
+  cudaStreamDestroy(stream);
+  cudaFreeHost(flag);
+  cudaFreeHost(pinned);
   cudaFree(out);
 }
 
