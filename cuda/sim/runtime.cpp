@@ -7,7 +7,6 @@
 // whatever was there. One device, reported as an sm_90 part named for what it is.
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,8 +41,6 @@ State& state() {
 }
 
 struct Event {
-  std::chrono::steady_clock::time_point at{};
-  bool recorded = false;
   cudaStream_t stream = nullptr;  // where it was last recorded
 };
 
@@ -55,9 +52,7 @@ Queues& queues() {
   static Queues q;
   return q;
 }
-struct Stream {
-  int id;
-};
+struct Stream {};  // a stream is its queue (Queues); the object only gives it an address
 
 bool inside(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t n) {
   const auto a = reinterpret_cast<uintptr_t>(p);
@@ -127,6 +122,22 @@ void* host_alloc(std::map<uintptr_t, size_t>& allocs, size_t n) {
   if (posix_memalign(&p, kAlignment, n == 0 ? 1 : n) != 0) return nullptr;
   allocs[reinterpret_cast<uintptr_t>(p)] = n;
   return p;
+}
+
+// fail() for callers that hold the state's lock.
+cudaError_t fail_locked(cudaError_t rc) {
+  state().last_error = rc;
+  return rc;
+}
+
+// Frees the block of `allocs` that starts at ptr (the state's lock held); its size goes to *freed_bytes.
+cudaError_t host_free(std::map<uintptr_t, size_t>& allocs, void* ptr, size_t* freed_bytes) {
+  auto it = allocs.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == allocs.end()) return fail_locked(cudaErrorInvalidValue);
+  if (freed_bytes != nullptr) *freed_bytes = it->second;
+  allocs.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -206,11 +217,6 @@ cudaError_t cudaGetDeviceCount(int* count) {
 
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
 
-cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
-  return cudaSuccess;
-}
-
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return fail(cudaErrorInvalidDevice);
   std::memset(prop, 0, sizeof *prop);
@@ -238,32 +244,6 @@ cudaError_t cudaGetLastError(void) {
   return rc;
 }
 
-cudaError_t cudaPeekAtLastError(void) {
-  std::lock_guard<std::mutex> lock(state().mutex);
-  return state().last_error;
-}
-
-const char* cudaGetErrorName(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess:
-      return "cudaSuccess";
-    case cudaErrorInvalidValue:
-      return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation:
-      return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration:
-      return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevice:
-      return "cudaErrorInvalidDevice";
-    case cudaErrorLaunchFailure:
-      return "cudaErrorLaunchFailure";
-    case cudaErrorNotSupported:
-      return "cudaErrorNotSupported";
-    default:
-      return "cudaError (other)";
-  }
-}
-
 const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
     case cudaSuccess:
@@ -287,20 +267,11 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  if (state().device_bytes + size > zt_sim::kDeviceBytes) {
-    *ptr = nullptr;
-    state().last_error = cudaErrorMemoryAllocation;
-    return cudaErrorMemoryAllocation;
-  }
-  void* p = zt_sim::host_alloc(state().device, size);
-  if (p == nullptr) {
-    *ptr = nullptr;
-    state().last_error = cudaErrorMemoryAllocation;
-    return cudaErrorMemoryAllocation;
-  }
+  void* p = state().device_bytes + size > zt_sim::kDeviceBytes ? nullptr : zt_sim::host_alloc(state().device, size);
+  *ptr = p;
+  if (p == nullptr) return zt_sim::fail_locked(cudaErrorMemoryAllocation);
   std::memset(p, 0xff, size);
   state().device_bytes += size;
-  *ptr = p;
   return cudaSuccess;
 }
 
@@ -308,15 +279,10 @@ cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
   zt_sim::drain_all();  // cudaFree waits for the device, so queued work may still use the block
   std::lock_guard<std::mutex> lock(state().mutex);
-  auto it = state().device.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == state().device.end()) {
-    state().last_error = cudaErrorInvalidValue;
-    return cudaErrorInvalidValue;
-  }
-  state().device_bytes -= it->second;
-  state().device.erase(it);
-  std::free(ptr);
-  return cudaSuccess;
+  size_t freed = 0;
+  const cudaError_t rc = zt_sim::host_free(state().device, ptr, &freed);
+  state().device_bytes -= freed;
+  return rc;
 }
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
@@ -331,22 +297,12 @@ cudaError_t cudaFreeHost(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
   zt_sim::drain_all();
   std::lock_guard<std::mutex> lock(state().mutex);
-  auto it = state().pinned.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == state().pinned.end()) {
-    state().last_error = cudaErrorInvalidValue;
-    return cudaErrorInvalidValue;
-  }
-  state().pinned.erase(it);
-  std::free(ptr);
-  return cudaSuccess;
+  return zt_sim::host_free(state().pinned, ptr, nullptr);
 }
 
 cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned int /*flags*/) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  if (!zt_sim::inside(state().pinned, host, 1)) {
-    state().last_error = cudaErrorInvalidValue;
-    return cudaErrorInvalidValue;
-  }
+  if (!zt_sim::inside(state().pinned, host, 1)) return zt_sim::fail_locked(cudaErrorInvalidValue);
   *device = host;
   return cudaSuccess;
 }
@@ -393,11 +349,9 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t str
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int /*flags*/) {
-  *stream = reinterpret_cast<cudaStream_t>(new zt_sim::Stream{1});
+  *stream = reinterpret_cast<cudaStream_t>(new zt_sim::Stream{});
   return cudaSuccess;
 }
-
-cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   zt_sim::drain(stream);  // work queued on a destroyed stream still completes
@@ -426,8 +380,6 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int /*flags*/)
   return cudaSuccess;
 }
 
-cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, 0); }
-
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   if (event != nullptr) zt_sim::drain(reinterpret_cast<zt_sim::Event*>(event)->stream);  // a queued record uses it
   delete reinterpret_cast<zt_sim::Event*>(event);
@@ -437,11 +389,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr) return fail(cudaErrorInvalidValue);
   auto* e = reinterpret_cast<zt_sim::Event*>(event);
-  e->stream = stream;
-  zt_sim::enqueue(stream, [e] {
-    e->at = std::chrono::steady_clock::now();
-    e->recorded = true;
-  });
+  e->stream = stream;  // nothing is timed: waiting on the event runs this stream's queue
   return cudaSuccess;
 }
 
@@ -449,16 +397,6 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (event == nullptr) return fail(cudaErrorInvalidValue);
   zt_sim::drain(reinterpret_cast<zt_sim::Event*>(event)->stream);
   return after_wait();
-}
-
-cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
-
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  auto* a = reinterpret_cast<zt_sim::Event*>(start);
-  auto* b = reinterpret_cast<zt_sim::Event*>(end);
-  if (a == nullptr || b == nullptr || !a->recorded || !b->recorded) return fail(cudaErrorInvalidValue);
-  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
-  return cudaSuccess;
 }
 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
