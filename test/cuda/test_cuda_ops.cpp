@@ -744,6 +744,44 @@ TEST_CASE(
   with_copies->refresh_param_copy(d.get() + 8, 24);
 }
 
+namespace {
+
+// One GPT-2 step (random tokens, parameters from one seed) on the CPU and on CUDA, checked against each other when
+// it is made: the loss and every gradient within kF32Model / kBf16Model. The CUDA side stays, to step again.
+struct CudaStep {
+  CudaStep(const zt::ParamTable& table, int B, int T, bool bf16, std::mt19937_64& rng)
+      : inputs(random_tokens(rng, size_t(B) * T, table.config().vocab)),
+        targets(random_tokens(rng, size_t(B) * T, table.config().vocab)),
+        dloss(1.0f / float(B * T)),
+        init_seed(rng()),
+        be(cuda_backend(bf16)),
+        units(*be, table, init_seed),
+        model(table, *be, B, T) {
+    auto cpu_be = zt::make_cpu_backend(0);
+    FlatUnits cpu_units(*cpu_be, table, init_seed);
+    zt::Gpt2 cpu_model(table, *cpu_be, B, T);
+    const double loss_ref = cpu_model.step(cpu_units, inputs.data(), targets.data(), true, dloss);
+    loss = model.step(units, inputs.data(), targets.data(), true, dloss);
+    const Tolerance tol = bf16 ? kBf16Model : kF32Model;
+    INFO("loss " << loss << " vs CPU " << loss_ref);
+    CHECK(std::fabs(loss - loss_ref) <= tol.rel * std::fabs(loss_ref));
+    for (size_t u = 0; u < units.n_units(); ++u) {
+      grads.push_back(units.grads_to_host(int(u)));
+      expect_close("grads of unit " + table.units()[u].name, grads.back(), cpu_units.grads_to_host(int(u)), tol);
+    }
+  }
+  const VecI inputs, targets;
+  const float dloss;
+  const uint64_t init_seed;
+  std::unique_ptr<zt::Backend> be;
+  FlatUnits units;
+  zt::Gpt2 model;
+  double loss = 0;
+  std::vector<VecF> grads;  // the CUDA gradients of the step, per unit
+};
+
+}  // namespace
+
 TEST_CASE("a whole GPT-2 step on CUDA matches the CPU: loss and every gradient", "[cuda][model]") {
   const bool bf16 = GENERATE(false, true);
   // Head size 16: at T = 32 (>= 16 + 1) att holds the attention output copy; at T = 12 the backward recomputes it.
@@ -757,37 +795,16 @@ TEST_CASE("a whole GPT-2 step on CUDA matches the CPU: loss and every gradient",
   cfg.seq_len = 32;
   const zt::ParamTable table(cfg);
   const int B = 3;
-  const VecI inputs = random_tokens(rng, size_t(B) * T, cfg.vocab),
-             targets = random_tokens(rng, size_t(B) * T, cfg.vocab);
-  const float dloss = 1.0f / float(B * T);
-  const uint64_t init_seed = rng();
   INFO("bf16=" << bf16 << " B=" << B << " T=" << T);
-
-  auto cpu_be = zt::make_cpu_backend(0);
-  FlatUnits cpu_units(*cpu_be, table, init_seed);
-  zt::Gpt2 cpu_model(table, *cpu_be, B, T);
-  const double loss_ref = cpu_model.step(cpu_units, inputs.data(), targets.data(), true, dloss);
-
-  auto be = cuda_backend(bf16);
-  FlatUnits units(*be, table, init_seed);
-  zt::Gpt2 model(table, *be, B, T);
-  const double loss = model.step(units, inputs.data(), targets.data(), true, dloss);
-  const Tolerance tol = bf16 ? kBf16Model : kF32Model;
-  INFO("loss " << loss << " vs CPU " << loss_ref);
-  CHECK(std::fabs(loss - loss_ref) <= tol.rel * std::fabs(loss_ref));
-  std::vector<VecF> grads;
-  for (size_t u = 0; u < units.n_units(); ++u) {
-    grads.push_back(units.grads_to_host(int(u)));
-    expect_close("grads of unit " + table.units()[u].name, grads.back(), cpu_units.grads_to_host(int(u)), tol);
-  }
+  CudaStep step(table, B, T, bf16, rng);
   // The same step again gives the same bits: nothing in the step depends on timing.
-  units.start_micro_step();
-  const double loss_again = model.step(units, inputs.data(), targets.data(), true, dloss);
-  CHECK(std::memcmp(&loss, &loss_again, sizeof(loss)) == 0);
-  for (size_t u = 0; u < units.n_units(); ++u) {
+  step.units.start_micro_step();
+  const double loss_again = step.model.step(step.units, step.inputs.data(), step.targets.data(), true, step.dloss);
+  CHECK(std::memcmp(&step.loss, &loss_again, sizeof(loss_again)) == 0);
+  for (size_t u = 0; u < step.units.n_units(); ++u) {
     INFO("unit " << table.units()[u].name << " repeated");
-    const VecF again = units.grads_to_host(int(u));
-    CHECK(std::memcmp(again.data(), grads[u].data(), again.size() * sizeof(float)) == 0);
+    const VecF again = step.units.grads_to_host(int(u));
+    CHECK(std::memcmp(again.data(), step.grads[u].data(), again.size() * sizeof(float)) == 0);
   }
 }
 
@@ -806,28 +823,8 @@ TEST_CASE("GPT-2 124M shapes: one step on CUDA matches the CPU", "[.][gpt2]") {
   cfg.vocab = 50257;
   cfg.seq_len = 1024;
   const zt::ParamTable table(cfg);
-  const int B = 1, T = 1024;
-  const VecI inputs = random_tokens(rng, size_t(B) * T, cfg.vocab),
-             targets = random_tokens(rng, size_t(B) * T, cfg.vocab);
-  const float dloss = 1.0f / float(B * T);
-  const uint64_t init_seed = rng();
   INFO("bf16=" << bf16);
-
-  auto cpu_be = zt::make_cpu_backend(0);
-  FlatUnits cpu_units(*cpu_be, table, init_seed);
-  zt::Gpt2 cpu_model(table, *cpu_be, B, T);
-  const double loss_ref = cpu_model.step(cpu_units, inputs.data(), targets.data(), true, dloss);
-
-  auto be = cuda_backend(bf16);
-  FlatUnits units(*be, table, init_seed);
-  zt::Gpt2 model(table, *be, B, T);
-  const double loss = model.step(units, inputs.data(), targets.data(), true, dloss);
-  const Tolerance tol = bf16 ? kBf16Model : kF32Model;
-  INFO("loss " << loss << " vs CPU " << loss_ref);
-  CHECK(std::fabs(loss - loss_ref) <= tol.rel * std::fabs(loss_ref));
-  for (size_t u = 0; u < units.n_units(); ++u)
-    expect_close("grads of unit " + table.units()[u].name, units.grads_to_host(int(u)), cpu_units.grads_to_host(int(u)),
-                 tol);
+  CudaStep step(table, 1, 1024, bf16, rng);
 }
 
 namespace {
