@@ -404,6 +404,11 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     const int signal = step + 1 < tcfg.max_steps ? comm.all_reduce_max(preemption_signal()) : 0;
     const bool exiting = signal != 0 || (tcfg.exit_after_steps > 0 && step + 1 - start_step == tcfg.exit_after_steps &&
                                          step + 1 < tcfg.max_steps);
+    const char* signal_name = signal == SIGTERM ? "SIGTERM" : signal == SIGUSR1 ? "SIGUSR1" : "?";
+    if (signal != 0 && lead && !opts.quiet) {  // before the save, which can take minutes on a large model
+      fmt::print("signal {} ({}) received: saving checkpoint-{} before exiting\n", signal, signal_name, step + 1);
+      std::fflush(stdout);
+    }
     if ((tcfg.save_interval > 0 && ((step + 1) % tcfg.save_interval == 0 || step + 1 == tcfg.max_steps)) ||
         exiting) {
       TrainProgress progress;
@@ -419,9 +424,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       summary.preempted = signal != 0;
       if (lead && !opts.quiet) {
         if (signal != 0)
-          fmt::print("received signal {} ({}): checkpoint saved at step {}; exiting with status {} (requeue)\n",
-                     signal, signal == SIGTERM ? "SIGTERM" : signal == SIGUSR1 ? "SIGUSR1" : "?", step + 1,
-                     kExitRequeue);
+          fmt::print("received signal {} ({}): checkpoint saved at step {}; exiting with status {} (requeue)\n", signal,
+                     signal_name, step + 1, kExitRequeue);
         else
           fmt::print("stopping after {} steps of this run (--exit_after_steps)\n", step + 1 - start_step);
       }

@@ -6,9 +6,11 @@
 # write of checkpoint-12 and after 5 steps. Every time: exit status 75, a committed checkpoint (`ckpt verify` OK) at the
 # step where it stopped, which `latest` names and metrics.jsonl ends at; nothing temporary left. Then
 # `--resume_from_checkpoint latest` runs to the end, and the final checkpoint's xxh64 map and every loss in
-# metrics.jsonl equal those of the uninterrupted run (sync saves, same arguments).
+# metrics.jsonl equal those of the uninterrupted run (sync saves, same arguments). A signal during a save lets that
+# save finish (`ckpt verify` OK) and stops at a later boundary, before the next interval save.
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ckpt_common as C  # noqa: E402
 
 MAX_STEPS, SAVE_INTERVAL = 24, 6
+# A model large enough that a step (~40 ms) and a save (~30 ms) outlast mpirun's forwarding of a signal (ms to tens
+# of ms under load); with the tiny preset a step took 3 ms and a signal could land several steps after it was sent.
 ARGS = ["--max_steps", MAX_STEPS, "--save_interval", SAVE_INTERVAL, "--zero_stage", 2, "--micro_batch_size", 2,
-        "--global_batch_size", 8, "--seed", 7, "--threads", 1, "--log_interval", 100]
+        "--global_batch_size", 8, "--seed", 7, "--threads", 1, "--log_interval", 100, "--n_layer", 4, "--d_model",
+        128, "--seq_len", 128]
 WAIT_S = 90  # for a trigger or an exit; a hang fails the test
 REQUEUE = 75
 
@@ -86,11 +91,14 @@ def rank_pid(mpirun_pid, rank):
     return None
 
 
-def tmp_dirs(out):
+def exit_save_announced(out):
+    """The step of the exit save, once rank 0 has logged it (None before)."""
     try:
-        return sorted(n for n in os.listdir(out) if n.startswith(".checkpoint-") and n.endswith(".tmp"))
+        with open(out + ".log") as f:
+            m = re.search(r"signal \d+ \(SIG\w+\) received: saving checkpoint-(\d+) before exiting", f.read())
     except OSError:
-        return []
+        return None
+    return int(m.group(1)) if m else None
 
 
 def leftovers(out):
@@ -128,9 +136,13 @@ def moment(work, name, trigger, sig=signal.SIGUSR1, target="mpirun", second=Fals
         os.kill(signal_target(p, target), sig)
     second_step = None
     if ok and second:
-        # The exit save: the first temporary directory to appear after the signal. Signal again while it exists.
-        if wait_until(p, lambda: tmp_dirs(out), "exit save started"):
-            second_step = int(tmp_dirs(out)[0][len(".checkpoint-"):-len(".tmp")])
+        # The exit save: rank 0 names it once the ranks agree on the signal, then writes it. Signal again while its
+        # temporary directory exists. (The first temporary directory after the signal is not enough: the signal
+        # may reach the ranks only after an interval save has begun.)
+        if wait_until(p, lambda: exit_save_announced(out), "exit save announced") and wait_until(
+                p, lambda: os.path.isdir(os.path.join(out, f".checkpoint-{exit_save_announced(out)}.tmp")) or
+                os.path.isdir(os.path.join(out, f"checkpoint-{exit_save_announced(out)}")), "exit save started"):
+            second_step = exit_save_announced(out)
             committed_before = os.path.isdir(os.path.join(out, f"checkpoint-{second_step}"))
             os.kill(p.pid, signal.SIGUSR1)
             pid0 = rank_pid(p.pid, 0)
@@ -148,14 +160,26 @@ def moment(work, name, trigger, sig=signal.SIGUSR1, target="mpirun", second=Fals
     sig_name = "SIGUSR1" if sig == signal.SIGUSR1 else "SIGTERM"
     C.check(f"received signal {int(sig)} ({sig_name}): checkpoint saved at step {s}; exiting with status 75" in log,
             f"log: received {sig_name}, saved at step {s}", log[-2000:])
+    announced = log.find(f"received: saving checkpoint-{s} before exiting")
+    C.check(0 <= announced < log.find(f"saved {out}/checkpoint-{s} "),
+            f"log: the exit save of checkpoint-{s} announced before it was written", log[-2000:])
     C.check(man_step == s and rows(out) == s and C.metrics(out)[-1]["step"] == s,
             f"stopped at step {s}: `latest`, the manifest ({man_step}) and metrics.jsonl ({rows(out)} rows) agree")
     if kind == "rows":
         C.check(n <= s < MAX_STEPS, f"stopped after the signal ({n} steps done) and before the end")
     else:
         C.check(during_save_ok, f"the signal was sent before checkpoint-{n} was committed")
-        C.check(s == n + 1 and os.path.isdir(os.path.join(out, f"checkpoint-{n}")),
-                f"the save in progress (checkpoint-{n}) finished, and the job stopped at the next boundary ({s})")
+        # The rank acts at the first step boundary after the signal reaches it. That is boundary n + 1 when
+        # mpirun forwards it within one step; under load (async save: step n + 1 runs alongside the writer) it
+        # can be n + 2 or later. What must hold: the save in progress was completed, not dropped, and the job
+        # stopped well before the next interval save at n + SAVE_INTERVAL, i.e. because of the signal.
+        C.check(n < s < n + SAVE_INTERVAL and os.path.isdir(os.path.join(out, f"checkpoint-{n}")),
+                f"the save in progress (checkpoint-{n}) finished, and the job stopped at a boundary after it ({s}) "
+                f"and before the next interval save ({n + SAVE_INTERVAL})")
+        if s != n + 1:
+            print(f"  note: stopped at {s}, not {n + 1}: the signal reached the ranks after boundary {n + 1}")
+        vrc, vlog = C.run(1, ["ckpt", "verify", os.path.join(out, f"checkpoint-{n}")], expect=None)
+        C.check(vrc == 0, f"ckpt verify checkpoint-{n} (the save that was in progress)", vlog)
     if second:
         C.check(second_step == s, f"the second signal hit the exit save (checkpoint-{second_step} = stop {s})")
     C.check(not leftovers(out), "no temporary or moved-aside directories", str(leftovers(out)))
