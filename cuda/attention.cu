@@ -20,6 +20,7 @@
 #include "cuda/attention_tc.cuh"
 #include "cuda/cast.cuh"
 #include "cuda/cuda_common.cuh"
+#include "cuda/device_memory.cuh"
 
 namespace zt::cuda {
 namespace {
@@ -357,8 +358,8 @@ bool att_holds_out_copy(int T, int hs) { return hs + 1 <= T; }
 // alike: the backward's statistics must come from the same kernels.
 bool use_tensor_cores(bool tensor_cores, int hs) { return tensor_cores && attention_tc_supports(hs); }
 
-// Floats rounded up to 64 (256 bytes): where a bf16 region may start inside att or the scratch.
-size_t aligned_floats(size_t n) { return (n + 63) / 64 * 64; }
+// Floats rounded up to align_bytes' 256-byte boundary: where a bf16 region may start inside att or the scratch.
+size_t aligned_floats(size_t n) { return align_bytes(n * sizeof(float)) / sizeof(float); }
 // Floats that hold n bf16 values.
 size_t floats_for_bf16(size_t n) { return (n + 1) / 2; }
 
