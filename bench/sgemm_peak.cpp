@@ -41,8 +41,8 @@ double measure(const Shape& s, double min_seconds) {
   for (auto& x : b) x = dist(rng);
   const int lda = s.trans_a ? s.M : s.K, ldb = s.trans_b ? s.K : s.N;
   auto once = [&] {
-    cblas_sgemm(CblasRowMajor, s.trans_a ? CblasTrans : CblasNoTrans, s.trans_b ? CblasTrans : CblasNoTrans, s.M,
-                s.N, s.K, 1.0f, a.data(), lda, b.data(), ldb, 1.0f, c.data(), s.N);
+    cblas_sgemm(CblasRowMajor, s.trans_a ? CblasTrans : CblasNoTrans, s.trans_b ? CblasTrans : CblasNoTrans, s.M, s.N,
+                s.K, 1.0f, a.data(), lda, b.data(), ldb, 1.0f, c.data(), s.N);
   };
   once();  // warm-up: page faults, OpenBLAS thread start-up, buffers
   const double flops = 2.0 * s.M * s.N * s.K;

@@ -26,9 +26,10 @@ int main(int argc, char** argv) {
   auto backend = zt::make_cpu_backend(1);
   zt::MpiComm comm(MPI_COMM_WORLD);
   if (rank == 0)
-    std::printf("# %s, %d ranks, micro-batch 2, one micro-step per step; medians over steps 2..%d\n"
-                "stage | psi | sent MB/step | theory MB/step | sent/theory | comm wait s/step | step s\n",
-                preset.c_str(), world, steps);
+    std::printf(
+        "# %s, %d ranks, micro-batch 2, one micro-step per step; medians over steps 2..%d\n"
+        "stage | psi | sent MB/step | theory MB/step | sent/theory | comm wait s/step | step s\n",
+        preset.c_str(), world, steps);
   for (int stage = 0; stage <= 3; ++stage) {
     zt::TrainConfig t;
     t.micro_batch_size = 2;

@@ -151,8 +151,8 @@ H5Id open_parallel(const std::string& path, MpiComm& comm, bool create) {
   ZT_H5_CHECK(H5Pset_fapl_mpio(fapl, comm.mpi_comm(), MPI_INFO_NULL));
   ZT_H5_CHECK(H5Pset_all_coll_metadata_ops(fapl, true));
   ZT_H5_CHECK(H5Pset_coll_metadata_write(fapl, true));
-  hid_t f = create ? H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)
-                   : H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
+  hid_t f =
+      create ? H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
   if (f < 0)
     throw CheckpointError(fmt::format("cannot {} checkpoint file {}: {} [{}]", create ? "create" : "open", path,
                                       h5_error_stack(), where()));
@@ -251,14 +251,16 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     err = prepare_temp_dir(output_dir, tmp_dir);
     // Refuse up front when the file system cannot hold the checkpoint: nothing gets written.
     uint64_t need = 1 << 20;
-    for (const auto& t : table.tensors()) need += 3 * t.numel() * sizeof(float) + 64 * (t.numel() / kChecksumChunkElems + 4);
+    for (const auto& t : table.tensors())
+      need += 3 * t.numel() * sizeof(float) + 64 * (t.numel() / kChecksumChunkElems + 4);
     const uint64_t avail = free_bytes(output_dir);
     if (err.empty() && avail < need) {
       std::error_code ec;
       fs::remove_all(tmp_dir, ec);
-      err = fmt::format("disk full: {} needs about {} bytes in {} but only {} are free; free some space or choose "
-                        "another --output_dir (earlier checkpoints and `latest` are untouched)",
-                        name, need, output_dir, avail);
+      err = fmt::format(
+          "disk full: {} needs about {} bytes in {} but only {} are free; free some space or choose "
+          "another --output_dir (earlier checkpoints and `latest` are untouched)",
+          name, need, output_dir, avail);
     }
   }
   err = agree_error(comm, err);
@@ -490,8 +492,8 @@ nlohmann::json read_manifest(const std::string& ckpt_dir) {
   if (!fs::exists(path)) throw CheckpointError(fmt::format("checkpoint file {} does not exist", path));
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (file.get() < 0)
-    throw CheckpointError(fmt::format("cannot open checkpoint file {} (truncated or not HDF5?): {}", path,
-                                      h5_error_stack()));
+    throw CheckpointError(
+        fmt::format("cannot open checkpoint file {} (truncated or not HDF5?): {}", path, h5_error_stack()));
   H5Id dset(H5Dopen2(file, "manifest", H5P_DEFAULT), H5Dclose);
   if (dset.get() < 0) throw CheckpointError(fmt::format("checkpoint file {} has no manifest dataset", path));
   H5Id type(H5Dget_type(dset), H5Tclose);

@@ -36,7 +36,7 @@ struct TrainProgress {
   int64_t step = 0;         ///< optimizer steps completed
   int64_t data_cursor = 0;  ///< index of the next global batch
   int64_t tokens_seen = 0;
-  double lr = 0;            ///< learning rate of the last completed step
+  double lr = 0;  ///< learning rate of the last completed step
   /// Commit order within an output directory: one more than the highest of the directory's checkpoints when the
   /// run started, then +1 per save. Resuming from `latest` takes the highest, i.e. the most recent commit.
   int64_t commit_seq = 0;

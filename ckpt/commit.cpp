@@ -107,8 +107,10 @@ void apply_retention(const std::string& output_dir, int keep) {
     if (fs::path(all[i]) == fs::path(latest)) continue;
     std::error_code ec;
     fs::remove_all(all[i], ec);
-    if (ec) fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", all[i], ec.message());
-    else fmt::print("removed old checkpoint {} (--save_total_limit {})\n", all[i], keep);
+    if (ec)
+      fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", all[i], ec.message());
+    else
+      fmt::print("removed old checkpoint {} (--save_total_limit {})\n", all[i], keep);
   }
 }
 
@@ -168,8 +170,8 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
     nlohmann::json tensors = nlohmann::json::array();
     for (int ti : table.units()[u].tensors) {
       const TensorSpec& t = table.tensors()[size_t(ti)];
-      tensors.push_back({{"name", t.name}, {"unit_offset", t.unit_offset}, {"numel", t.numel()},
-                         {"storage_numel", t.storage_numel}});
+      tensors.push_back(
+          {{"name", t.name}, {"unit_offset", t.unit_offset}, {"numel", t.numel()}, {"storage_numel", t.storage_numel}});
     }
     units.push_back({{"name", table.units()[u].name},
                      {"numel", table.units()[u].numel},
@@ -183,7 +185,9 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
     const TensorSpec& t = table.tensors()[d % table.tensors().size()];
     nlohmann::json chunks = nlohmann::json::array();
     for (uint64_t c : chunk_digests[d]) chunks.push_back(hex64(c));
-    datasets[names[d]] = {{"shape", t.shape}, {"dtype", "float32"}, {"xxh64", hex64(tensor_checksum(chunk_digests[d]))},
+    datasets[names[d]] = {{"shape", t.shape},
+                          {"dtype", "float32"},
+                          {"xxh64", hex64(tensor_checksum(chunk_digests[d]))},
                           {"chunks", chunks}};
   }
   return {
@@ -195,7 +199,8 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
       {"step", progress.step},
       {"commit_seq", progress.commit_seq},
       {"tokens_seen", progress.tokens_seen},
-      {"data", {{"cursor", progress.data_cursor}, {"seed", train.seed}, {"global_batch_size", train.global_batch_size}}},
+      {"data",
+       {{"cursor", progress.data_cursor}, {"seed", train.seed}, {"global_batch_size", train.global_batch_size}}},
       {"rng",
        {{"kind", "philox4x32-10, counter-based"},
         {"init_seed", train.seed},
@@ -219,8 +224,9 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
       {"world_size", world_size},
       {"zero_stage", snap.zero_stage},
       {"partition", {{"align", 16}, {"units", units}}},
-      {"checksum", {{"algorithm", "xxh64 of each chunk, then xxh64 of the chunk digests (u64 LE)"},
-                    {"chunk_elems", kChecksumChunkElems}}},
+      {"checksum",
+       {{"algorithm", "xxh64 of each chunk, then xxh64 of the chunk digests (u64 LE)"},
+        {"chunk_elems", kChecksumChunkElems}}},
       {"datasets", datasets},
   };
 }

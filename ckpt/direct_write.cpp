@@ -34,8 +34,8 @@ constexpr size_t kBounceBytes = kChecksumChunkElems * sizeof(float);
 struct Task {
   size_t slice = 0;
   size_t e0 = 0, e1 = 0;
-  bool first = false;  ///< the slice's first piece (or its only marker, when empty): runs before_dataset
-  bool digest = false; ///< [e0, e1) is a whole checksum chunk
+  bool first = false;   ///< the slice's first piece (or its only marker, when empty): runs before_dataset
+  bool digest = false;  ///< [e0, e1) is a whole checksum chunk
 };
 
 /// Writes exactly n_bytes at offset; "" or the problem.

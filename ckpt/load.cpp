@@ -164,7 +164,8 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   check_format_version(manifest, path);
   configs_from_manifest(manifest, out.model, out.train);
   const std::vector<std::string> diffs = diff_model_config(out.model, model);
-  ZT_CHECK(diffs.empty(), "checkpoint {} was written for a different model: {}; pass the same model flags (or "
+  ZT_CHECK(diffs.empty(),
+           "checkpoint {} was written for a different model: {}; pass the same model flags (or "
            "--preset) as the run that saved it",
            ckpt_dir, fmt::join(diffs, "; "));
   out.world_size = manifest.value("world_size", 0);

@@ -24,9 +24,10 @@ std::vector<std::string> order_by_commit(const std::vector<std::string>& by_step
   if (notes && !out.empty() && out.front() != by_step.front())
     for (const auto& c : by_step) {
       if (c == out.front()) break;
-      notes->push_back(fmt::format("{} has a later step than {} but was committed before it (by a run that a later "
-                                   "run went back past): not resumed",
-                                   c, out.front()));
+      notes->push_back(
+          fmt::format("{} has a later step than {} but was committed before it (by a run that a later "
+                      "run went back past): not resumed",
+                      c, out.front()));
     }
   return out;
 }
@@ -59,10 +60,11 @@ TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& mani
   TrainConfig saved;
   configs_from_manifest(manifest, unused, saved);
   const nlohmann::json a = to_json(saved), b = to_json(now);
-  for (const char* key : {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate",
-                          "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip",
-                          "seed"})
-    if (a[key] != b[key]) warnings.push_back(fmt::format("{}: {} in the checkpoint, {} now", key, a[key].dump(), b[key].dump()));
+  for (const char* key :
+       {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate", "warmup_steps",
+        "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip", "seed"})
+    if (a[key] != b[key])
+      warnings.push_back(fmt::format("{}: {} in the checkpoint, {} now", key, a[key].dump(), b[key].dump()));
   TrainConfig out = now;
   const int G = saved.global_batch_size;
   out.global_batch_size = G;
@@ -73,9 +75,10 @@ TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& mani
   if (G % (out.micro_batch_size * world_size) != 0) {
     int mb = std::min(out.micro_batch_size, G / world_size);
     while ((G / world_size) % mb != 0) --mb;
-    warnings.push_back(fmt::format("micro_batch_size adjusted from {} to {} so the global batch of {} splits over {} "
-                                   "ranks",
-                                   out.micro_batch_size, mb, G, world_size));
+    warnings.push_back(
+        fmt::format("micro_batch_size adjusted from {} to {} so the global batch of {} splits over {} "
+                    "ranks",
+                    out.micro_batch_size, mb, G, world_size));
     out.micro_batch_size = mb;
   }
   return out;

@@ -10,8 +10,8 @@ namespace zt {
 void ModelConfig::validate() const {
   ZT_CHECK(n_layer >= 1, "n_layer must be >= 1, got {}", n_layer);
   ZT_CHECK(n_head >= 1, "n_head must be >= 1, got {}", n_head);
-  ZT_CHECK(d_model >= 1 && d_model % n_head == 0, "d_model ({}) must be a positive multiple of n_head ({})",
-           d_model, n_head);
+  ZT_CHECK(d_model >= 1 && d_model % n_head == 0, "d_model ({}) must be a positive multiple of n_head ({})", d_model,
+           n_head);
   ZT_CHECK(vocab >= 2, "vocab must be >= 2, got {}", vocab);
   ZT_CHECK(seq_len >= 1, "seq_len must be >= 1, got {}", seq_len);
 }
@@ -85,8 +85,8 @@ void TrainConfig::validate(int world_size) const {
 }
 
 nlohmann::json to_json(const ModelConfig& m) {
-  return {{"n_layer", m.n_layer}, {"n_head", m.n_head}, {"d_model", m.d_model}, {"vocab", m.vocab},
-          {"seq_len", m.seq_len}};
+  return {
+      {"n_layer", m.n_layer}, {"n_head", m.n_head}, {"d_model", m.d_model}, {"vocab", m.vocab}, {"seq_len", m.seq_len}};
 }
 
 nlohmann::json to_json(const TrainConfig& t) {
@@ -144,42 +144,78 @@ void update_from_json(const nlohmann::json& j, ModelConfig& m, TrainConfig& t) {
     const std::string& k = it.key();
     const auto& v = it.value();
     if (k == "preset") continue;
-    if (k == "n_layer") read_key(v, k, m.n_layer);
-    else if (k == "n_head") read_key(v, k, m.n_head);
-    else if (k == "d_model") read_key(v, k, m.d_model);
-    else if (k == "vocab") read_key(v, k, m.vocab);
-    else if (k == "seq_len") read_key(v, k, m.seq_len);
-    else if (k == "data") read_key(v, k, t.data);
-    else if (k == "val_data") read_key(v, k, t.val_data);
-    else if (k == "val_fraction") read_key(v, k, t.val_fraction);
-    else if (k == "micro_batch_size") read_key(v, k, t.micro_batch_size);
-    else if (k == "global_batch_size") read_key(v, k, t.global_batch_size);
-    else if (k == "max_steps") read_key(v, k, t.max_steps);
-    else if (k == "learning_rate") read_key(v, k, t.learning_rate);
-    else if (k == "warmup_steps") read_key(v, k, t.warmup_steps);
-    else if (k == "min_lr_ratio") read_key(v, k, t.min_lr_ratio);
-    else if (k == "weight_decay") read_key(v, k, t.weight_decay);
-    else if (k == "beta1") read_key(v, k, t.beta1);
-    else if (k == "beta2") read_key(v, k, t.beta2);
-    else if (k == "adam_eps") read_key(v, k, t.adam_eps);
-    else if (k == "grad_clip") read_key(v, k, t.grad_clip);
-    else if (k == "seed") read_key(v, k, t.seed);
-    else if (k == "output_dir") read_key(v, k, t.output_dir);
-    else if (k == "log_interval") read_key(v, k, t.log_interval);
-    else if (k == "eval_interval") read_key(v, k, t.eval_interval);
-    else if (k == "eval_batches") read_key(v, k, t.eval_batches);
-    else if (k == "zero_stage") read_key(v, k, t.zero_stage);
-    else if (k == "threads") read_key(v, k, t.threads);
-    else if (k == "device") read_key(v, k, t.device);
-    else if (k == "dtype") read_key(v, k, t.dtype);
-    else if (k == "comm") read_key(v, k, t.comm);
-    else if (k == "save_interval") read_key(v, k, t.save_interval);
-    else if (k == "exit_after_steps") read_key(v, k, t.exit_after_steps);
-    else if (k == "profile_steps") read_key(v, k, t.profile_steps);
-    else if (k == "save_total_limit") read_key(v, k, t.save_total_limit);
-    else if (k == "async_save") read_key(v, k, t.async_save);
-    else if (k == "resume_from_checkpoint") read_key(v, k, t.resume_from_checkpoint);
-    else ZT_FAIL("unknown config key '{}'", k);
+    if (k == "n_layer")
+      read_key(v, k, m.n_layer);
+    else if (k == "n_head")
+      read_key(v, k, m.n_head);
+    else if (k == "d_model")
+      read_key(v, k, m.d_model);
+    else if (k == "vocab")
+      read_key(v, k, m.vocab);
+    else if (k == "seq_len")
+      read_key(v, k, m.seq_len);
+    else if (k == "data")
+      read_key(v, k, t.data);
+    else if (k == "val_data")
+      read_key(v, k, t.val_data);
+    else if (k == "val_fraction")
+      read_key(v, k, t.val_fraction);
+    else if (k == "micro_batch_size")
+      read_key(v, k, t.micro_batch_size);
+    else if (k == "global_batch_size")
+      read_key(v, k, t.global_batch_size);
+    else if (k == "max_steps")
+      read_key(v, k, t.max_steps);
+    else if (k == "learning_rate")
+      read_key(v, k, t.learning_rate);
+    else if (k == "warmup_steps")
+      read_key(v, k, t.warmup_steps);
+    else if (k == "min_lr_ratio")
+      read_key(v, k, t.min_lr_ratio);
+    else if (k == "weight_decay")
+      read_key(v, k, t.weight_decay);
+    else if (k == "beta1")
+      read_key(v, k, t.beta1);
+    else if (k == "beta2")
+      read_key(v, k, t.beta2);
+    else if (k == "adam_eps")
+      read_key(v, k, t.adam_eps);
+    else if (k == "grad_clip")
+      read_key(v, k, t.grad_clip);
+    else if (k == "seed")
+      read_key(v, k, t.seed);
+    else if (k == "output_dir")
+      read_key(v, k, t.output_dir);
+    else if (k == "log_interval")
+      read_key(v, k, t.log_interval);
+    else if (k == "eval_interval")
+      read_key(v, k, t.eval_interval);
+    else if (k == "eval_batches")
+      read_key(v, k, t.eval_batches);
+    else if (k == "zero_stage")
+      read_key(v, k, t.zero_stage);
+    else if (k == "threads")
+      read_key(v, k, t.threads);
+    else if (k == "device")
+      read_key(v, k, t.device);
+    else if (k == "dtype")
+      read_key(v, k, t.dtype);
+    else if (k == "comm")
+      read_key(v, k, t.comm);
+    else if (k == "save_interval")
+      read_key(v, k, t.save_interval);
+    else if (k == "exit_after_steps")
+      read_key(v, k, t.exit_after_steps);
+    else if (k == "profile_steps")
+      read_key(v, k, t.profile_steps);
+    else if (k == "save_total_limit")
+      read_key(v, k, t.save_total_limit);
+    else if (k == "async_save")
+      read_key(v, k, t.async_save);
+    else if (k == "resume_from_checkpoint")
+      read_key(v, k, t.resume_from_checkpoint);
+    else
+      ZT_FAIL("unknown config key '{}'", k);
   }
 }
 

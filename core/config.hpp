@@ -51,10 +51,10 @@ struct TrainConfig {
   int eval_interval = 0;  ///< 0 disables validation
   int eval_batches = 4;   ///< global batches per validation pass
   int zero_stage = 0;
-  int threads = 0;  ///< 0: hardware threads / local ranks
-  std::string device = "cpu";      ///< cpu, cuda, or auto (cuda when every rank sees a GPU)
-  std::string dtype = "auto";      ///< matmul precision: fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)
-  std::string comm = "auto";       ///< mpi, nccl, or auto (nccl on cuda with a GPU per rank, else mpi)
+  int threads = 0;                     ///< 0: hardware threads / local ranks
+  std::string device = "cpu";          ///< cpu, cuda, or auto (cuda when every rank sees a GPU)
+  std::string dtype = "auto";          ///< matmul precision: fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)
+  std::string comm = "auto";           ///< mpi, nccl, or auto (nccl on cuda with a GPU per rank, else mpi)
   int exit_after_steps = 0;            ///< stop (saving a checkpoint first) after this many steps of this run; 0: off
   int profile_steps = 0;               ///< time every op of this many steps (after the first) and print where it goes
   int save_total_limit = 0;            ///< keep only the newest K committed checkpoints; 0: keep all

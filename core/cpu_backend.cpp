@@ -61,8 +61,8 @@ class CpuBackend final : public Backend {
                           int C) override {
     cpu::embedding_backward(dwte, dwpe, dout, tokens, B, T, C);
   }
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                         const float* bias, int N, int C) override {
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                         int N, int C) override {
     cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
   }
   void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
@@ -99,8 +99,8 @@ class CpuBackend final : public Backend {
                              float dloss) override {
     cpu::softmax_cross_entropy(logits, losses, targets, N, V, Vp, dloss);
   }
-  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float wd, float grad_scale, int64_t step) override {
+  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+                    float eps, float wd, float grad_scale, int64_t step) override {
     cpu::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, step);
   }
   double squared_norm(const float* x, size_t n) override { return cpu::squared_norm(x, n); }

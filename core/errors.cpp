@@ -38,8 +38,8 @@ void throw_error(const char* file, int line, const std::string& msg) {
 }
 
 void abort_invariant(const char* file, int line, const char* cond, const std::string& msg) {
-  std::fprintf(stderr, "zerotrain: internal error: assertion `%s` failed %s [%s at %s:%d]\n", cond,
-               msg.c_str(), where().c_str(), file, line);
+  std::fprintf(stderr, "zerotrain: internal error: assertion `%s` failed %s [%s at %s:%d]\n", cond, msg.c_str(),
+               where().c_str(), file, line);
   std::fflush(stderr);
   std::abort();
 }

@@ -29,8 +29,8 @@ int context_rank();
 }  // namespace zt
 
 /// Throws zt::Error with a formatted message unless cond holds (user or configuration mistakes).
-#define ZT_CHECK(cond, ...)                                                   \
-  do {                                                                        \
+#define ZT_CHECK(cond, ...)                                                       \
+  do {                                                                            \
     if (!(cond)) ::zt::throw_error(__FILE__, __LINE__, fmt::format(__VA_ARGS__)); \
   } while (0)
 
@@ -38,16 +38,15 @@ int context_rank();
 #define ZT_FAIL(...) ::zt::throw_error(__FILE__, __LINE__, fmt::format(__VA_ARGS__))
 
 /// Aborts the process when an internal invariant is broken (a bug, not a user mistake).
-#define ZT_ASSERT(cond)                                                         \
-  do {                                                                          \
+#define ZT_ASSERT(cond)                                                           \
+  do {                                                                            \
     if (!(cond)) ::zt::abort_invariant(__FILE__, __LINE__, #cond, std::string()); \
   } while (0)
 
 /// Generates a library check: `bad(rc)` decides failure, `describe(rc)` explains it.
-#define ZT_LIB_CHECK_GEN(lib, stmt, bad, describe)                                          \
-  do {                                                                                      \
-    auto zt_rc_ = (stmt);                                                                   \
-    if (bad(zt_rc_))                                                                        \
-      ::zt::throw_error(__FILE__, __LINE__,                                                 \
-                        fmt::format("{} call failed: {}: {}", lib, #stmt, describe(zt_rc_))); \
+#define ZT_LIB_CHECK_GEN(lib, stmt, bad, describe)                                                                \
+  do {                                                                                                            \
+    auto zt_rc_ = (stmt);                                                                                         \
+    if (bad(zt_rc_))                                                                                              \
+      ::zt::throw_error(__FILE__, __LINE__, fmt::format("{} call failed: {}: {}", lib, #stmt, describe(zt_rc_))); \
   } while (0)

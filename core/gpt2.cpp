@@ -190,8 +190,8 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
     be_.gelu_backward(d_fch_, A.fch, d_fch_gelu_, size_t(BT) * 4 * C);
     units.progress();
     be_.matmul_backward(d_ln_, g + o.fc_w, g + o.fc_b, d_fch_, A.ln2, p + o.fc_w, BT, C, 4 * C, false);
-    be_.layernorm_backward(d_res_, g + o.ln_2_w, g + o.ln_2_b, d_ln_, A.res2, p + o.ln_2_w, A.ln2_mean, A.ln2_rstd,
-                           BT, C);
+    be_.layernorm_backward(d_res_, g + o.ln_2_w, g + o.ln_2_b, d_ln_, A.res2, p + o.ln_2_w, A.ln2_mean, A.ln2_rstd, BT,
+                           C);
     units.progress();
     // d_res now holds d(res2); the attention path adds into it -> d(x_in).
     be_.matmul_backward(d_atty_, g + o.attn_proj_w, g + o.attn_proj_b, d_res_, A.atty, p + o.attn_proj_w, BT, C, C,

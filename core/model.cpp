@@ -77,15 +77,17 @@ size_t ParamTable::n_params() const {
 float init_value(const TensorSpec& t, uint64_t seed, size_t index) {
   if (index >= t.numel()) return 0.0f;
   switch (t.init) {
-    case InitKind::zeros: return 0.0f;
-    case InitKind::ones: return 1.0f;
-    case InitKind::normal: return float(t.init_std * philox_normal(seed, stable_hash(t.name), index));
+    case InitKind::zeros:
+      return 0.0f;
+    case InitKind::ones:
+      return 1.0f;
+    case InitKind::normal:
+      return float(t.init_std * philox_normal(seed, stable_hash(t.name), index));
   }
   return 0.0f;
 }
 
-void init_unit_range(const ParamTable& table, int unit, uint64_t seed, size_t flat_begin, size_t count,
-                     float* flat) {
+void init_unit_range(const ParamTable& table, int unit, uint64_t seed, size_t flat_begin, size_t count, float* flat) {
   const UnitSpec& u = table.units().at(size_t(unit));
   for (size_t i = 0; i < count; ++i) flat[i] = 0.0f;
   const size_t flat_end = flat_begin + count;

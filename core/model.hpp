@@ -34,8 +34,7 @@ struct UnitSpec {
 
 /// Offsets of one block's tensors inside its unit buffer (same for every block).
 struct BlockOffsets {
-  size_t ln_1_w, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln_2_w, ln_2_b, fc_w, fc_b, fc_proj_w,
-      fc_proj_b;
+  size_t ln_1_w, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln_2_w, ln_2_b, fc_w, fc_b, fc_proj_w, fc_proj_b;
 };
 
 /// The ordered table of every parameter, as GPT-2 names them.

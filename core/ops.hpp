@@ -28,18 +28,17 @@ void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, co
                                 const T* bias, int N, int C);
 /// Accumulates dinp, dweight, dbias.
 template <typename T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                        const T* mean, const T* rstd, int N, int C);
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, const T* mean,
+                        const T* rstd, int N, int C);
 
 /// out[N,OC] = inp[N,C] · W + bias, W stored [C,OC] (GPT-2 Conv1D) or, when weight_transposed, [OC,C]
 /// (the tied LM head uses wte [Vp,C]). bias may be null.
 template <typename T>
-void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC,
-                    bool weight_transposed);
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, bool weight_transposed);
 /// Writes dinp (may be null); accumulates dweight, dbias (may be null).
 template <typename T>
-void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C,
-                     int OC, bool weight_transposed);
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C, int OC,
+                     bool weight_transposed);
 
 /// Causal multi-head attention. qkv[B,T,3C] holds q|k|v; out[B,T,C]; att[B,NH,T,T] receives the softmax
 /// probabilities (needed by the backward; entries above the diagonal are zero).
@@ -68,8 +67,8 @@ void softmax_cross_entropy(T* logits, T* losses, const int32_t* targets, int N, 
 
 /// One AdamW step on n elements. grad is multiplied by grad_scale first (clipping); weight_decay applies
 /// decoupled (p -= lr * wd * p); step is 1-based for bias correction.
-void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, float grad_scale, int64_t step);
+void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, float grad_scale, int64_t step);
 
 /// Sum of squares in double, fixed summation order (deterministic for any thread count).
 double squared_norm(const float* x, size_t n);

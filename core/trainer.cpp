@@ -105,7 +105,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   ParamTable table(mcfg);
   auto train_src = std::shared_ptr<const TokenSource>(open_token_source(tcfg.data, mcfg.vocab));
   std::shared_ptr<const TokenSource> val_src;
-  if (!tcfg.val_data.empty()) val_src = std::shared_ptr<const TokenSource>(open_token_source(tcfg.val_data, mcfg.vocab));
+  if (!tcfg.val_data.empty())
+    val_src = std::shared_ptr<const TokenSource>(open_token_source(tcfg.val_data, mcfg.vocab));
   DataLoader loader(train_src, val_src, T, tcfg.val_data.empty() ? tcfg.val_fraction : 0.0, tcfg.seed);
 
   // --profile_steps: the model and the engine call the backend through a profiler, timing ops only while on.
@@ -140,16 +141,17 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
                start_step, loaded.world_size, N, loaded.zero_stage, tcfg.zero_stage);
   if (lead && resumed && !opts.quiet) fmt::print("loaded {} in {:.2f}s\n", loaded.path, load_s);
 
-  const double flops_per_token = 6.0 * double(table.n_params()) +
-                                 12.0 * mcfg.n_layer * double(mcfg.d_model) * double(T);  // PaLM appendix B
+  const double flops_per_token =
+      6.0 * double(table.n_params()) + 12.0 * mcfg.n_layer * double(mcfg.d_model) * double(T);  // PaLM appendix B
   if (lead && !opts.quiet) {
     fmt::print("zerotrain {} | model n_layer={} n_head={} d_model={} vocab={} (padded {}) seq_len={} | {} params\n",
                ZT_VERSION, mcfg.n_layer, mcfg.n_head, mcfg.d_model, mcfg.vocab, mcfg.padded_vocab(), T,
                human_count(double(table.n_params())));
-    fmt::print("data {} | {} train / {} val sequences | global batch {} seq = {} tokens/step | micro-batch {} x "
-               "{} ranks x {} accumulation steps\n",
-               train_src->describe(), loader.n_train_sequences(), loader.n_val_sequences(), G,
-               human_count(double(G) * T), B, N, accum);
+    fmt::print(
+        "data {} | {} train / {} val sequences | global batch {} seq = {} tokens/step | micro-batch {} x "
+        "{} ranks x {} accumulation steps\n",
+        train_src->describe(), loader.n_train_sequences(), loader.n_val_sequences(), G, human_count(double(G) * T), B,
+        N, accum);
     const MemoryReport mem = engine.memory_report();
     fmt::print(
         "ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
@@ -205,8 +207,11 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
         tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"offset", off}, {"decay", t.decay}});
         off += t.numel();
       }
-      dump_index = {{"model", to_json(mcfg)}, {"train", to_json(tcfg)}, {"tensors", tensors},
-                    {"world_size", N}, {"steps", nlohmann::json::array()}};
+      dump_index = {{"model", to_json(mcfg)},
+                    {"train", to_json(tcfg)},
+                    {"tensors", tensors},
+                    {"world_size", N},
+                    {"steps", nlohmann::json::array()}};
     }
   }
 
@@ -242,9 +247,10 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     async_blocked += async->wait_copied(&copy_s);
     summary.save_blocked_s.push_back(async_blocked);
     if (lead && !opts.quiet)
-      fmt::print("checkpoint-{}: step blocked {:.3f}s for the host copy (copy {:.3f}s, overlapped with training); "
-                 "writing in the background\n",
-                 async_step, async_blocked, copy_s);
+      fmt::print(
+          "checkpoint-{}: step blocked {:.3f}s for the host copy (copy {:.3f}s, overlapped with training); "
+          "writing in the background\n",
+          async_step, async_blocked, copy_s);
   };
   // Commit order in the output directory (resume from `latest` takes the most recent commit): rank 0 looks once.
   int64_t commit_seq = 0;
@@ -313,8 +319,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   double time_in_steps = 0;
   for (int step = start_step; step < tcfg.max_steps; ++step) {
     const int64_t batch_index = cursor0 + (step - start_step);
-    ZT_CHECK(!(rank == fail_rank && step == fail_step), "injected failure (ZT_TEST_FAIL_RANK={}) at step {}",
-             fail_rank, step);
+    ZT_CHECK(!(rank == fail_rank && step == fail_step), "injected failure (ZT_TEST_FAIL_RANK={}) at step {}", fail_rank,
+             step);
     // The first step of a run warms up (first-use allocations, cuBLASLt plans); the next profile_steps are timed.
     profiler.set_enabled(step > start_step && step <= start_step + tcfg.profile_steps);
     const auto t0 = Clock::now();
@@ -357,8 +363,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     engine.optimizer_step(hp);
     if (dump) {
       dump_tensors(engine, table, false, fmt::format("{}/params_{}.bin", opts.debug_dump_dir, step), lead);
-      if (lead)
-        dump_index["steps"].push_back({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}});
+      if (lead) dump_index["steps"].push_back({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}});
     }
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     time_in_steps += dt;
@@ -383,18 +388,20 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       summary.last_val_loss = val_loss;
     }
     if (lead) {
-      nlohmann::json row = {{"step", step + 1}, {"loss", loss},  {"lr", lr}, {"grad_norm", grad_norm},
-                            {"tokens_per_s", tok_s}, {"epoch", loader.epoch_of(batch_index, G)}};
+      nlohmann::json row = {
+          {"step", step + 1},       {"loss", loss},          {"lr", lr},
+          {"grad_norm", grad_norm}, {"tokens_per_s", tok_s}, {"epoch", loader.epoch_of(batch_index, G)}};
       if (do_eval) row["val_loss"] = val_loss;
       metrics << row.dump() << '\n';
       metrics.flush();
       if (!opts.quiet && ((step + 1) % tcfg.log_interval == 0 || step == start_step || step + 1 == tcfg.max_steps)) {
         const double eta = time_in_steps / (step + 1 - start_step) * (tcfg.max_steps - step - 1);
-        fmt::print("step {:>{}}/{} | loss {:.4f} | lr {:.3e} | grad_norm {:.4f} | {:.0f} tok/s | {:.1f} GFLOP/s | "
-                   "ETA {}{}\n",
-                   step + 1, int(std::to_string(tcfg.max_steps).size()), tcfg.max_steps, loss, lr, grad_norm, tok_s,
-                   flops_per_token * tok_s / 1e9, hms(eta),
-                   do_eval ? fmt::format(" | val_loss {:.4f}", val_loss) : std::string());
+        fmt::print(
+            "step {:>{}}/{} | loss {:.4f} | lr {:.3e} | grad_norm {:.4f} | {:.0f} tok/s | {:.1f} GFLOP/s | "
+            "ETA {}{}\n",
+            step + 1, int(std::to_string(tcfg.max_steps).size()), tcfg.max_steps, loss, lr, grad_norm, tok_s,
+            flops_per_token * tok_s / 1e9, hms(eta),
+            do_eval ? fmt::format(" | val_loss {:.4f}", val_loss) : std::string());
         std::fflush(stdout);
       }
     }
@@ -409,8 +416,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       fmt::print("signal {} ({}) received: saving checkpoint-{} before exiting\n", signal, signal_name, step + 1);
       std::fflush(stdout);
     }
-    if ((tcfg.save_interval > 0 && ((step + 1) % tcfg.save_interval == 0 || step + 1 == tcfg.max_steps)) ||
-        exiting) {
+    if ((tcfg.save_interval > 0 && ((step + 1) % tcfg.save_interval == 0 || step + 1 == tcfg.max_steps)) || exiting) {
       TrainProgress progress;
       progress.step = step + 1;
       progress.data_cursor = batch_index + 1;

@@ -338,8 +338,8 @@ class CudaBackend final : public Backend {
   bool attention_tensor_cores_ = false;
   bool attention_dkv_capped_ = false;
   bool param_copies_on_ = false;
-  std::map<uintptr_t, KeptCopy> kept_copies_;    // start of a kept fp32 range -> its bf16 copy
-  std::map<uintptr_t, size_t> alloc_bytes_;      // every buffer from alloc / alloc_int and its size in bytes
+  std::map<uintptr_t, KeptCopy> kept_copies_;  // start of a kept fp32 range -> its bf16 copy
+  std::map<uintptr_t, size_t> alloc_bytes_;    // every buffer from alloc / alloc_int and its size in bytes
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;
   int* error_flag_device_ = nullptr;

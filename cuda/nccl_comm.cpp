@@ -74,9 +74,10 @@ NcclApi load_nccl() {
   void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) {
     const char* why = dlerror();
-    api.error = fmt::format("cannot load the NCCL library {}: {}; install NCCL (or the nvidia-nccl pip wheel) and put "
-                            "its lib directory on LD_LIBRARY_PATH, or set ZT_NCCL_LIBRARY to the library's path",
-                            name, why != nullptr ? why : "unknown error");
+    api.error = fmt::format(
+        "cannot load the NCCL library {}: {}; install NCCL (or the nvidia-nccl pip wheel) and put "
+        "its lib directory on LD_LIBRARY_PATH, or set ZT_NCCL_LIBRARY to the library's path",
+        name, why != nullptr ? why : "unknown error");
     return api;
   }
   std::string err;
@@ -311,8 +312,7 @@ class NcclComm final : public StagedMpiComm {
   void check_gather_overlap(const float* send, const float* recv, size_t send_n) const {
     if (send == recv + size_t(rank()) * send_n) return;  // in place
     const auto s = reinterpret_cast<uintptr_t>(send), r = reinterpret_cast<uintptr_t>(recv);
-    const bool disjoint =
-        s + send_n * sizeof(float) <= r || r + size_t(world_size()) * send_n * sizeof(float) <= s;
+    const bool disjoint = s + send_n * sizeof(float) <= r || r + size_t(world_size()) * send_n * sizeof(float) <= s;
     ZT_CHECK(disjoint, "all_gather: send overlaps recv but is not this rank's slot recv + {}*{}", rank(), send_n);
   }
 

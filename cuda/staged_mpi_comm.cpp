@@ -9,8 +9,7 @@
 
 namespace zt::cuda {
 
-StagedMpiComm::StagedMpiComm(MPI_Comm parent, cudaStream_t compute_stream)
-    : MpiComm(parent), stream_(compute_stream) {}
+StagedMpiComm::StagedMpiComm(MPI_Comm parent, cudaStream_t compute_stream) : MpiComm(parent), stream_(compute_stream) {}
 
 StagedMpiComm::~StagedMpiComm() {
   for (StagedOp& op : ops_) {
@@ -122,7 +121,8 @@ void StagedMpiComm::all_reduce_sum(double* data, size_t n) {
 }
 
 void StagedMpiComm::reduce_scatter_sum(const float* send, float* recv, size_t recv_n) {
-  if (recv_n == 0 || !on_device(send, recv, "reduce_scatter_sum")) return MpiComm::reduce_scatter_sum(send, recv, recv_n);
+  if (recv_n == 0 || !on_device(send, recv, "reduce_scatter_sum"))
+    return MpiComm::reduce_scatter_sum(send, recv, recv_n);
   if (world_size() == 1) return device_copy(recv, send, recv_n * sizeof(float));
   const size_t N = size_t(world_size()), mine = size_t(rank()) * recv_n;
   ZT_CHECK(recv_n <= std::numeric_limits<size_t>::max() / sizeof(float) / N,
@@ -231,9 +231,8 @@ CommHandle StagedMpiComm::ireduce_scatter_sum(const float* send, float* recv, si
            "reduce_scatter of {} elements per rank overflows the staging size", recv_n);
   // The whole send buffer is staged; the sum lands in place in this rank's block, which wait() copies back.
   return start_staged(N * recv_n * sizeof(float), send, 0, N * recv_n * sizeof(float), recv, mine * sizeof(float),
-                      recv_n * sizeof(float), [&](float* host) {
-                        return MpiComm::ireduce_scatter_sum(host, host + mine, recv_n);
-                      });
+                      recv_n * sizeof(float),
+                      [&](float* host) { return MpiComm::ireduce_scatter_sum(host, host + mine, recv_n); });
 }
 
 CommHandle StagedMpiComm::iall_gather(const float* send, float* recv, size_t send_n) {
@@ -247,9 +246,8 @@ CommHandle StagedMpiComm::iall_gather(const float* send, float* recv, size_t sen
            "all_gather of {} elements per rank overflows the staging size", send_n);
   // This rank's block is staged into its own slot; the gather runs in place and wait() copies all of it back.
   return start_staged(N * send_n * sizeof(float), send, mine * sizeof(float), send_n * sizeof(float), recv, 0,
-                      N * send_n * sizeof(float), [&](float* host) {
-                        return MpiComm::iall_gather(host + mine, host, send_n);
-                      });
+                      N * send_n * sizeof(float),
+                      [&](float* host) { return MpiComm::iall_gather(host + mine, host, send_n); });
 }
 
 void StagedMpiComm::wait(CommHandle& h) {

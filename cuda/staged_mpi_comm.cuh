@@ -18,10 +18,10 @@ namespace zt::cuda {
 /// stream and waits for that copy, runs the MpiComm collective on the host copy, and copies the result back on the
 /// compute stream (later ops are ordered after it; nothing waits for it on the host). The sums are therefore
 /// MpiComm's rank-ordered sums: bitwise the results of the MPI comm on the same values. Non-blocking calls stage at
-/// start and copy back in wait(). With one rank a collective is a copy on the device. Host pointers (pageable or pinned) go straight to MpiComm, so host scalars (loss
-/// sums, flags) and the checkpoint code's broadcasts work unchanged. A call's buffers must all be device memory or
-/// all host memory. Pinned buffers come from a pool that only grows: a repeated sequence of calls allocates nothing
-/// after its first round.
+/// start and copy back in wait(). With one rank a collective is a copy on the device. Host pointers (pageable or
+/// pinned) go straight to MpiComm, so host scalars (loss sums, flags) and the checkpoint code's broadcasts work
+/// unchanged. A call's buffers must all be device memory or all host memory. Pinned buffers come from a pool that only
+/// grows: a repeated sequence of calls allocates nothing after its first round.
 class StagedMpiComm : public MpiComm {
  public:
   /// Duplicates `parent` (collective) and orders its copies on `compute_stream` (the CUDA backend's stream); the
@@ -55,7 +55,7 @@ class StagedMpiComm : public MpiComm {
   using Pinned = std::unique_ptr<PinnedStaging>;
   // One started non-blocking operation on device buffers; slots are reused.
   struct StagedOp {
-    uint64_t id = 0;  // 0: free slot
+    uint64_t id = 0;   // 0: free slot
     CommHandle inner;  // the MpiComm operation on the pinned copy
     Pinned buf;
     void* host = nullptr;  // buf's memory

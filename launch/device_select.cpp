@@ -47,7 +47,8 @@ void local_rank(int* rank, int* size) {
 #endif
 
 RunDevice make_cpu(TrainConfig& t, int threads) {
-  ZT_CHECK(t.dtype != "bf16", "--dtype bf16 needs --device cuda: the CPU backend computes in fp32 (use --dtype fp32 "
+  ZT_CHECK(t.dtype != "bf16",
+           "--dtype bf16 needs --device cuda: the CPU backend computes in fp32 (use --dtype fp32 "
            "or auto)");
   ZT_CHECK(t.comm != "nccl", "--comm nccl needs --device cuda: NCCL moves GPU memory (use --comm mpi or auto)");
   t.device = "cpu";
@@ -74,8 +75,9 @@ RunDevice make_run_device(TrainConfig& t, int threads) {
   if (t.device == "cpu") return make_cpu(t, threads);
   ZT_CHECK(t.device == "cuda", "--device must be cpu, cuda or auto, got '{}'", t.device);
 #ifndef ZT_HAVE_CUDA
-  ZT_FAIL("--device cuda: this zerotrain was built without the CUDA backend (configured with ZT_ENABLE_CUDA=OFF or "
-          "where nvcc was not found); rebuild with -DZT_ENABLE_CUDA=ON, or use --device cpu");
+  ZT_FAIL(
+      "--device cuda: this zerotrain was built without the CUDA backend (configured with ZT_ENABLE_CUDA=OFF or "
+      "where nvcc was not found); rebuild with -DZT_ENABLE_CUDA=ON, or use --device cpu");
 #else
   ZT_CHECK(min_devices > 0,
            "--device cuda: a rank of this job sees no CUDA device (this rank, on {}, sees {}): no driver, no GPU, or "
@@ -104,10 +106,10 @@ RunDevice make_run_device(TrainConfig& t, int threads) {
   run.backend = make_cuda_backend(device, t.dtype == "bf16");
   run.comm = t.comm == "nccl" ? make_nccl_comm(MPI_COMM_WORLD, *run.backend)
                               : make_staged_mpi_comm(MPI_COMM_WORLD, *run.backend);
-  run.description =
-      fmt::format("cuda:{} {} (local rank {} of {} on {} GPU(s)) | dtype {} | comm {}", device,
-                  cuda_device_description(device), lrank, lsize, n_devices, t.dtype,
-                  t.comm == "nccl" ? "nccl, " + nccl_description() : std::string("mpi, staged through pinned host memory"));
+  run.description = fmt::format(
+      "cuda:{} {} (local rank {} of {} on {} GPU(s)) | dtype {} | comm {}", device, cuda_device_description(device),
+      lrank, lsize, n_devices, t.dtype,
+      t.comm == "nccl" ? "nccl, " + nccl_description() : std::string("mpi, staged through pinned host memory"));
   return run;
 #endif
 }
@@ -120,7 +122,8 @@ std::string describe_devices() {
   std::string out = fmt::format("cuda: {} device(s)\n", n);
   for (int d = 0; d < n; ++d) out += fmt::format("  cuda:{} {}\n", d, cuda_device_description(d));
   const std::string missing = nccl_unavailable_reason();
-  out += missing.empty() ? fmt::format("nccl: {}\n", nccl_description()) : fmt::format("nccl: unavailable: {}\n", missing);
+  out +=
+      missing.empty() ? fmt::format("nccl: {}\n", nccl_description()) : fmt::format("nccl: unavailable: {}\n", missing);
   return out;
 #endif
 }

@@ -1,8 +1,8 @@
 // main() of the zerotrain CLI: MPI setup, flags (CLI11) and config files, subcommands, job-wide error handling.
 #include <mpi.h>
 
-#include <CLI/CLI.hpp>
 #include <cpptoml.h>
+#include <CLI/CLI.hpp>
 
 #include <sched.h>
 
@@ -38,8 +38,10 @@ void add_override(CLI::App& app, std::vector<Override>& list, const std::string&
                   const std::string& help, V def) {
   auto value = std::make_shared<V>(def);
   CLI::Option* o = nullptr;
-  if constexpr (std::is_same_v<V, bool>) o = app.add_flag(name, *value, help);
-  else o = app.add_option(name, *value, help);
+  if constexpr (std::is_same_v<V, bool>)
+    o = app.add_flag(name, *value, help);
+  else
+    o = app.add_option(name, *value, help);
   if constexpr (std::is_same_v<Cfg, TrainConfig>) {
     o->default_str(fmt::format("{}", def));
     list.push_back({o, [value, field](ModelConfig&, TrainConfig& t) { t.*field = *value; }});
@@ -51,11 +53,16 @@ void add_override(CLI::App& app, std::vector<Override>& list, const std::string&
 nlohmann::json toml_to_json(const cpptoml::table& t, const std::string& path) {
   nlohmann::json j = nlohmann::json::object();
   for (const auto& [key, base] : t) {
-    if (auto s = t.get_as<std::string>(key)) j[key] = *s;
-    else if (auto i = t.get_as<int64_t>(key)) j[key] = *i;
-    else if (auto d = t.get_as<double>(key)) j[key] = *d;
-    else if (auto b = t.get_as<bool>(key)) j[key] = *b;
-    else ZT_FAIL("config file {}: key '{}' must be a string, number or boolean", path, key);
+    if (auto s = t.get_as<std::string>(key))
+      j[key] = *s;
+    else if (auto i = t.get_as<int64_t>(key))
+      j[key] = *i;
+    else if (auto d = t.get_as<double>(key))
+      j[key] = *d;
+    else if (auto b = t.get_as<bool>(key))
+      j[key] = *b;
+    else
+      ZT_FAIL("config file {}: key '{}' must be a string, number or boolean", path, key);
     (void)base;
   }
   return j;
@@ -132,8 +139,7 @@ int run(int argc, char** argv, int rank) {
   add_override(*train, overrides, "--max_steps", &TrainConfig::max_steps, "Optimizer steps to run", d.max_steps);
   add_override(*train, overrides, "--learning_rate", &TrainConfig::learning_rate, "Peak learning rate",
                d.learning_rate);
-  add_override(*train, overrides, "--warmup_steps", &TrainConfig::warmup_steps, "Linear warmup steps",
-               d.warmup_steps);
+  add_override(*train, overrides, "--warmup_steps", &TrainConfig::warmup_steps, "Linear warmup steps", d.warmup_steps);
   add_override(*train, overrides, "--min_lr_ratio", &TrainConfig::min_lr_ratio,
                "Cosine decay floor as a fraction of the peak LR", d.min_lr_ratio);
   add_override(*train, overrides, "--weight_decay", &TrainConfig::weight_decay,
@@ -172,17 +178,17 @@ int run(int argc, char** argv, int rank) {
                "Keep only the newest K committed checkpoints (never the one `latest` names; 0: keep all)",
                d.save_total_limit);
   add_override(*train, overrides, "--async_save", &TrainConfig::async_save,
-               "Write checkpoints in the background; the step blocks only for the copy to host memory",
-               d.async_save);
+               "Write checkpoints in the background; the step blocks only for the copy to host memory", d.async_save);
   add_override(*train, overrides, "--exit_after_steps", &TrainConfig::exit_after_steps,
                "Stop after N steps of this run, saving a checkpoint first (time-sliced jobs; 0: off)",
                d.exit_after_steps);
   add_override(*train, overrides, "--profile_steps", &TrainConfig::profile_steps,
                "Time every op of N steps (after this run's first) and print where a step's time goes (rank 0)",
                d.profile_steps);
-  add_override(*train, overrides, "--resume_from_checkpoint", &TrainConfig::resume_from_checkpoint,
-               "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)",
-               d.resume_from_checkpoint);
+  add_override(
+      *train, overrides, "--resume_from_checkpoint", &TrainConfig::resume_from_checkpoint,
+      "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)",
+      d.resume_from_checkpoint);
   zt::RunOptions run_opts;
   train->add_option("--debug_dump_dir", run_opts.debug_dump_dir,
                     "Debug: write initial params, batches, per-step gradients and params here (cross-checks)");
@@ -218,12 +224,13 @@ int run(int argc, char** argv, int rank) {
       fmt::print("{}\n", m.dump(1));
       return 0;
     }
-    fmt::print("checkpoint {}\nformat version {} (zerotrain {})\nstep {} | tokens seen {} | data cursor {} | "
-               "last lr {}\nsaved by {} rank(s) at ZeRO stage {} | Adam step {}\nmodel {}\ntrain {}\n",
-               ckpt_path, m.value("format_version", -1), m.value("zerotrain_version", "?"), m.value("step", -1),
-               m.value("tokens_seen", -1), m["data"].value("cursor", -1), m["lr_schedule"].value("last_lr", 0.0),
-               m.value("world_size", -1), m.value("zero_stage", -1), m["optimizer"].value("step", -1),
-               m["model"].dump(), m["train"].dump());
+    fmt::print(
+        "checkpoint {}\nformat version {} (zerotrain {})\nstep {} | tokens seen {} | data cursor {} | "
+        "last lr {}\nsaved by {} rank(s) at ZeRO stage {} | Adam step {}\nmodel {}\ntrain {}\n",
+        ckpt_path, m.value("format_version", -1), m.value("zerotrain_version", "?"), m.value("step", -1),
+        m.value("tokens_seen", -1), m["data"].value("cursor", -1), m["lr_schedule"].value("last_lr", 0.0),
+        m.value("world_size", -1), m.value("zero_stage", -1), m["optimizer"].value("step", -1), m["model"].dump(),
+        m["train"].dump());
     fmt::print("{} datasets:\n", m["datasets"].size());
     for (auto it = m["datasets"].begin(); it != m["datasets"].end(); ++it)
       fmt::print("  {:<40} shape {:<14} xxh64 {}\n", it.key(), it.value()["shape"].dump(),
@@ -235,8 +242,10 @@ int run(int argc, char** argv, int rank) {
     const std::vector<std::string> problems = zt::verify_checkpoint(ckpt_path, comm);
     if (rank == 0) {
       for (const auto& p : problems) fmt::print(stderr, "zerotrain: verify: {}\n", p);
-      if (problems.empty()) fmt::print("{}: OK (structure and every checksum)\n", ckpt_path);
-      else fmt::print(stderr, "{}: {} problem(s)\n", ckpt_path, problems.size());
+      if (problems.empty())
+        fmt::print("{}: OK (structure and every checksum)\n", ckpt_path);
+      else
+        fmt::print(stderr, "{}: {} problem(s)\n", ckpt_path, problems.size());
     }
     return problems.empty() ? 0 : 1;
   }

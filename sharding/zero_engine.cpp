@@ -65,8 +65,10 @@ ZeroEngine::ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, in
   for (size_t u = 0; u < n_units; ++u) {
     const ShardLayout& L = layouts_[u];
     auto unit = std::make_unique<Unit>();
-    if (stage_ <= 2) unit->params_full = be_.alloc(L.padded_numel);
-    else unit->params_shard = be_.alloc(L.shard_numel);
+    if (stage_ <= 2)
+      unit->params_full = be_.alloc(L.padded_numel);
+    else
+      unit->params_shard = be_.alloc(L.shard_numel);
     const size_t opt_n = stage_ == 0 ? L.padded_numel : L.shard_numel;
     unit->m = be_.alloc(opt_n);
     unit->v = be_.alloc(opt_n);
@@ -266,7 +268,8 @@ void ZeroEngine::end_micro_step() {
 
 double ZeroEngine::grad_norm_squared() {
   double partial = 0.0;
-  for (size_t u = 0; u < units_.size(); ++u) partial += be_.squared_norm(units_[u]->grad_shard, layouts_[u].shard_numel);
+  for (size_t u = 0; u < units_.size(); ++u)
+    partial += be_.squared_norm(units_[u]->grad_shard, layouts_[u].shard_numel);
   comm_.all_reduce_sum(&partial, 1);
   return partial;
 }

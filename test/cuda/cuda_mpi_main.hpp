@@ -3,8 +3,8 @@
 // with rank-tagged failures, as test/mpi/mpi_test_main.cpp.
 #pragma once
 
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include <cstdio>
 #include <functional>

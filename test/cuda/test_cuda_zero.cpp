@@ -207,7 +207,8 @@ TEST_CASE("ZeRO steps on CUDA (fp32) match the CPU at every stage; CUDA stages a
     }
     for (int s = 1; s < kSteps; ++s) {
       INFO("step " << s + 1 << ": loss " << dev.losses[size_t(s)] << " vs CPU " << cpu.losses[size_t(s)]);
-      CHECK(std::fabs(dev.losses[size_t(s)] - cpu.losses[size_t(s)]) <= kLaterLossRel * std::fabs(cpu.losses[size_t(s)]));
+      CHECK(std::fabs(dev.losses[size_t(s)] - cpu.losses[size_t(s)]) <=
+            kLaterLossRel * std::fabs(cpu.losses[size_t(s)]));
     }
     // An AdamW step moves a parameter by about lr * |m^/sqrt(v^)| <= ~1.2 lr (plus decay), so where a gradient's
     // sign differed the backends drift apart by at most ~2.4 lr per step. This bound catches NaN and garbage; subtle

@@ -2,8 +2,8 @@
 // representable values, host buffers through MPI, errors, traffic counters, and ZeRO steps equal to the staged MPI
 // comm's. Exits 77 (CTest: skipped) with no device, no loadable NCCL, or ranks sharing a GPU.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstring>

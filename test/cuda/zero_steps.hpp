@@ -97,8 +97,7 @@ struct CloseReport {
   std::string text;  ///< for INFO(): the counts, the tolerance and the worst element
 };
 
-inline CloseReport compare_close(const std::vector<float>& got, const std::vector<float>& ref, double rel,
-                                 double abs) {
+inline CloseReport compare_close(const std::vector<float>& got, const std::vector<float>& ref, double rel, double abs) {
   CloseReport rep;
   if (got.size() != ref.size()) {
     rep.n_bad = std::max(got.size(), ref.size());

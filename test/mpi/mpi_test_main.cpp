@@ -1,7 +1,7 @@
 // Catch2 main for tests run under mpirun: MPI up before the tests, rank-tagged failures, abort on failure.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include "core/errors.hpp"
 
