@@ -70,22 +70,21 @@ tag=standin.$$
 start=$(date +%s.%N)
 (cd "$tree" && OUT=$out ZT_STANDIN_TAG=$tag exec setsid bash -c "$command") </dev/null >"$work/output.log" 2>&1 &
 pid=$!
-(
-  trap 'kill "$s" 2>/dev/null; exit 0' TERM
-  sleep "$limit" &
-  s=$!
-  wait "$s"
-  touch "$work/killed"
-  kill -KILL -- "-$pid" 2>/dev/null
-) &
-watchdog=$!
+# Polled, not a watchdog process: nothing of this script outlives it holding its output open.
+deadline=$(awk -v a="$start" -v l="$limit" 'BEGIN { printf "%.3f", a + l }')
+timed_out=false
+while kill -0 "$pid" 2>/dev/null; do  # bash reaps its finished child at once: kill -0 then fails
+  if awk -v n="$(date +%s.%N)" -v d="$deadline" 'BEGIN { exit !(n >= d) }'; then
+    kill -KILL -- "-$pid" 2>/dev/null
+    timed_out=true
+    break
+  fi
+  sleep 0.2
+done
 { wait "$pid"; } 2>/dev/null  # no "Killed" notice from bash: the report says so
 rc=$?
-kill -TERM "$watchdog" 2>/dev/null
-wait "$watchdog" 2>/dev/null
+[[ $timed_out == true ]] && rc=137
 wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-timed_out=false
-[[ -e $work/killed ]] && timed_out=true rc=137
 # What is left: the command's process group (the tool ends it), then anything else carrying the tag.
 kill -KILL -- "-$pid" 2>/dev/null
 leftover=$(grep -lzx "ZT_STANDIN_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null | awk -F/ -v me=$$ '$3 != me { print $3 }')
