@@ -3,7 +3,7 @@
 # (standin.sh) with every time limit scaled down (ZT_CHECK_TIME_SCALE), brings back the whole summary and every log
 # when a step hangs, when one crashes, when one leaves a process behind, when compute-sanitizer refuses the device,
 # when the budget cuts a step, when there is no device, when ranks cannot share the GPU, when the whole command is
-# killed at its limit, and when it is sent SIGTERM. About 1.5 minutes on 2 busy cores.
+# killed at its limit, when it is sent SIGTERM, and when the bundle is missing or damaged. About 70 s on 2 busy cores.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tmp=$(mktemp -d)
@@ -118,6 +118,16 @@ check "SIGTERM: the summary names the stopped step" grep -q "| CUDA op tests .* 
   grep -q "stopped by SIGTERM" "$tmp/term/out/summary.md"
 check "SIGTERM: the logs are packed" tar -tzf "$tmp/term/out/gpucheck-logs.tar.gz" gpucheck-logs/test_cuda_ops.log \
   >/dev/null
+
+# 7. No bundle carried, or a damaged one: exit 2, and summary.md says why.
+mkdir -p "$tmp/nobundle" && cp -r "$tmp/fake/bundle" "$tmp/damaged"
+ZT_CHECK_BUNDLE=$tmp/nobundle bash "$here/run_check.sh" "$tmp/nobundle/out" >/dev/null 2>&1
+check "no bundle: exit 2, summary.md says it is missing" [ $? = 2 ] &&
+  grep -q "not started: .* is missing: run bench/gpu/bundle.sh" "$tmp/nobundle/out/summary.md"
+head -c 1000 "$tmp/fake/bundle/payload.tar.gz" >"$tmp/damaged/payload.tar.gz"
+ZT_CHECK_BUNDLE=$tmp/damaged ZT_CHECK_REHEARSAL=1 bash "$here/run_check.sh" "$tmp/damaged/out" >/dev/null 2>&1
+check "damaged bundle: exit 2, summary.md says it did not unpack" [ $? = 2 ] &&
+  grep -q "not started: the bundle did not unpack" "$tmp/damaged/out/summary.md"
 
 [[ $failed == 0 ]] && echo "PASSED: run_check.sh brings its summary and logs back whatever fails"
 exit $failed

@@ -24,21 +24,25 @@ bundle=${ZT_CHECK_BUNDLE:-$here/bundle}
 outdir=${1:-}
 [[ -n $outdir && $# == 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 if ! mkdir -p "$outdir" || ! outdir=$(cd "$outdir" && pwd); then echo "run_check.sh: cannot create $1" >&2; exit 2; fi
+# Before any step: the reason on stderr and, once OUTDIR exists, in OUTDIR/summary.md (what comes back).
+not_started() {
+  echo "run_check.sh: $*" >&2
+  [[ -d ${outdir:-} ]] && printf 'GPU check: not started: %s\n' "$*" >"$outdir/summary.md"
+  exit 2
+}
 python=${ZT_PYTHON:-python3}
 batch=${BATCH:-16}
 limit_s=${ZT_CHECK_LIMIT_S:-600}
 budget_s=${ZT_CHECK_BUDGET_S:-$((limit_s - 60))}
 for v in "ZT_CHECK_LIMIT_S=$limit_s" "ZT_CHECK_BUDGET_S=$budget_s" "BATCH=$batch"; do
-  [[ ${v#*=} =~ ^[0-9]+$ ]] || { echo "run_check.sh: $v is not a whole number of seconds (or sequences)" >&2; exit 2; }
+  [[ ${v#*=} =~ ^[0-9]+$ ]] || not_started "$v is not a whole number of seconds (or sequences)"
 done
-((budget_s > 0)) || { echo "run_check.sh: ZT_CHECK_BUDGET_S=$budget_s leaves no time for the steps" >&2; exit 2; }
-[[ ${ZT_CHECK_TIME_SCALE:-1} =~ ^[0-9]*\.?[0-9]+$ ]] ||
-  { echo "run_check.sh: ZT_CHECK_TIME_SCALE=$ZT_CHECK_TIME_SCALE is not a number" >&2; exit 2; }
+((budget_s > 0)) || not_started "ZT_CHECK_BUDGET_S=$budget_s leaves no time for the steps"
+[[ ${ZT_CHECK_TIME_SCALE:-1} =~ ^[0-9]*\.?[0-9]+$ ]] || not_started "ZT_CHECK_TIME_SCALE=$ZT_CHECK_TIME_SCALE is not a number"
 
 if [[ ! -f $bundle/run.sh || ! -f $bundle/payload.tar.gz ]]; then
-  echo "run_check.sh: $bundle is missing: run bench/gpu/bundle.sh on the development machine first, and carry" \
-       "bench/gpu/bundle (it is git-ignored) to this one" >&2
-  exit 2
+  not_started "$bundle is missing: run bench/gpu/bundle.sh on the development machine first, and carry" \
+    "bench/gpu/bundle (it is git-ignored) to this one"
 fi
 # A bundle of the CUDA simulator's programs (bundle.sh with ZT_BUNDLE_SIM=1), or the check test's stand-ins, would
 # "pass" on any machine: only a rehearsal of this script may use one, and its table says so.
@@ -46,9 +50,8 @@ zt_rehearsal=""
 bundle_kind=$(sed -n 's/^kind: //p' "$bundle/MANIFEST.txt" 2>/dev/null | head -1)
 if [[ -n $bundle_kind ]]; then
   if [[ ${ZT_CHECK_REHEARSAL:-0} != 1 ]]; then
-    echo "run_check.sh: $bundle is not a GPU bundle ($bundle_kind): rebuild it with bench/gpu/bundle.sh (or set" \
-         "ZT_CHECK_REHEARSAL=1 to rehearse this script)" >&2
-    exit 2
+    not_started "$bundle is not a GPU bundle ($bundle_kind): rebuild it with bench/gpu/bundle.sh (or set" \
+      "ZT_CHECK_REHEARSAL=1 to rehearse this script)"
   fi
   zt_rehearsal="rehearsal: ${bundle_kind%%:*}; CPU figures, not GPU results"
 fi
@@ -66,7 +69,7 @@ rm -f "$outdir/summary.md" "$outdir/summary.txt" "$outdir/gpucheck-logs.tar.gz"
 # machine's: run.sh and mpirun.sh give the bundle's libraries to zerotrain's programs alone.
 # shellcheck source=/dev/null
 source "$bundle/env.sh"
-[[ -x $ZT_BUNDLE_ROOT/bin/zerotrain ]] || { echo "run_check.sh: the bundle did not unpack into $ZT_BUNDLE_ROOT" >&2; exit 2; }
+[[ -x $ZT_BUNDLE_ROOT/bin/zerotrain ]] || not_started "the bundle did not unpack into $ZT_BUNDLE_ROOT (a damaged payload.tar.gz?)"
 # Python's output reaches its log as it is printed (a step killed at its limit keeps it); Open MPI as root.
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=("$bundle/mpirun.sh" --oversubscribe --bind-to none)
