@@ -44,7 +44,10 @@ zt_row() {
   zt_order+=("$1")
   zt_group[$1]=$2 zt_name[$1]=$3 zt_result[$1]="pending" zt_detail[$1]="" zt_took[$1]=""
 }
-zt_selected() { [[ -z ${ZT_CHECK_ONLY:-} || " $ZT_CHECK_ONLY " == *" $1 "* || " $ZT_CHECK_ONLY " == *" ${zt_group[$1]} "* ]]; }
+zt_selected() {  # group "always": whatever ZT_CHECK_ONLY says
+  [[ -z ${ZT_CHECK_ONLY:-} || ${zt_group[$1]} == always || " $ZT_CHECK_ONLY " == *" $1 "* ||
+    " $ZT_CHECK_ONLY " == *" ${zt_group[$1]} "* ]]
+}
 zt_set() { zt_result[$1]=$2; zt_detail[$1]=${3:-}; [[ -n ${4:-} ]] && zt_took[$1]=$4; return 0; }
 
 zt_table_text() {
@@ -233,7 +236,8 @@ zt_run_step() {
   zt_state="running ${zt_name[$key]} (limit $(zt_whole_secs "$limit_ms")s)"
   zt_set "$key" "running" ""
   zt_write_summary
-  zt_say "-- [+$(zt_whole_secs "$(zt_elapsed_ms)")s] ${zt_name[$key]} (limit $(zt_whole_secs "$limit_ms")s) -> ${step_log#"$zt_scratch"/}"
+  zt_say "-- [+$(zt_whole_secs "$(zt_elapsed_ms)")s] ${zt_name[$key]} (limit $(zt_whole_secs "$limit_ms")s)" \
+    "-> ${step_log#"$zt_scratch"/}"
   {
     [[ -n $fault ]] && echo "run_check.sh: injected fault '$fault' (ZT_CHECK_FAULT)"
     echo "\$ $*"
@@ -292,6 +296,8 @@ zt_finish_step() {
   [[ $step_rc == 125 || $step_rc == 126 ]] && detail=""  # nothing ran: only the reason
   [[ -n $step_leftover ]] && detail="${detail:+$detail; }killed what it left running (pid $step_leftover)"
   [[ -n $why ]] && detail="$why${detail:+; $detail}"
-  zt_set "$key" "$result" "$detail" "$(zt_whole_secs "$step_ms")"
+  local took=""
+  [[ $step_rc == 125 || $step_rc == 126 ]] || took=$(zt_whole_secs "$step_ms")
+  zt_set "$key" "$result" "$detail" "$took"
   zt_print_summary
 }

@@ -3,8 +3,8 @@
 # check_lib.sh state): each runs one program under zt_run_step and turns its log into a row of the summary.
 
 register_rows() {
-  zt_row probe probe "device probe: nvidia-smi, CUDA runtime, libraries"
-  zt_row mpi mpi "bundled Open MPI: 2-rank smoke test"
+  zt_row probe always "device probe: nvidia-smi, CUDA runtime, libraries"
+  zt_row mpi always "bundled Open MPI: 2-rank smoke test"
   zt_row ops ops "CUDA op tests (all ops vs CPU, fp32+bf16, GPT-2 step)"
   zt_row gpt2 ops "one step at GPT-2 124M shapes vs CPU (fp32+bf16)"
   zt_row throughput throughput "zerotrain GPT-2 124M, B=$batch T=1024 bf16"
@@ -161,6 +161,8 @@ step_throughput() {
                printf "%s%s %s", (n++ ? ", " : ""), $1, $4; if (n == 3) exit }' "$step_log")
   if [[ -n $top ]]; then
     zt_set profile "measured" "$top"
+  elif [[ $step_rc == 126 ]]; then
+    zt_set profile "not selected" ""
   else
     zt_set profile "not measured" "no profile table in zt_throughput.log"
   fi

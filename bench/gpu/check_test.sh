@@ -49,8 +49,8 @@ r=$tmp/faults
 check "faults: exit 1, not killed" [ "$(field "$r" rc)" = 1 ] && [ "$(field "$r" timed_out)" = false ]
 check "faults: summary.md, summary.txt and the logs archive come back" all_files "$r"
 check "faults: all 20 rows" [ "$(n_rows "$r")" = 20 ]
-check "faults: the hang is a TIMEOUT" [ "$(result_of "$r" "one step at GPT-2 124M shapes vs CPU (fp32+bf16)")" = TIMEOUT ]
-check "faults: the crash is a FAIL naming SIGSEGV" grep -q "FAIL .*SIGSEGV" <<<"$(row "$r" "ZeRO on CUDA vs CPU, 1 rank")"
+check "faults: the hang is a TIMEOUT" [ "$(result_of "$r" "one step at GPT-2 124M shapes")" = TIMEOUT ]
+check "faults: the crash is a FAIL naming SIGSEGV" grep -q "FAIL .*SIGSEGV" <<<"$(row "$r" "ZeRO on CUDA vs CPU, 1")"
 check "faults: the orphaning step is a TIMEOUT" [ "$(result_of "$r" "NCCL single-rank smoke test")" = TIMEOUT ]
 check "faults: its leftover process was killed before the next step" \
   grep -q "TIMEOUT .*killed what it left running (pid [0-9]*)" <<<"$(row "$r" "NCCL single-rank smoke test")"
@@ -58,7 +58,8 @@ check "faults: refused sanitizer is SKIP, with the reason" \
   grep -q "SKIP .*Device not supported" <<<"$(row "$r" "compute-sanitizer runs on this device")"
 check "faults: racecheck and memcheck SKIP" [ "$(result_of "$r" "compute-sanitizer racecheck on attention")" = SKIP ] &&
   [ "$(result_of "$r" "compute-sanitizer memcheck on the op tests (subset)")" = SKIP ]
-check "faults: the steps after them ran" [ "$(result_of "$r" "PyTorch eager, same model and step, bf16")" = measured ] &&
+check "faults: the steps after them ran" [ "$(result_of "$r" "PyTorch eager, same model and step, bf16")" = measured ] \
+  &&
   [ "$(result_of "$r" "trainer: 4-rank ZeRO-3 on the shared GPU (--comm mpi)")" = PASS ]
 check "faults: every log in the archive" has_logs "$r" "${every_log[@]}"
 check "faults: the table is in the output's tail" grep -q "complete" "$r/output_tail.txt"
@@ -114,12 +115,22 @@ done
 kill -TERM "$pid"
 wait "$pid"
 check "SIGTERM: exit 143" [ $? = 143 ]
-check "SIGTERM: the summary names the stopped step" grep -q "| CUDA op tests .* | stopped |" "$tmp/term/out/summary.md" &&
+check "SIGTERM: the summary names the stopped step" grep -q "| CUDA op tests .* | stopped |" \
+  "$tmp/term/out/summary.md" &&
   grep -q "stopped by SIGTERM" "$tmp/term/out/summary.md"
 check "SIGTERM: the logs are packed" tar -tzf "$tmp/term/out/gpucheck-logs.tar.gz" gpucheck-logs/test_cuda_ops.log \
   >/dev/null
 
-# 7. No bundle carried, or a damaged one: exit 2, and summary.md says why.
+# 7. A rerun of some steps (ZT_CHECK_ONLY): the device probe and the MPI smoke test run too, the rest is not selected.
+env ZT_CHECK_BUNDLE="$tmp/fake/bundle" ZT_CHECK_REHEARSAL=1 ZT_PYTHON=python PATH="$tmp/fake/tools:$PATH" \
+  ZT_CHECK_TIME_SCALE=0.1 ZT_CHECK_ONLY="ops torch_eager" bash "$here/run_check.sh" "$tmp/only/out" >/dev/null 2>&1
+check "only: exit 0" [ $? = 0 ]
+r=$tmp/only/out
+ran="^\| (device probe|bundled Open MPI|CUDA op tests|one step at GPT-2|PyTorch eager)[^|]*\| (PASS|measured) \|"
+check "only: probe, MPI, op tests and PyTorch eager ran" [ "$(grep -cE "$ran" "$r/summary.md")" = 5 ]
+check "only: the other 14 rows are not selected" [ "$(grep -c "| not selected |" "$r/summary.md")" = 14 ]
+
+# 8. No bundle carried, or a damaged one: exit 2, and summary.md says why.
 mkdir -p "$tmp/nobundle" && cp -r "$tmp/fake/bundle" "$tmp/damaged"
 ZT_CHECK_BUNDLE=$tmp/nobundle bash "$here/run_check.sh" "$tmp/nobundle/out" >/dev/null 2>&1
 check "no bundle: exit 2, summary.md says it is missing" [ $? = 2 ] &&

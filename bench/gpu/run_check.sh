@@ -38,7 +38,8 @@ for v in "ZT_CHECK_LIMIT_S=$limit_s" "ZT_CHECK_BUDGET_S=$budget_s" "BATCH=$batch
   [[ ${v#*=} =~ ^[0-9]+$ ]] || not_started "$v is not a whole number of seconds (or sequences)"
 done
 ((budget_s > 0)) || not_started "ZT_CHECK_BUDGET_S=$budget_s leaves no time for the steps"
-[[ ${ZT_CHECK_TIME_SCALE:-1} =~ ^[0-9]*\.?[0-9]+$ ]] || not_started "ZT_CHECK_TIME_SCALE=$ZT_CHECK_TIME_SCALE is not a number"
+[[ ${ZT_CHECK_TIME_SCALE:-1} =~ ^[0-9]*\.?[0-9]+$ ]] ||
+  not_started "ZT_CHECK_TIME_SCALE=$ZT_CHECK_TIME_SCALE is not a number"
 
 if [[ ! -f $bundle/run.sh || ! -f $bundle/payload.tar.gz ]]; then
   not_started "$bundle is missing: run bench/gpu/bundle.sh on the development machine first, and carry" \
@@ -69,7 +70,8 @@ rm -f "$outdir/summary.md" "$outdir/summary.txt" "$outdir/gpucheck-logs.tar.gz"
 # machine's: run.sh and mpirun.sh give the bundle's libraries to zerotrain's programs alone.
 # shellcheck source=/dev/null
 source "$bundle/env.sh"
-[[ -x $ZT_BUNDLE_ROOT/bin/zerotrain ]] || not_started "the bundle did not unpack into $ZT_BUNDLE_ROOT (a damaged payload.tar.gz?)"
+[[ -x $ZT_BUNDLE_ROOT/bin/zerotrain ]] ||
+  not_started "the bundle did not unpack into $ZT_BUNDLE_ROOT (a damaged payload.tar.gz?)"
 # Python's output reaches its log as it is printed (a step killed at its limit keeps it); Open MPI as root.
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=("$bundle/mpirun.sh" --oversubscribe --bind-to none)

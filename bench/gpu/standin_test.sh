@@ -49,7 +49,8 @@ start=$SECONDS
 PIDS=$tmp/pids bash "$standin" --limit 2 --result "$tmp/r3" -- '
   echo $OUT >$PIDS.out; sleep 300 & echo $! >>$PIDS; setsid sleep 300 & echo $! >>$PIDS; echo started; sleep 300' \
   >"$tmp/r3.txt"
-check "killed at the limit: rc 137, timed_out" [ "$(field "$tmp/r3" rc)" = 137 ] && [ "$(field "$tmp/r3" timed_out)" = true ]
+check "killed at the limit: rc 137, timed_out" [ "$(field "$tmp/r3" rc)" = 137 ] &&
+  [ "$(field "$tmp/r3" timed_out)" = true ]
 check "killed within a few seconds of its 2 s limit" [ $((SECONDS - start)) -lt 15 ]
 check "the output before the kill comes back" grep -qx started "$tmp/r3/output_tail.txt"
 alive=""

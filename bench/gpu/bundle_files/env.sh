@@ -105,4 +105,5 @@ export OMPI_MCA_plm=${OMPI_MCA_plm:-isolated} OMPI_MCA_btl=${OMPI_MCA_btl:-self,
   OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none} \
   OMPI_MCA_btl_base_warn_component_unused=${OMPI_MCA_btl_base_warn_component_unused:-0} \
   PMIX_MCA_gds=${PMIX_MCA_gds:-hash} PMIX_MCA_psec=${PMIX_MCA_psec:-native}
-[[ -w /dev/shm ]] || export OMPI_MCA_btl_vader_backing_directory=${OMPI_MCA_btl_vader_backing_directory:-${TMPDIR:-/tmp}}
+[[ -w /dev/shm ]] ||
+  export OMPI_MCA_btl_vader_backing_directory=${OMPI_MCA_btl_vader_backing_directory:-${TMPDIR:-/tmp}}
