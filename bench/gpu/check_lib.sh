@@ -59,8 +59,8 @@ zt_table_text() {
   done
 }
 zt_heading() {
-  echo "GPU check: ${zt_card:-no device}, $(date -u +%Y-%m-%d), $(zt_whole_secs "$(zt_elapsed_ms)")s: $zt_state" \
-    "${zt_rehearsal:+(${zt_rehearsal})}"
+  echo "GPU check: ${zt_card:-no device}, $(date -u +%Y-%m-%d), $(zt_whole_secs "$(zt_elapsed_ms)")s:" \
+    "$zt_state${zt_rehearsal:+ (${zt_rehearsal})}"
 }
 # summary.md and summary.txt in the output folder, each replaced whole (a kill never leaves half a file there).
 zt_write_summary() {

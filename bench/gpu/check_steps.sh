@@ -60,14 +60,16 @@ write_environment() {
 # ---- the device: nvidia-smi (and its full report: compute mode, memory), the libraries each bundled program
 # resolves, then the CUDA runtime itself through the bundled test binary (it exits 77 without a device) ----
 probe_device() {
-  local query="" smi_card="" f
+  local query="" smi_card="" smi="not installed" f
   if command -v nvidia-smi >/dev/null 2>&1; then
+    smi="failed (nvidia-smi.txt)"
     timeout -k 5 30 nvidia-smi >"$zt_logs/nvidia-smi.txt" 2>&1
     timeout -k 5 30 nvidia-smi -q >"$zt_logs/nvidia-smi-q.txt" 2>&1
     # Its answer only when it succeeded: without a driver it prints why on stdout.
     query=$(timeout -k 5 20 nvidia-smi --query-gpu=name,driver_version,compute_mode,memory.total \
               --format=csv,noheader 2>/dev/null) && query=$(head -1 <<<"$query") || query=""
     smi_card=$(cut -d, -f1 <<<"$query" | sed 's/ *$//')
+    [[ -n $query ]] && smi=$query
   fi
   compute_mode=$(cut -s -d, -f3 <<<"$query" | tr -d ' ')
   for f in "$ZT_BUNDLE_ROOT"/bin/*; do
@@ -80,7 +82,7 @@ probe_device() {
   zt_card=$(sed -n 's/^CUDA device 0: //p' "$step_log" | head -1)
   # Catch2's exit status after --list-tests is the number of test cases listed; a device and a list is a pass.
   [[ -n $zt_card && $step_rc != 77 ]] && ((step_rc < 124)) && grep -q "test case" "$step_log" && step_rc=0
-  local detail="${zt_card:-no CUDA device}; nvidia-smi: ${query:-none}; cuBLAS ${ZT_CUBLAS_DIR:-not found}"
+  local detail="${zt_card:-no CUDA device}; nvidia-smi: $smi; cuBLAS ${ZT_CUBLAS_DIR:-not found}"
   [[ -n $missing ]] && detail="$detail; not found: $missing"
   if [[ $step_rc == 0 && -n $zt_card ]]; then
     zt_finish_step probe "$detail"
