@@ -62,6 +62,8 @@ source "$here/check_lib.sh"
 zt_outdir=$outdir
 zt_scale=${ZT_CHECK_TIME_SCALE:-1}
 zt_scratch=${ZT_CHECK_SCRATCH:-$(mktemp -d "${TMPDIR:-/tmp}/zt-gpucheck.XXXXXX")}
+# Everything worth keeping is in OUTDIR by any exit: the scratch folder goes, unless it was given or kept.
+[[ ${ZT_CHECK_KEEP:-0} == 1 || -n ${ZT_CHECK_SCRATCH:-} ]] || trap 'rm -rf "$zt_scratch"' EXIT
 zt_init
 zt_deadline_ms=$(zt_ms "$budget_s")
 rm -f "$outdir/summary.md" "$outdir/summary.txt" "$outdir/gpucheck-logs.tar.gz"
@@ -109,5 +111,4 @@ zt_packer_stop
 zt_print_summary
 zt_pack_logs
 zt_say "($(zt_whole_secs "$(zt_elapsed_ms)")s in all; $outdir holds summary.md, summary.txt and gpucheck-logs.tar.gz)"
-[[ ${ZT_CHECK_KEEP:-0} == 1 ]] || [[ -n ${ZT_CHECK_SCRATCH:-} ]] || rm -rf "$zt_scratch"
 exit $zt_failed
