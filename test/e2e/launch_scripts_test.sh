@@ -2,7 +2,8 @@
 # The launch scripts without a cluster (issue 15): launch/zerotrain.sbatch run by bash with the SLURM_* variables a job
 # would have, and launch/zerotrain-mpirun.sh. A SIGTERM to the whole process tree (what Slurm and other schedulers do)
 # during a save that outlasts mpirun's default SIGTERM-to-SIGKILL delay, a signal before the ranks are up, a launcher
-# that exits 0 without training, the restart bound, the default global batch on 4 ranks, one run directory per job.
+# that exits 0 without training, the restart bound, the default global batch on 4 ranks, one run directory per job,
+# a failing rank.
 # A slow save comes from ZT_TEST_SAVE_DELAY_MS (every save sleeps that long before its commit, as a big model's write
 # would): deterministic on any disk, where a real model that takes seconds to write would cost CI memory and time.
 . "$(dirname "$0")/lib.sh"
@@ -92,7 +93,16 @@ stop=$(outcome_of "$work/term.log" | sed -n 's/^stopped by SIGTERM at step \([0-
 expect "$(leftovers "$work/term")" "" "no temporary left"
 last_is_outcome "$work/term.log"
 
-echo "(5) the same through zerotrain-mpirun.sh (its default --kill-timeout)"
+echo "(5) a rank fails: the template stops the others at once, not after mpirun's 2 x 300 s teardown"
+t=$SECONDS
+ZT_TEST_FAIL_RANK=1 ZT_TEST_FAIL_STEP=2 SLURM_NTASKS=2 ZT_OUTPUT_DIR=$work/fail timeout -k 5 120 bash "$SBATCH" \
+  --max_steps 50 "${tiny[@]}" >"$work/fail.log" 2>&1
+expect "$?" 2 "status of a failed rank"
+has "$work/fail.log" "injected failure (ZT_TEST_FAIL_RANK=1) at step 2"
+has "$work/fail.log" "outcome: zerotrain failed with status 2"
+[ $((SECONDS - t)) -lt 60 ] && pass "the failed job ended in $((SECONDS - t)) s" || fail "it took $((SECONDS - t)) s"
+
+echo "(6) the same SIGTERM through zerotrain-mpirun.sh (its default --kill-timeout)"
 ZT_TEST_SAVE_DELAY_MS=4000 MPIRUN=$MPIEXEC "$SRC/launch/zerotrain-mpirun.sh" --np 2 -x ZT_TEST_SAVE_DELAY_MS -- train \
   --max_steps 5000 "${tiny[@]}" --output_dir "$work/wrap" >"$work/wrap.log" 2>&1 &
 job=$!
