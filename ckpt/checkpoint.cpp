@@ -6,12 +6,14 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <thread>
 
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_write.hpp"
@@ -476,6 +478,10 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     detail::test_kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
     detail::test_kill_point("commit", 0, rank);
+    // Test-only: ZT_TEST_SAVE_DELAY_MS stretches every save by that long before the commit, as a large model's write
+    // would (the launch scripts' signal tests need a save that outlasts mpirun's default SIGTERM-to-SIGKILL delay).
+    if (const char* ms = std::getenv("ZT_TEST_SAVE_DELAY_MS"))
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atol(ms)));
     if (rank == 0) {
       err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
       if (err.empty() && save_total_limit > 0) apply_retention(output_dir, save_total_limit);

@@ -63,7 +63,7 @@ TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& mani
   for (const char* key :
        {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate", "warmup_steps",
         "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip", "seed"})
-    if (a[key] != b[key])
+    if (a[key] != b[key] && !(key == std::string("global_batch_size") && now.global_batch_size == 0))  // 0: unset
       warnings.push_back(fmt::format("{}: {} in the checkpoint, {} now", key, a[key].dump(), b[key].dump()));
   TrainConfig out = now;
   const int G = saved.global_batch_size;

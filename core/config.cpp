@@ -1,6 +1,7 @@
 // Presets, validation and JSON (de)serialisation of ModelConfig and TrainConfig.
 #include "core/config.hpp"
 
+#include <climits>
 #include <set>
 
 #include "core/errors.hpp"
@@ -42,19 +43,29 @@ ModelConfig model_preset(const std::string& name) {
   ZT_FAIL("unknown preset '{}'; valid presets: {}", name, fmt::join(preset_names(), ", "));
 }
 
+int TrainConfig::global_batch(int world_size) const {
+  if (global_batch_size != 0) return global_batch_size;
+  const long derived = long(micro_batch_size) * world_size;
+  ZT_CHECK(derived <= INT_MAX, "micro_batch_size {} x world size {} overflows a global batch; lower --micro_batch_size",
+           micro_batch_size, world_size);
+  return int(derived);
+}
+
 int TrainConfig::grad_accum_steps(int world_size) const {
   const long per_micro = long(micro_batch_size) * world_size;
-  ZT_CHECK(global_batch_size % per_micro == 0,
+  const int G = global_batch(world_size);
+  ZT_CHECK(G % per_micro == 0,
            "global_batch_size {} is not a multiple of micro_batch_size {} x world size {} = {}; choose a "
-           "global batch divisible by {} or change --micro_batch_size",
-           global_batch_size, micro_batch_size, world_size, per_micro, per_micro);
-  return int(global_batch_size / per_micro);
+           "global batch divisible by {}, change --micro_batch_size, or leave --global_batch_size unset ({} here)",
+           G, micro_batch_size, world_size, per_micro, per_micro, per_micro);
+  return int(G / per_micro);
 }
 
 void TrainConfig::validate(int world_size) const {
   ZT_CHECK(micro_batch_size >= 1, "--micro_batch_size must be >= 1, got {}", micro_batch_size);
-  ZT_CHECK(global_batch_size >= 1, "--global_batch_size must be >= 1, got {}", global_batch_size);
-  ZT_CHECK(global_batch_size >= world_size,
+  ZT_CHECK(global_batch_size >= 0, "--global_batch_size must be >= 1 (or 0: micro_batch_size x ranks), got {}",
+           global_batch_size);
+  ZT_CHECK(global_batch(world_size) >= world_size,
            "global_batch_size {} is smaller than the world size {}: every rank needs at least one sequence "
            "per step; raise --global_batch_size or use fewer ranks",
            global_batch_size, world_size);

@@ -35,7 +35,7 @@ struct TrainConfig {
   std::string val_data;            ///< optional separate validation source (same forms as data)
   double val_fraction = 0.05;      ///< share of sequences held out for validation when val_data is empty
   int micro_batch_size = 4;        ///< sequences per rank per micro-step
-  int global_batch_size = 8;       ///< sequences per optimizer step, across all ranks and micro-steps
+  int global_batch_size = 0;  ///< sequences per optimizer step, across all ranks and micro-steps; 0: global_batch()
   int max_steps = 50;
   double learning_rate = 3e-3;
   int warmup_steps = 5;
@@ -62,6 +62,9 @@ struct TrainConfig {
   int save_interval = 0;               ///< checkpoint every N steps and at the end; 0: no checkpoints
   std::string resume_from_checkpoint;  ///< "", "latest" (newest committed in output_dir) or a checkpoint directory
 
+  /// The global batch for a world size: global_batch_size, or when that is 0, micro_batch_size x world_size (one
+  /// micro-step per rank, as DeepSpeed derives train_batch_size), so the default splits over any number of ranks.
+  int global_batch(int world_size) const;
   /// micro-steps per optimizer step for a world size; throws zt::Error when the global batch does not split.
   int grad_accum_steps(int world_size) const;
   void validate(int world_size) const;

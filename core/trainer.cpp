@@ -97,6 +97,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
       break;
     }
   }
+  tcfg.global_batch_size = tcfg.global_batch(N);  // 0 = derived: the manifest records the number used
   tcfg.validate(N);
   const int accum = tcfg.grad_accum_steps(N);
   const int B = tcfg.micro_batch_size, T = mcfg.seq_len, G = tcfg.global_batch_size;

@@ -134,7 +134,8 @@ int run(int argc, char** argv, int rank) {
   add_override(*train, overrides, "--micro_batch_size", &TrainConfig::micro_batch_size,
                "Sequences per rank per micro-step", d.micro_batch_size);
   add_override(*train, overrides, "--global_batch_size", &TrainConfig::global_batch_size,
-               "Sequences per optimizer step across all ranks (gradient accumulation fills the rest)",
+               "Sequences per optimizer step across all ranks (gradient accumulation fills the rest); 0: "
+               "micro_batch_size x ranks (on resume: the checkpoint's)",
                d.global_batch_size);
   add_override(*train, overrides, "--max_steps", &TrainConfig::max_steps, "Optimizer steps to run", d.max_steps);
   add_override(*train, overrides, "--learning_rate", &TrainConfig::learning_rate, "Peak learning rate",

@@ -63,6 +63,21 @@ TEST_CASE("LR schedule: linear warmup, cosine to the floor", "[model]") {
   REQUIRE(lr_at(5, 2.0, 0, 10, 0.0) == Approx(1.0));
 }
 
+TEST_CASE("the default global batch splits over any number of ranks", "[config]") {
+  // Issue 15: a fixed default (8) failed on 3 ranks, or on the Slurm template's 4 with micro-batch 4.
+  TrainConfig t;
+  for (int world = 1; world <= 64; ++world) {
+    REQUIRE_NOTHROW(t.validate(world));
+    REQUIRE(t.global_batch(world) == t.micro_batch_size * world);
+    REQUIRE(t.grad_accum_steps(world) == 1);
+  }
+  t.global_batch_size = 24;  // given: used as is, gradient accumulation fills it
+  REQUIRE(t.global_batch(3) == 24);
+  REQUIRE(t.grad_accum_steps(3) == 2);
+  t.global_batch_size = -1;
+  REQUIRE_THROWS_WITH(t.validate(1), Catch::Contains("--global_batch_size must be >= 1"));
+}
+
 TEST_CASE("config validation names the offending value", "[config]") {
   TrainConfig t;
   t.global_batch_size = 10;
