@@ -128,12 +128,12 @@ H5Id shard_transfer_props() {
 
 /// Threads for each rank when the ranks on one node share `per_node` of them (at least 1). Collective.
 int threads_per_rank(MpiComm& comm, int per_node) {
-  MPI_Comm node;
+  MPI_Comm node = MPI_COMM_NULL;
   int local = 1;
-  if (MPI_Comm_split_type(comm.mpi_comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-    MPI_Comm_size(node, &local);
-    MPI_Comm_free(&node);
-  }
+  ZT_MPI_CHECK(MPI_Comm_split_type(comm.mpi_comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  const int rc_size = MPI_Comm_size(node, &local);
+  ZT_MPI_CHECK(MPI_Comm_free(&node));
+  ZT_MPI_CHECK(rc_size);
   return std::max(1, per_node / std::max(1, local));
 }
 
@@ -330,8 +330,8 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
         const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
         const size_t n = std::min(p.b, c_end) - p.a;
         reqs.emplace_back();
-        MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, t, (p.a / K) * K), int(d), comm.mpi_comm(),
-                  &reqs.back());
+        ZT_MPI_CHECK(MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, t, (p.a / K) * K), int(d),
+                               comm.mpi_comm(), &reqs.back()));
       }
       const size_t last_c = (p.b - 1) / K;
       const size_t c_end = std::min(t.numel(), (last_c + 1) * K);
@@ -344,7 +344,8 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
           const size_t src_end_flat = std::min(L.end(src), t.unit_offset + t.numel());
           const size_t n = std::min(c_end, src_end_flat - t.unit_offset) - at;
           reqs.emplace_back();
-          MPI_Irecv(recv_frag[d].data() + (at - p.b), int(n), MPI_FLOAT, src, int(d), comm.mpi_comm(), &reqs.back());
+          ZT_MPI_CHECK(MPI_Irecv(recv_frag[d].data() + (at - p.b), int(n), MPI_FLOAT, src, int(d), comm.mpi_comm(),
+                                 &reqs.back()));
           at += n;
         }
       }
@@ -399,7 +400,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
         ZT_H5_CHECK(H5Dwrite(dsets[d], H5T_NATIVE_FLOAT, mspace, space, dxpl, count ? p.data[kind] : &dummy));
       }
     }
-    if (!reqs.empty()) MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
+    if (!reqs.empty()) ZT_MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
     // A failed write (a full disk, an I/O error) is agreed, so every rank leaves the collective calls together.
     if (!write_problem.empty()) write_problem = fmt::format("{} [{}]", write_problem, where());
     write_problem = agree_error(comm, write_problem);
@@ -434,7 +435,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     // Rank 0 assembles the manifest from everyone's digests; the manifest dataset is created by all ranks.
     int my_n = int(my_digests.size());
     std::vector<int> counts(size_t(N), 0), displs(size_t(N), 0);
-    MPI_Gather(&my_n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm.mpi_comm());
+    ZT_MPI_CHECK(MPI_Gather(&my_n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm.mpi_comm()));
     std::vector<uint64_t> all;
     if (rank == 0) {
       int total = 0;
@@ -444,8 +445,8 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
       }
       all.resize(size_t(total));
     }
-    MPI_Gatherv(my_digests.data(), my_n, MPI_UINT64_T, all.data(), counts.data(), displs.data(), MPI_UINT64_T, 0,
-                comm.mpi_comm());
+    ZT_MPI_CHECK(MPI_Gatherv(my_digests.data(), my_n, MPI_UINT64_T, all.data(), counts.data(), displs.data(),
+                             MPI_UINT64_T, 0, comm.mpi_comm()));
     std::string manifest_text;
     if (rank == 0) {
       std::vector<std::vector<uint64_t>> digests(names.size());

@@ -335,14 +335,15 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
   for (const auto& p : problems) local += p + "\n";
   int len = int(local.size());
   std::vector<int> lens(size_t(N), 0), displs(size_t(N), 0);
-  MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm.mpi_comm());
+  ZT_MPI_CHECK(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm.mpi_comm()));
   int total = 0;
   for (int r = 0; r < N; ++r) {
     displs[size_t(r)] = total;
     total += lens[size_t(r)];
   }
   std::string all(size_t(total), '\0');
-  MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm.mpi_comm());
+  ZT_MPI_CHECK(
+      MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm.mpi_comm()));
   return split_lines(all);
 }
 
