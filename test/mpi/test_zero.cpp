@@ -12,7 +12,7 @@
 #include "core/backend.hpp"
 #include "core/forwarding_backend.hpp"
 #include "core/model.hpp"
-#include "core/trainer.hpp"
+#include "launch/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -121,7 +121,7 @@ TrainSummary run(const TrainConfig& t, MPI_Comm mpi_comm, WeightReads* reads = n
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (!shared_dir) tt.output_dir = fmt::format("{}-{}", t.output_dir, rank);
-  TrainSummary summary = train(small_model(), tt, comm, *backend, opts);
+  TrainSummary summary = train(small_model(), tt, {comm, comm}, *backend, opts);
   if (reads != nullptr) {
     reads->from_copy += copying->reads_from_copy;
     reads->from_params += copying->reads_from_params;
