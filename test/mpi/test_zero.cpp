@@ -208,6 +208,19 @@ TEST_CASE("parameter copies (as bf16 CUDA keeps them) stay current at every stag
   }
 }
 
+TEST_CASE("a trainer refuses control and data communicators over different ranks", "[trainer]") {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world == 1) return;  // MPI_COMM_SELF is the world: nothing differs
+  MpiComm control(MPI_COMM_WORLD), data(MPI_COMM_SELF);
+  auto backend = make_cpu_backend(1);
+  RunOptions opts;
+  opts.quiet = true;
+  // Every rank throws before any collective, so none waits for another.
+  REQUIRE_THROWS_WITH(Trainer(small_model(), base_train(0, world, 1), {control, data}, *backend, opts),
+                      Catch::Contains("must hold the same ranks"));
+}
+
 TEST_CASE("per-rank memory equals the ZeRO formula for every stage", "[zero][memory]") {
   int world = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
