@@ -13,7 +13,7 @@ namespace zt {
 
 AsyncSaver::AsyncSaver(MpiComm& parent) : comm_(parent.mpi_comm()) {
   int provided = 0;
-  MPI_Query_thread(&provided);
+  ZT_MPI_CHECK(MPI_Query_thread(&provided));
   ZT_CHECK(provided == MPI_THREAD_MULTIPLE,
            "--async_save needs an MPI library with MPI_THREAD_MULTIPLE (this one provides level {}); run without "
            "--async_save",

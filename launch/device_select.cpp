@@ -40,7 +40,7 @@ void local_rank(int* rank, int* size) {
   MPI_Comm local = MPI_COMM_NULL;
   ZT_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
   const int rc_rank = MPI_Comm_rank(local, rank), rc_size = MPI_Comm_size(local, size);
-  MPI_Comm_free(&local);
+  ZT_MPI_CHECK(MPI_Comm_free(&local));
   ZT_MPI_CHECK(rc_rank);
   ZT_MPI_CHECK(rc_size);
 }

@@ -35,14 +35,17 @@ int mpi_init_once(int* argc, char*** argv);
 /// Finalizes MPI if it is initialized and not yet finalized (every MpiComm must be destroyed before).
 void mpi_finalize_once();
 
-/// The Comm contract over an MPI communicator, host buffers only.
+/// The Comm contract over an MPI communicator, host buffers only. It serves two roles in a run (launch/trainer.hpp):
+/// the data communicator of a CPU run, and every run's control communicator (checkpoint I/O agreement and parallel
+/// HDF5, scalars, stop decisions), which is why the checkpoint code takes an MpiComm. `final`: the device comms
+/// (cuda/device_comm.hpp) own an MpiComm instead of deriving from it, so none of them passes for host MPI.
 ///
 /// Every float/double sum is an exchange of chunks (MPI_Alltoall) into a staging buffer followed by a local sum in
 /// rank order, never an MPI_SUM reduction, whose order MPI leaves to the implementation. all_reduce_sum pads to a
 /// multiple of world_size and runs reduce_scatter then all_gather, so its bits equal reduce_scatter's for an element.
 /// Messages are cut into calls of at most max_bytes_per_call bytes per peer, so no MPI count exceeds INT_MAX.
 /// Staging buffers come from a pool reused across calls: repeating a sequence of calls allocates nothing.
-class MpiComm : public Comm {
+class MpiComm final : public Comm {
  public:
   /// Largest per-peer payload of one MPI call by default (1 GiB; keeps counts far from INT_MAX and clear of MPI
   /// implementations' 2 GiB message limits).

@@ -181,6 +181,12 @@ TEST_CASE("the staged MPI comm gives MpiComm's bits on device buffers", "[staged
   DeviceBuf d(*be, size_t(N) * 4);
   VecF h(size_t(N) * 4);
   CHECK_THROWS_WITH(staged->reduce_scatter_sum(d.get(), h.data(), 4), Catch::Contains("same space"));
+  // The traffic counters include the MpiComm the staged comm owns (what the trainer reports per step).
+  staged->reset_counters();
+  staged->reduce_scatter_sum(d.get(), d.get() + size_t(staged->rank()) * 4, 4);
+  CHECK(staged->bytes_sent() == uint64_t(N - 1) * 4 * sizeof(float));
+  staged->reset_counters();
+  CHECK(staged->bytes_sent() == 0);
 }
 
 TEST_CASE("ZeRO steps on CUDA (fp32) match the CPU at every stage; CUDA stages agree bit for bit", "[zero]") {

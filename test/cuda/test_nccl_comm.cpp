@@ -35,7 +35,7 @@ VecF download(zt::Backend& be, const float* p, size_t n) {
 
 struct Fixture {
   std::unique_ptr<zt::Backend> be = zt::make_cuda_backend(zt::test::local_device(), false);
-  std::unique_ptr<zt::MpiComm> comm = zt::make_nccl_comm(MPI_COMM_WORLD, *be);
+  std::unique_ptr<zt::Comm> comm = zt::make_nccl_comm(MPI_COMM_WORLD, *be);
   ~Fixture() { comm.reset(); }  // before the backend whose stream it orders against
 };
 
