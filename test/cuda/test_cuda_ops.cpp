@@ -18,11 +18,11 @@
 
 #include "core/backend.hpp"
 #include "core/errors.hpp"
+#include "core/flat_units.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
 #include "core/ops.hpp"
 #include "cuda/cuda_backend.hpp"
-#include "test/cuda/flat_units.hpp"
 
 namespace cpu = zt::cpu;
 using VecF = std::vector<float>;
