@@ -1,5 +1,5 @@
-// What the C++ tests share: the run's random seed and inputs, tolerance comparisons, a small model, and Catch2 under
-// MPI.
+// What the C++ tests share: the run's random seed and inputs, tolerance comparisons, backend buffers that catch
+// unwritten and out-of-range elements, a small model, and Catch2 under MPI.
 #pragma once
 
 #include <mpi.h>
@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/backend.hpp"
 #include "core/config.hpp"
 #include "core/errors.hpp"
 
@@ -146,6 +147,70 @@ template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
+
+// ---- buffers in a backend's memory ----
+
+/// What an output an op must write (not accumulate into) starts as, so that an element left unwritten, or read
+/// before it is written, stays NaN and fails the comparison.
+inline const float kPoison = std::numeric_limits<float>::quiet_NaN();
+/// NaN elements around every BackendArray: an op that writes past its output is caught when the guard is read
+/// back, one that reads past its input meets NaN.
+constexpr size_t kGuard = 64;
+
+/// Floats in a backend's memory between NaN guards, poisoned until uploaded. `misalign` shifts the start by that
+/// many floats, so pointers that are not 16-byte aligned (as inside the model's activation arena) are exercised.
+class BackendArray {
+ public:
+  BackendArray(Backend& be, size_t n, size_t misalign = 0)
+      : be_(be), n_(n), misalign_(misalign), base_(be.alloc(n + misalign + kGuard)) {
+    poison();
+  }
+  ~BackendArray() { be_.release(base_); }
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
+  float* get() const { return base_ + misalign_; }
+  size_t size() const { return n_; }
+  void upload(const std::vector<float>& host) {
+    REQUIRE(host.size() == n_);
+    std::vector<float> full(misalign_, kPoison);
+    full.insert(full.end(), host.begin(), host.end());
+    full.resize(misalign_ + n_ + kGuard, kPoison);
+    be_.from_host(base_, full.data(), full.size());
+  }
+  void poison() { upload(std::vector<float>(n_, kPoison)); }
+  /// The values, after checking that the guards are still NaN.
+  std::vector<float> download() const {
+    std::vector<float> full(misalign_ + n_ + kGuard);
+    be_.to_host(full.data(), base_, full.size());
+    size_t n_touched = 0;
+    for (size_t i = 0; i < misalign_; ++i) n_touched += std::isnan(full[i]) ? 0 : 1;
+    for (size_t i = misalign_ + n_; i < full.size(); ++i) n_touched += std::isnan(full[i]) ? 0 : 1;
+    INFO("guard elements around a buffer of " << n_ << " were written");
+    CHECK(n_touched == 0);
+    return std::vector<float>(full.begin() + long(misalign_), full.begin() + long(misalign_ + n_));
+  }
+
+ private:
+  Backend& be_;
+  size_t n_, misalign_;
+  float* base_;
+};
+
+/// Token ids in a backend's memory, uploaded as a step uploads them (tokens_from_host).
+class BackendTokens {
+ public:
+  BackendTokens(Backend& be, const std::vector<int32_t>& host) : be_(be), p_(be.alloc_int(host.size())) {
+    be.tokens_from_host(p_, host.data(), host.size());
+  }
+  ~BackendTokens() { be_.release(p_); }
+  BackendTokens(const BackendTokens&) = delete;
+  BackendTokens& operator=(const BackendTokens&) = delete;
+  const int32_t* get() const { return p_; }
+
+ private:
+  Backend& be_;
+  int32_t* p_;
+};
 
 // ---- models ----
 
