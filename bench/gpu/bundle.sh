@@ -7,7 +7,7 @@
 #
 # Usage: bench/gpu/bundle.sh [BUILD_DIR]      (default: $ZT_BUILD_DIR, else <repo>/build-gpu)
 # Env:   JOBS (parallel build jobs, default 1)
-#        ZT_BUNDLE_SIM=1: bundle the CUDA simulator's builds of the same programs (cuda/sim/) instead, to rehearse
+#        ZT_BUNDLE_SIM=1: bundle the CUDA simulator's builds of the same programs (test/cuda_sim/) instead, to rehearse
 #        run_check.sh on a machine without a GPU (run_check.sh refuses such a bundle unless ZT_CHECK_REHEARSAL=1).
 set -euo pipefail
 
@@ -18,7 +18,7 @@ bundle=$here/bundle
 jobs=${JOBS:-1}
 targets=(test_cuda_ops gpt2_cuda_bench test_cuda_zero test_nccl_comm zerotrain)
 # Where those targets are defined (found by name in the build tree, so only this message depends on it).
-target_defs="test/cuda/CMakeLists.txt (the CUDA tests, gpt2_cuda_bench and the simulator's builds)"
+target_defs="test/cuda/CMakeLists.txt (the CUDA tests and their simulator builds) and bench/CMakeLists.txt (gpt2_cuda_bench)"
 sim=${ZT_BUNDLE_SIM:-0}
 suffix=""
 [[ $sim == 1 ]] && suffix=_sim  # the simulator's programs, installed under the GPU programs' names
@@ -167,7 +167,7 @@ unpacked=$(du -sb "$stage" | cut -f1)
   echo "source: $rev"
   echo "nvcc: $(nvcc --version | tail -1)"
   if [[ $sim == 1 ]]; then
-    echo "kind: CUDA simulator rehearsal (cuda/sim/): every program runs its kernels on the CPU; not for a GPU"
+    echo "kind: CUDA simulator rehearsal (test/cuda_sim/): every program runs its kernels on the CPU; not for a GPU"
   else
     echo "CUDA architectures: sm_90"
   fi
