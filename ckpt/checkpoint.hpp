@@ -108,9 +108,17 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);
-/// The commit_seq of a committed checkpoint from its manifest.json: 0 when the manifest predates the field, -1 when
-/// it cannot be read.
-int64_t read_commit_seq(const std::string& ckpt_dir);
+/// A committed checkpoint as `latest` and retention order it.
+struct CommittedCheckpoint {
+  std::string path;
+  int64_t step = 0;         ///< from the directory name
+  int64_t commit_seq = -1;  ///< from the manifest in model.h5 (0: written before the field existed); -1: unreadable
+  std::string problem;      ///< why the manifest could not be read (commit_seq == -1)
+};
+/// Committed checkpoints in output_dir, most recently committed first: readable ones by the commit_seq of the
+/// authoritative manifest inside model.h5 (manifest.json is not consulted), highest first, ties newest step first;
+/// then those whose manifest cannot be read, newest step first, so that one never outranks a readable checkpoint.
+std::vector<CommittedCheckpoint> checkpoints_by_commit(const std::string& output_dir);
 /// The directory OUTPUT/latest names, or "" when there is none.
 std::string read_latest(const std::string& output_dir);
 
