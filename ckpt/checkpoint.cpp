@@ -184,6 +184,22 @@ int owner_of(const ShardSnapshot& snap, const TensorSpec& t, size_t e) {
   return int((t.unit_offset + e) / snap.layouts[size_t(t.unit)].shard_numel);
 }
 
+/// Creates a scalar fixed-length string dataset (collective; parallel HDF5 cannot write variable-length strings);
+/// rank 0 writes its bytes, the other ranks select nothing.
+void write_string_dataset(hid_t file, const char* name, const std::string& text, int rank, hid_t dxpl) {
+  H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+  ZT_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, text.size())));
+  H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id dset(H5Dcreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  ZT_H5_CHECK(dset.get());
+  H5Id mspace(H5Screate(H5S_SCALAR), H5Sclose);
+  if (rank != 0) {
+    ZT_H5_CHECK(H5Sselect_none(space));
+    ZT_H5_CHECK(H5Sselect_none(mspace));
+  }
+  ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, text.data()));
+}
+
 ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> reuse) {
   const ParamTable& table = engine.table();
   ShardSnapshot snap;
@@ -518,19 +534,8 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     comm.broadcast(&len, sizeof(len), 0);
     manifest_text.resize(len);
     comm.broadcast(manifest_text.data(), len, 0);
-    {
-      H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-      ZT_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, len)));
-      H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
-      H5Id dset(H5Dcreate2(file, "manifest", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-      ZT_H5_CHECK(dset.get());
-      H5Id mspace(H5Screate(H5S_SCALAR), H5Sclose);
-      if (rank != 0) {
-        ZT_H5_CHECK(H5Sselect_none(space));
-        ZT_H5_CHECK(H5Sselect_none(mspace));
-      }
-      ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, manifest_text.data()));
-    }
+    write_string_dataset(file, "manifest", manifest_text, rank, dxpl);
+    write_string_dataset(file, kManifestDigestDataset, manifest_digest(manifest_text), rank, dxpl);
     detail::test_kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
     detail::test_kill_point("commit", 0, rank);
@@ -548,6 +553,32 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
   return output_dir + "/" + name;
 }
 
+std::string manifest_digest(const std::string& text) { return hex64(XXH64(text.data(), text.size(), 0)); }
+
+namespace {
+
+/// The bytes of scalar string dataset `name` up to the first NUL (readers must stop there; section 3 of
+/// docs/checkpoint-format.md); "" and `problem` set when it is missing or unreadable.
+std::string read_string_dataset(hid_t file, const char* name, const std::string& path, std::string& problem) {
+  H5Id dset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  if (dset.get() < 0) {
+    problem = fmt::format("checkpoint file {} has no {} dataset", path, name);
+    return std::string();
+  }
+  H5Id type(H5Dget_type(dset), H5Tclose);
+  const size_t len = type.get() < 0 ? 0 : H5Tget_size(type);
+  std::string text(len, '\0');
+  if (len == 0 || H5Tget_class(type) != H5T_STRING || H5Tis_variable_str(type) != 0 ||
+      H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) < 0) {
+    problem = fmt::format("cannot read the {} dataset of {}: {}", name, path, h5_error_stack());
+    return std::string();
+  }
+  text.resize(strnlen(text.data(), len));
+  return text;
+}
+
+}  // namespace
+
 nlohmann::json read_manifest(const std::string& ckpt_dir) {
   const std::string path = ckpt_dir + "/" + kCheckpointFile;
   h5_quiet();
@@ -556,22 +587,39 @@ nlohmann::json read_manifest(const std::string& ckpt_dir) {
   if (file.get() < 0)
     throw CheckpointError(
         fmt::format("cannot open checkpoint file {} (truncated or not HDF5?): {}", path, h5_error_stack()));
-  H5Id dset(H5Dopen2(file, "manifest", H5P_DEFAULT), H5Dclose);
-  if (dset.get() < 0) throw CheckpointError(fmt::format("checkpoint file {} has no manifest dataset", path));
-  H5Id type(H5Dget_type(dset), H5Tclose);
-  const size_t len = H5Tget_size(type);
-  std::string text(len, '\0');
-  if (H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) < 0)
-    throw CheckpointError(fmt::format("cannot read the manifest of {}: {}", path, h5_error_stack()));
-  text.resize(strnlen(text.data(), len));
+  std::string problem;
+  const std::string text = read_string_dataset(file, "manifest", path, problem);
+  if (!problem.empty()) throw CheckpointError(problem);
+  // The digest is judged before anything in the manifest, its format_version included: a flipped bit there must
+  // read as damage, not as "upgrade zerotrain". Every version from 2 on keeps this dataset's meaning.
+  const bool has_digest = H5Lexists(file, kManifestDigestDataset, H5P_DEFAULT) > 0;
+  if (has_digest) {
+    const std::string stored = read_string_dataset(file, kManifestDigestDataset, path, problem);
+    if (!problem.empty()) throw CheckpointError(problem);
+    if (stored != manifest_digest(text))
+      throw CheckpointError(fmt::format(
+          "the manifest of {} does not match its digest (/{}: stored {}, computed {}): the manifest is corrupt", path,
+          kManifestDigestDataset, stored, manifest_digest(text)));
+  }
+  nlohmann::json j;
+  int version = -1;
   try {
-    nlohmann::json j = nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text);
     ZT_CHECK(j.is_object() && j.value("format", "") == "zerotrain-checkpoint",
              "{} is not a zerotrain checkpoint (manifest format field)", path);
-    return j;
+    const auto v = j.find("format_version");
+    if (v != j.end() && v->is_number_integer()) version = v->get<int>();
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(fmt::format("the manifest of {} is not valid JSON: {}", path, e.what()));
   }
+  // Version 1 predates the digest (its manifest is taken as it is); a newer version than ours is refused by
+  // check_format_version with "upgrade zerotrain", whatever it stores.
+  if (!has_digest && version >= 2 && version <= kCheckpointFormatVersion)
+    throw CheckpointError(fmt::format(
+        "checkpoint file {} has format version {} but no manifest digest (dataset /{} is missing): its manifest "
+        "cannot be checked, so it is not used",
+        path, version, kManifestDigestDataset));
+  return j;
 }
 
 }  // namespace zt

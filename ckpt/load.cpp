@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <memory>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/commit.hpp"
 #include "ckpt/direct_read.hpp"
 #include "ckpt/h5.hpp"
 #include "sharding/comm_mpi.hpp"
@@ -14,6 +16,7 @@
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
+namespace fs = std::filesystem;
 namespace detail {
 std::string agree_error(MpiComm& comm, const std::string& local);
 void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
@@ -243,6 +246,13 @@ void configs_from_manifest(const nlohmann::json& manifest, ModelConfig& model, T
 LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig& model, ZeroEngine& engine,
                                  MpiComm& comm) {
   const std::string path = ckpt_dir + "/" + kCheckpointFile;
+  std::string base = ckpt_dir;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  base = fs::path(base).filename().string();
+  ZT_CHECK(classify_leftover(base, nullptr) == Leftover::kNone,
+           "{} is not a committed checkpoint: a name starting with '.' is a save or a prune that did not finish "
+           "(docs/checkpoint-format.md, section 1), and is never loaded",
+           ckpt_dir);
   // Every rank reads the manifest itself; failures are agreed so all ranks throw the same error.
   nlohmann::json manifest;
   std::string err;

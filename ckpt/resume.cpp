@@ -2,7 +2,6 @@
 #include "ckpt/resume.hpp"
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 
 #include "ckpt/checkpoint.hpp"
@@ -10,36 +9,35 @@
 
 namespace zt {
 
-std::vector<std::string> order_by_commit(const std::vector<std::string>& by_step, std::vector<std::string>* notes) {
-  // Unreadable manifests sort first: loading them fails with a warning that names the problem, as for any broken
-  // newest checkpoint. Ties (checkpoints from before commit_seq existed: 0) keep the step order.
-  std::vector<std::pair<int64_t, std::string>> keyed;
-  for (const auto& c : by_step) {
-    const int64_t seq = read_commit_seq(c);
-    keyed.emplace_back(seq < 0 ? INT64_MAX : seq, c);
+namespace {
+
+/// Rank 0's view of the candidates, with a note per checkpoint that a later run went back past and a warning per
+/// checkpoint whose manifest cannot be read.
+std::string list_candidates(const std::string& output_dir) {
+  const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
+  std::string joined;
+  for (const auto& c : all) joined += c.path + "\n";
+  for (const auto& c : all) {
+    if (c.commit_seq < 0)
+      fmt::print(stderr,
+                 "zerotrain: warning: skipping checkpoint {}: {} (it is tried again only after every checkpoint "
+                 "whose manifest reads)\n",
+                 c.path, c.problem);
+    else if (c.step > all.front().step)
+      fmt::print(stderr,
+                 "zerotrain: note: {} has a later step than {} but was committed before it (by a run that a later "
+                 "run went back past): not resumed\n",
+                 c.path, all.front().path);
   }
-  std::stable_sort(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  std::vector<std::string> out;
-  for (auto& k : keyed) out.push_back(k.second);
-  if (notes && !out.empty() && out.front() != by_step.front())
-    for (const auto& c : by_step) {
-      if (c == out.front()) break;
-      notes->push_back(
-          fmt::format("{} has a later step than {} but was committed before it (by a run that a later "
-                      "run went back past): not resumed",
-                      c, out.front()));
-    }
-  return out;
+  return joined;
 }
+
+}  // namespace
 
 std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
   if (spec != "latest") return {spec};
   std::string joined;
-  if (comm.rank() == 0) {
-    std::vector<std::string> notes;
-    for (const auto& c : order_by_commit(list_checkpoints(output_dir), &notes)) joined += c + "\n";
-    for (const auto& n : notes) fmt::print(stderr, "zerotrain: note: {}\n", n);
-  }
+  if (comm.rank() == 0) joined = list_candidates(output_dir);
   uint64_t len = joined.size();
   comm.broadcast(&len, sizeof(len), 0);
   joined.resize(len);
@@ -48,9 +46,8 @@ std::vector<std::string> resume_candidates(const std::string& spec, const std::s
 }
 
 int64_t next_commit_seq(const std::string& output_dir) {
-  int64_t top = 0;
-  for (const auto& c : list_checkpoints(output_dir)) top = std::max(top, read_commit_seq(c));
-  return top + 1;
+  const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
+  return all.empty() ? 1 : std::max<int64_t>(all.front().commit_seq, 0) + 1;
 }
 
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,

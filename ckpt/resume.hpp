@@ -12,15 +12,12 @@ namespace zt {
 
 class MpiComm;
 
-/// Checkpoint directories to try, in order: for "latest" every committed checkpoint in output_dir, most recently
-/// committed first (possibly none); otherwise exactly `spec`. The same list on every rank (rank 0 lists, then
-/// broadcasts). A checkpoint with a later step but an earlier commit belongs to a run that a later run went back
-/// past (it resumed an older checkpoint by path): rank 0 prints a note naming it.
+/// Checkpoint directories to try, in order: for "latest" every committed checkpoint in output_dir as
+/// checkpoints_by_commit orders them (possibly none); otherwise exactly `spec`. The same list on every rank (rank 0
+/// lists, then broadcasts). Rank 0 prints a note naming each checkpoint with a later step but an earlier commit
+/// (a run that a later run went back past) and a warning naming each one whose manifest cannot be read.
 std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm);
-/// Committed checkpoints (`by_step`: newest step first) ordered by commit_seq, highest first; `notes` receives a
-/// line per checkpoint that has a higher step than the first one.
-std::vector<std::string> order_by_commit(const std::vector<std::string>& by_step, std::vector<std::string>* notes);
-/// One more than the highest commit_seq among output_dir's committed checkpoints (1 when there are none).
+/// One more than the highest commit_seq among output_dir's readable committed checkpoints (1 when there are none).
 int64_t next_commit_seq(const std::string& output_dir);
 
 /// This run's training config adjusted to a saved run: the global batch stays what it was (the micro-batch shrinks
