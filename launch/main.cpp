@@ -300,20 +300,19 @@ int main(int argc, char** argv) {
   try {
     rc = run(argc, argv, rank);
   } catch (const zt::DiskFullError& e) {
-    // Agreed by every rank before anything was written: a clean, distinct exit.
-    std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
+    // Agreed by every rank before anything was written: a clean, distinct exit, reported once.
+    if (rank == 0) std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
     MPI_Finalize();
     return zt::kExitSaveFailed;
   } catch (const zt::CheckpointWriteError& e) {
-    if (!e.agreed() || rank == 0) std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
-    std::fflush(stderr);
+    // Agreed: every rank holds the same message, and rank 0's report is the one.
+    zt::report_fatal_error(e.what(), /*print=*/!e.agreed() || rank == 0);
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, zt::kExitSaveFailed);
     MPI_Finalize();
     return zt::kExitSaveFailed;
   } catch (const std::exception& e) {
     // One rank's failure ends the whole job: the others may be blocked in a collective.
-    std::fprintf(stderr, "zerotrain: error: %s\n", e.what());
-    std::fflush(stderr);
+    zt::report_fatal_error(e.what());
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, 2);
     MPI_Finalize();
     return 2;
