@@ -16,6 +16,7 @@
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_write.hpp"
 #include "ckpt/h5.hpp"
+#include "core/test_hooks.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/shard.hpp"
 #include "sharding/zero_engine.hpp"
@@ -57,11 +58,10 @@ namespace detail {
 
 void test_kill_point(const char* phase, long index, int rank) {
   // Test-only: ZT_TEST_KILL_AT="phase:index:rank" SIGKILLs that rank at that point of a save (crash-safety tests).
-  static const char* spec = std::getenv("ZT_TEST_KILL_AT");
-  if (!spec) return;
-  const std::string want = fmt::format("{}:{}:{}", phase, index, rank);
-  if (want == spec) {
-    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec);
+  const std::string& spec = test_hooks::kill_at();
+  if (spec.empty()) return;
+  if (fmt::format("{}:{}:{}", phase, index, rank) == spec) {
+    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec.c_str());
     std::fflush(stderr);
     std::raise(SIGKILL);
   }

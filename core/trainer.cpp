@@ -20,6 +20,7 @@
 #include "core/model.hpp"
 #include "core/preempt.hpp"
 #include "core/profiling_backend.hpp"
+#include "core/test_hooks.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -282,10 +283,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   };
 
   // Test-only failure injection: ZT_TEST_FAIL_RANK=r [ZT_TEST_FAIL_STEP=s] throws on rank r at step s.
-  const char* fail_rank_env = std::getenv("ZT_TEST_FAIL_RANK");
-  const int fail_rank = fail_rank_env ? std::atoi(fail_rank_env) : -1;
-  const char* fail_step_env = std::getenv("ZT_TEST_FAIL_STEP");
-  const int fail_step = fail_step_env ? std::atoi(fail_step_env) : 0;
+  const int fail_rank = test_hooks::fail_rank(), fail_step = test_hooks::fail_step();
 
   // A resume at the run's last step trains nothing; with saving on, it writes the loaded state in this run's layout
   // (world size, stage) to OUTPUT/checkpoint-<step>: re-sharding a checkpoint offline, like DeepSpeed's universal
