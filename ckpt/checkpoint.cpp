@@ -364,10 +364,12 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     }
     // Tensor bytes go straight into the file (write_slices: several writes in flight, write-back started as they
     // go, no collective per dataset) where every rank can open it and the datasets have addresses, which depends
-    // only on the file, so every rank sees the same. Else, and with ZT_CKPT_WRITE=hdf5, through H5Dwrite.
-    // ZT_CKPT_WRITE is agreed with the rest: mpirun need not pass a variable to the ranks on other nodes.
-    const char* how = std::getenv("ZT_CKPT_WRITE");
-    const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !(how && std::string(how) == "hdf5")) &&
+    // only on the file, so every rank sees the same. Else, and with --ckpt_write hdf5, through H5Dwrite. "auto"
+    // still honours the deprecated ZT_CKPT_WRITE=hdf5 (for one release), agreed with the rest: mpirun need not pass
+    // a variable to the ranks on other nodes.
+    const char* legacy = train.ckpt_write == "auto" ? std::getenv("ZT_CKPT_WRITE") : nullptr;
+    const bool via_hdf5 = train.ckpt_write == "hdf5" || (legacy != nullptr && std::string(legacy) == "hdf5");
+    const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !via_hdf5) &&
                         std::none_of(offsets.begin(), offsets.end(), [](haddr_t a) { return a == HADDR_UNDEF; });
     std::string write_problem;
     if (direct) {

@@ -104,7 +104,19 @@ using StringList = std::vector<std::string>;
     "Write checkpoints in the background; the step blocks only for the copy to host memory")                           \
   X(int, save_interval, 0, saved, restored, at_least(0), "Save a checkpoint every N steps and at the end (0: never)")  \
   X(std::string, resume_from_checkpoint, "", saved, this_run, any(),                                                   \
-    "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)")
+    "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)")         \
+  X(std::string, ckpt_write, "auto", unsaved, this_run, one_of({"auto", "hdf5"}),                                      \
+    "How checkpoint tensors reach the file: hdf5 (always H5Dwrite) or auto (pwrite by each rank where every rank can " \
+    "open the file, else H5Dwrite; the deprecated ZT_CKPT_WRITE=hdf5 when set)")                                       \
+  X(std::string, cuda_attention, "auto", unsaved, this_run, one_of({"auto", "fp32"}),                                  \
+    "CUDA attention kernels in bf16 mode: fp32 (the fp32 kernels, to compare) or auto (tensor cores; the deprecated "  \
+    "ZT_CUDA_ATTENTION when set)")                                                                                     \
+  X(std::string, cuda_attention_dkv_blocks, "auto", unsaved, this_run, one_of({"auto", "3"}),                          \
+    "CUDA tensor-core dK/dV kernel: 3 (built for 3 blocks an SM) or auto (the compiler's register choice; the "        \
+    "deprecated ZT_CUDA_ATTENTION_DKV_BLOCKS when set)")                                                               \
+  X(std::string, cuda_param_copy, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                            \
+    "CUDA bf16 mode: keep bf16 copies of parameters and activations (on) or round per matmul (off; the same bits); "   \
+    "auto: on, or the deprecated ZT_CUDA_PARAM_COPY=0 when set")
 // clang-format on
 
 #define ZT_CONFIG_DECLARE_FIELD(type, name, def, manifest, on_resume, check, help) type name = def;
