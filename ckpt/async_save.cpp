@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "core/test_hooks.hpp"
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
@@ -48,8 +49,8 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
         const auto t0 = Clock::now();
         try {
           // Test hook: a slow copy, so the next optimizer step must wait for it (async_save_test.sh).
-          if (const char* ms = std::getenv("ZT_TEST_ASYNC_COPY_DELAY_MS"))
-            std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
+          if (const int ms = test_hooks::async_copy_delay_ms())
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
           snap = snapshot_copy(engine, std::move(spare_));
         } catch (...) {
           std::lock_guard<std::mutex> lock(mu_);

@@ -18,6 +18,7 @@
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_write.hpp"
 #include "ckpt/h5.hpp"
+#include "core/test_hooks.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/shard.hpp"
 #include "sharding/zero_engine.hpp"
@@ -59,11 +60,10 @@ namespace detail {
 
 void test_kill_point(const char* phase, long index, int rank) {
   // Test-only: ZT_TEST_KILL_AT="phase:index:rank" SIGKILLs that rank at that point of a save (crash-safety tests).
-  static const char* spec = std::getenv("ZT_TEST_KILL_AT");
-  if (!spec) return;
-  const std::string want = fmt::format("{}:{}:{}", phase, index, rank);
-  if (want == spec) {
-    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec);
+  const std::string& spec = test_hooks::kill_at();
+  if (spec.empty()) return;
+  if (fmt::format("{}:{}:{}", phase, index, rank) == spec) {
+    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec.c_str());
     std::fflush(stderr);
     std::raise(SIGKILL);
   }
@@ -461,20 +461,22 @@ std::vector<uint64_t> gather_digests(const std::vector<uint64_t>& mine, MpiComm&
 
 /// Tensor bytes and chunk digests of a save: straight into the file (write_direct: several writes in flight,
 /// write-back started as they go, no collective per dataset) where every rank can open it and the datasets have
-/// addresses, which depends only on the file, so every rank sees the same. Else, and with ZT_CKPT_WRITE=hdf5,
-/// through H5Dwrite. ZT_CKPT_WRITE is agreed with the rest: mpirun need not pass a variable to the ranks on other
-/// nodes. A failed write (a full disk, an I/O error) is agreed, so every rank leaves the collective calls together.
-/// Returns every rank's digests on rank 0.
+/// addresses, which depends only on the file, so every rank sees the same. Else, and with --ckpt_write hdf5, through
+/// H5Dwrite; "auto" still honours the deprecated ZT_CKPT_WRITE=hdf5 (for one release). The choice is agreed with the
+/// rest: mpirun need not pass a variable to the ranks on other nodes. A failed write (a full disk, an I/O error) is
+/// agreed, so every rank leaves the collective calls together. Returns every rank's digests on rank 0.
 std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, const ShardSnapshot& snap,
-                                    const std::vector<std::string>& names, MpiComm& comm) {
+                                    const std::vector<std::string>& names, const std::string& ckpt_write,
+                                    MpiComm& comm) {
   const int rank = comm.rank();
   std::vector<std::vector<float>> recv_frag;
   std::vector<MPI_Request> reqs;
   post_fragment_exchange(snap, names, comm, recv_frag, reqs);
   std::vector<haddr_t> offsets;
   std::vector<H5Id> dsets = create_datasets(file, *snap.table, names, offsets);
-  const char* how = std::getenv("ZT_CKPT_WRITE");
-  const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !(how && std::string(how) == "hdf5")) &&
+  const char* legacy = ckpt_write == "auto" ? std::getenv("ZT_CKPT_WRITE") : nullptr;
+  const bool via_hdf5 = ckpt_write == "hdf5" || (legacy != nullptr && std::string(legacy) == "hdf5");
+  const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !via_hdf5) &&
                       std::none_of(offsets.begin(), offsets.end(), [](haddr_t a) { return a == HADDR_UNDEF; });
   std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
   std::string write_problem;
@@ -519,7 +521,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     const std::vector<std::string> names = checkpoint_dataset_names(table);
     H5Id dxpl = detail::shard_transfer_props();
     // Rank 0 assembles the manifest from everyone's digests; the manifest dataset is created by all ranks.
-    const std::vector<uint64_t> all = write_tensors(h5_path, file, snap, names, comm);
+    const std::vector<uint64_t> all = write_tensors(h5_path, file, snap, names, train.ckpt_write, comm);
     std::string manifest_text;
     if (rank == 0) {
       std::vector<std::vector<uint64_t>> digests(names.size());
@@ -539,10 +541,9 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     detail::test_kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
     detail::test_kill_point("commit", 0, rank);
-    // Test-only: ZT_TEST_SAVE_DELAY_MS stretches every save by that long before the commit, as a large model's write
-    // would (the launch scripts' signal tests need a save that outlasts mpirun's default SIGTERM-to-SIGKILL delay).
-    if (const char* ms = std::getenv("ZT_TEST_SAVE_DELAY_MS"))
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::atol(ms)));
+    // Test-only: stretches every save before the commit, as a large model's write would (the launch scripts'
+    // signal tests need a save that outlasts mpirun's default SIGTERM-to-SIGKILL delay).
+    if (const int ms = test_hooks::save_delay_ms(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     if (rank == 0) {
       err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
       if (err.empty() && save_total_limit > 0) apply_retention(output_dir, save_total_limit);

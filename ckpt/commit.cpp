@@ -13,6 +13,8 @@
 
 #include <sys/statvfs.h>
 
+#include "core/test_hooks.hpp"
+
 namespace zt {
 namespace fs = std::filesystem;
 namespace detail {
@@ -170,7 +172,7 @@ void apply_retention(const std::string& output_dir, int keep) {
 
 uint64_t free_bytes(const std::string& dir) {
   // Test-only: pretend this many bytes are free, so the pre-check passes and a real write runs into ENOSPC.
-  if (const char* fake = std::getenv("ZT_TEST_FREE_BYTES_OVERRIDE")) return std::strtoull(fake, nullptr, 10);
+  if (const auto fake = test_hooks::free_bytes_override()) return *fake;
   struct statvfs st {};
   if (::statvfs(dir.c_str(), &st) != 0) return UINT64_MAX;
   return uint64_t(st.f_bavail) * uint64_t(st.f_frsize);

@@ -239,8 +239,8 @@ void configs_from_manifest(const nlohmann::json& manifest, ModelConfig& model, T
   };
   ModelConfig unused_model;
   TrainConfig unused_train;
-  update_from_json(known_only("model", to_json(ModelConfig())), model, unused_train);
-  update_from_json(known_only("train", to_json(TrainConfig())), unused_model, train);
+  update_from_json(known_only("model", to_json(ModelConfig())), model, unused_train, "checkpoint manifest `model`: ");
+  update_from_json(known_only("train", to_json(TrainConfig())), unused_model, train, "checkpoint manifest `train`: ");
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig& model, ZeroEngine& engine,

@@ -1,4 +1,5 @@
-// Resume planning: candidate checkpoints and the saved global batch on a new world size.
+// Resume planning: candidate checkpoints, the one whose configuration a resume takes, and the saved global batch on
+// a new world size.
 #include "ckpt/resume.hpp"
 
 #include <algorithm>
@@ -32,17 +33,47 @@ std::string list_candidates(const std::string& output_dir) {
   return joined;
 }
 
+// Rank 0's text on every rank.
+std::string broadcast_text(std::string text, MpiComm& comm) {
+  uint64_t len = text.size();
+  comm.broadcast(&len, sizeof(len), 0);
+  text.resize(len);
+  comm.broadcast(text.data(), len, 0);
+  return text;
+}
+
+// Rank 0's candidates in the order a resume tries them (list_candidates without its notes).
+std::vector<std::string> candidates_on_rank0(const std::string& spec, const std::string& output_dir) {
+  if (spec != "latest") return {spec};
+  std::vector<std::string> out;
+  for (const auto& c : checkpoints_by_commit(output_dir)) out.push_back(c.path);
+  return out;
+}
+
 }  // namespace
 
 std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
   if (spec != "latest") return {spec};
   std::string joined;
   if (comm.rank() == 0) joined = list_candidates(output_dir);
-  uint64_t len = joined.size();
-  comm.broadcast(&len, sizeof(len), 0);
-  joined.resize(len);
-  comm.broadcast(joined.data(), len, 0);
-  return split_lines(joined);
+  return split_lines(broadcast_text(joined, comm));
+}
+
+ResumeSource resume_source(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
+  std::string found;  // "path\nmanifest"
+  if (comm.rank() == 0)
+    for (const auto& c : candidates_on_rank0(spec, output_dir)) {
+      try {
+        found = c + "\n" + read_manifest(c).dump();
+        break;
+      } catch (const Error&) {
+        // Unreadable: the load skips it (latest) or reports it (a path), as without this look-ahead.
+      }
+    }
+  found = broadcast_text(found, comm);
+  if (found.empty()) return {};
+  const size_t nl = found.find('\n');
+  return {found.substr(0, nl), nlohmann::json::parse(found.substr(nl + 1))};
 }
 
 int64_t next_commit_seq(const std::string& output_dir) {
@@ -56,12 +87,6 @@ TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& mani
   ModelConfig unused;
   TrainConfig saved;
   configs_from_manifest(manifest, unused, saved);
-  const nlohmann::json a = to_json(saved), b = to_json(now);
-  for (const char* key :
-       {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate", "warmup_steps",
-        "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip", "seed"})
-    if (a[key] != b[key] && !(key == std::string("global_batch_size") && now.global_batch_size == 0))  // 0: unset
-      warnings.push_back(fmt::format("{}: {} in the checkpoint, {} now", key, a[key].dump(), b[key].dump()));
   TrainConfig out = now;
   const int G = saved.global_batch_size;
   out.global_batch_size = G;

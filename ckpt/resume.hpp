@@ -20,9 +20,19 @@ std::vector<std::string> resume_candidates(const std::string& spec, const std::s
 /// One more than the highest commit_seq among output_dir's readable committed checkpoints (1 when there are none).
 int64_t next_commit_seq(const std::string& output_dir);
 
-/// This run's training config adjusted to a saved run: the global batch stays what it was (the micro-batch shrinks
-/// when it no longer divides over the new world size); throws zt::Error when the world size cannot hold it.
-/// `warnings` receives one line per hyper-parameter that differs from the saved run, and per adjustment.
+/// The checkpoint a resume takes its configuration from (zt::resume_config), and its manifest.
+struct ResumeSource {
+  std::string path;  ///< "" when no candidate has a readable manifest (nothing to resume, or the load says why)
+  nlohmann::json manifest;
+};
+/// The first of resume_candidates' checkpoints whose manifest reads: the one the resume loads unless its tensors
+/// turn out damaged. Rank 0 reads, every rank gets the same; prints nothing (resume_candidates prints the notes).
+ResumeSource resume_source(const std::string& spec, const std::string& output_dir, MpiComm& comm);
+
+/// This run's training config (already resolved against the checkpoint by zt::resume_config) fitted to this world
+/// size: the global batch stays the saved one, and the micro-batch shrinks when it no longer divides over the new
+/// world size. Throws zt::Error when the world size cannot hold the global batch. `warnings` receives one line per
+/// adjustment.
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,
                               std::vector<std::string>& warnings);
 

@@ -11,6 +11,7 @@
 
 #include "core/errors.hpp"
 #include "core/lr_schedule.hpp"
+#include "core/test_hooks.hpp"
 #include "launch/metrics_log.hpp"
 #include "sharding/comm_mpi.hpp"
 
@@ -66,10 +67,7 @@ std::shared_ptr<const TokenSource> open_val_source(const TrainConfig& t, int voc
 
 // Test-only failure injection: ZT_TEST_FAIL_RANK=r [ZT_TEST_FAIL_STEP=s] throws on rank r at step s.
 void inject_test_failure(int rank, int step) {
-  static const char* fail_rank_env = std::getenv("ZT_TEST_FAIL_RANK");
-  static const char* fail_step_env = std::getenv("ZT_TEST_FAIL_STEP");
-  const int fail_rank = fail_rank_env ? std::atoi(fail_rank_env) : -1;
-  const int fail_step = fail_step_env ? std::atoi(fail_step_env) : 0;
+  static const int fail_rank = test_hooks::fail_rank(), fail_step = test_hooks::fail_step();
   ZT_CHECK(!(rank == fail_rank && step == fail_step), "injected failure (ZT_TEST_FAIL_RANK={}) at step {}", fail_rank,
            step);
 }

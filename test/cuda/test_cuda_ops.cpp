@@ -118,10 +118,18 @@ TEST_CASE(
   const EnvBackend capped_dkv = bf16_backend_with_env("ZT_CUDA_ATTENTION_DKV_BLOCKS", "3", "4");
   CHECK_THAT(capped_dkv.bad_value_error, Catch::Contains("ZT_CUDA_ATTENTION_DKV_BLOCKS=4: expected auto"));
   const auto tc_capped = run(*capped_dkv.backend);
+  // The flag (--cuda_attention fp32, as CudaVariants) picks the same kernels, and once given the variable is not read.
+  ::setenv("ZT_CUDA_ATTENTION", "tensor", 1);
+  std::unique_ptr<zt::Backend> flag_fp32;
+  CHECK_NOTHROW(flag_fp32 = zt::make_cuda_backend(0, true, {"fp32", "auto", "auto"}));
+  ::unsetenv("ZT_CUDA_ATTENTION");
+  REQUIRE(flag_fp32 != nullptr);
+  const auto flag_forced_fp32 = run(*flag_fp32);
   for (size_t k = 0; k < 2; ++k) {
     INFO((k == 0 ? "out" : "dqkv"));
     // bf16 mode with ZT_CUDA_ATTENTION=fp32 runs the fp32 kernels: the fp32 mode's bits.
     CHECK(std::memcmp(forced_fp32[k].data(), fp32_result[k].data(), fp32_result[k].size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(flag_forced_fp32[k].data(), fp32_result[k].data(), fp32_result[k].size() * sizeof(float)) == 0);
     // The tensor-core kernels are another computation (bf16 products) of nearly the same values, bitwise repeatable.
     CHECK(std::memcmp(tc_result[k].data(), fp32_result[k].data(), fp32_result[k].size() * sizeof(float)) != 0);
     expect_close("tensor cores vs fp32", tc_result[k], fp32_result[k], kBf16Attention);
@@ -173,6 +181,12 @@ TEST_CASE(
   CHECK(per_call.backend->param_copy_bytes() == 0);
   CHECK_THAT(per_call.bad_value_error, Catch::Contains("ZT_CUDA_PARAM_COPY=yes: expected 1 (default) or 0"));
   CHECK(cuda_backend(false)->param_copy_bytes() == 0);  // fp32 mode reads the fp32 weights
+  // --cuda_param_copy (CudaVariants) decides when given: off without the variable, on against ZT_CUDA_PARAM_COPY=0.
+  CHECK(zt::make_cuda_backend(0, true, {"auto", "auto", "off"})->param_copy_bytes() == 0);
+  ::setenv("ZT_CUDA_PARAM_COPY", "0", 1);
+  const size_t flag_on_bytes = zt::make_cuda_backend(0, true, {"auto", "auto", "on"})->param_copy_bytes();
+  ::unsetenv("ZT_CUDA_PARAM_COPY");
+  CHECK(flag_on_bytes == 2);
 
   const auto a = train(*with_copies), b = train(*per_call.backend);
   REQUIRE(a.size() == b.size());
