@@ -116,7 +116,7 @@ int train_command(TrainCommand& cmd, int rank) {
   zt::MpiComm control(MPI_COMM_WORLD);
   zt::apply_resume_config(settings, control);  // > the resumed checkpoint's configuration
   const zt::ModelConfig& m = settings.model;
-  const zt::TrainConfig& t = settings.train;
+  zt::TrainConfig& t = settings.train;  // make_run_device resolves device, dtype and comm in it
   int threads = t.threads;
   if (threads == 0) {
     // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
