@@ -72,6 +72,10 @@ void TrainConfig::validate(int world_size) const {
   ZT_CHECK(eval_interval >= 0, "--eval_interval must be >= 0, got {}", eval_interval);
   ZT_CHECK(eval_batches >= 1, "--eval_batches must be >= 1, got {}", eval_batches);
   ZT_CHECK(zero_stage >= 0 && zero_stage <= 3, "--zero_stage must be 0, 1, 2 or 3, got {}", zero_stage);
+  ZT_CHECK(zero_bucket_mb > 0 && zero_bucket_mb <= 1 << 20, "--zero_bucket_mb must be in (0, 1048576] (MiB), got {}",
+           zero_bucket_mb);
+  ZT_CHECK(recompute == "none" || recompute == "attention" || recompute == "block",
+           "--recompute must be none, attention or block, got '{}'", recompute);
   ZT_CHECK(exit_after_steps >= 0, "--exit_after_steps must be >= 0, got {}", exit_after_steps);
   ZT_CHECK(profile_steps >= 0, "--profile_steps must be >= 0, got {}", profile_steps);
   ZT_CHECK(save_total_limit >= 0, "--save_total_limit must be >= 0, got {}", save_total_limit);
@@ -110,6 +114,8 @@ nlohmann::json to_json(const TrainConfig& t) {
           {"eval_interval", t.eval_interval},
           {"eval_batches", t.eval_batches},
           {"zero_stage", t.zero_stage},
+          {"zero_bucket_mb", t.zero_bucket_mb},
+          {"recompute", t.recompute},
           {"threads", t.threads},
           {"device", t.device},
           {"dtype", t.dtype},
@@ -194,6 +200,10 @@ void update_from_json(const nlohmann::json& j, ModelConfig& m, TrainConfig& t) {
       read_key(v, k, t.eval_batches);
     else if (k == "zero_stage")
       read_key(v, k, t.zero_stage);
+    else if (k == "zero_bucket_mb")
+      read_key(v, k, t.zero_bucket_mb);
+    else if (k == "recompute")
+      read_key(v, k, t.recompute);
     else if (k == "threads")
       read_key(v, k, t.threads);
     else if (k == "device")

@@ -51,6 +51,8 @@ struct TrainConfig {
   int eval_interval = 0;  ///< 0 disables validation
   int eval_batches = 4;   ///< global batches per validation pass
   int zero_stage = 0;
+  double zero_bucket_mb = 32;          ///< ZeRO: largest part of a unit gathered or reduced at once (MiB)
+  std::string recompute = "none";      ///< activation recomputation: none, attention or block
   int threads = 0;                     ///< 0: hardware threads / local ranks
   std::string device = "cpu";          ///< cpu, cuda, or auto (cuda when every rank sees a GPU)
   std::string dtype = "auto";          ///< matmul precision: fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)

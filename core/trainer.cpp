@@ -112,8 +112,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   // --profile_steps: the model and the engine call the backend through a profiler, timing ops only while on.
   ProfilingBackend profiler(backend, false);
   Backend& be = tcfg.profile_steps > 0 ? static_cast<Backend&>(profiler) : backend;
-  Gpt2 model(table, be, B, T);
-  ZeroEngine engine(table, be, comm, tcfg.zero_stage);
+  Gpt2 model(table, be, B, T, parse_recompute(tcfg.recompute));
+  ZeroEngine engine(table, be, comm, tcfg.zero_stage, size_t(tcfg.zero_bucket_mb * double(1 << 20)));
   bool resumed = false;
   LoadedCheckpoint loaded;
   double load_s = 0;
@@ -155,18 +155,15 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     const MemoryReport mem = engine.memory_report();
     fmt::print(
         "ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
-        "(formula {}), grads {} (formula {}), optimizer {} (formula {}){} | Ψ={} | {}\n",
+        "(formula {}), grads {} (formula {}), optimizer {} (formula {}){}{} | Ψ={} | {}\n",
         tcfg.zero_stage, N, backend.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
         human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
         human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
         human_bytes(double(mem.formula_optim)),
         mem.param_copy_bytes > 0 ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
                                  : std::string(),
-        mem.psi, mem.formula_text);
-    fmt::print("activations {} per rank{}\n", human_bytes(double(model.activation_bytes())),
-               model.activation_copy_bytes() > 0 ? fmt::format(" + bf16 copies of the matmul operands {}",
-                                                               human_bytes(double(model.activation_copy_bytes())))
-                                                 : std::string());
+        mem.pool_summary(), mem.psi, mem.formula_text);
+    fmt::print("{}\n", model.memory_report());
     std::fflush(stdout);
   }
 
@@ -330,7 +327,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     double loss_sum = 0;
     for (int m = 0; m < accum; ++m) {
       loader.train_batch(batch_index, G, rank * per_rank + m * B, B, inputs.data(), targets.data());
-      engine.begin_micro_step(model, true);
+      engine.begin_micro_step(model, true, m + 1 == accum);  // stages 0-1 reduce once, after the last
       loss_sum += model.step(engine, inputs.data(), targets.data(), true, dloss);
       engine.end_micro_step();
     }

@@ -160,6 +160,12 @@ int run(int argc, char** argv, int rank) {
                d.eval_batches);
   add_override(*train, overrides, "--zero_stage", &TrainConfig::zero_stage,
                "ZeRO stage: 0 replicated, 1 +optimizer sharded, 2 +gradients, 3 +parameters", d.zero_stage);
+  add_override(*train, overrides, "--zero_bucket_mb", &TrainConfig::zero_bucket_mb,
+               "ZeRO: units larger than this (MiB) are gathered and reduced in parts (docs/sharding.md)",
+               d.zero_bucket_mb);
+  add_override(*train, overrides, "--recompute", &TrainConfig::recompute,
+               "Activation recomputation: none, attention (probabilities and output) or block (keep block inputs)",
+               d.recompute);
   add_override(*train, overrides, "--threads", &TrainConfig::threads,
                "CPU threads per rank (0: cores / ranks on the node)", d.threads);
   add_override(*train, overrides, "--device", &TrainConfig::device,
