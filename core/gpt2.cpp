@@ -409,11 +409,10 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
 
 std::string Gpt2::memory_report() const {
   auto mib = [](size_t b) { return fmt::format("{:.2f} MiB", double(b) / double(1 << 20)); };
-  std::string s = fmt::format(
-      "activations {} per rank (formula {}: {}, --recompute {}; B·T tokens, C width, L layers, V padded vocabulary, A "
-      "attention state per layer) + backward work {} (15BTC)",
-      mib(activation_bytes()), mib(activation_formula_bytes()), activation_formula(), recompute_name(recompute_),
-      mib(backward_work_bytes()));
+  // Symbols as docs/sharding.md defines them: B·T tokens, C width, L blocks, V padded vocabulary, A attention state.
+  std::string s = fmt::format("activations {} per rank (formula {} = {}, --recompute {}) + backward work {} (15BTC)",
+                              mib(activation_bytes()), activation_formula(), mib(activation_formula_bytes()),
+                              recompute_name(recompute_), mib(backward_work_bytes()));
   if (activation_copy_bytes() > 0)
     s += fmt::format(" + bf16 copies of the matmul operands {}", mib(activation_copy_bytes()));
   return s;

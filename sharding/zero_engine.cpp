@@ -17,7 +17,8 @@ ZeroEngine::ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, in
                        size_t align)
     : table_(table), be_(backend), comm_(comm), stage_(stage) {
   ZT_CHECK(stage >= 0 && stage <= 3, "--zero_stage must be 0, 1, 2 or 3, got {}", stage);
-  ZT_CHECK(bucket_bytes >= sizeof(float), "--zero_bucket_mb must be positive");
+  ZT_CHECK(bucket_bytes >= sizeof(float), "--zero_bucket_mb must hold at least one float (4 bytes), got {} bytes",
+           bucket_bytes);
   cut_parts(bucket_bytes / sizeof(float), align);
   allocate();
 }
