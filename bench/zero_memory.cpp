@@ -15,7 +15,7 @@
 #include "core/config.hpp"
 #include "core/errors.hpp"
 #include "core/gpt2.hpp"
-#include "core/trainer.hpp"
+#include "launch/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     opts.quiet = rank != 0;
     if (rank == 0) std::filesystem::remove_all(t.output_dir);
     MPI_Barrier(MPI_COMM_WORLD);
-    zt::train(m, t, comm, *backend, opts);
+    zt::train(m, t, {comm, comm}, *backend, opts);
     const double peak = peak_resident_bytes();
     std::vector<double> peaks(static_cast<size_t>(world));
     MPI_Gather(&peak, 1, MPI_DOUBLE, peaks.data(), 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);

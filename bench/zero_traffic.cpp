@@ -9,7 +9,7 @@
 #include "core/backend.hpp"
 #include "core/config.hpp"
 #include "core/errors.hpp"
-#include "core/trainer.hpp"
+#include "launch/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     zt::RunOptions opts;
     opts.quiet = true;
     const double t0 = MPI_Wtime();
-    zt::TrainSummary s = zt::train(m, t, comm, *backend, opts);
+    zt::TrainSummary s = zt::train(m, t, {comm, comm}, *backend, opts);
     const double step_s = (MPI_Wtime() - t0) / steps;
     zt::ZeroEngine probe(table, *backend, comm, stage);
     const double psi = double(probe.memory_report().psi);

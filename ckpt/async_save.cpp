@@ -7,13 +7,14 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "core/test_hooks.hpp"
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
 
 AsyncSaver::AsyncSaver(MpiComm& parent) : comm_(parent.mpi_comm()) {
   int provided = 0;
-  MPI_Query_thread(&provided);
+  ZT_MPI_CHECK(MPI_Query_thread(&provided));
   ZT_CHECK(provided == MPI_THREAD_MULTIPLE,
            "--async_save needs an MPI library with MPI_THREAD_MULTIPLE (this one provides level {}); run without "
            "--async_save",
@@ -48,8 +49,8 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
         const auto t0 = Clock::now();
         try {
           // Test hook: a slow copy, so the next optimizer step must wait for it (async_save_test.sh).
-          if (const char* ms = std::getenv("ZT_TEST_ASYNC_COPY_DELAY_MS"))
-            std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
+          if (const int ms = test_hooks::async_copy_delay_ms())
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
           snap = snapshot_copy(engine, std::move(spare_));
         } catch (...) {
           std::lock_guard<std::mutex> lock(mu_);

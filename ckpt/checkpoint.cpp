@@ -6,16 +6,19 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <thread>
 
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_write.hpp"
 #include "ckpt/h5.hpp"
+#include "core/test_hooks.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/shard.hpp"
 #include "sharding/zero_engine.hpp"
@@ -57,11 +60,10 @@ namespace detail {
 
 void test_kill_point(const char* phase, long index, int rank) {
   // Test-only: ZT_TEST_KILL_AT="phase:index:rank" SIGKILLs that rank at that point of a save (crash-safety tests).
-  static const char* spec = std::getenv("ZT_TEST_KILL_AT");
-  if (!spec) return;
-  const std::string want = fmt::format("{}:{}:{}", phase, index, rank);
-  if (want == spec) {
-    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec);
+  const std::string& spec = test_hooks::kill_at();
+  if (spec.empty()) return;
+  if (fmt::format("{}:{}:{}", phase, index, rank) == spec) {
+    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec.c_str());
     std::fflush(stderr);
     std::raise(SIGKILL);
   }
@@ -128,12 +130,12 @@ H5Id shard_transfer_props() {
 
 /// Threads for each rank when the ranks on one node share `per_node` of them (at least 1). Collective.
 int threads_per_rank(MpiComm& comm, int per_node) {
-  MPI_Comm node;
+  MPI_Comm node = MPI_COMM_NULL;
   int local = 1;
-  if (MPI_Comm_split_type(comm.mpi_comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-    MPI_Comm_size(node, &local);
-    MPI_Comm_free(&node);
-  }
+  ZT_MPI_CHECK(MPI_Comm_split_type(comm.mpi_comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  const int rc_size = MPI_Comm_size(node, &local);
+  ZT_MPI_CHECK(MPI_Comm_free(&node));
+  ZT_MPI_CHECK(rc_size);
   return std::max(1, per_node / std::max(1, local));
 }
 
@@ -181,6 +183,22 @@ constexpr int kWritersPerNode = 8;
 int owner_of(const ShardSnapshot& snap, size_t ti, size_t e) {
   const PartLayout& P = snap.parts[snap.tensor_part[ti]];
   return int((snap.table->tensors()[ti].unit_offset - P.begin + e) / P.layout.shard_numel);
+}
+
+/// Creates a scalar fixed-length string dataset (collective; parallel HDF5 cannot write variable-length strings);
+/// rank 0 writes its bytes, the other ranks select nothing.
+void write_string_dataset(hid_t file, const char* name, const std::string& text, int rank, hid_t dxpl) {
+  H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+  ZT_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, text.size())));
+  H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id dset(H5Dcreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  ZT_H5_CHECK(dset.get());
+  H5Id mspace(H5Screate(H5S_SCALAR), H5Sclose);
+  if (rank != 0) {
+    ZT_H5_CHECK(H5Sselect_none(space));
+    ZT_H5_CHECK(H5Sselect_none(mspace));
+  }
+  ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, text.data()));
 }
 
 ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> reuse) {
@@ -292,6 +310,200 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
   }
 }
 
+namespace {
+
+/// Fragments of checksum chunks that start on a lower rank go to that rank, and the tails of this rank's last
+/// chunks come from higher ranks (recv_frag[d]); posted before the writes, completed after them.
+void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::string>& names, MpiComm& comm,
+                            std::vector<std::vector<float>>& recv_frag, std::vector<MPI_Request>& reqs) {
+  const ParamTable& table = *snap.table;
+  const size_t n_t = table.tensors().size(), K = kChecksumChunkElems;
+  recv_frag.assign(names.size(), {});
+  for (size_t d = 0; d < names.size(); ++d) {
+    const int kind = int(d / n_t);
+    const TensorSpec& t = table.tensors()[d % n_t];
+    const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
+    if (p.a >= p.b) continue;
+    if (p.a % K != 0) {  // the chunk holding our first element starts on a lower rank
+      const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
+      const size_t n = std::min(p.b, c_end) - p.a;
+      reqs.emplace_back();
+      ZT_MPI_CHECK(MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, d % n_t, (p.a / K) * K), int(d), comm.mpi_comm(),
+                             &reqs.back()));
+    }
+    const size_t last_c = (p.b - 1) / K;
+    const size_t c_end = std::min(t.numel(), (last_c + 1) * K);
+    if (last_c * K >= p.a && c_end > p.b) {  // our last chunk runs past our piece: collect its tail
+      recv_frag[d].resize(c_end - p.b);
+      size_t at = p.b;
+      while (at < c_end) {
+        const int src = owner_of(snap, d % n_t, at);
+        const PartLayout& P = snap.parts[snap.tensor_part[d % n_t]];
+        const size_t src_end_flat = std::min(P.begin + P.layout.end(src), t.unit_offset + t.numel());
+        const size_t n = std::min(c_end, src_end_flat - t.unit_offset) - at;
+        reqs.emplace_back();
+        ZT_MPI_CHECK(
+            MPI_Irecv(recv_frag[d].data() + (at - p.b), int(n), MPI_FLOAT, src, int(d), comm.mpi_comm(), &reqs.back()));
+        at += n;
+      }
+    }
+  }
+}
+
+/// Creates every dataset (collectively, space allocated at once) before any byte is written; `offsets` receives
+/// each one's address in the file (HADDR_UNDEF where HDF5 gives none).
+std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std::vector<std::string>& names,
+                                  std::vector<haddr_t>& offsets) {
+  for (const char* g : {"params", "optim", "optim/exp_avg", "optim/exp_avg_sq"}) {
+    H5Id grp(H5Gcreate2(file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    ZT_H5_CHECK(grp.get());
+  }
+  H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  ZT_H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
+  ZT_H5_CHECK(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY));
+  const size_t n_t = table.tensors().size();
+  std::vector<H5Id> dsets;
+  for (size_t d = 0; d < names.size(); ++d) {
+    const TensorSpec& t = table.tensors()[d % n_t];
+    std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+    H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+    dsets.emplace_back(H5Dcreate2(file, names[d].c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+                       H5Dclose);
+    ZT_H5_CHECK(dsets.back().get());
+    offsets.push_back(H5Dget_offset(dsets.back()));
+  }
+  return dsets;
+}
+
+/// Writes this rank's piece of every dataset through H5Dwrite (collective per dataset).
+void write_through_hdf5(const ShardSnapshot& snap, const std::vector<H5Id>& dsets, hid_t dxpl, int rank) {
+  const ParamTable& table = *snap.table;
+  const size_t n_t = table.tensors().size();
+  for (size_t d = 0; d < dsets.size(); ++d) {
+    const int kind = int(d / n_t);
+    const TensorSpec& t = table.tensors()[d % n_t];
+    const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
+    detail::test_kill_point("dataset", long(d), rank);
+    H5Id space(H5Dget_space(dsets[d]), H5Sclose);
+    const hsize_t count = p.b - p.a;
+    hsize_t one = 1;
+    H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
+    if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
+    select_range(space, t.shape, p.a, p.b);
+    static float dummy = 0;
+    ZT_H5_CHECK(H5Dwrite(dsets[d], H5T_NATIVE_FLOAT, mspace, space, dxpl, count ? p.data[kind] : &dummy));
+  }
+}
+
+/// Writes this rank's piece of every dataset straight into the file (write_slices); the writers digest every chunk
+/// that lies whole inside a piece, appended to `digests` as (dataset, chunk, digest) triples. Returns the problem
+/// or "".
+std::string write_direct(const std::string& h5_path, const ShardSnapshot& snap, const std::vector<std::string>& names,
+                         const std::vector<haddr_t>& offsets, MpiComm& comm, std::vector<uint64_t>& digests) {
+  const ParamTable& table = *snap.table;
+  const size_t n_t = table.tensors().size();
+  std::vector<SliceWrite> writes;
+  for (size_t d = 0; d < names.size(); ++d) {
+    const TensorSpec& t = table.tensors()[d % n_t];
+    const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
+    writes.push_back({d, names[d], uint64_t(offsets[d]), t.numel(), p.a, p.b, p.data[d / n_t]});
+  }
+  std::vector<ChunkDigest> whole;
+  const int rank = comm.rank();
+  const std::string problem = write_slices(
+      h5_path, writes, detail::threads_per_rank(comm, kWritersPerNode),
+      [rank](size_t d) { detail::test_kill_point("dataset", long(d), rank); }, whole);
+  for (const ChunkDigest& c : whole) digests.insert(digests.end(), {uint64_t(c.dataset), uint64_t(c.chunk), c.digest});
+  return problem;
+}
+
+/// Digests every chunk that starts in this rank's piece (its tail, if any, arrived from higher ranks in
+/// recv_frag); `skip_whole`: the direct writers already digested the chunks that lie whole inside the piece.
+void digest_own_chunks(const ShardSnapshot& snap, size_t n_datasets, const std::vector<std::vector<float>>& recv_frag,
+                       bool skip_whole, std::vector<uint64_t>& digests) {
+  const ParamTable& table = *snap.table;
+  const size_t n_t = table.tensors().size(), K = kChecksumChunkElems;
+  std::vector<float> buf;
+  for (size_t d = 0; d < n_datasets; ++d) {
+    const int kind = int(d / n_t);
+    const TensorSpec& t = table.tensors()[d % n_t];
+    const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
+    if (p.a >= p.b) continue;
+    for (size_t c = (p.a + K - 1) / K; c * K < p.b; ++c) {
+      const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
+      uint64_t dg;
+      if (c1 <= p.b) {
+        if (skip_whole) continue;
+        dg = chunk_digest(p.data[kind] + (c0 - p.a), c1 - c0);
+      } else {
+        buf.assign(p.data[kind] + (c0 - p.a), p.data[kind] + (p.b - p.a));
+        buf.insert(buf.end(), recv_frag[d].begin(), recv_frag[d].end());
+        ZT_ASSERT(buf.size() == c1 - c0);
+        dg = chunk_digest(buf.data(), buf.size());
+      }
+      digests.insert(digests.end(), {uint64_t(d), uint64_t(c), dg});
+    }
+  }
+}
+
+/// Every rank's (dataset, chunk, digest) triples, concatenated on rank 0 (empty elsewhere).
+std::vector<uint64_t> gather_digests(const std::vector<uint64_t>& mine, MpiComm& comm) {
+  const int rank = comm.rank(), N = comm.world_size();
+  int my_n = int(mine.size());
+  std::vector<int> counts(size_t(N), 0), displs(size_t(N), 0);
+  ZT_MPI_CHECK(MPI_Gather(&my_n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm.mpi_comm()));
+  std::vector<uint64_t> all;
+  if (rank == 0) {
+    int total = 0;
+    for (int r = 0; r < N; ++r) {
+      displs[size_t(r)] = total;
+      total += counts[size_t(r)];
+    }
+    all.resize(size_t(total));
+  }
+  ZT_MPI_CHECK(MPI_Gatherv(mine.data(), my_n, MPI_UINT64_T, all.data(), counts.data(), displs.data(), MPI_UINT64_T, 0,
+                           comm.mpi_comm()));
+  return all;
+}
+
+/// Tensor bytes and chunk digests of a save: straight into the file (write_direct: several writes in flight,
+/// write-back started as they go, no collective per dataset) where every rank can open it and the datasets have
+/// addresses, which depends only on the file, so every rank sees the same. Else, and with --ckpt_write hdf5, through
+/// H5Dwrite; "auto" still honours the deprecated ZT_CKPT_WRITE=hdf5 (for one release). The choice is agreed with the
+/// rest: mpirun need not pass a variable to the ranks on other nodes. A failed write (a full disk, an I/O error) is
+/// agreed, so every rank leaves the collective calls together. Returns every rank's digests on rank 0.
+std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, const ShardSnapshot& snap,
+                                    const std::vector<std::string>& names, const std::string& ckpt_write,
+                                    MpiComm& comm) {
+  const int rank = comm.rank();
+  std::vector<std::vector<float>> recv_frag;
+  std::vector<MPI_Request> reqs;
+  post_fragment_exchange(snap, names, comm, recv_frag, reqs);
+  std::vector<haddr_t> offsets;
+  std::vector<H5Id> dsets = create_datasets(file, *snap.table, names, offsets);
+  const char* legacy = ckpt_write == "auto" ? std::getenv("ZT_CKPT_WRITE") : nullptr;
+  const bool via_hdf5 = ckpt_write == "hdf5" || (legacy != nullptr && std::string(legacy) == "hdf5");
+  const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !via_hdf5) &&
+                      std::none_of(offsets.begin(), offsets.end(), [](haddr_t a) { return a == HADDR_UNDEF; });
+  std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
+  std::string write_problem;
+  if (direct)
+    write_problem = write_direct(h5_path, snap, names, offsets, comm, my_digests);
+  else
+    write_through_hdf5(snap, dsets, detail::shard_transfer_props(), rank);
+  if (!reqs.empty()) ZT_MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
+  if (!write_problem.empty()) write_problem = fmt::format("{} [{}]", write_problem, where());
+  write_problem = agree_error(comm, write_problem);
+  if (!write_problem.empty()) throw AgreedWriteFailure(write_problem);
+  for (H5Id& ds : dsets) ZT_H5_CHECK(ds.reset());
+
+  detail::test_kill_point("digests", 0, rank);
+  digest_own_chunks(snap, names.size(), recv_frag, direct, my_digests);
+  return gather_digests(my_digests, comm);
+}
+
+}  // namespace
+
 std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
                           const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
                           const ShardSnapshot& snap, MpiComm& comm, int save_total_limit) {
@@ -300,10 +512,8 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
   const std::string h5_path = tmp_dir + "/" + kCheckpointFile;
   std::string err;
 
-  const std::vector<ShardSnapshot::TensorPiece>& pieces = snap.pieces;
   const size_t n_t = table.tensors().size();
   const size_t K = kChecksumChunkElems;
-  std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
   {
     H5Id file = detail::open_parallel(h5_path, comm, true);
     // A rank whose write fails must not close the file while unwinding: H5Fclose is collective and the other ranks
@@ -315,144 +525,10 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
         if (std::uncaught_exceptions() > n) new H5Id(std::move(f));
       }
     } leak_on_throw{file, std::uncaught_exceptions()};
-    for (const char* g : {"params", "optim", "optim/exp_avg", "optim/exp_avg_sq"}) {
-      H5Id grp(H5Gcreate2(file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
-      ZT_H5_CHECK(grp.get());
-    }
-    H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-    ZT_H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
-    ZT_H5_CHECK(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY));
-    H5Id dxpl = detail::shard_transfer_props();
     const std::vector<std::string> names = checkpoint_dataset_names(table);
-
-    // Fragments of checksum chunks that start on a lower rank go to that rank (posted before the writes).
-    std::vector<std::vector<float>> recv_frag(names.size());
-    std::vector<MPI_Request> reqs;
-    for (size_t d = 0; d < names.size(); ++d) {
-      const int kind = int(d / n_t);
-      const TensorSpec& t = table.tensors()[d % n_t];
-      const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
-      if (p.a >= p.b) continue;
-      if (p.a % K != 0) {  // the chunk holding our first element starts on a lower rank
-        const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
-        const size_t n = std::min(p.b, c_end) - p.a;
-        reqs.emplace_back();
-        MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, d % n_t, (p.a / K) * K), int(d), comm.mpi_comm(),
-                  &reqs.back());
-      }
-      const size_t last_c = (p.b - 1) / K;
-      const size_t c_end = std::min(t.numel(), (last_c + 1) * K);
-      if (last_c * K >= p.a && c_end > p.b) {  // our last chunk runs past our piece: collect its tail
-        recv_frag[d].resize(c_end - p.b);
-        size_t at = p.b;
-        while (at < c_end) {
-          const int src = owner_of(snap, d % n_t, at);
-          const PartLayout& P = snap.parts[snap.tensor_part[d % n_t]];
-          const size_t src_end_flat = std::min(P.begin + P.layout.end(src), t.unit_offset + t.numel());
-          const size_t n = std::min(c_end, src_end_flat - t.unit_offset) - at;
-          reqs.emplace_back();
-          MPI_Irecv(recv_frag[d].data() + (at - p.b), int(n), MPI_FLOAT, src, int(d), comm.mpi_comm(), &reqs.back());
-          at += n;
-        }
-      }
-    }
-
-    // Every dataset is created (collectively, space allocated at once) before any byte is written.
-    std::vector<H5Id> dsets;
-    std::vector<haddr_t> offsets;
-    for (size_t d = 0; d < names.size(); ++d) {
-      const TensorSpec& t = table.tensors()[d % n_t];
-      std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
-      H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
-      dsets.emplace_back(H5Dcreate2(file, names[d].c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
-                         H5Dclose);
-      ZT_H5_CHECK(dsets.back().get());
-      offsets.push_back(H5Dget_offset(dsets.back()));
-    }
-    // Tensor bytes go straight into the file (write_slices: several writes in flight, write-back started as they
-    // go, no collective per dataset) where every rank can open it and the datasets have addresses, which depends
-    // only on the file, so every rank sees the same. Else, and with ZT_CKPT_WRITE=hdf5, through H5Dwrite.
-    // ZT_CKPT_WRITE is agreed with the rest: mpirun need not pass a variable to the ranks on other nodes.
-    const char* how = std::getenv("ZT_CKPT_WRITE");
-    const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !(how && std::string(how) == "hdf5")) &&
-                        std::none_of(offsets.begin(), offsets.end(), [](haddr_t a) { return a == HADDR_UNDEF; });
-    std::string write_problem;
-    if (direct) {
-      std::vector<SliceWrite> writes;
-      for (size_t d = 0; d < names.size(); ++d) {
-        const TensorSpec& t = table.tensors()[d % n_t];
-        const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
-        writes.push_back({d, names[d], uint64_t(offsets[d]), t.numel(), p.a, p.b, p.data[d / n_t]});
-      }
-      std::vector<ChunkDigest> whole;
-      write_problem = write_slices(
-          h5_path, writes, detail::threads_per_rank(comm, kWritersPerNode),
-          [rank](size_t d) { detail::test_kill_point("dataset", long(d), rank); }, whole);
-      for (const ChunkDigest& c : whole)
-        my_digests.insert(my_digests.end(), {uint64_t(c.dataset), uint64_t(c.chunk), c.digest});
-    } else {
-      for (size_t d = 0; d < names.size(); ++d) {
-        const int kind = int(d / n_t);
-        const TensorSpec& t = table.tensors()[d % n_t];
-        const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
-        detail::test_kill_point("dataset", long(d), rank);
-        H5Id space(H5Dget_space(dsets[d]), H5Sclose);
-        const hsize_t count = p.b - p.a;
-        hsize_t one = 1;
-        H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
-        if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
-        select_range(space, t.shape, p.a, p.b);
-        static float dummy = 0;
-        ZT_H5_CHECK(H5Dwrite(dsets[d], H5T_NATIVE_FLOAT, mspace, space, dxpl, count ? p.data[kind] : &dummy));
-      }
-    }
-    if (!reqs.empty()) MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
-    // A failed write (a full disk, an I/O error) is agreed, so every rank leaves the collective calls together.
-    if (!write_problem.empty()) write_problem = fmt::format("{} [{}]", write_problem, where());
-    write_problem = agree_error(comm, write_problem);
-    if (!write_problem.empty()) throw AgreedWriteFailure(write_problem);
-    for (H5Id& ds : dsets) ZT_H5_CHECK(ds.reset());
-
-    detail::test_kill_point("digests", 0, rank);
-    // Digest every chunk that starts in our piece (its tail, if any, arrived from higher ranks); with direct writes
-    // the writers already digested every chunk that lies whole inside the piece.
-    std::vector<float> buf;
-    for (size_t d = 0; d < names.size(); ++d) {
-      const int kind = int(d / n_t);
-      const TensorSpec& t = table.tensors()[d % n_t];
-      const ShardSnapshot::TensorPiece& p = pieces[d % n_t];
-      if (p.a >= p.b) continue;
-      for (size_t c = (p.a + K - 1) / K; c * K < p.b; ++c) {
-        const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
-        uint64_t dg;
-        if (c1 <= p.b) {
-          if (direct) continue;
-          dg = chunk_digest(p.data[kind] + (c0 - p.a), c1 - c0);
-        } else {
-          buf.assign(p.data[kind] + (c0 - p.a), p.data[kind] + (p.b - p.a));
-          buf.insert(buf.end(), recv_frag[d].begin(), recv_frag[d].end());
-          ZT_ASSERT(buf.size() == c1 - c0);
-          dg = chunk_digest(buf.data(), buf.size());
-        }
-        my_digests.insert(my_digests.end(), {uint64_t(d), uint64_t(c), dg});
-      }
-    }
-
+    H5Id dxpl = detail::shard_transfer_props();
     // Rank 0 assembles the manifest from everyone's digests; the manifest dataset is created by all ranks.
-    int my_n = int(my_digests.size());
-    std::vector<int> counts(size_t(N), 0), displs(size_t(N), 0);
-    MPI_Gather(&my_n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm.mpi_comm());
-    std::vector<uint64_t> all;
-    if (rank == 0) {
-      int total = 0;
-      for (int r = 0; r < N; ++r) {
-        displs[size_t(r)] = total;
-        total += counts[size_t(r)];
-      }
-      all.resize(size_t(total));
-    }
-    MPI_Gatherv(my_digests.data(), my_n, MPI_UINT64_T, all.data(), counts.data(), displs.data(), MPI_UINT64_T, 0,
-                comm.mpi_comm());
+    const std::vector<uint64_t> all = write_tensors(h5_path, file, snap, names, train.ckpt_write, comm);
     std::string manifest_text;
     if (rank == 0) {
       std::vector<std::vector<uint64_t>> digests(names.size());
@@ -467,22 +543,14 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     comm.broadcast(&len, sizeof(len), 0);
     manifest_text.resize(len);
     comm.broadcast(manifest_text.data(), len, 0);
-    {
-      H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-      ZT_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, len)));
-      H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
-      H5Id dset(H5Dcreate2(file, "manifest", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-      ZT_H5_CHECK(dset.get());
-      H5Id mspace(H5Screate(H5S_SCALAR), H5Sclose);
-      if (rank != 0) {
-        ZT_H5_CHECK(H5Sselect_none(space));
-        ZT_H5_CHECK(H5Sselect_none(mspace));
-      }
-      ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, manifest_text.data()));
-    }
+    write_string_dataset(file, "manifest", manifest_text, rank, dxpl);
+    write_string_dataset(file, kManifestDigestDataset, manifest_digest(manifest_text), rank, dxpl);
     detail::test_kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
     detail::test_kill_point("commit", 0, rank);
+    // Test-only: stretches every save before the commit, as a large model's write would (the launch scripts'
+    // signal tests need a save that outlasts mpirun's default SIGTERM-to-SIGKILL delay).
+    if (const int ms = test_hooks::save_delay_ms(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     if (rank == 0) {
       err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
       if (err.empty() && save_total_limit > 0) apply_retention(output_dir, save_total_limit);
@@ -493,6 +561,32 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
   return output_dir + "/" + name;
 }
 
+std::string manifest_digest(const std::string& text) { return hex64(XXH64(text.data(), text.size(), 0)); }
+
+namespace {
+
+/// The bytes of scalar string dataset `name` up to the first NUL (readers must stop there; section 3 of
+/// docs/checkpoint-format.md); "" and `problem` set when it is missing or unreadable.
+std::string read_string_dataset(hid_t file, const char* name, const std::string& path, std::string& problem) {
+  H5Id dset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  if (dset.get() < 0) {
+    problem = fmt::format("checkpoint file {} has no {} dataset", path, name);
+    return std::string();
+  }
+  H5Id type(H5Dget_type(dset), H5Tclose);
+  const size_t len = type.get() < 0 ? 0 : H5Tget_size(type);
+  std::string text(len, '\0');
+  if (len == 0 || H5Tget_class(type) != H5T_STRING || H5Tis_variable_str(type) != 0 ||
+      H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) < 0) {
+    problem = fmt::format("cannot read the {} dataset of {}: {}", name, path, h5_error_stack());
+    return std::string();
+  }
+  text.resize(strnlen(text.data(), len));
+  return text;
+}
+
+}  // namespace
+
 nlohmann::json read_manifest(const std::string& ckpt_dir) {
   const std::string path = ckpt_dir + "/" + kCheckpointFile;
   h5_quiet();
@@ -501,22 +595,39 @@ nlohmann::json read_manifest(const std::string& ckpt_dir) {
   if (file.get() < 0)
     throw CheckpointError(
         fmt::format("cannot open checkpoint file {} (truncated or not HDF5?): {}", path, h5_error_stack()));
-  H5Id dset(H5Dopen2(file, "manifest", H5P_DEFAULT), H5Dclose);
-  if (dset.get() < 0) throw CheckpointError(fmt::format("checkpoint file {} has no manifest dataset", path));
-  H5Id type(H5Dget_type(dset), H5Tclose);
-  const size_t len = H5Tget_size(type);
-  std::string text(len, '\0');
-  if (H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) < 0)
-    throw CheckpointError(fmt::format("cannot read the manifest of {}: {}", path, h5_error_stack()));
-  text.resize(strnlen(text.data(), len));
+  std::string problem;
+  const std::string text = read_string_dataset(file, "manifest", path, problem);
+  if (!problem.empty()) throw CheckpointError(problem);
+  // The digest is judged before anything in the manifest, its format_version included: a flipped bit there must
+  // read as damage, not as "upgrade zerotrain". Every version from 2 on keeps this dataset's meaning.
+  const bool has_digest = H5Lexists(file, kManifestDigestDataset, H5P_DEFAULT) > 0;
+  if (has_digest) {
+    const std::string stored = read_string_dataset(file, kManifestDigestDataset, path, problem);
+    if (!problem.empty()) throw CheckpointError(problem);
+    if (stored != manifest_digest(text))
+      throw CheckpointError(fmt::format(
+          "the manifest of {} does not match its digest (/{}: stored {}, computed {}): the manifest is corrupt", path,
+          kManifestDigestDataset, stored, manifest_digest(text)));
+  }
+  nlohmann::json j;
+  int version = -1;
   try {
-    nlohmann::json j = nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text);
     ZT_CHECK(j.is_object() && j.value("format", "") == "zerotrain-checkpoint",
              "{} is not a zerotrain checkpoint (manifest format field)", path);
-    return j;
+    const auto v = j.find("format_version");
+    if (v != j.end() && v->is_number_integer()) version = v->get<int>();
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(fmt::format("the manifest of {} is not valid JSON: {}", path, e.what()));
   }
+  // Version 1 predates the digest (its manifest is taken as it is); a newer version than ours is refused by
+  // check_format_version with "upgrade zerotrain", whatever it stores.
+  if (!has_digest && version >= 2 && version <= kCheckpointFormatVersion)
+    throw CheckpointError(fmt::format(
+        "checkpoint file {} has format version {} but no manifest digest (dataset /{} is missing): its manifest "
+        "cannot be checked, so it is not used",
+        path, version, kManifestDigestDataset));
+  return j;
 }
 
 }  // namespace zt

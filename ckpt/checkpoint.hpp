@@ -18,8 +18,11 @@ namespace zt {
 class MpiComm;
 class ZeroEngine;
 
-/// Version of the on-disk layout written by this build; a reader refuses a newer one.
-constexpr int kCheckpointFormatVersion = 1;
+/// Version of the on-disk layout written by this build; a reader refuses a newer one and reads every older one.
+/// 2: the manifest's own digest (kManifestDigestDataset). docs/checkpoint-format.md, section 7, keeps the history.
+constexpr int kCheckpointFormatVersion = 2;
+/// Dataset beside `manifest` holding the xxh64 of the manifest's bytes (16 lowercase hex digits); from version 2.
+constexpr const char* kManifestDigestDataset = "manifest_xxh64";
 /// Elements per checksum chunk (in a tensor's row-major order; independent of world size).
 constexpr size_t kChecksumChunkElems = size_t(1) << 20;
 /// File name of the HDF5 file inside a checkpoint directory.
@@ -106,14 +109,26 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);
-/// The commit_seq of a committed checkpoint from its manifest.json: 0 when the manifest predates the field, -1 when
-/// it cannot be read.
-int64_t read_commit_seq(const std::string& ckpt_dir);
+/// A committed checkpoint as `latest` and retention order it.
+struct CommittedCheckpoint {
+  std::string path;
+  int64_t step = 0;         ///< from the directory name
+  int64_t commit_seq = -1;  ///< from the manifest in model.h5 (0: written before the field existed); -1: unreadable
+  std::string problem;      ///< why the manifest could not be read (commit_seq == -1)
+};
+/// Committed checkpoints in output_dir, most recently committed first: readable ones by the commit_seq of the
+/// authoritative manifest inside model.h5 (manifest.json is not consulted), highest first, ties newest step first;
+/// then those whose manifest cannot be read, newest step first, so that one never outranks a readable checkpoint.
+std::vector<CommittedCheckpoint> checkpoints_by_commit(const std::string& output_dir);
 /// The directory OUTPUT/latest names, or "" when there is none.
 std::string read_latest(const std::string& output_dir);
 
-/// Reads and parses the manifest of a checkpoint directory (independent, any rank). Throws CheckpointError.
+/// Reads the manifest inside a checkpoint's model.h5 (independent, any rank) and checks it against its digest
+/// (kManifestDigestDataset) when the file has one; a file of a version that requires the digest but lacks it is
+/// refused. Version 1 has no digest: its manifest is taken as it is. Throws CheckpointError.
 nlohmann::json read_manifest(const std::string& ckpt_dir);
+/// The digest stored for manifest bytes `text`: xxh64 (seed 0) as 16 lowercase hex digits.
+std::string manifest_digest(const std::string& text);
 /// Throws zt::Error unless this build reads the manifest's format_version (a newer one: "upgrade zerotrain").
 void check_format_version(const nlohmann::json& manifest, const std::string& path);
 /// The model and training configs a manifest records. Keys this build does not know are ignored: a writer may add

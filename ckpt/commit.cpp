@@ -13,13 +13,13 @@
 
 #include <sys/statvfs.h>
 
+#include "core/test_hooks.hpp"
+
 namespace zt {
 namespace fs = std::filesystem;
 namespace detail {
 void test_kill_point(const char* phase, long index, int rank);
 }
-
-namespace {
 
 std::string fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
@@ -30,6 +30,8 @@ std::string fsync_path(const std::string& path, bool directory) {
   if (rc != 0) return fmt::format("fsync of {} failed: {}", path, std::strerror(saved));
   return std::string();
 }
+
+namespace {
 
 std::string write_file_synced(const std::string& path, const std::string& text) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -100,56 +102,132 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
   return err;
 }
 
+namespace {
+
+/// Rename-then-delete: once the rename is on disk, a crash anywhere in the deletion leaves only a dot-name that is
+/// never loaded and that the next prune (or the run directory's clean-up) finishes. Returns an error or "".
+std::string prune_checkpoint(const std::string& output_dir, const std::string& dir, long index) {
+  const std::string name = fs::path(dir).filename().string();
+  const std::string aside = fmt::format("{}/.{}.pruning", output_dir, name);
+  std::error_code ec;
+  fs::remove_all(aside, ec);  // left by an earlier prune of a checkpoint of the same step
+  if (!ec) fs::rename(dir, aside, ec);
+  if (ec) return fmt::format("cannot move {} aside to {}: {}", dir, aside, ec.message());
+  std::string err = fsync_path(output_dir, true);
+  if (!err.empty()) return err;
+  detail::test_kill_point("prune", index, 0);
+  fs::remove_all(aside, ec);
+  if (ec) return fmt::format("cannot remove {} (moved aside from {}): {}", aside, name, ec.message());
+  return std::string();
+}
+
+}  // namespace
+
+Leftover classify_leftover(const std::string& name, int64_t* step) {
+  if (name == ".latest.tmp") return Leftover::kLatestTemp;
+  const std::string prefix = ".checkpoint-";
+  if (name.rfind(prefix, 0) != 0) return Leftover::kNone;
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return Leftover::kNone;
+  const std::string digits = name.substr(prefix.size(), dot - prefix.size());
+  if (digits.empty() || digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), ::isdigit))
+    return Leftover::kNone;
+  if (step) *step = std::stoll(digits);
+  const std::string suffix = name.substr(dot);
+  if (suffix == ".tmp") return Leftover::kSaveTemp;
+  if (suffix == ".old") return Leftover::kMovedAside;
+  if (suffix == ".pruning") return Leftover::kPruning;
+  return Leftover::kNone;
+}
+
 void apply_retention(const std::string& output_dir, int keep) {
-  const std::string latest = read_latest(output_dir);
-  const std::vector<std::string> all = list_checkpoints(output_dir);
-  for (size_t i = size_t(keep); i < all.size(); ++i) {
-    if (fs::path(all[i]) == fs::path(latest)) continue;
-    std::error_code ec;
-    fs::remove_all(all[i], ec);
-    if (ec)
-      fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", all[i], ec.message());
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    if (classify_leftover(e.path().filename().string(), nullptr) != Leftover::kPruning) continue;
+    std::error_code rm;
+    fs::remove_all(e.path(), rm);
+    if (!rm) fmt::print("finished removing {} (a prune that was interrupted)\n", e.path().string());
+  }
+  const std::string latest = fs::path(read_latest(output_dir)).filename().string();
+  int kept = 0;
+  long pruned = 0;
+  for (const CommittedCheckpoint& c : checkpoints_by_commit(output_dir)) {
+    // Only what can be ordered is pruned: an unreadable manifest may be a passing read error on a good checkpoint.
+    if (c.commit_seq < 0) {
+      fmt::print(stderr, "zerotrain: warning: --save_total_limit does not remove {}: {}\n", c.path, c.problem);
+      continue;
+    }
+    if (kept < keep) {
+      ++kept;
+      continue;
+    }
+    if (fs::path(c.path).filename() == latest) continue;
+    const std::string err = prune_checkpoint(output_dir, c.path, pruned++);
+    if (!err.empty())
+      fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", c.path, err);
     else
-      fmt::print("removed old checkpoint {} (--save_total_limit {})\n", all[i], keep);
+      fmt::print("removed old checkpoint {} (--save_total_limit {})\n", c.path, keep);
   }
 }
 
 uint64_t free_bytes(const std::string& dir) {
   // Test-only: pretend this many bytes are free, so the pre-check passes and a real write runs into ENOSPC.
-  if (const char* fake = std::getenv("ZT_TEST_FREE_BYTES_OVERRIDE")) return std::strtoull(fake, nullptr, 10);
+  if (const auto fake = test_hooks::free_bytes_override()) return *fake;
   struct statvfs st {};
   if (::statvfs(dir.c_str(), &st) != 0) return UINT64_MAX;
   return uint64_t(st.f_bavail) * uint64_t(st.f_frsize);
 }
 
-std::vector<std::string> list_checkpoints(const std::string& output_dir) {
-  std::vector<std::pair<long long, std::string>> found;
+namespace {
+
+/// (step, path) of every committed checkpoint directory, newest step first.
+std::vector<std::pair<int64_t, std::string>> committed_dirs(const std::string& output_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
   if (!fs::is_directory(output_dir, ec)) return {};
   for (const auto& e : fs::directory_iterator(output_dir, ec)) {
     const std::string n = e.path().filename().string();
     if (n.rfind("checkpoint-", 0) != 0 || !e.is_directory()) continue;
     const std::string digits = n.substr(11);
-    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    // (More than 18 digits is no step a run can reach, and would overflow.)
+    if (digits.empty() || digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
     found.emplace_back(std::stoll(digits), e.path().string());
   }
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return found;
+}
+
+}  // namespace
+
+std::vector<std::string> list_checkpoints(const std::string& output_dir) {
   std::vector<std::string> out;
-  for (auto& f : found) out.push_back(f.second);
+  for (auto& f : committed_dirs(output_dir)) out.push_back(f.second);
   return out;
 }
 
-int64_t read_commit_seq(const std::string& ckpt_dir) {
-  std::ifstream in(ckpt_dir + "/manifest.json");
-  if (!in) return -1;
-  try {
-    const nlohmann::json j = nlohmann::json::parse(in);
-    const auto it = j.find("commit_seq");
-    if (it == j.end()) return 0;
-    return it->is_number_integer() && it->get<int64_t>() >= 0 ? it->get<int64_t>() : -1;
-  } catch (const nlohmann::json::exception&) {
-    return -1;
+std::vector<CommittedCheckpoint> checkpoints_by_commit(const std::string& output_dir) {
+  std::vector<CommittedCheckpoint> out;
+  for (auto& [step, dir] : committed_dirs(output_dir)) {
+    CommittedCheckpoint c;
+    c.path = dir;
+    c.step = step;
+    try {
+      const nlohmann::json m = read_manifest(dir);
+      const auto it = m.find("commit_seq");
+      if (it == m.end())
+        c.commit_seq = 0;
+      else if (it->is_number_integer() && it->get<int64_t>() >= 0)
+        c.commit_seq = it->get<int64_t>();
+      else
+        c.problem = fmt::format("the manifest of {} has an invalid commit_seq ({})", dir, it->dump());
+    } catch (const Error& e) {
+      c.problem = e.what();
+    }
+    out.push_back(std::move(c));
   }
+  // Unreadable (-1) sorts after every readable checkpoint; equal keys keep the step order.
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.commit_seq > b.commit_seq; });
+  return out;
 }
 
 std::string read_latest(const std::string& output_dir) {

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <memory>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/commit.hpp"
 #include "ckpt/direct_read.hpp"
 #include "ckpt/h5.hpp"
 #include "sharding/comm_mpi.hpp"
@@ -14,6 +16,7 @@
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
+namespace fs = std::filesystem;
 namespace detail {
 std::string agree_error(MpiComm& comm, const std::string& local);
 void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
@@ -116,6 +119,102 @@ std::vector<LoadProblem> read_into_engine(const std::string& path, const std::ve
   return problems;
 }
 
+/// This rank's new slice of every tensor under the engine's layout: [a, b) in the tensor's elements, and where the
+/// parameters, Adam m and v of that range go.
+struct ShardTargets {
+  std::vector<size_t> a, b;
+  std::vector<std::array<float*, 3>> dst;
+};
+
+ShardTargets shard_targets(ZeroEngine& engine) {
+  const ParamTable& table = engine.table();
+  const size_t n_t = table.tensors().size();
+  ShardTargets out{std::vector<size_t>(n_t, 0), std::vector<size_t>(n_t, 0),
+                   std::vector<std::array<float*, 3>>(n_t, {nullptr, nullptr, nullptr})};
+  for (size_t p = 0; p < engine.n_parts(); ++p) {
+    std::vector<TensorExtent> ext;
+    for (int ti : table.units()[size_t(engine.part(p).unit)].tensors) {
+      const TensorSpec& t = table.tensors()[size_t(ti)];
+      ext.push_back({ti, t.unit_offset, t.numel()});
+    }
+    const ZeroEngine::OwnedSlice s = engine.owned_slice(p);
+    for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
+      out.a[size_t(pc.tensor)] = pc.tensor_offset;
+      out.b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;
+      const size_t off = pc.flat_offset - s.begin;
+      out.dst[size_t(pc.tensor)] = {s.params + off, s.m + off, s.v + off};
+    }
+  }
+  return out;
+}
+
+/// Reads elements [a, b) of a dataset through H5Dread (collective), extended to the end of the last checksum chunk
+/// that starts in it, checks the digests of the chunks that start in it against `want`, and copies [a, b) to `dst`
+/// (backend memory). `buf` is reused across calls. Returns the problems found.
+std::vector<std::string> read_through_hdf5(hid_t dset, hid_t dxpl, const TensorSpec& t, size_t a, size_t b,
+                                           const std::string& path, const std::string& name,
+                                           const std::vector<uint64_t>& want, float* dst, Backend& backend,
+                                           std::unique_ptr<float[]>& buf, size_t& buf_elems) {
+  const size_t K = kChecksumChunkElems;
+  size_t ext_b = b;
+  if (a < b) {
+    const size_t last_c = (b - 1) / K;
+    if (last_c * K >= a) ext_b = std::min(t.numel(), (last_c + 1) * K);
+  }
+  if (std::max<size_t>(1, ext_b - a) > buf_elems) {
+    buf_elems = std::max<size_t>(1, ext_b - a);
+    buf.reset(new float[buf_elems]);
+  }
+  H5Id fspace(H5Dget_space(dset), H5Sclose);
+  detail::select_range(fspace, t.shape, a, ext_b);
+  const hsize_t count = ext_b - a, one = 1;
+  H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
+  if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
+  if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.get()) < 0)
+    return {fmt::format("checkpoint {}: reading {} failed: {}", path, name, h5_error_stack())};
+  std::vector<std::string> problems;
+  for (size_t c = (a + K - 1) / K; c * K < b; ++c) {
+    const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
+    const uint64_t got = chunk_digest(buf.get() + (c0 - a), c1 - c0);
+    if (got != want[c]) problems.push_back(checksum_mismatch(path, name, c, c0, c1, got, want[c]));
+  }
+  if (a < b) backend.from_host(dst, buf.get(), b - a);
+  return problems;
+}
+
+/// The first 8 problems, in dataset order, as one message ("" when there are none).
+std::string summarize(std::vector<LoadProblem> problems) {
+  std::stable_sort(problems.begin(), problems.end(),
+                   [](const LoadProblem& x, const LoadProblem& y) { return x.dataset < y.dataset; });
+  std::string out;
+  for (size_t i = 0; i < problems.size() && i < 8; ++i) out += (i ? "\n" : "") + problems[i].text;
+  if (problems.size() > 8) out += fmt::format("\n... and {} more problems", problems.size() - 8);
+  return out;
+}
+
+/// What a manifest says about the run that saved it; throws zt::Error when it needs a newer zerotrain or was
+/// written for another model.
+LoadedCheckpoint loaded_from_manifest(const std::string& ckpt_dir, const nlohmann::json& manifest,
+                                      const ModelConfig& model) {
+  LoadedCheckpoint out;
+  out.path = ckpt_dir;
+  out.manifest = manifest;
+  check_format_version(manifest, ckpt_dir + "/" + kCheckpointFile);
+  configs_from_manifest(manifest, out.model, out.train);
+  const std::vector<std::string> diffs = diff_model_config(out.model, model);
+  ZT_CHECK(diffs.empty(),
+           "checkpoint {} was written for a different model: {}; pass the same model flags (or "
+           "--preset) as the run that saved it",
+           ckpt_dir, fmt::join(diffs, "; "));
+  out.world_size = manifest.value("world_size", 0);
+  out.zero_stage = manifest.value("zero_stage", 0);
+  out.progress.step = manifest.value("step", int64_t(0));
+  out.progress.tokens_seen = manifest.value("tokens_seen", int64_t(0));
+  out.progress.data_cursor = manifest["data"].value("cursor", int64_t(0));
+  out.progress.lr = manifest["lr_schedule"].value("last_lr", 0.0);
+  return out;
+}
+
 }  // namespace
 
 void check_format_version(const nlohmann::json& manifest, const std::string& path) {
@@ -140,13 +239,20 @@ void configs_from_manifest(const nlohmann::json& manifest, ModelConfig& model, T
   };
   ModelConfig unused_model;
   TrainConfig unused_train;
-  update_from_json(known_only("model", to_json(ModelConfig())), model, unused_train);
-  update_from_json(known_only("train", to_json(TrainConfig())), unused_model, train);
+  update_from_json(known_only("model", to_json(ModelConfig())), model, unused_train, "checkpoint manifest `model`: ");
+  update_from_json(known_only("train", to_json(TrainConfig())), unused_model, train, "checkpoint manifest `train`: ");
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig& model, ZeroEngine& engine,
                                  MpiComm& comm) {
   const std::string path = ckpt_dir + "/" + kCheckpointFile;
+  std::string base = ckpt_dir;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  base = fs::path(base).filename().string();
+  ZT_CHECK(classify_leftover(base, nullptr) == Leftover::kNone,
+           "{} is not a committed checkpoint: a name starting with '.' is a save or a prune that did not finish "
+           "(docs/checkpoint-format.md, section 1), and is never loaded",
+           ckpt_dir);
   // Every rank reads the manifest itself; failures are agreed so all ranks throw the same error.
   nlohmann::json manifest;
   std::string err;
@@ -158,44 +264,12 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   err = detail::agree_error(comm, err);
   if (!err.empty()) throw CheckpointError(err);
 
-  LoadedCheckpoint out;
-  out.path = ckpt_dir;
-  out.manifest = manifest;
-  check_format_version(manifest, path);
-  configs_from_manifest(manifest, out.model, out.train);
-  const std::vector<std::string> diffs = diff_model_config(out.model, model);
-  ZT_CHECK(diffs.empty(),
-           "checkpoint {} was written for a different model: {}; pass the same model flags (or "
-           "--preset) as the run that saved it",
-           ckpt_dir, fmt::join(diffs, "; "));
-  out.world_size = manifest.value("world_size", 0);
-  out.zero_stage = manifest.value("zero_stage", 0);
-  out.progress.step = manifest.value("step", int64_t(0));
-  out.progress.tokens_seen = manifest.value("tokens_seen", int64_t(0));
-  out.progress.data_cursor = manifest["data"].value("cursor", int64_t(0));
-  out.progress.lr = manifest["lr_schedule"].value("last_lr", 0.0);
-
+  const LoadedCheckpoint out = loaded_from_manifest(ckpt_dir, manifest, model);
   const ParamTable& table = engine.table();
-  const size_t n_t = table.tensors().size(), K = kChecksumChunkElems;
+  const size_t n_t = table.tensors().size();
   const std::vector<std::string> names = checkpoint_dataset_names(table);
   std::vector<LoadProblem> problems;
-  // This rank's new slice of every unit, and the tensor pieces inside it.
-  std::vector<size_t> piece_a(n_t, 0), piece_b(n_t, 0);
-  std::vector<std::array<float*, 3>> dst(n_t, {nullptr, nullptr, nullptr});
-  for (size_t p = 0; p < engine.n_parts(); ++p) {
-    std::vector<TensorExtent> ext;
-    for (int ti : table.units()[size_t(engine.part(p).unit)].tensors) {
-      const TensorSpec& t = table.tensors()[size_t(ti)];
-      ext.push_back({ti, t.unit_offset, t.numel()});
-    }
-    const ZeroEngine::OwnedSlice s = engine.owned_slice(p);
-    for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
-      piece_a[size_t(pc.tensor)] = pc.tensor_offset;
-      piece_b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;
-      const size_t off = pc.flat_offset - s.begin;
-      dst[size_t(pc.tensor)] = {s.params + off, s.m + off, s.v + off};
-    }
-  }
+  const ShardTargets targets = shard_targets(engine);
   // Tensor bytes are read straight from the file (read_slices: several reads in flight, O_DIRECT, hashing on the
   // reader threads, no collective per dataset) wherever the dataset is what the format prescribes: contiguous
   // float32-LE. Under HDF5 the same bytes would move by independent MPI-IO reads anyway (shard_transfer_props);
@@ -223,48 +297,22 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
         problems.push_back({d, fmt::format("checkpoint {}: {}", path, p)});
         continue;
       }
-      const size_t a = piece_a[ti], b = piece_b[ti];
+      const size_t a = targets.a[ti], b = targets.b[ti];
+      float* dst = targets.dst[ti][d / n_t];
       const haddr_t at = direct ? contiguous_f32le_offset(dset, t.numel()) : HADDR_UNDEF;
       if (at != HADDR_UNDEF) {
-        if (a < b) direct_reads.push_back({d, names[d], uint64_t(at), t.numel(), a, b, dst[ti][d / n_t], want});
+        if (a < b) direct_reads.push_back({d, names[d], uint64_t(at), t.numel(), a, b, dst, want});
         continue;
       }
-      // Read our piece, extended to the end of the last checksum chunk that starts in it.
-      size_t ext_b = b;
-      if (a < b) {
-        const size_t last_c = (b - 1) / K;
-        if (last_c * K >= a) ext_b = std::min(t.numel(), (last_c + 1) * K);
-      }
-      if (std::max<size_t>(1, ext_b - a) > buf_elems) {
-        buf_elems = std::max<size_t>(1, ext_b - a);
-        buf.reset(new float[buf_elems]);
-      }
-      H5Id fspace(H5Dget_space(dset), H5Sclose);
-      detail::select_range(fspace, t.shape, a, ext_b);
-      const hsize_t count = ext_b - a, one = 1;
-      H5Id mspace(H5Screate_simple(1, count ? &count : &one, nullptr), H5Sclose);
-      if (!count) ZT_H5_CHECK(H5Sselect_none(mspace));
-      if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.get()) < 0) {
-        problems.push_back({d, fmt::format("checkpoint {}: reading {} failed: {}", path, names[d], h5_error_stack())});
-        continue;
-      }
-      for (size_t c = (a + K - 1) / K; c * K < b; ++c) {
-        const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
-        const uint64_t got = chunk_digest(buf.get() + (c0 - a), c1 - c0);
-        if (got != want[c]) problems.push_back({d, checksum_mismatch(path, names[d], c, c0, c1, got, want[c])});
-      }
-      if (a < b) engine.backend().from_host(dst[ti][d / n_t], buf.get(), b - a);
+      for (std::string& text :
+           read_through_hdf5(dset, dxpl, t, a, b, path, names[d], want, dst, engine.backend(), buf, buf_elems))
+        problems.push_back({d, std::move(text)});
     }
   }
   const int n_readers = detail::threads_per_rank(comm, kReadersPerNode);
   for (LoadProblem& p : read_into_engine(path, direct_reads, n_readers, engine.backend()))
     problems.push_back(std::move(p));
-  std::stable_sort(problems.begin(), problems.end(),
-                   [](const LoadProblem& x, const LoadProblem& y) { return x.dataset < y.dataset; });
-  std::string local;
-  for (size_t i = 0; i < problems.size() && i < 8; ++i) local += (i ? "\n" : "") + problems[i].text;
-  if (problems.size() > 8) local += fmt::format("\n... and {} more problems", problems.size() - 8);
-  err = detail::agree_error(comm, local);
+  err = detail::agree_error(comm, summarize(std::move(problems)));
   if (!err.empty()) throw CheckpointError(err);
   engine.finish_load(manifest["optimizer"].value("step", int64_t(0)));
   return out;
@@ -335,14 +383,15 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
   for (const auto& p : problems) local += p + "\n";
   int len = int(local.size());
   std::vector<int> lens(size_t(N), 0), displs(size_t(N), 0);
-  MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm.mpi_comm());
+  ZT_MPI_CHECK(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm.mpi_comm()));
   int total = 0;
   for (int r = 0; r < N; ++r) {
     displs[size_t(r)] = total;
     total += lens[size_t(r)];
   }
   std::string all(size_t(total), '\0');
-  MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm.mpi_comm());
+  ZT_MPI_CHECK(
+      MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm.mpi_comm()));
   return split_lines(all);
 }
 

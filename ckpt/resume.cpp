@@ -1,8 +1,8 @@
-// Resume planning: candidate checkpoints and the saved global batch on a new world size.
+// Resume planning: candidate checkpoints, the one whose configuration a resume takes, and the saved global batch on
+// a new world size.
 #include "ckpt/resume.hpp"
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 
 #include "ckpt/checkpoint.hpp"
@@ -10,47 +10,75 @@
 
 namespace zt {
 
-std::vector<std::string> order_by_commit(const std::vector<std::string>& by_step, std::vector<std::string>* notes) {
-  // Unreadable manifests sort first: loading them fails with a warning that names the problem, as for any broken
-  // newest checkpoint. Ties (checkpoints from before commit_seq existed: 0) keep the step order.
-  std::vector<std::pair<int64_t, std::string>> keyed;
-  for (const auto& c : by_step) {
-    const int64_t seq = read_commit_seq(c);
-    keyed.emplace_back(seq < 0 ? INT64_MAX : seq, c);
+namespace {
+
+/// Rank 0's view of the candidates, with a note per checkpoint that a later run went back past and a warning per
+/// checkpoint whose manifest cannot be read.
+std::string list_candidates(const std::string& output_dir) {
+  const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
+  std::string joined;
+  for (const auto& c : all) joined += c.path + "\n";
+  for (const auto& c : all) {
+    if (c.commit_seq < 0)
+      fmt::print(stderr,
+                 "zerotrain: warning: skipping checkpoint {}: {} (it is tried again only after every checkpoint "
+                 "whose manifest reads)\n",
+                 c.path, c.problem);
+    else if (c.step > all.front().step)
+      fmt::print(stderr,
+                 "zerotrain: note: {} has a later step than {} but was committed before it (by a run that a later "
+                 "run went back past): not resumed\n",
+                 c.path, all.front().path);
   }
-  std::stable_sort(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return joined;
+}
+
+// Rank 0's text on every rank.
+std::string broadcast_text(std::string text, MpiComm& comm) {
+  uint64_t len = text.size();
+  comm.broadcast(&len, sizeof(len), 0);
+  text.resize(len);
+  comm.broadcast(text.data(), len, 0);
+  return text;
+}
+
+// Rank 0's candidates in the order a resume tries them (list_candidates without its notes).
+std::vector<std::string> candidates_on_rank0(const std::string& spec, const std::string& output_dir) {
+  if (spec != "latest") return {spec};
   std::vector<std::string> out;
-  for (auto& k : keyed) out.push_back(k.second);
-  if (notes && !out.empty() && out.front() != by_step.front())
-    for (const auto& c : by_step) {
-      if (c == out.front()) break;
-      notes->push_back(
-          fmt::format("{} has a later step than {} but was committed before it (by a run that a later "
-                      "run went back past): not resumed",
-                      c, out.front()));
-    }
+  for (const auto& c : checkpoints_by_commit(output_dir)) out.push_back(c.path);
   return out;
 }
+
+}  // namespace
 
 std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
   if (spec != "latest") return {spec};
   std::string joined;
-  if (comm.rank() == 0) {
-    std::vector<std::string> notes;
-    for (const auto& c : order_by_commit(list_checkpoints(output_dir), &notes)) joined += c + "\n";
-    for (const auto& n : notes) fmt::print(stderr, "zerotrain: note: {}\n", n);
-  }
-  uint64_t len = joined.size();
-  comm.broadcast(&len, sizeof(len), 0);
-  joined.resize(len);
-  comm.broadcast(joined.data(), len, 0);
-  return split_lines(joined);
+  if (comm.rank() == 0) joined = list_candidates(output_dir);
+  return split_lines(broadcast_text(joined, comm));
+}
+
+ResumeSource resume_source(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
+  std::string found;  // "path\nmanifest"
+  if (comm.rank() == 0)
+    for (const auto& c : candidates_on_rank0(spec, output_dir)) {
+      try {
+        found = c + "\n" + read_manifest(c).dump();
+        break;
+      } catch (const Error&) {
+        // Unreadable: the load skips it (latest) or reports it (a path), as without this look-ahead.
+      }
+    }
+  found = broadcast_text(found, comm);
+  if (found.empty()) return {};
+  const size_t nl = found.find('\n');
+  return {found.substr(0, nl), nlohmann::json::parse(found.substr(nl + 1))};
 }
 
 int64_t next_commit_seq(const std::string& output_dir) {
-  int64_t top = 0;
-  for (const auto& c : list_checkpoints(output_dir)) top = std::max(top, read_commit_seq(c));
-  return top + 1;
+  const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
+  return all.empty() ? 1 : std::max<int64_t>(all.front().commit_seq, 0) + 1;
 }
 
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,
@@ -59,12 +87,6 @@ TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& mani
   ModelConfig unused;
   TrainConfig saved;
   configs_from_manifest(manifest, unused, saved);
-  const nlohmann::json a = to_json(saved), b = to_json(now);
-  for (const char* key :
-       {"data", "val_data", "val_fraction", "global_batch_size", "max_steps", "learning_rate", "warmup_steps",
-        "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip", "seed"})
-    if (a[key] != b[key])
-      warnings.push_back(fmt::format("{}: {} in the checkpoint, {} now", key, a[key].dump(), b[key].dump()));
   TrainConfig out = now;
   const int G = saved.global_batch_size;
   out.global_batch_size = G;

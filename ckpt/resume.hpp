@@ -12,20 +12,27 @@ namespace zt {
 
 class MpiComm;
 
-/// Checkpoint directories to try, in order: for "latest" every committed checkpoint in output_dir, most recently
-/// committed first (possibly none); otherwise exactly `spec`. The same list on every rank (rank 0 lists, then
-/// broadcasts). A checkpoint with a later step but an earlier commit belongs to a run that a later run went back
-/// past (it resumed an older checkpoint by path): rank 0 prints a note naming it.
+/// Checkpoint directories to try, in order: for "latest" every committed checkpoint in output_dir as
+/// checkpoints_by_commit orders them (possibly none); otherwise exactly `spec`. The same list on every rank (rank 0
+/// lists, then broadcasts). Rank 0 prints a note naming each checkpoint with a later step but an earlier commit
+/// (a run that a later run went back past) and a warning naming each one whose manifest cannot be read.
 std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm);
-/// Committed checkpoints (`by_step`: newest step first) ordered by commit_seq, highest first; `notes` receives a
-/// line per checkpoint that has a higher step than the first one.
-std::vector<std::string> order_by_commit(const std::vector<std::string>& by_step, std::vector<std::string>* notes);
-/// One more than the highest commit_seq among output_dir's committed checkpoints (1 when there are none).
+/// One more than the highest commit_seq among output_dir's readable committed checkpoints (1 when there are none).
 int64_t next_commit_seq(const std::string& output_dir);
 
-/// This run's training config adjusted to a saved run: the global batch stays what it was (the micro-batch shrinks
-/// when it no longer divides over the new world size); throws zt::Error when the world size cannot hold it.
-/// `warnings` receives one line per hyper-parameter that differs from the saved run, and per adjustment.
+/// The checkpoint a resume takes its configuration from (zt::resume_config), and its manifest.
+struct ResumeSource {
+  std::string path;  ///< "" when no candidate has a readable manifest (nothing to resume, or the load says why)
+  nlohmann::json manifest;
+};
+/// The first of resume_candidates' checkpoints whose manifest reads: the one the resume loads unless its tensors
+/// turn out damaged. Rank 0 reads, every rank gets the same; prints nothing (resume_candidates prints the notes).
+ResumeSource resume_source(const std::string& spec, const std::string& output_dir, MpiComm& comm);
+
+/// This run's training config (already resolved against the checkpoint by zt::resume_config) fitted to this world
+/// size: the global batch stays the saved one, and the micro-batch shrinks when it no longer divides over the new
+/// world size. Throws zt::Error when the world size cannot hold the global batch. `warnings` receives one line per
+/// adjustment.
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,
                               std::vector<std::string>& warnings);
 

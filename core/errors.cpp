@@ -3,8 +3,10 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 namespace zt {
 namespace {
@@ -33,13 +35,30 @@ std::string where() {
   return fmt::format("rank {}/{} on {}", g_rank, g_world, hostname());
 }
 
+std::string source_path(const char* file) {
+  // __FILE__ holds the path the build machine compiled; the repository root is where this file's own path ends.
+  static const std::string root = [] {
+    const std::string self = __FILE__;
+    const size_t at = self.rfind("core/errors.cpp");
+    return at == std::string::npos ? std::string() : self.substr(0, at);
+  }();
+  const std::string path = file;
+  return !root.empty() && path.compare(0, root.size(), root) == 0 ? path.substr(root.size()) : path;
+}
+
 void throw_error(const char* file, int line, const std::string& msg) {
-  throw Error(fmt::format("{} [{} at {}:{}]", msg, where(), file, line));
+  throw Error(fmt::format("{} [{} at {}:{}]", msg, where(), source_path(file), line));
+}
+
+void report_fatal_error(const std::string& what, bool print) {
+  if (g_rank > 0) std::this_thread::sleep_for(std::chrono::duration<double>(kFatalReportGraceS));
+  if (print) std::fprintf(stderr, "zerotrain: error: %s\n", what.c_str());
+  std::fflush(stderr);
 }
 
 void abort_invariant(const char* file, int line, const char* cond, const std::string& msg) {
   std::fprintf(stderr, "zerotrain: internal error: assertion `%s` failed %s [%s at %s:%d]\n", cond, msg.c_str(),
-               where().c_str(), file, line);
+               where().c_str(), source_path(file).c_str(), line);
   std::fflush(stderr);
   std::abort();
 }

@@ -23,6 +23,18 @@ const std::string& hostname();
 /// This process's rank as given to set_error_context (0 before).
 int context_rank();
 
+/// `file` (a __FILE__) relative to the repository root: "core/config.cpp", not the build machine's absolute path.
+std::string source_path(const char* file);
+
+/// Seconds a rank other than 0 waits before reporting the error that ends the job (report_fatal_error).
+constexpr double kFatalReportGraceS = 2.0;
+/// Prints "zerotrain: error: <what>" for an error that ends the job, once per job when every rank fails alike (a bad
+/// flag, a bad config file): rank 0 prints at once and aborts the job; any other rank first waits
+/// kFatalReportGraceS, and is killed by rank 0's abort during that wait if rank 0 failed too. A rank failing alone
+/// still reports, 2 s later. No communication: a dead or hung rank cannot block the report. `print` false: only the
+/// wait (a message every rank holds alike, which rank 0 prints).
+void report_fatal_error(const std::string& what, bool print = true);
+
 [[noreturn]] void throw_error(const char* file, int line, const std::string& msg);
 [[noreturn]] void abort_invariant(const char* file, int line, const char* cond, const std::string& msg);
 

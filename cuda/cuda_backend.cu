@@ -25,9 +25,12 @@
 namespace zt {
 namespace {
 
-// A two-way choice from the environment, read when a backend is made: true when `name` is set to `other`, false
-// when it is unset or `usual`; any other value is refused, naming what is expected.
-bool env_choice(const char* name, const char* usual, const char* other, const char* expected) {
+// A two-way kernel choice, made when a backend is made: the flag's value (true when it is `flag_other`) unless it
+// is "auto"; then the deprecated environment variable, read for one release (bench/gpu/run_check.sh sets them):
+// true when `name` is set to `other`, false when it is unset or `usual`; any other value is refused.
+bool variant_choice(const std::string& flag_value, const char* flag_other, const char* name, const char* usual,
+                    const char* other, const char* expected) {
+  if (flag_value != "auto") return flag_value == flag_other;
   const char* value = std::getenv(name);
   const std::string choice = value != nullptr ? value : usual;
   ZT_CHECK(choice == usual || choice == other, "{}={}: expected {}", name, choice, expected);
@@ -36,7 +39,7 @@ bool env_choice(const char* name, const char* usual, const char* other, const ch
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, bool bf16) : device_(device) {
+  CudaBackend(int device, bool bf16, const CudaVariants& variants) : device_(device) {
     const int n_devices = cuda_device_count();
     ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)", device,
              n_devices);
@@ -49,16 +52,17 @@ class CudaBackend final : public Backend {
     ZT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_flag_device_), error_flag_host_, 0));
     ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
     matmul_ = std::make_unique<cuda::MatmulContext>(bf16);
-    // bf16 mode runs attention on the tensor cores; ZT_CUDA_ATTENTION=fp32 keeps the fp32 kernels (to compare).
-    attention_tensor_cores_ =
-        bf16 && !env_choice("ZT_CUDA_ATTENTION", "auto", "fp32", "auto (tensor cores in bf16 mode) or fp32");
-    // ZT_CUDA_ATTENTION_DKV_BLOCKS=3 runs the tensor-core dK/dV kernel built for 3 blocks an SM (fewer registers,
-    // the same source): a tuning choice the GPU check measures.
-    attention_dkv_capped_ =
-        env_choice("ZT_CUDA_ATTENTION_DKV_BLOCKS", "auto", "3", "auto (the compiler's register choice) or 3");
-    // bf16 mode keeps bf16 copies of the parameters and activations it is asked to; ZT_CUDA_PARAM_COPY=0 rounds per
+    // bf16 mode runs attention on the tensor cores; --cuda_attention fp32 keeps the fp32 kernels (to compare).
+    attention_tensor_cores_ = bf16 && !variant_choice(variants.attention, "fp32", "ZT_CUDA_ATTENTION", "auto", "fp32",
+                                                      "auto (tensor cores in bf16 mode) or fp32");
+    // --cuda_attention_dkv_blocks 3 runs the tensor-core dK/dV kernel built for 3 blocks an SM (fewer registers, the
+    // same source): a tuning choice the GPU check measures.
+    attention_dkv_capped_ = variant_choice(variants.attention_dkv_blocks, "3", "ZT_CUDA_ATTENTION_DKV_BLOCKS", "auto",
+                                           "3", "auto (the compiler's register choice) or 3");
+    // bf16 mode keeps bf16 copies of the parameters and activations it is asked to; --cuda_param_copy off rounds per
     // matmul instead (the same bits: the tests compare the two).
-    param_copies_on_ = bf16 && !env_choice("ZT_CUDA_PARAM_COPY", "1", "0", "1 (default) or 0");
+    param_copies_on_ =
+        bf16 && !variant_choice(variants.param_copy, "off", "ZT_CUDA_PARAM_COPY", "1", "0", "1 (default) or 0");
   }
 
   ~CudaBackend() override {
@@ -397,8 +401,8 @@ size_t cuda_device_memory_used() {
   return total_bytes - free_bytes;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16) {
-  return std::make_unique<CudaBackend>(device, bf16);
+std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16, const CudaVariants& variants) {
+  return std::make_unique<CudaBackend>(device, bf16, variants);
 }
 
 }  // namespace zt

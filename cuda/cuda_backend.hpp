@@ -16,12 +16,21 @@ int cuda_device_count();
 std::string cuda_device_description(int device);
 /// Bytes of the current device's memory in use (total minus free, every process's and the driver's included).
 size_t cuda_device_memory_used();
+/// Kernel variants, as the --cuda_attention, --cuda_attention_dkv_blocks and --cuda_param_copy flags give them:
+/// "auto" takes the deprecated ZT_CUDA_ATTENTION / ZT_CUDA_ATTENTION_DKV_BLOCKS / ZT_CUDA_PARAM_COPY variable when
+/// set (for one release), else the default (tensor-core attention, the compiler's register choice, bf16 copies kept).
+struct CudaVariants {
+  std::string attention = "auto";             ///< auto or fp32
+  std::string attention_dkv_blocks = "auto";  ///< auto or 3
+  std::string param_copy = "auto";            ///< auto, on or off
+};
+
 /// The CUDA backend on `device` (the calling thread's current device from then on; use the backend from that thread).
 /// Every interface buffer is fp32 device memory in both modes. bf16 = false: fp32 everywhere, matmuls in true fp32
 /// (no TF32): the mode the tests compare with the CPU. bf16 = true: matmul operands are rounded into internal bf16
 /// copies (or the kept copies: keep_param_copy, keep_activation_copy) and multiplied with fp32 accumulation into the
 /// fp32 outputs; every other op, and the fp32 master weights, optimizer state and gradients, stay fp32. Throws
 /// zt::Error when the device does not exist.
-std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16);
+std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16, const CudaVariants& variants = {});
 
 }  // namespace zt

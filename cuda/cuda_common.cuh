@@ -38,7 +38,7 @@ inline int grid_for(size_t n, int block, int max_blocks = 65536) {
 }
 
 /// Launches a kernel: ZT_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...) is kernel<<<...>>>(args...),
-/// spelled so that the CUDA simulator (cuda/sim/), which compiles these files as plain C++, can run it too.
+/// spelled so that the CUDA simulator (test/cuda_sim/), which compiles these files as plain C++, can run it too.
 #ifdef ZT_CUDA_SIM
 #define ZT_LAUNCH(kernel, grid, block, shared_bytes, stream) \
   ::zt_sim::launch(kernel, #kernel, grid, block, shared_bytes, stream)

@@ -57,10 +57,15 @@ const void* bf16_operand(ScratchCarver& carve, const float* src, const void* kep
   return p;
 }
 
-// Largest power of two (up to 256) dividing the address: the alignment cuBLASLt's heuristics must assume.
+// The alignment promised to cuBLASLt's heuristics, and part of the plan key: the largest power of two dividing the
+// address, capped at 16 bytes, the widest access its kernels make (one 16-byte vector; TMA's requirement on Hopper).
+// Uncapped (up to 256, cuBLASLt's default), the same product would get one plan for a kept bf16 copy at a 128-byte
+// boundary and another for a per-call scratch copy at a 256-byte one: the heuristics may answer each with another
+// kernel, another kernel sums in another order, and the bits would differ where the [copies] tests demand the same.
+constexpr uint32_t kMaxPromisedAlignment = 16;
 uint32_t alignment_of(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  uint32_t align = 256;
+  uint32_t align = kMaxPromisedAlignment;
   while (align > 1 && a % align != 0) align /= 2;
   return align;
 }

@@ -20,7 +20,7 @@
 
 namespace zt {
 
-std::unique_ptr<MpiComm> make_staged_mpi_comm(MPI_Comm parent, Backend& cuda_backend) {
+std::unique_ptr<Comm> make_staged_mpi_comm(MPI_Comm parent, Backend& cuda_backend) {
   cudaStream_t stream = cuda::backend_stream(cuda_backend);
   ZT_CUDA_CHECK(cudaSetDevice(cuda::backend_device(cuda_backend)));
   return std::make_unique<cuda::StagedMpiComm>(parent, stream);
@@ -32,7 +32,7 @@ std::string nccl_unavailable_reason() {
   return "this build has no NCCL support (nccl.h was not found when it was configured; set NCCL_INCLUDE_DIR)";
 }
 std::string nccl_description() { ZT_FAIL("{}", nccl_unavailable_reason()); }
-std::unique_ptr<MpiComm> make_nccl_comm(MPI_Comm, Backend&) { ZT_FAIL("--comm nccl: {}", nccl_unavailable_reason()); }
+std::unique_ptr<Comm> make_nccl_comm(MPI_Comm, Backend&) { ZT_FAIL("--comm nccl: {}", nccl_unavailable_reason()); }
 
 #else
 
@@ -121,7 +121,8 @@ std::string version_text(int code) {
 // it), then ZT_LIB_CHECK_GEN throws with the call, the NCCL error text, rank and host.
 #define ZT_NCCL_CHECK(stmt) ZT_LIB_CHECK_GEN("NCCL", stmt, this->failed, this->describe)
 
-/// NCCL for float collectives on device memory; everything else through the staged MPI comm it extends.
+/// NCCL for float collectives on device memory; everything else through the staged MPI comm it extends (both are
+/// device comms: extending it reuses its staged path for doubles and host buffers, and neither is an MpiComm).
 class NcclComm final : public StagedMpiComm {
  public:
   NcclComm(MPI_Comm parent, cudaStream_t compute_stream, int device)
@@ -141,7 +142,7 @@ class NcclComm final : public StagedMpiComm {
         }
       };
       auto agree = [&](const char* stage) {
-        const int failed_anywhere = MpiComm::all_reduce_max(local ? 1 : 0);
+        const int failed_anywhere = host().all_reduce_max(local ? 1 : 0);
         if (local) std::rethrow_exception(local);
         ZT_CHECK(failed_anywhere == 0, "--comm nccl: {} failed on another rank (its own error names the cause)", stage);
       };
@@ -154,7 +155,7 @@ class NcclComm final : public StagedMpiComm {
         if (rank() == 0) ZT_NCCL_CHECK(api_.get_unique_id(&id));
       });
       agree("setting up the device, streams and unique id");
-      MpiComm::broadcast(&id, sizeof(id), 0);
+      host().broadcast(&id, sizeof(id), 0);
       attempt([&] { ZT_NCCL_CHECK(api_.comm_init_rank(&nccl_, world_size(), id, rank())); });
       agree("ncclCommInitRank");
     } catch (...) {
@@ -357,7 +358,7 @@ std::string nccl_description() {
   return fmt::format("NCCL {} ({})", cuda::version_text(api.version), api.path);
 }
 
-std::unique_ptr<MpiComm> make_nccl_comm(MPI_Comm parent, Backend& cuda_backend) {
+std::unique_ptr<Comm> make_nccl_comm(MPI_Comm parent, Backend& cuda_backend) {
   return std::make_unique<cuda::NcclComm>(parent, cuda::backend_stream(cuda_backend),
                                           cuda::backend_device(cuda_backend));
 }

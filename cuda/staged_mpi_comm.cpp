@@ -9,12 +9,12 @@
 
 namespace zt::cuda {
 
-StagedMpiComm::StagedMpiComm(MPI_Comm parent, cudaStream_t compute_stream) : MpiComm(parent), stream_(compute_stream) {}
+StagedMpiComm::StagedMpiComm(MPI_Comm parent, cudaStream_t compute_stream) : host_(parent), stream_(compute_stream) {}
 
 StagedMpiComm::~StagedMpiComm() {
   for (StagedOp& op : ops_) {
     if (op.id == 0) continue;
-    (void)take_handle_id(op.inner);  // MpiComm's destructor deals with its own side of the operation
+    (void)take_handle_id(op.inner);  // host_'s destructor deals with its own side of the operation
     abandon(std::move(op.buf));
   }
   // free_ releases its buffers itself (each waits for its last copy out first).
@@ -101,7 +101,7 @@ void StagedMpiComm::all_reduce_staged(T* data, size_t n) {
   auto* host = static_cast<T*>(staging);
   try {
     to_pinned(host, data, n * sizeof(T));
-    MpiComm::all_reduce_sum(host, n);
+    host_.all_reduce_sum(host, n);
     from_pinned(data, host, n * sizeof(T));
   } catch (...) {
     give_back(std::move(p), false);  // blocking calls: nothing is in flight once they return or throw
@@ -111,18 +111,17 @@ void StagedMpiComm::all_reduce_staged(T* data, size_t n) {
 }
 
 void StagedMpiComm::all_reduce_sum(float* data, size_t n) {
-  if (n == 0 || world_size() == 1 || !is_device(data)) return MpiComm::all_reduce_sum(data, n);
+  if (n == 0 || world_size() == 1 || !is_device(data)) return host_.all_reduce_sum(data, n);
   all_reduce_staged(data, n);
 }
 
 void StagedMpiComm::all_reduce_sum(double* data, size_t n) {
-  if (n == 0 || world_size() == 1 || !is_device(data)) return MpiComm::all_reduce_sum(data, n);
+  if (n == 0 || world_size() == 1 || !is_device(data)) return host_.all_reduce_sum(data, n);
   all_reduce_staged(data, n);
 }
 
 void StagedMpiComm::reduce_scatter_sum(const float* send, float* recv, size_t recv_n) {
-  if (recv_n == 0 || !on_device(send, recv, "reduce_scatter_sum"))
-    return MpiComm::reduce_scatter_sum(send, recv, recv_n);
+  if (recv_n == 0 || !on_device(send, recv, "reduce_scatter_sum")) return host_.reduce_scatter_sum(send, recv, recv_n);
   if (world_size() == 1) return device_copy(recv, send, recv_n * sizeof(float));
   const size_t N = size_t(world_size()), mine = size_t(rank()) * recv_n;
   ZT_CHECK(recv_n <= std::numeric_limits<size_t>::max() / sizeof(float) / N,
@@ -132,7 +131,7 @@ void StagedMpiComm::reduce_scatter_sum(const float* send, float* recv, size_t re
   auto* host = static_cast<float*>(staging);
   try {
     to_pinned(host, send, N * recv_n * sizeof(float));
-    MpiComm::reduce_scatter_sum(host, host + mine, recv_n);  // in place on the host copy
+    host_.reduce_scatter_sum(host, host + mine, recv_n);  // in place on the host copy
     from_pinned(recv, host + mine, recv_n * sizeof(float));
   } catch (...) {
     give_back(std::move(p), false);
@@ -142,7 +141,7 @@ void StagedMpiComm::reduce_scatter_sum(const float* send, float* recv, size_t re
 }
 
 void StagedMpiComm::all_gather(const float* send, float* recv, size_t send_n) {
-  if (send_n == 0 || !on_device(send, recv, "all_gather")) return MpiComm::all_gather(send, recv, send_n);
+  if (send_n == 0 || !on_device(send, recv, "all_gather")) return host_.all_gather(send, recv, send_n);
   if (world_size() == 1) return device_copy(recv, send, send_n * sizeof(float));
   const size_t N = size_t(world_size()), mine = size_t(rank()) * send_n;
   ZT_CHECK(send_n <= std::numeric_limits<size_t>::max() / sizeof(float) / N,
@@ -154,7 +153,7 @@ void StagedMpiComm::all_gather(const float* send, float* recv, size_t send_n) {
     // This rank's block goes straight into its slot, so the host collective runs in place (send may alias recv's
     // slot on the device, as the contract allows).
     to_pinned(host + mine, send, send_n * sizeof(float));
-    MpiComm::all_gather(host + mine, host, send_n);
+    host_.all_gather(host + mine, host, send_n);
     from_pinned(recv, host, N * send_n * sizeof(float));
   } catch (...) {
     give_back(std::move(p), false);
@@ -164,7 +163,7 @@ void StagedMpiComm::all_gather(const float* send, float* recv, size_t send_n) {
 }
 
 void StagedMpiComm::broadcast(void* data, size_t n_bytes, int root) {
-  if (n_bytes == 0 || world_size() == 1 || !is_device(data)) return MpiComm::broadcast(data, n_bytes, root);
+  if (n_bytes == 0 || world_size() == 1 || !is_device(data)) return host_.broadcast(data, n_bytes, root);
   ZT_CHECK(root >= 0 && root < world_size(), "broadcast root {} is not a rank of a {}-rank communicator", root,
            world_size());
   void* host = nullptr;
@@ -172,7 +171,7 @@ void StagedMpiComm::broadcast(void* data, size_t n_bytes, int root) {
   const bool receiver = rank() != root;
   try {
     if (!receiver) to_pinned(host, data, n_bytes);
-    MpiComm::broadcast(host, n_bytes, root);
+    host_.broadcast(host, n_bytes, root);
     if (receiver) from_pinned(data, host, n_bytes);
   } catch (...) {
     give_back(std::move(p), false);
@@ -221,7 +220,7 @@ CommHandle StagedMpiComm::start_staged(size_t staging_bytes, const void* send, s
 
 CommHandle StagedMpiComm::ireduce_scatter_sum(const float* send, float* recv, size_t recv_n) {
   if (recv_n == 0 || !on_device(send, recv, "ireduce_scatter_sum"))
-    return MpiComm::ireduce_scatter_sum(send, recv, recv_n);
+    return host_.ireduce_scatter_sum(send, recv, recv_n);
   if (world_size() == 1) {
     device_copy(recv, send, recv_n * sizeof(float));
     return CommHandle();
@@ -232,11 +231,11 @@ CommHandle StagedMpiComm::ireduce_scatter_sum(const float* send, float* recv, si
   // The whole send buffer is staged; the sum lands in place in this rank's block, which wait() copies back.
   return start_staged(N * recv_n * sizeof(float), send, 0, N * recv_n * sizeof(float), recv, mine * sizeof(float),
                       recv_n * sizeof(float),
-                      [&](float* host) { return MpiComm::ireduce_scatter_sum(host, host + mine, recv_n); });
+                      [&](float* host) { return host_.ireduce_scatter_sum(host, host + mine, recv_n); });
 }
 
 CommHandle StagedMpiComm::iall_gather(const float* send, float* recv, size_t send_n) {
-  if (send_n == 0 || !on_device(send, recv, "iall_gather")) return MpiComm::iall_gather(send, recv, send_n);
+  if (send_n == 0 || !on_device(send, recv, "iall_gather")) return host_.iall_gather(send, recv, send_n);
   if (world_size() == 1) {
     device_copy(recv, send, send_n * sizeof(float));
     return CommHandle();
@@ -247,7 +246,7 @@ CommHandle StagedMpiComm::iall_gather(const float* send, float* recv, size_t sen
   // This rank's block is staged into its own slot; the gather runs in place and wait() copies all of it back.
   return start_staged(N * send_n * sizeof(float), send, mine * sizeof(float), send_n * sizeof(float), recv, 0,
                       N * send_n * sizeof(float),
-                      [&](float* host) { return MpiComm::iall_gather(host + mine, host, send_n); });
+                      [&](float* host) { return host_.iall_gather(host + mine, host, send_n); });
 }
 
 void StagedMpiComm::wait(CommHandle& h) {
@@ -255,14 +254,14 @@ void StagedMpiComm::wait(CommHandle& h) {
   if (id == 0) return;
   if ((id & kStagedIdBit) == 0) {
     CommHandle host_op = make_handle(id);
-    return MpiComm::wait(host_op);
+    return host_.wait(host_op);
   }
   auto it = std::find_if(ops_.begin(), ops_.end(), [id](const StagedOp& op) { return op.id == id; });
   ZT_CHECK(it != ops_.end(), "wait() on a handle (operation {}) that this communicator did not start",
            id & ~kStagedIdBit);
   StagedOp& op = *it;
   // If the MPI side throws, the slot stays taken and its buffer is leaked at destruction (MPI may still use it).
-  MpiComm::wait(op.inner);
+  host_.wait(op.inner);
   from_pinned(op.dst, static_cast<const std::byte*>(op.host) + op.src_offset, op.n_bytes);
   give_back(std::move(op.buf), true);
   op.id = 0;

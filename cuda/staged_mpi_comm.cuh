@@ -14,15 +14,16 @@
 
 namespace zt::cuda {
 
-/// MpiComm over device buffers. Every collective on device memory copies device -> pinned host on the compute
-/// stream and waits for that copy, runs the MpiComm collective on the host copy, and copies the result back on the
-/// compute stream (later ops are ordered after it; nothing waits for it on the host). The sums are therefore
-/// MpiComm's rank-ordered sums: bitwise the results of the MPI comm on the same values. Non-blocking calls stage at
-/// start and copy back in wait(). With one rank a collective is a copy on the device. Host pointers (pageable or
-/// pinned) go straight to MpiComm, so host scalars (loss sums, flags) and the checkpoint code's broadcasts work
-/// unchanged. A call's buffers must all be device memory or all host memory. Pinned buffers come from a pool that only
-/// grows: a repeated sequence of calls allocates nothing after its first round.
-class StagedMpiComm : public MpiComm {
+/// The Comm contract over device buffers, through an MpiComm it owns (composition, not inheritance: a device comm
+/// is a data communicator only, so code that needs host MPI, such as the checkpoint code, cannot be handed one).
+/// Every collective on device memory copies device -> pinned host on the compute stream and waits for that copy,
+/// runs the MpiComm collective on the host copy, and copies the result back on the compute stream (later ops are
+/// ordered after it; nothing waits for it on the host). The sums are therefore MpiComm's rank-ordered sums: bitwise
+/// the results of the MPI comm on the same values. Non-blocking calls stage at start and copy back in wait(). With
+/// one rank a collective is a copy on the device. Host pointers (pageable or pinned) go straight to the MpiComm. A
+/// call's buffers must all be device memory or all host memory. Pinned buffers come from a pool that only grows: a
+/// repeated sequence of calls allocates nothing after its first round. The traffic counters include the MpiComm's.
+class StagedMpiComm : public Comm {
  public:
   /// Duplicates `parent` (collective) and orders its copies on `compute_stream` (the CUDA backend's stream); the
   /// stream must outlive the comm.
@@ -31,14 +32,26 @@ class StagedMpiComm : public MpiComm {
   /// purpose, as MpiComm does, so MPI never writes into freed memory.
   ~StagedMpiComm() override;
 
+  int rank() const override { return host_.rank(); }
+  int world_size() const override { return host_.world_size(); }
   void all_reduce_sum(float* data, size_t n) override;
   void reduce_scatter_sum(const float* send, float* recv, size_t recv_n) override;
   void all_gather(const float* send, float* recv, size_t send_n) override;
   void broadcast(void* data, size_t n_bytes, int root) override;
+  void barrier() override { host_.barrier(); }
   void all_reduce_sum(double* data, size_t n) override;
+  int all_reduce_max(int value) override { return host_.all_reduce_max(value); }
   CommHandle ireduce_scatter_sum(const float* send, float* recv, size_t recv_n) override;
   CommHandle iall_gather(const float* send, float* recv, size_t send_n) override;
   void wait(CommHandle& h) override;
+  void progress() override { host_.progress(); }
+
+  uint64_t bytes_sent() const override { return bytes_sent_ + host_.bytes_sent(); }
+  double wait_seconds() const override { return wait_seconds_ + host_.wait_seconds(); }
+  void reset_counters() override {
+    Comm::reset_counters();
+    host_.reset_counters();
+  }
 
   /// Pinned buffers allocated or grown since construction (flat in steady state; the tests check the pool reuses).
   size_t pinned_allocations() const { return pinned_allocations_; }
@@ -48,6 +61,8 @@ class StagedMpiComm : public MpiComm {
 
  protected:
   cudaStream_t compute_stream() const { return stream_; }
+  /// The host communicator underneath (host buffers, agreement during set-up).
+  MpiComm& host() { return host_; }
   /// True when both buffers are device memory, false when both are host memory; throws zt::Error when mixed.
   static bool on_device(const void* a, const void* b, const char* what);
 
@@ -62,7 +77,7 @@ class StagedMpiComm : public MpiComm {
     void* dst = nullptr;   // device destination of the copy back
     size_t src_offset = 0, n_bytes = 0;
   };
-  // Operation ids this class hands out carry this bit; ids without it are MpiComm's own (host buffers).
+  // Operation ids this class hands out carry this bit; ids without it are host_'s (host buffers).
   static constexpr uint64_t kStagedIdBit = uint64_t(1) << 63;
 
   // A pinned buffer of at least n_bytes from the pool (*host = its memory), once copies out of it have finished.
@@ -88,6 +103,7 @@ class StagedMpiComm : public MpiComm {
   // Keeps a buffer MPI may still touch alive for the rest of the process.
   void abandon(Pinned p);
 
+  MpiComm host_;  // first: destroyed last, after the operations that may still refer to its requests
   cudaStream_t stream_;
   std::vector<Pinned> free_;
   std::vector<StagedOp> ops_;

@@ -40,7 +40,7 @@ void local_rank(int* rank, int* size) {
   MPI_Comm local = MPI_COMM_NULL;
   ZT_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
   const int rc_rank = MPI_Comm_rank(local, rank), rc_size = MPI_Comm_size(local, size);
-  MPI_Comm_free(&local);
+  ZT_MPI_CHECK(MPI_Comm_free(&local));
   ZT_MPI_CHECK(rc_rank);
   ZT_MPI_CHECK(rc_size);
 }
@@ -103,7 +103,8 @@ RunDevice make_run_device(TrainConfig& t, int threads) {
     }
   }
   RunDevice run;
-  run.backend = make_cuda_backend(device, t.dtype == "bf16");
+  run.backend =
+      make_cuda_backend(device, t.dtype == "bf16", {t.cuda_attention, t.cuda_attention_dkv_blocks, t.cuda_param_copy});
   run.comm = t.comm == "nccl" ? make_nccl_comm(MPI_COMM_WORLD, *run.backend)
                               : make_staged_mpi_comm(MPI_COMM_WORLD, *run.backend);
   run.description = fmt::format(

@@ -5,7 +5,8 @@
 #
 # Everything after `--` is zerotrain's command line (subcommand first). The wrapper `exec`s mpirun, so its exit
 # status is zerotrain's (0; 75 = preempted, checkpoint saved, requeue me; 74 = a checkpoint save failed) and a
-# signal sent to the wrapper reaches mpirun, which forwards SIGUSR1/SIGUSR2 to every rank. See docs/usage.md.
+# signal sent to the wrapper reaches mpirun, which forwards SIGUSR1/SIGUSR2 to every rank. A SIGTERM or Ctrl-C makes
+# mpirun SIGTERM the ranks (zerotrain then saves) and SIGKILL them later: --kill-timeout. See docs/usage.md.
 set -euo pipefail
 
 usage() {
@@ -19,6 +20,10 @@ Options:
   --gpus-per-node G     One rank per GPU: G ranks per node; zerotrain binds rank -> GPU (local rank mod G)
   --np N                Total ranks (default: ranks-per-node x nodes in the hostfile)
   --bind-to WHAT        mpirun --bind-to (default: none, so each rank's --threads are free to use the cores)
+  --kill-timeout S      When mpirun gets SIGTERM/SIGINT (or a rank fails) it waits S s, SIGTERMs the ranks, waits
+                        S s more and SIGKILLs them (Open MPI's odls_base_sigkill_timeout, 1 s by default, which
+                        kills a save). Default 10, or $OMPI_MCA_odls_base_sigkill_timeout; every non-zero exit
+                        (75 included) also ends 2 x S later
   -x VAR                Forward one more environment variable (repeatable)
   --mpi-arg ARG         Pass one more argument to mpirun (repeatable):
                         --mpi-arg --mca --mpi-arg btl_tcp_if_include --mpi-arg eth0
@@ -33,7 +38,7 @@ EOF
 
 die() { echo "zerotrain-mpirun: $*" >&2; exit 2; }
 
-hostfile="" ranks_per_node="" gpus_per_node="" np="" bind_to="none" dry_run=0
+hostfile="" ranks_per_node="" gpus_per_node="" np="" bind_to="none" dry_run=0 kill_timeout=""
 extra_env=() mpi_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
     --gpus-per-node) [ $# -ge 2 ] || die "--gpus-per-node needs a number"; gpus_per_node=$2; shift 2 ;;
     --np) [ $# -ge 2 ] || die "--np needs a number"; np=$2; shift 2 ;;
     --bind-to) [ $# -ge 2 ] || die "--bind-to needs a value"; bind_to=$2; shift 2 ;;
+    --kill-timeout) [ $# -ge 2 ] || die "--kill-timeout needs seconds"; kill_timeout=$2; shift 2 ;;
     -x) [ $# -ge 2 ] || die "-x needs a variable name"; extra_env+=("$2"); shift 2 ;;
     --mpi-arg) [ $# -ge 2 ] || die "--mpi-arg needs a value"; mpi_args+=("$2"); shift 2 ;;
     --dry-run) dry_run=1; shift ;;
@@ -51,7 +57,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ $# -gt 0 ] || die "no zerotrain command after --, e.g. -- train --output_dir out"
-for v in "$ranks_per_node" "$gpus_per_node" "$np"; do
+for v in "$ranks_per_node" "$gpus_per_node" "$np" "$kill_timeout"; do
   [ -z "$v" ] || [[ "$v" =~ ^[1-9][0-9]*$ ]] || die "'$v' is not a positive whole number"
 done
 
@@ -75,6 +81,8 @@ if [ -z "$ranks_per_node" ] && command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 cmd=("${MPIRUN:-mpirun}" --bind-to "$bind_to")
+[ -n "$kill_timeout" ] || [ -n "${OMPI_MCA_odls_base_sigkill_timeout:-}" ] || kill_timeout=10
+[ -z "$kill_timeout" ] || cmd+=(--mca odls_base_sigkill_timeout "$kill_timeout")
 n_nodes=1
 if [ -n "$hostfile" ]; then
   [ -r "$hostfile" ] || die "cannot read hostfile '$hostfile'"

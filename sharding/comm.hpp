@@ -88,12 +88,13 @@ class Comm {
 
   /// Payload bytes this rank has sent since construction/reset_counters, by the algorithm's own accounting (N ranks):
   /// reduce_scatter (N-1)*recv_n*elem, all_gather (N-1)*send_n*elem, all_reduce the two on the size padded to a
-  /// multiple of N, broadcast n_bytes*(N-1) counted on the root only, barrier and all_reduce_max 0.
-  uint64_t bytes_sent() const { return bytes_sent_; }
+  /// multiple of N, broadcast n_bytes*(N-1) counted on the root only, barrier and all_reduce_max 0. A comm built
+  /// on another (a device comm over an MpiComm) includes the inner comm's count.
+  virtual uint64_t bytes_sent() const { return bytes_sent_; }
   /// Seconds spent blocked in wait() and in blocking collectives since construction/reset_counters.
-  double wait_seconds() const { return wait_seconds_; }
+  virtual double wait_seconds() const { return wait_seconds_; }
   /// Zeroes bytes_sent() and wait_seconds().
-  void reset_counters() {
+  virtual void reset_counters() {
     bytes_sent_ = 0;
     wait_seconds_ = 0;
   }

@@ -112,8 +112,8 @@ int mpi_init_once(int* argc, char*** argv) {
 
 void mpi_finalize_once() {
   int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
+  ZT_MPI_CHECK(MPI_Initialized(&initialized));
+  ZT_MPI_CHECK(MPI_Finalized(&finalized));
   if (initialized && !finalized) ZT_MPI_CHECK(MPI_Finalize());
 }
 

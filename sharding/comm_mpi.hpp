@@ -35,7 +35,10 @@ int mpi_init_once(int* argc, char*** argv);
 /// Finalizes MPI if it is initialized and not yet finalized (every MpiComm must be destroyed before).
 void mpi_finalize_once();
 
-/// The Comm contract over an MPI communicator, host buffers only.
+/// The Comm contract over an MPI communicator, host buffers only. It serves two roles in a run (launch/trainer.hpp):
+/// the data communicator of a CPU run, and every run's control communicator (checkpoint I/O agreement and parallel
+/// HDF5, scalars, stop decisions), which is why the checkpoint code takes an MpiComm. `final`: the device comms
+/// (cuda/device_comm.hpp) own an MpiComm instead of deriving from it, so none of them passes for host MPI.
 ///
 /// Every float/double sum is an exchange of chunks (MPI_Alltoall) into a staging buffer followed by a local sum in
 /// rank order, never an MPI_SUM reduction, whose order MPI leaves to the implementation. all_reduce_sum pads to a
@@ -44,7 +47,7 @@ void mpi_finalize_once();
 /// A reduce_scatter exchanges and sums its chunks piece by piece, so its staging stays within
 /// kReduceScatterStagingBytes whatever the message size (a unit of hundreds of MB must not cost as much again).
 /// Staging buffers come from a pool reused across calls: repeating a sequence of calls allocates nothing.
-class MpiComm : public Comm {
+class MpiComm final : public Comm {
  public:
   /// Largest per-peer payload of one MPI call by default (1 GiB; keeps counts far from INT_MAX and clear of MPI
   /// implementations' 2 GiB message limits).

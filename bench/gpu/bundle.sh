@@ -7,7 +7,7 @@
 #
 # Usage: bench/gpu/bundle.sh [BUILD_DIR]      (default: $ZT_BUILD_DIR, else <repo>/build-gpu)
 # Env:   JOBS (parallel build jobs, default 1)
-#        ZT_BUNDLE_SIM=1: bundle the CUDA simulator's builds of the same programs (cuda/sim/) instead, to rehearse
+#        ZT_BUNDLE_SIM=1: bundle the CUDA simulator's builds of the same programs (test/cuda_sim/) instead, to rehearse
 #        run_check.sh on a machine without a GPU (run_check.sh refuses such a bundle unless ZT_CHECK_REHEARSAL=1).
 set -euo pipefail
 
@@ -17,6 +17,8 @@ build=${1:-${ZT_BUILD_DIR:-$repo/build-gpu}}
 bundle=$here/bundle
 jobs=${JOBS:-1}
 targets=(test_cuda_ops gpt2_cuda_bench test_cuda_zero test_nccl_comm zerotrain)
+# Where those targets are defined (found by name in the build tree, so only this message depends on it).
+target_defs="test/cuda/CMakeLists.txt (the CUDA tests and their simulator builds) and bench/CMakeLists.txt (gpt2_cuda_bench)"
 sim=${ZT_BUNDLE_SIM:-0}
 suffix=""
 [[ $sim == 1 ]] && suffix=_sim  # the simulator's programs, installed under the GPU programs' names
@@ -34,7 +36,7 @@ echo "== build ${targets[*]/%/$suffix} (-j$jobs)"
 if ! cmake --build "$build" -j"$jobs" --target "${targets[@]/%/$suffix}" >"$build/bundle-build.log" 2>&1; then
   tail -40 "$build/bundle-build.log" >&2
   grep -q "No rule to make target" "$build/bundle-build.log" &&
-    echo "bundle.sh: the CUDA targets are defined in test/cuda/CMakeLists.txt; test/CMakeLists.txt must include it" >&2
+    echo "bundle.sh: a target is missing from this build: they are defined in $target_defs" >&2
   die "build failed (full log: $build/bundle-build.log)"
 fi
 
@@ -116,99 +118,15 @@ for f in "$stage"/lib/*; do
   done < <(ldd "$f" | awk '$2 == "=>" { print $1, $3 }')
 done
 
-# env.sh: unpack the payload once per machine, then the bundle's libraries first, CUDA's own libraries from the
-# machine it runs on, and the relocated MPI runtime.
-cat >"$bundle/env.sh" <<'ENV'
-# Sourced by run.sh, mpirun.sh and bench/gpu/run_check.sh. Unpacks payload.tar.gz once (into
-# $ZT_BUNDLE_CACHE/zt-gpu-bundle-<checksum>, by default under TMPDIR or /tmp), then sets ZT_BUNDLE_ROOT, LD_LIBRARY_PATH = the
-# bundle's lib, then the directory holding this machine's libcublasLt.so.13 (ZT_CUDA_LIB_DIR, the CUDA toolkit, or
-# PyTorch's nvidia wheels), ZT_NCCL_LIBRARY (libnccl.so.2 found the same way; unset when there is none), and the
-# Open MPI / PMIx relocation variables. ZT_MPIRUN is the bundled mpirun.
-zt_bundle_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-zt_bundle_sum=$(cksum <"$zt_bundle_dir/payload.tar.gz" | cut -d' ' -f1)
-# The first of TMPDIR (or /tmp), ~/.cache and the bundle directory itself where binaries may be executed (a noexec
-# /tmp is common). Not the bundle directory first: unpacked there it would travel with the next carry of the bundle.
-zt_exec_ok() {
-  mkdir -p "$1" 2>/dev/null && cp /bin/true "$1/.zt_exec_probe.$$" 2>/dev/null && "$1/.zt_exec_probe.$$"
-  local ok=$?
-  rm -f "$1/.zt_exec_probe.$$" 2>/dev/null
-  return $ok
-}
-if [[ -z ${ZT_BUNDLE_CACHE:-} ]]; then
-  for zt_dir in "${TMPDIR:-/tmp}" "${HOME:-/nonexistent}/.cache" "$zt_bundle_dir"; do
-    if zt_exec_ok "$zt_dir"; then ZT_BUNDLE_CACHE=$zt_dir; break; fi
-  done
-fi
-ZT_BUNDLE_ROOT=${ZT_BUNDLE_CACHE:-${TMPDIR:-/tmp}}/zt-gpu-bundle-$zt_bundle_sum
-if [[ ! -f $ZT_BUNDLE_ROOT/.complete ]]; then
-  rm -rf "$ZT_BUNDLE_ROOT.partial" && mkdir -p "$ZT_BUNDLE_ROOT.partial" &&
-    tar -xzf "$zt_bundle_dir/payload.tar.gz" -C "$ZT_BUNDLE_ROOT.partial" &&
-    touch "$ZT_BUNDLE_ROOT.partial/.complete" && rm -rf "$ZT_BUNDLE_ROOT" &&
-    mv "$ZT_BUNDLE_ROOT.partial" "$ZT_BUNDLE_ROOT" ||
-    echo "env.sh: could not unpack $zt_bundle_dir/payload.tar.gz into $ZT_BUNDLE_ROOT" >&2
-fi
-export ZT_BUNDLE_ROOT
-zt_find_cuda_lib() {  # NAME: the directory holding NAME on this machine
-  local d
-  for d in "${ZT_CUDA_LIB_DIR:-}" /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
-           /usr/local/cuda-13*/lib64 /usr/lib/x86_64-linux-gnu; do
-    [[ -n $d && -e $d/$1 ]] && { echo "$d"; return 0; }
-  done
-  local py
-  for py in python3 /usr/bin/python3; do
-    command -v "$py" >/dev/null 2>&1 || continue
-    d=$("$py" - "$1" 2>/dev/null <<'PY'
-import glob, os, site, sys
-roots = site.getsitepackages() + [site.getusersitepackages()]
-for root in roots:
-    for hit in sorted(glob.glob(os.path.join(root, "nvidia", "**", sys.argv[1]), recursive=True)):
-        print(os.path.dirname(hit)); raise SystemExit
-PY
-)
-    [[ -n $d ]] && { echo "$d"; return 0; }
-  done
-  return 1
-}
-ZT_CUBLAS_DIR=$(zt_find_cuda_lib libcublasLt.so.13 || true)
-export ZT_CUBLAS_DIR
-if [[ -z ${ZT_NCCL_LIBRARY:-} ]]; then
-  zt_nccl_dir=$(zt_find_cuda_lib libnccl.so.2 || true)
-  [[ -n $zt_nccl_dir ]] && export ZT_NCCL_LIBRARY=$zt_nccl_dir/libnccl.so.2
-fi
-export LD_LIBRARY_PATH="$ZT_BUNDLE_ROOT/lib${ZT_CUBLAS_DIR:+:$ZT_CUBLAS_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# Open MPI finds its plugins and help files under OPAL_PREFIX instead of the build machine's paths. PMIx was built
-# with absolute directories, so each one is set (and its plugin search path, which otherwise names the build
-# machine's directory and warns at every start).
-export OPAL_PREFIX="$ZT_BUNDLE_ROOT/mpi"
-zt_pmix=$ZT_BUNDLE_ROOT/mpi/pmix
-export PMIX_PREFIX=$zt_pmix PMIX_INSTALL_PREFIX=$zt_pmix PMIX_LIBDIR=$zt_pmix/lib PMIX_PKGLIBDIR=$zt_pmix/lib/pmix \
-  PMIX_DATAROOTDIR=$zt_pmix/share PMIX_DATADIR=$zt_pmix/share PMIX_PKGDATADIR=$zt_pmix/share/pmix \
-  PMIX_SYSCONFDIR=$zt_pmix/share PMIX_MCA_mca_base_component_path=$zt_pmix/lib/pmix
-export ZT_MPIRUN="$ZT_BUNDLE_ROOT/mpi/bin/mpirun"
-# Shared-memory transport without cross-process memory attach (refused in containers without CAP_SYS_PTRACE), and no
-# warnings about the fabrics that were left out.
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl_base_warn_component_unused=0
-ENV
-cat >"$bundle/run.sh" <<'RUN'
-#!/usr/bin/env bash
-# Runs a bundled binary with the bundle's libraries: run.sh NAME [ARGS...] (NAME in bin/).
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-source "$here/env.sh"
-exec "$ZT_BUNDLE_ROOT/bin/$1" "${@:2}"
-RUN
-cat >"$bundle/mpirun.sh" <<'RUN'
-#!/usr/bin/env bash
-# The bundled Open MPI mpirun with the bundle's environment: mpirun.sh -np 4 "$ZT_BUNDLE_ROOT/bin/zerotrain" ...
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-source "$here/env.sh"
-exec "$ZT_MPIRUN" "$@"
-RUN
+# env.sh (unpacks the payload once per machine, finds CUDA's own libraries there, relocates the MPI runtime), run.sh
+# and mpirun.sh: the same files in every bundle (bundle_files/ beside this script).
+cp "$here/bundle_files/env.sh" "$here/bundle_files/run.sh" "$here/bundle_files/mpirun.sh" "$bundle/"
 chmod +x "$bundle/run.sh" "$bundle/mpirun.sh"
 
 echo "== pack $stage -> $bundle/payload.tar.gz"
 tar -czf "$bundle/payload.tar.gz" -C "$stage" .
 
-# Prove the bundle resolves, from the packed payload as the GPU machine will unpack it: with env.sh's
+# Prove the bundle resolves, from the packed payload as the GPU machine will unpack it: with run.sh's
 # LD_LIBRARY_PATH nothing a binary or an MPI / PMIx plugin loads may be "not found", and everything but the
 # libraries left to the GPU machine must come from the bundle (not from this machine's /usr, which hides a gap).
 missing=0
@@ -217,6 +135,7 @@ missing=0
   ZT_BUNDLE_CACHE=$(mktemp -d)
   trap 'rm -rf "$ZT_BUNDLE_CACHE"' EXIT
   source "$bundle/env.sh"
+  export LD_LIBRARY_PATH=$ZT_BUNDLE_LIBRARY_PATH
   [[ -f $ZT_BUNDLE_ROOT/.complete ]] || exit 1
   [[ -n $ZT_CUBLAS_DIR ]] || echo "bundle.sh: note: no libcublasLt.so.13 on this machine; the GPU machine must have one"
   bad=0
@@ -248,7 +167,7 @@ unpacked=$(du -sb "$stage" | cut -f1)
   echo "source: $rev"
   echo "nvcc: $(nvcc --version | tail -1)"
   if [[ $sim == 1 ]]; then
-    echo "kind: CUDA simulator rehearsal (cuda/sim/): every program runs its kernels on the CPU; not for a GPU"
+    echo "kind: CUDA simulator rehearsal (test/cuda_sim/): every program runs its kernels on the CPU; not for a GPU"
   else
     echo "CUDA architectures: sm_90"
   fi

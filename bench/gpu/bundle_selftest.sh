@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the bundle (bench/gpu/bundle.sh's output) as on a bare GPU machine, here on the development machine: in a
 # private mount namespace the system's Open MPI, PMIx, HDF5, OpenBLAS and the other libraries the bundle carries are
-# hidden, then the bundled mpirun starts a 4-rank zerotrain (CPU, ZeRO-3, a checkpoint save and a resume), a singleton
+# hidden, and ssh (a bare GPU machine may have none: Open MPI's default launcher then refuses to start even local
+# ranks), then the bundled mpirun starts a 4-rank zerotrain (CPU, ZeRO-3, a checkpoint save and a resume), a singleton
 # `zerotrain ckpt verify`, and every CUDA test binary (which must reach "SKIPPED: no CUDA device" here). Any file
 # opened from the hidden paths, or any MPI start-up warning, fails the test. Needs root (unshare -m); exit 77 without.
 #
@@ -35,8 +36,10 @@ for pattern in 'libmpi*.so*' 'libopen-rte.so*' 'libopen-pal.so*' 'libpmix.so*' '
     hidden_files+=("$real")
   done < <(find /usr/lib/x86_64-linux-gnu -maxdepth 1 -name "$pattern")
 done
-for f in /usr/bin/orterun /usr/bin/orted; do if [[ -f $f ]]; then mount --bind /dev/null "$f"; fi; done
-echo "hidden: ${hidden[*]}, /usr/bin/orterun, /usr/bin/orted and ${#hidden_files[@]} libraries"
+for f in /usr/bin/orterun /usr/bin/orted /usr/bin/ssh /usr/bin/rsh; do
+  if [[ -f $f ]]; then mount --bind /dev/null "$f"; fi
+done
+echo "hidden: ${hidden[*]}, /usr/bin/orterun, /usr/bin/orted, ssh and ${#hidden_files[@]} libraries"
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 export ZT_BUNDLE_CACHE
@@ -45,6 +48,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$ZT_BUNDLE_CACHE" "$work"' EXIT
 # shellcheck source=/dev/null
 source "$bundle/env.sh"
+export LD_LIBRARY_PATH=$ZT_BUNDLE_LIBRARY_PATH  # what run.sh and mpirun.sh give the bundle's programs
 zt=$ZT_BUNDLE_ROOT/bin/zerotrain
 failed=0
 step() {  # NAME CMD...: runs CMD under strace; fails on a non-zero exit, an open of a hidden path, or a warning

@@ -17,11 +17,11 @@
 
 #include "core/config.hpp"
 #include "core/errors.hpp"
+#include "core/flat_units.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
 #include "core/profiling_backend.hpp"
 #include "cuda/cuda_backend.hpp"
-#include "test/cuda/flat_units.hpp"
 
 namespace {
 

@@ -12,6 +12,7 @@
 
 #include "core/errors.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "test/test_util.hpp"
 
 namespace zt::test {
 
@@ -50,13 +51,7 @@ inline int run_cuda_mpi_tests(int argc, char** argv, const std::function<std::st
     std::printf("%d rank(s); rank 0 on CUDA device %d: %s\n", size, device, cuda_device_description(device).c_str());
     std::fflush(stdout);
   }
-  Catch::Session session;
-  if (rank != 0) session.configData().reporterName = "compact";
-  const int rc = session.run(argc, argv);
-  int any_failed = 0;
-  MPI_Allreduce(&rc, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return any_failed == 0 ? 0 : 1;
+  return run_catch_on_every_rank(argc, argv);
 }
 
 }  // namespace zt::test

@@ -35,7 +35,7 @@ VecF download(zt::Backend& be, const float* p, size_t n) {
 
 struct Fixture {
   std::unique_ptr<zt::Backend> be = zt::make_cuda_backend(zt::test::local_device(), false);
-  std::unique_ptr<zt::MpiComm> comm = zt::make_nccl_comm(MPI_COMM_WORLD, *be);
+  std::unique_ptr<zt::Comm> comm = zt::make_nccl_comm(MPI_COMM_WORLD, *be);
   ~Fixture() { comm.reset(); }  // before the backend whose stream it orders against
 };
 
@@ -149,7 +149,7 @@ TEST_CASE("ZeRO steps over NCCL match the staged MPI comm", "[nccl][zero]") {
       for (size_t s = 0; s < nccl.losses.size(); ++s)
         CHECK(std::fabs(nccl.losses[s] - staged.losses[s]) <= 1e-3 * std::fabs(staged.losses[s]));
       for (size_t u = 0; u < nccl.first_grads.size(); ++u) {
-        const auto rep = zt::test::compare_close(nccl.first_grads[u], staged.first_grads[u], 1e-5, 1e-6);
+        const auto rep = zt::test::compare_close(nccl.first_grads[u], staged.first_grads[u], {1e-5, 1e-6});
         INFO("unit " << u << ": " << rep.text);
         CHECK(rep.n_bad == 0);
       }

@@ -7,9 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "core/backend.hpp"
@@ -17,19 +15,9 @@
 #include "core/model.hpp"
 #include "sharding/comm.hpp"
 #include "sharding/zero_engine.hpp"
+#include "test/test_util.hpp"
 
 namespace zt::test {
-
-/// Two blocks, head size 16, vocabulary padded from 200 to 256, T = 32 (the attention keeps its output copy).
-inline ModelConfig comm_test_model() {
-  ModelConfig m;
-  m.n_layer = 2;
-  m.n_head = 4;
-  m.d_model = 64;
-  m.vocab = 200;
-  m.seq_len = 32;
-  return m;
-}
 
 struct ZeroRun {
   std::vector<double> losses;                    ///< mean loss of each step (identical on every rank)
@@ -38,7 +26,7 @@ struct ZeroRun {
 };
 
 inline ZeroRun run_zero_steps(Backend& be, Comm& comm, int stage, int steps, float lr = 1e-3f) {
-  const ModelConfig cfg = comm_test_model();
+  const ModelConfig cfg = two_block_model();
   const ParamTable table(cfg);
   const int N = comm.world_size(), rank = comm.rank();
   const int B = 2, T = cfg.seq_len, G = 4 * N, per_rank = G / N, accum = per_rank / B;
@@ -89,53 +77,6 @@ inline ZeroRun run_zero_steps(Backend& be, Comm& comm, int stage, int steps, flo
     engine.gather_unit(int(u), false, out.final_params.back().data());
   }
   return out;
-}
-
-/// How far `got` is from `ref`: elements outside rel*|ref| + abs*max|ref| (NaN counts as outside), and the worst.
-struct CloseReport {
-  size_t n_bad = 0;
-  std::string text;  ///< for INFO(): the counts, the tolerance and the worst element
-};
-
-inline CloseReport compare_close(const std::vector<float>& got, const std::vector<float>& ref, double rel, double abs) {
-  CloseReport rep;
-  if (got.size() != ref.size()) {
-    rep.n_bad = std::max(got.size(), ref.size());
-    rep.text = "sizes differ: " + std::to_string(got.size()) + " vs " + std::to_string(ref.size());
-    return rep;
-  }
-  double scale = 0;
-  for (float r : ref) scale = std::max(scale, double(std::fabs(r)));
-  double worst_excess = -1;
-  size_t worst = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(ref[i]));
-    const double allowed = rel * std::fabs(double(ref[i])) + abs * scale;
-    if (err <= allowed) continue;  // false for NaN
-    ++rep.n_bad;
-    const double excess = std::isnan(err) ? std::numeric_limits<double>::infinity() : err - allowed;
-    if (excess > worst_excess) {
-      worst_excess = excess;
-      worst = i;
-    }
-  }
-  rep.text = std::to_string(rep.n_bad) + " of " + std::to_string(ref.size()) + " elements outside rel " +
-             std::to_string(rel) + " + abs " + std::to_string(abs) + " x scale " + std::to_string(scale);
-  if (rep.n_bad)
-    rep.text += "; worst at " + std::to_string(worst) + ": got " + std::to_string(got[worst]) + ", want " +
-                std::to_string(ref[worst]);
-  return rep;
-}
-
-/// Largest |got - ref| (infinity for a NaN or a size mismatch).
-inline double max_abs_diff(const std::vector<float>& got, const std::vector<float>& ref) {
-  if (got.size() != ref.size()) return std::numeric_limits<double>::infinity();
-  double worst = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = std::fabs(double(got[i]) - double(ref[i]));
-    if (!(d <= worst)) worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
-  }
-  return worst;
 }
 
 }  // namespace zt::test

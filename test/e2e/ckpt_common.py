@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -123,12 +124,35 @@ def manifest(ckpt_dir):
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
+def manifest_digest(text):
+    """The spec's /manifest_xxh64 of manifest bytes: xxh64, seed 0, as 16 lowercase hex digits."""
+    return f"{xxh64(text):016x}"
+
+
+def rewrite_manifest(ckpt_dir, edit, digest=True):
+    """Applies edit(dict) to the manifest inside model.h5 (kept a fixed-length string dataset) and manifest.json, as
+    a writer would: with a matching /manifest_xxh64 (digest=False leaves the old digest, or its absence, as it was)."""
+    h5 = os.path.join(ckpt_dir, "model.h5")
+    with h5py.File(h5, "r+") as f:
+        m = json.loads(f["manifest"][()].decode())
+        edit(m)
+        text = json.dumps(m, indent=1).encode()
+        del f["manifest"]
+        f.create_dataset("manifest", data=np.array(text, dtype=f"S{len(text)}"))
+        if digest:
+            if "manifest_xxh64" in f:
+                del f["manifest_xxh64"]
+            f.create_dataset("manifest_xxh64", data=np.array(manifest_digest(text).encode(), dtype="S16"))
+    with open(os.path.join(ckpt_dir, "manifest.json"), "w") as f:
+        f.write(text.decode() + "\n")
+
+
 def read_tensors(ckpt_dir, prefix=""):
     """Every float dataset under `prefix` as {name: numpy array}, read with plain h5py."""
     out = {}
     with h5py.File(os.path.join(ckpt_dir, "model.h5"), "r") as f:
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and name != "manifest" and name.startswith(prefix):
+            if isinstance(obj, h5py.Dataset) and not name.startswith("manifest") and name.startswith(prefix):
                 out[name] = obj[()]
         f.visititems(visit)
     return out
@@ -152,3 +176,54 @@ def train_args(out_dir, **kw):
     for k, v in kw.items():
         args += [f"--{k}", v]
     return args + FAST
+
+
+M64 = (1 << 64) - 1
+P1, P2, P3, P4, P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
+                      0x27D4EB2F165667C5)
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & M64
+
+
+def _round(acc, lane):
+    return (_rotl((acc + lane * P2) & M64, 31) * P1) & M64
+
+
+def xxh64(data, seed=0):
+    """XXH64 (Yann Collet's specification), written out so the test shares no code with zerotrain's xxhash."""
+    n = len(data)
+    i = 0
+    if n >= 32:
+        v = [(seed + P1 + P2) & M64, (seed + P2) & M64, seed, (seed - P1) & M64]
+        lanes = struct.unpack_from(f"<{(n // 32) * 4}Q", data)
+        for s in range(0, len(lanes), 4):
+            v[0] = _round(v[0], lanes[s])
+            v[1] = _round(v[1], lanes[s + 1])
+            v[2] = _round(v[2], lanes[s + 2])
+            v[3] = _round(v[3], lanes[s + 3])
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & M64
+        for x in v:
+            h = ((h ^ _round(0, x)) * P1 + P4) & M64
+        i = (n // 32) * 32
+    else:
+        h = (seed + P5) & M64
+    h = (h + n) & M64
+    while i + 8 <= n:
+        (k,) = struct.unpack_from("<Q", data, i)
+        h = (_rotl(h ^ _round(0, k), 27) * P1 + P4) & M64
+        i += 8
+    if i + 4 <= n:
+        (k,) = struct.unpack_from("<I", data, i)
+        h = (_rotl(h ^ ((k * P1) & M64), 23) * P2 + P3) & M64
+        i += 4
+    while i < n:
+        h = (_rotl(h ^ ((data[i] * P5) & M64), 11) * P1) & M64
+        i += 1
+    h ^= h >> 33
+    h = (h * P2) & M64
+    h ^= h >> 29
+    h = (h * P3) & M64
+    h ^= h >> 32
+    return h

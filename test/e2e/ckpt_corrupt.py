@@ -28,7 +28,7 @@ def tensor_extents(h5_path):
     out = []
     with h5py.File(h5_path, "r") as f:
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and name != "manifest":
+            if isinstance(obj, h5py.Dataset) and not name.startswith("manifest"):
                 off = obj.id.get_offset()
                 assert off is not None, f"{name} is not contiguous"
                 out.append((name, off, obj.id.get_storage_size()))

@@ -5,7 +5,7 @@
 #  A. as written;  B. some datasets rewritten by h5py as chunked and one as big-endian float (read through HDF5);
 #  C. h5repack'ed with a 512-byte user block (every offset moves; datasets reordered).
 # First, the save's two routes write the same file contents: tensor bytes written with pwrite at H5Dget_offset
-# (ckpt/direct_write.cpp, the default) and through H5Dwrite (ZT_CKPT_WRITE=hdf5) give bitwise-equal tensors and
+# (ckpt/direct_write.cpp, the default) and through H5Dwrite (--ckpt_write hdf5) give bitwise-equal tensors and
 # chunk digests.
 # Each copy resumes on 3 ranks at stage 3 with no step left and re-saves: the re-saved tensors must be bitwise the
 # source's. Then one flipped value in a chunked dataset (B) and one flipped byte in wte's first chunk past rank 0's
@@ -43,7 +43,7 @@ def main():
     src = f"{run}/checkpoint-2"
     want = C.read_tensors(src)
     run_h5 = os.path.join(work, "run_hdf5_write")
-    C.run(2, C.train_args(run_h5, zero_stage=1, max_steps=2, save_interval=2, **BASE), env={"ZT_CKPT_WRITE": "hdf5"})
+    C.run(2, C.train_args(run_h5, zero_stage=1, max_steps=2, save_interval=2, ckpt_write="hdf5", **BASE))
     bad = C.diff_tensors(want, C.read_tensors(f"{run_h5}/checkpoint-2"))
     ds_a, ds_b = C.manifest(src)["datasets"], C.manifest(f"{run_h5}/checkpoint-2")["datasets"]
     C.check(len(want) == 84 and not bad and ds_a == ds_b,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end CLI checks: --help, bad flags and values, config files, loss falls, determinism, rank failure.
+# End-to-end CLI checks: --help, bad flags and values, config files, errors printed once, resume keeps the
+# checkpoint's configuration, loss falls, determinism, rank failure.
 set -uo pipefail
 ZT=${ZEROTRAIN:?ZEROTRAIN must point at the zerotrain binary}
 MPIEXEC=${ZT_MPIEXEC:-mpirun}
@@ -36,6 +37,30 @@ expect_fail "missing config" "cannot open config file" "$ZT" train --config "$wo
 echo 'nlayer = 3' >"$work/bad.toml"
 expect_fail "unknown config key" "unknown config key 'nlayer'" "$ZT" train --config "$work/bad.toml"
 expect_fail "batch split" "is not a multiple of micro_batch_size" "$ZT" train --global_batch_size 6 --micro_batch_size 4
+
+# Values are checked strictly, wherever they come from (issue 15), and the message names the flag or key and value.
+# (zt_bad: should a check stop failing, its run writes into $work/stray, not into the current directory.)
+zt_bad() { "$ZT" train --output_dir "$work/stray" "$@"; }
+expect_fail "infinite lr" "--learning_rate must be a finite number, got inf" zt_bad --learning_rate inf
+expect_fail "nan lr" "--learning_rate must be a finite number, got nan" zt_bad --learning_rate nan
+expect_fail "float step count" "--max_steps must be an integer, got \"1e3\"" zt_bad --max_steps 1e3
+expect_fail "huge vocab" "--vocab must be in [2, 16777216], got 2147483647" zt_bad --vocab 2147483647
+expect_fail "bad choice" "--device must be one of cpu, cuda, auto, got \"gpu\"" zt_bad --device gpu
+for v in true 2.7 1e10; do
+  echo "{\"warmup_steps\": $v}" >"$work/coerce.json"
+  expect_fail "JSON $v for an integer" "config file $work/coerce.json: key 'warmup_steps' must be an integer, got" \
+    zt_bad --config "$work/coerce.json"
+done
+printf 'max_steps = 2.5\n' >"$work/float.toml"
+expect_fail "TOML float for an integer" "key 'max_steps' must be an integer, got 2.5" zt_bad --config "$work/float.toml"
+expect_fail "config directory" "config file $work is a directory" zt_bad --config "$work"
+# An error every rank hits is printed once (rank 0's), and names the source inside the repository.
+"$MPIEXEC" -np 2 "$ZT" train --zero_stage 7 >"$work/twice.log" 2>&1
+n_err=$(grep -c '^zerotrain: error:' "$work/twice.log")
+if [ "$n_err" = 1 ] && grep -q 'rank 0/2 on .* at core/config_fields.cpp:[0-9]*\]' "$work/twice.log" &&
+   ! grep -qF "${ZT_SOURCE_DIR:-/nonexistent}/" "$work/twice.log"; then
+  pass "an error on every rank is printed once, with a repository path"
+else fail "error printed $n_err time(s): $(grep error "$work/twice.log")"; fi
 
 # Config files: TOML and JSON set keys; a flag overrides the file.
 cat >"$work/c.toml" <<'TOML'
@@ -87,6 +112,36 @@ else fail "profile table (n_layer=$n_layer): $(sed -n '/^profile of/,/^total/p' 
 grep -q '^profile of 2 step(s)' "$work/prof_short.log" && pass "a run shorter than --profile_steps reports what it profiled" \
   || fail "short profile: $(grep '^profile' "$work/prof_short.log")"
 expect_fail "bad profile_steps" "--profile_steps must be >= 0, got -1" "$ZT" train --profile_steps -1 --max_steps 1
+
+# Resume keeps the checkpoint's configuration: `--resume_from_checkpoint latest --output_dir D` (and a longer
+# --max_steps) continues with the saved --warmup_steps 20, not the default 5. All 10 steps are in warmup, so the
+# segmented run equals an uninterrupted 10-step one bitwise (same world size); with warmup 5 steps 7-10 would differ.
+rz() { "$MPIEXEC" -np 2 "$ZT" train --threads 1 --quiet "$@"; }
+rz --warmup_steps 20 --max_steps 10 --output_dir "$work/warm_ref" || fail "warmup reference run"
+rz --warmup_steps 20 --max_steps 6 --save_interval 3 --output_dir "$work/warm" || fail "warmup first segment"
+cp -r "$work/warm" "$work/warm2"
+rz --resume_from_checkpoint latest --output_dir "$work/warm" --max_steps 10 >"$work/warm.log" 2>&1 ||
+  fail "plain resume"
+lrs() { "${ZT_PYTHON:-/usr/bin/python3}" -c 'import json,sys
+for l in open(sys.argv[1]): r = json.loads(l); print(r["step"], repr(r["lr"]), repr(r["loss"]))' "$1"; }
+if diff <(lrs "$work/warm_ref/metrics.jsonl") <(lrs "$work/warm/metrics.jsonl") >"$work/warm.diff"; then
+  pass "a resume with only --resume_from_checkpoint keeps the checkpoint's warmup_steps 20"
+else fail "resumed lr/loss differ from the uninterrupted run: $(head -4 "$work/warm.diff")"; fi
+if [ "$(grep -c 'changed on resume' "$work/warm.log")" = 1 ] && grep -q 'max_steps 6 -> 10$' "$work/warm.log"; then
+  pass "the longer --max_steps is listed once"
+else fail "changed-on-resume line: $(grep -i 'changed\|warning' "$work/warm.log")"; fi
+# An explicit flag overrides the checkpoint and is listed once; the lr of step 7 is that of warmup 30.
+rz --resume_from_checkpoint latest --output_dir "$work/warm2" --max_steps 10 --warmup_steps 30 >"$work/warm2.log" 2>&1 \
+  || fail "resume with --warmup_steps 30"
+lr7=$(sed -n 's/.*"lr":\([^,]*\),"step":7,.*/\1/p' "$work/warm2/metrics.jsonl")
+if [ "$(grep -c 'changed on resume' "$work/warm2.log")" = 1 ] &&
+   grep -q 'max_steps 6 -> 10, warmup_steps 20 -> 30' "$work/warm2.log" &&
+   awk -v x="$lr7" 'BEGIN { exit !(x == 0.003 * 7 / 30) }'; then  # lr_at: peak * step / warmup, same doubles
+  pass "--warmup_steps 30 on resume is used (lr $lr7 at step 7) and listed once"
+else fail "override: lr7=$lr7 log: $(grep -i 'changed\|warning' "$work/warm2.log")"; fi
+# A different global batch cannot be honoured (the data cursor counts global batches): refused, naming both.
+expect_fail "global batch on resume" "cannot be resumed with a different global_batch_size: 8 -> 16" \
+  "$ZT" train --resume_from_checkpoint latest --output_dir "$work/warm2" --global_batch_size 16 --quiet
 
 # A failure on one rank ends a 4-rank job quickly, naming the rank.
 start=$(date +%s)

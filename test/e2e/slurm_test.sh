@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Real Slurm: starts a private slurmctld + slurmd (one node, own ports, config and spool under a temp dir), submits
-# launch/zerotrain.sbatch with 4 ranks, preempts it with `scancel --signal=USR1 --batch`, lets it requeue and
-# finish, and checks the final parameters and optimizer state are bitwise identical to an uninterrupted mpirun run.
-# Exits 77 (SKIPPED) only when the Slurm daemons are not installed.
+# Real Slurm: starts a private slurmctld + slurmd (one node, own ports, config and spool under a temp dir) and runs
+# launch/zerotrain.sbatch through four jobs: (A) preempted with `scancel --signal=USR1 --batch`, requeued by the
+# script, finished bitwise equal to an uninterrupted mpirun run; (B) `scontrol requeue` (Slurm's SIGTERM to every
+# process) during a save that takes longer than mpirun's default SIGTERM-to-SIGKILL delay: saved, requeued by Slurm,
+# finished, bitwise equal too; (C) a job array of 2 tasks, one run directory each; (D) SIGUSR1 before the ranks are up,
+# delivered once they are. Each ends with the right job state and outcome line. Exits 77 (SKIPPED) only when the Slurm
+# daemons are not installed.
 set -uo pipefail
 ZT=${ZEROTRAIN:?ZEROTRAIN must point at the zerotrain binary}
 SRC=${ZT_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 MPIEXEC=${ZT_MPIEXEC:-mpirun}
 PY=${ZT_PYTHON:-python3}
 HERE=$SRC/test/e2e/slurm
+SBATCH=$SRC/launch/zerotrain.sbatch
 t0=$SECONDS
 log() { echo "[slurm +$((SECONDS - t0))s] $*"; }
 
@@ -22,24 +26,21 @@ mkdir -p "$work/state" "$work/spool" "$work/tmp"
 : >"$work/plugstack.conf"
 # Every Slurm command below talks to this private cluster only.
 export SLURM_CONF=$work/slurm.conf
-ctld_pid="" slurmd_pid="" jid=""
+ctld_pid="" slurmd_pid="" submitted=()
 
-job_field() { scontrol show job "$jid" 2>/dev/null | grep -o "$1=[^ ]*" | head -1 | cut -d= -f2; }
+job_field() { scontrol show job "$1" 2>/dev/null | grep -o "$2=[^ ]*" | head -1 | cut -d= -f2; }
 # Processes of this test's cluster: the daemons, slurmstepd and the job inherit SLURM_CONF=$work/slurm.conf.
 our_pids() {
   grep -lsaF "SLURM_CONF=$SLURM_CONF" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 | grep -vx "$$" || true
 }
 cleanup() {
-  if [ -n "$jid" ] && [ -n "$ctld_pid" ] && kill -0 "$ctld_pid" 2>/dev/null; then
-    state=$(job_field JobState)
-    if [ -n "$state" ] && [ "$state" != COMPLETED ] && [ "$state" != CANCELLED ] && [ "$state" != FAILED ]; then
-      log "cleanup: cancelling job $jid ($state)"
-      scancel --signal=KILL "$jid" 2>/dev/null
-      scancel "$jid" 2>/dev/null
-      for _ in $(seq 20); do
-        case "$(job_field JobState)" in RUNNING|COMPLETING|PENDING|CONFIGURING) sleep 0.5 ;; *) break ;; esac
-      done
-    fi
+  if [ -n "$ctld_pid" ] && kill -0 "$ctld_pid" 2>/dev/null; then
+    for j in "${submitted[@]+"${submitted[@]}"}"; do
+      case "$(job_field "$j" JobState)" in
+        "" | COMPLETED | CANCELLED | FAILED) ;;
+        *) log "cleanup: cancelling job $j"; scancel --signal=KILL "$j" 2>/dev/null; scancel "$j" 2>/dev/null ;;
+      esac
+    done
   fi
   for pid in $slurmd_pid $ctld_pid; do kill -TERM "$pid" 2>/dev/null; done
   for _ in $(seq 20); do
@@ -60,8 +61,17 @@ pass() { echo "ok: $1"; }
 fail() { echo "FAIL: $1"; fails=$((fails + 1)); }
 die() {
   echo "FAIL: $1"
-  for f in job.out slurmctld.log slurmd.log; do [ -f "$work/$f" ] && { echo "--- tail $f"; tail -30 "$work/$f"; }; done
+  for f in "$work"/job-*.out "$work/slurmctld.log" "$work/slurmd.log"; do
+    [ -f "$f" ] && { echo "--- tail $f"; tail -30 "$f"; }
+  done
   exit 1
+}
+expect_in() { if grep -qF -- "$2" "$1"; then pass "$3"; else fail "$3: no '$2' in $1"; fi; }
+# The last line a job log ends with is the script's outcome.
+expect_outcome() {
+  local last
+  last=$(tail -n 1 "$1" | sed -n 's/^\[zerotrain.sbatch [^]]*\] outcome: //p')
+  if [ "$last" = "$2" ]; then pass "$3: outcome: $last"; else fail "$3: the log ends '$(tail -n 1 "$1")', not '$2'"; fi
 }
 
 # The runs: 4 ranks, ZeRO-2, checkpoints every 20 steps. Ranks yield when idle: Slurm gives 4 slots on what may be
@@ -69,8 +79,8 @@ die() {
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_mpi_yield_when_idle=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 steps=80
-args=(--max_steps "$steps" --save_interval 20 --zero_stage 2 --micro_batch_size 1 --global_batch_size 12
-      --threads 1 --log_interval 10)
+common=(--max_steps "$steps" --zero_stage 2 --micro_batch_size 1 --global_batch_size 12 --threads 1 --log_interval 10)
+args=("${common[@]}" --save_interval 20)
 
 log "reference: uninterrupted mpirun -np 4, $steps steps"
 timeout -k 10 240 "$MPIEXEC" -np 4 --bind-to none "$ZT" train "${args[@]}" --output_dir "$work/ref" \
@@ -90,78 +100,144 @@ slurmctld -D -c -f "$SLURM_CONF" >"$work/slurmctld.out" 2>&1 &
 ctld_pid=$!
 slurmd -D -f "$SLURM_CONF" >"$work/slurmd.out" 2>&1 &
 slurmd_pid=$!
-for _ in $(seq 60); do
-  [ "$(sinfo -h -o %t 2>/dev/null)" = idle ] && break
-  sleep 0.5
-done
-[ "$(sinfo -h -o %t 2>/dev/null)" = idle ] || die "the node did not come up idle: $(sinfo 2>&1)"
+node_idle() { [ "$(sinfo -h -o %t 2>/dev/null)" = idle ]; }
+for _ in $(seq 60); do node_idle && break; sleep 0.5; done
+node_idle || die "the node did not come up idle: $(sinfo 2>&1)"
 log "cluster up: $(sinfo -h -o '%P %a %D %t %N %c' 2>&1)"
 
-out=$work/slurm-out
-export ZT_BIN=$ZT ZT_OUTPUT_DIR=$out ZT_MPIRUN=$MPIEXEC ZT_LAUNCHER=mpirun
-unset ZT_ARGS ZT_LAUNCH_ARGS
-jid=$(sbatch --parsable --nodes=1 --ntasks-per-node=4 --cpus-per-task=1 --output="$work/job.out" \
-  --chdir="$work" "$SRC/launch/zerotrain.sbatch" "${args[@]}") || die "sbatch failed"
-log "submitted job $jid"
+export ZT_BIN=$ZT ZT_MPIRUN=$MPIEXEC ZT_LAUNCHER=mpirun
+unset ZT_ARGS ZT_LAUNCH_ARGS ZT_OUTPUT_DIR ZT_MAX_RESTARTS ZT_TEST_SAVE_DELAY_MS OMPI_MCA_odls_base_sigkill_timeout
+# submit NAME [sbatch options] -- [script arguments]: the job id; its log is $work/job-NAME.out.
+submit() {
+  local name=$1 opts=() id
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+  shift
+  id=$(sbatch --parsable --nodes=1 --cpus-per-task=1 --output="$work/job-$name.out" --chdir="$work" \
+    "${opts[@]}" "$SBATCH" "$@") || die "sbatch for $name failed"
+  submitted+=("${id%%;*}")
+  echo "${id%%;*}"
+}
+# Waits (at most $3 s) until job $1's state matches the pattern $2; dies naming the state otherwise.
+wait_state() {
+  local state
+  for _ in $(seq $(($3 * 4))); do
+    state=$(job_field "$1" JobState)
+    [[ "$state" =~ ^($2)$ ]] && return 0
+    sleep 0.25
+  done
+  die "job $1 is ${state:-gone}, waited $3 s for $2 (Restarts=$(job_field "$1" Restarts))"
+}
+ended='COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE'
+# Waits until OUT/metrics.jsonl has N rows, while job $1 runs.
+wait_rows() {
+  local n=0
+  for _ in $(seq 480); do
+    n=$(cat "$2/metrics.jsonl" 2>/dev/null | wc -l)
+    [ "$n" -ge "$3" ] && return 0
+    case "$(job_field "$1" JobState)" in PENDING | CONFIGURING | RUNNING) ;; *) die "job $1 ended at step $n" ;; esac
+    sleep 0.25
+  done
+  die "job $1 logged $n steps in 120 s"
+}
+# A requeued job is held back about two minutes; release it, but not at once: slurmd refuses a credential created in
+# the same second as the old run's revocation ("Job credential revoked" fails the job), which is what the delay
+# guards against. Wait for the node to be idle again and for the clock to move on.
+release() {
+  wait_state "$1" PENDING 120
+  [ "$(job_field "$1" Restarts)" = "$2" ] || die "job $1 is PENDING with Restarts=$(job_field "$1" Restarts), want $2"
+  for _ in $(seq 60); do node_idle && break; sleep 0.5; done
+  sleep 2
+  scontrol update JobId="$1" StartTime=now || die "scontrol update StartTime=now failed"
+}
+same_as_reference() {
+  if "$PY" "$HERE/same_final_state.py" "$work/ref" "$1" "$steps"; then
+    pass "$2 is bitwise identical to the uninterrupted one"
+  else
+    fail "$2: final state differs from the uninterrupted run"
+  fi
+}
+# The step a preempted run stopped and resumed at: the resume line of the requeued run in log $1.
+resumed_step() {
+  grep -o "resumed from $2/checkpoint-[0-9]*: step [0-9]*, world size 4 then 4 now" "$1" |
+    sed -n 's/.*: step \([0-9]*\),.*/\1/p' | head -n 1
+}
 
-# Preempt once training is under way and before it ends.
-for _ in $(seq 240); do
-  n=0; [ -f "$out/metrics.jsonl" ] && n=$(wc -l <"$out/metrics.jsonl")
-  [ "$n" -ge 5 ] && break
-  state=$(job_field JobState)
-  case "$state" in PENDING|CONFIGURING|RUNNING) ;; *) die "job $jid is $state before training started" ;; esac
-  sleep 0.25
-done
-[ "$n" -ge 5 ] || die "job $jid logged $n steps in 60 s"
-log "job $jid at step $n: scancel --signal=USR1 --batch $jid"
+# (A) SIGUSR1 to the batch shell: forwarded, saved, exit 75, requeued by the script, resumed, finished.
+out=$work/out-a
+jid=$(submit a --ntasks-per-node=4 -- "${args[@]}" --output_dir "$out")
+log "(A) submitted job $jid"
+wait_rows "$jid" "$out" 5
+log "(A) job $jid at step $(wc -l <"$out/metrics.jsonl"): scancel --signal=USR1 --batch $jid"
 scancel --signal=USR1 --batch "$jid" || die "scancel failed"
-
-# The batch script forwards SIGUSR1, zerotrain saves and exits 75, the script requeues: PENDING, Restarts=1.
-for _ in $(seq 240); do
-  [ "$(job_field Restarts)" = 1 ] && [ "$(job_field JobState)" = PENDING ] && break
-  case "$(job_field JobState)" in COMPLETED|FAILED|CANCELLED|TIMEOUT) break ;; esac
-  sleep 0.25
-done
-[ "$(job_field Restarts)" = 1 ] && [ "$(job_field JobState)" = PENDING ] \
-  || die "job $jid was not requeued: JobState=$(job_field JobState) Restarts=$(job_field Restarts)"
-log "job $jid requeued ($(job_field Reason)); StartTime=now skips Slurm's requeue delay"
-# But not at once: slurmd refuses a credential created in the same second as the old run's revocation ("Job
-# credential revoked" fails the job), which is what the delay guards against. Wait for the node to be idle again
-# and for the clock to move on.
-for _ in $(seq 60); do [ "$(sinfo -h -o %t 2>/dev/null)" = idle ] && break; sleep 0.5; done
-sleep 2
-scontrol update JobId="$jid" StartTime=now || die "scontrol update StartTime=now failed"
-
-for _ in $(seq 480); do
-  case "$(job_field JobState)" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY) break ;; esac
-  sleep 0.25
-done
-state=$(job_field JobState)
-log "job $jid: JobState=$state Restarts=$(job_field Restarts) ExitCode=$(job_field ExitCode)"
-[ "$state" = COMPLETED ] && [ "$(job_field ExitCode)" = 0:0 ] && pass "job $jid completed with exit code 0:0" \
-  || die "job $jid ended $state, ExitCode=$(job_field ExitCode)"
-
-# What the job log and the output directory say.
-j=$work/job.out
+release "$jid" 1
+wait_state "$jid" "$ended" 240
+j=$work/job-a.out
+[ "$(job_field "$jid" JobState) $(job_field "$jid" ExitCode)" = "COMPLETED 0:0" ] &&
+  pass "(A) job $jid completed with exit code 0:0" || fail "(A) job $jid: $(job_field "$jid" JobState)"
 grep -q "SLURM_RESTART_COUNT=0" "$j" && grep -q "SLURM_RESTART_COUNT=1" "$j" \
-  && pass "first run logged SLURM_RESTART_COUNT=0, the requeued run SLURM_RESTART_COUNT=1" \
-  || fail "SLURM_RESTART_COUNT=0 and =1 not both logged"
-grep -q "caught SIGUSR1: forwarding SIGUSR1" "$j" && pass "the batch script forwarded SIGUSR1 to mpirun" \
-  || fail "no 'caught SIGUSR1' in the job log"
-grep -q "zerotrain exited with status 75" "$j" && grep -q "requeued job $jid" "$j" \
-  && pass "zerotrain exited 75 and the script requeued the job" || fail "no status 75 / requeue in the job log"
-resume=$(grep -o "resumed from $out/checkpoint-[0-9]*: step [0-9]*, world size 4 then 4 now, ZeRO stage 2 then 2 now" \
-  "$j")
-stop=$(echo "$resume" | sed -n 's/.*: step \([0-9]*\),.*/\1/p')
-if [ -n "$stop" ] && [ "$stop" -lt "$steps" ]; then pass "resume line: $resume"
-else fail "no resume line (or it resumed at the end) in the job log"; fi
-grep -q "checkpoint saved at step $stop; exiting with status 75" "$j" \
-  && pass "preemption checkpoint at step $stop" || fail "no 'checkpoint saved at step $stop' line"
-if "$PY" "$HERE/same_final_state.py" "$work/ref" "$out" "$steps"; then
-  pass "preempted + requeued run is bitwise identical to the uninterrupted one"
-else
-  fail "final state differs from the uninterrupted run"
-fi
-[ $fails = 0 ] || { echo "--- job log"; cat "$j"; }
+  && pass "(A) first run logged SLURM_RESTART_COUNT=0, the requeued run SLURM_RESTART_COUNT=1" \
+  || fail "(A) SLURM_RESTART_COUNT=0 and =1 not both logged"
+expect_in "$j" "caught SIGUSR1" "(A) the batch script caught SIGUSR1"
+stop=$(resumed_step "$j" "$out")
+if [ -n "$stop" ] && [ "$stop" -lt "$steps" ]; then pass "(A) resumed at step $stop"; else fail "(A) no resume line"; fi
+expect_in "$j" "outcome: stopped by SIGUSR1 at step $stop: checkpoint-$stop saved; requeued job $jid" "(A) first run"
+expect_outcome "$j" "finished: step $steps of $steps, checkpoint-$steps saved" "(A)"
+same_as_reference "$out" "(A) preempted + requeued run"
+
+# (B) scontrol requeue: Slurm SIGTERMs every process (mpirun and ranks) and SIGKILLs after KillWait (30 s). Each save
+# sleeps 3 s first (ZT_TEST_SAVE_DELAY_MS, test only), longer than mpirun's default 1 s + 1 s before SIGKILL.
+out=$work/out-b
+jid=$(submit b --ntasks-per-node=4 --export=ALL,ZT_TEST_SAVE_DELAY_MS=3000 -- "${common[@]}" --save_interval 40 \
+  --output_dir "$out")
+log "(B) submitted job $jid"
+wait_rows "$jid" "$out" 5
+log "(B) job $jid at step $(wc -l <"$out/metrics.jsonl"): scontrol requeue $jid"
+scontrol requeue "$jid" || die "scontrol requeue failed"
+release "$jid" 1
+wait_state "$jid" "$ended" 240
+j=$work/job-b.out
+[ "$(job_field "$jid" JobState)" = COMPLETED ] && pass "(B) job $jid completed after the requeue" \
+  || fail "(B) job $jid: $(job_field "$jid" JobState) $(job_field "$jid" ExitCode)"
+expect_in "$j" "caught SIGTERM" "(B) the batch script caught SIGTERM"
+stop=$(resumed_step "$j" "$out")
+if [ -n "$stop" ] && [ "$stop" -ge 5 ] && [ "$stop" -lt "$steps" ]; then pass "(B) resumed at step $stop"
+else fail "(B) no resume line after the SIGTERM save (it would resume at 0 or 40 if the save was killed)"; fi
+expect_in "$j" "outcome: stopped by SIGTERM at step $stop: checkpoint-$stop saved" "(B) first run"
+expect_outcome "$j" "finished: step $steps of $steps, checkpoint-$steps saved" "(B)"
+same_as_reference "$out" "(B) SIGTERM-requeued run"
+
+# (C) a job array of 2 tasks, 2 ranks each, side by side: one run directory and one log per task.
+aid=$(submit 'c-%a' --array=0-1 --ntasks-per-node=2 -- --max_steps 6 --threads 1)
+log "(C) submitted array job $aid"
+for t in 0 1; do
+  wait_state "${aid}_$t" "$ended" 120
+  expect_outcome "$work/job-c-$t.out" "finished: step 6 of 6" "(C) task $t"
+  [ "$(job_field "${aid}_$t" JobState)" = COMPLETED ] && [ -f "$work/output/slurm-${aid}_$t/metrics.jsonl" ] &&
+    pass "(C) task $t COMPLETED in output/slurm-${aid}_$t" || fail "(C) task $t: $(job_field "${aid}_$t" JobState)"
+done
+
+# (D) SIGUSR1 as soon as the job runs, while mpirun is still starting (a launcher that waits 3 s first): held by the
+# script, delivered once the ranks are up; they save at their first step boundary; requeued; finished.
+printf '#!/bin/sh\nsleep 3\nexec "%s" "$@"\n' "$MPIEXEC" >"$work/slow-mpirun" && chmod +x "$work/slow-mpirun"
+out=$work/out-d
+jid=$(submit d --ntasks-per-node=2 --export=ALL,ZT_MPIRUN="$work/slow-mpirun" -- --max_steps 40 --threads 1 \
+  --output_dir "$out")
+log "(D) submitted job $jid"
+for _ in $(seq 240); do grep -qs "running:" "$work/job-d.out" && break; sleep 0.25; done
+scancel --signal=USR1 --batch "$jid" || die "scancel failed"
+release "$jid" 1
+wait_state "$jid" "$ended" 240
+j=$work/job-d.out
+expect_in "$j" "holding the signal until they are" "(D) the early signal was held"
+stop=$(grep -o "outcome: stopped by SIGUSR1 at step [0-9]*: checkpoint-[0-9]* saved; requeued" "$j" |
+  grep -o 'step [0-9]*')
+[ -n "$stop" ] && pass "(D) the first run stopped at $stop with a checkpoint and was requeued" \
+  || fail "(D) the early signal was lost"
+expect_outcome "$j" "finished: step 40 of 40 (newest checkpoint: checkpoint-${stop#step })" "(D)"
+[ "$(job_field "$jid" JobState)" = COMPLETED ] && [ "$(job_field "$jid" Restarts)" = 1 ] &&
+  pass "(D) job $jid COMPLETED after 1 restart" || fail "(D) job $jid: $(job_field "$jid" JobState)"
+
+[ $fails = 0 ] || for f in "$work"/job-*.out; do echo "--- $f"; cat "$f"; done
 log "done, $fails failure(s)"
 [ $fails = 0 ]

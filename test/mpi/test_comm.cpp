@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
 #include <memory>
 #include <random>
 #include <string>
@@ -14,6 +13,7 @@
 #include "core/errors.hpp"
 #include "core/rng.hpp"
 #include "sharding/comm_mpi.hpp"
+#include "test/test_util.hpp"
 
 namespace {
 
@@ -24,21 +24,6 @@ int world_rank() {
   int r = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
   return r;
-}
-
-// One seed for all ranks: ZT_TEST_SEED on rank 0 when set, otherwise fresh; printed so a failure can be replayed.
-uint64_t shared_seed() {
-  static const uint64_t seed = [] {
-    uint64_t s = 0;
-    if (world_rank() == 0) {
-      const char* env = std::getenv("ZT_TEST_SEED");
-      s = env ? std::strtoull(env, nullptr, 0) : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-      std::cout << "test_comm: seed " << s << " (set ZT_TEST_SEED=" << s << " to replay)\n";
-    }
-    MPI_Bcast(&s, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
-    return s;
-  }();
-  return seed;
 }
 
 // Small integer in [-8, 8] times 2^e, e in [-3, 3]: sums over <= 4 ranks stay exact in float, so every order of
@@ -172,7 +157,7 @@ void check_all_collectives(MpiComm& comm, Values kind, uint64_t seed, size_t n) 
 }  // namespace
 
 TEST_CASE("collectives are bit-exact on exactly representable values", "[comm]") {
-  const uint64_t seed = shared_seed();
+  const uint64_t seed = zt::test::shared_test_seed();
   for (auto& comm : comms_under_test()) {
     for (size_t n : kSizes) check_all_collectives(*comm, Values::kExact, seed, n);
   }
@@ -180,7 +165,7 @@ TEST_CASE("collectives are bit-exact on exactly representable values", "[comm]")
 
 TEST_CASE("sums follow the rank order on values where rounding shows it", "[comm]") {
   // Random mantissas and magnitudes: any other order (tree, ring, reversed) differs in some bits.
-  const uint64_t seed = shared_seed() + 1;
+  const uint64_t seed = zt::test::shared_test_seed() + 1;
   for (auto& comm : comms_under_test()) {
     for (size_t n : kSizes) check_all_collectives(*comm, Values::kRandom, seed, n);
   }
@@ -223,7 +208,7 @@ TEST_CASE("the sum order is fixed: rank 0 + rank 1 + ... + rank N-1", "[comm]") 
 }
 
 TEST_CASE("reduce_scatter bits equal the matching slice of all_reduce bits", "[comm]") {
-  const uint64_t seed = shared_seed() + 2;
+  const uint64_t seed = zt::test::shared_test_seed() + 2;
   std::mt19937_64 gen(seed);
   MpiComm comm(MPI_COMM_WORLD);
   MpiComm chunked(MPI_COMM_WORLD, 4096);
@@ -249,7 +234,7 @@ TEST_CASE("reduce_scatter bits equal the matching slice of all_reduce bits", "[c
 }
 
 TEST_CASE("in-place reduce_scatter and all_gather", "[comm]") {
-  const uint64_t seed = shared_seed() + 3;
+  const uint64_t seed = zt::test::shared_test_seed() + 3;
   for (auto& comm : comms_under_test()) {
     const int rank = comm->rank(), ws = comm->world_size();
     for (size_t n : {size_t(1), size_t(5), size_t(64), size_t(1001)}) {
@@ -288,7 +273,7 @@ TEST_CASE("in-place reduce_scatter and all_gather", "[comm]") {
 }
 
 TEST_CASE("non-blocking operations overlap and equal the blocking ones", "[comm]") {
-  const uint64_t seed = shared_seed() + 4;
+  const uint64_t seed = zt::test::shared_test_seed() + 4;
   for (auto& comm : comms_under_test()) {
     const int rank = comm->rank(), ws = comm->world_size();
     const size_t n_rs = 777, n_ag = 333;

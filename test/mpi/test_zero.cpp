@@ -13,7 +13,7 @@
 #include "core/backend.hpp"
 #include "core/forwarding_backend.hpp"
 #include "core/model.hpp"
-#include "core/trainer.hpp"
+#include "launch/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -127,7 +127,7 @@ TrainSummary run(const TrainConfig& t, MPI_Comm mpi_comm, WeightReads* reads = n
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (!shared_dir) tt.output_dir = fmt::format("{}-{}", t.output_dir, rank);
-  TrainSummary summary = train(small_model(), tt, comm, *backend, opts);
+  TrainSummary summary = train(small_model(), tt, {comm, comm}, *backend, opts);
   if (reads != nullptr) {
     reads->from_copy += copying->reads_from_copy;
     reads->from_params += copying->reads_from_params;
@@ -264,6 +264,19 @@ TEST_CASE("parameter copies (as bf16 CUDA keeps them) stay current at every stag
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) std::filesystem::remove_all(first.output_dir);
   }
+}
+
+TEST_CASE("a trainer refuses control and data communicators over different ranks", "[trainer]") {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world == 1) return;  // MPI_COMM_SELF is the world: nothing differs
+  MpiComm control(MPI_COMM_WORLD), data(MPI_COMM_SELF);
+  auto backend = make_cpu_backend(1);
+  RunOptions opts;
+  opts.quiet = true;
+  // Every rank throws before any collective, so none waits for another.
+  REQUIRE_THROWS_WITH(Trainer(small_model(), base_train(0, 1), {control, data}, *backend, opts),
+                      Catch::Contains("must hold the same ranks"));
 }
 
 TEST_CASE("a checkpoint written in parts loads bitwise at any stage and bucket, and resumes bitwise", "[zero][ckpt]") {

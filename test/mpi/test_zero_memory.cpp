@@ -11,7 +11,7 @@
 #include "core/backend.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
-#include "core/trainer.hpp"
+#include "launch/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 

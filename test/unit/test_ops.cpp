@@ -15,26 +15,14 @@
 #include <vector>
 
 #include "core/ops.hpp"
+#include "test/test_util.hpp"
 
 namespace cpu = zt::cpu;
+using zt::test::random_tokens;
 using Vec = std::vector<double>;
 using VecF = std::vector<float>;
 
 namespace {
-
-// Random inputs come from one seed per run, printed with every failure; ZT_TEST_SEED=<n> replays a run.
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    if (const char* env = std::getenv("ZT_TEST_SEED")) return uint64_t(std::stoull(env));
-    return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-  }();
-  return seed;
-}
-
-#define ZT_SEEDED_RNG(rng)                       \
-  const uint64_t zt_seed_ = test_seed();         \
-  INFO("replay with ZT_TEST_SEED=" << zt_seed_); \
-  std::mt19937_64 rng(zt_seed_ ^ std::hash<std::string>{}(Catch::getResultCapture().getCurrentTestName()))
 
 Vec uniform(std::mt19937_64& rng, size_t n, double lo, double hi) {
   std::uniform_real_distribution<double> dist(lo, hi);
@@ -48,13 +36,6 @@ Vec uniform_f(std::mt19937_64& rng, size_t n, double lo, double hi) {
   Vec v = uniform(rng, n, lo, hi);
   for (auto& x : v) x = double(float(x));
   return v;
-}
-
-std::vector<int32_t> random_tokens(std::mt19937_64& rng, size_t n, int vocab) {
-  std::uniform_int_distribution<int32_t> dist(0, vocab - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = dist(rng);
-  return t;
 }
 
 VecF to_float(const Vec& v) { return VecF(v.begin(), v.end()); }
@@ -170,7 +151,7 @@ void attention_ref(Vec& out, Vec& att, const Vec& qkv, int B, int T, int C, int 
 }  // namespace
 
 TEST_CASE("embedding: forward, finite-difference backward, float vs double", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   // 10 tokens from 6 ids: repeats are certain; C = 40 spans two of the backward's 32-channel slices.
   const int B = 2, T = 5, C = 40, V = 6;
   auto tokens = random_tokens(rng, B * T, V);
@@ -203,7 +184,7 @@ TEST_CASE("embedding: forward, finite-difference backward, float vs double", "[o
 }
 
 TEST_CASE("layernorm: forward, finite-difference backward, float vs double", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   const int N = 7, C = 40;              // two of the backward's 32-channel slices
   Vec inp = uniform(rng, N * C, 1, 3);  // mean far from 0: the centring matters
   Vec weight = uniform(rng, C, 0.5, 1.5), bias = uniform(rng, C, -1, 1), w = uniform(rng, N * C, -1, 1);
@@ -253,7 +234,7 @@ TEST_CASE("layernorm: forward, finite-difference backward, float vs double", "[o
 }
 
 TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   const int N = 7, C = 8, OC = 70;  // two of dbias's 64-column slices
   for (bool transposed : {false, true}) {
     for (bool with_bias : {true, false}) {
@@ -339,7 +320,7 @@ TEST_CASE("matmul: forward, finite-difference backward, float vs double", "[ops]
 }
 
 TEST_CASE("attention: forward, causal mask, finite-difference backward, float vs double", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   // Shapes reach every kernel path in double (4-lane vectors, 4-row tiles): T=5, 19, 33 leave 1, 3, 1 rows after
   // the 4-row tiles and need 1, 3, 5 score tiles of 8 columns; head sizes 4, 6, 36 run the 1-vector, scalar and
   // 2-vector (+ 1-vector) accumulations.
@@ -409,7 +390,7 @@ TEST_CASE("attention: forward, causal mask, finite-difference backward, float vs
 }
 
 TEST_CASE("gelu: forward against the tanh formula, finite-difference backward, float vs double", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   Vec x = uniform(rng, 60, -6, 6);
   for (double edge : {-30.0, -10.0, 0.0, 10.0, 30.0}) x.push_back(edge);  // saturated ends and the origin
   const Vec w = uniform(rng, x.size(), -1, 1);
@@ -454,7 +435,7 @@ TEST_CASE("gelu: forward against the tanh formula, finite-difference backward, f
 }
 
 TEST_CASE("residual: out = a + b", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   const Vec a = uniform_f(rng, 1001, -1, 1), b = uniform_f(rng, 1001, -1, 1);
   const VecF af = to_float(a), bf = to_float(b);
   VecF out(a.size());
@@ -494,7 +475,7 @@ void check_residual_layernorm_fused(std::mt19937_64& rng, int N, int C) {
 }
 
 TEST_CASE("residual_layernorm_forward: the residual add then layernorm_forward, bit for bit", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   for (int C : {1, 7, 96, 131}) {
     check_residual_layernorm_fused<float>(rng, 9, C);
     check_residual_layernorm_fused<double>(rng, 9, C);
@@ -502,7 +483,7 @@ TEST_CASE("residual_layernorm_forward: the residual add then layernorm_forward, 
 }
 
 TEST_CASE("softmax_cross_entropy: losses, finite-difference gradient, padded columns", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   const int N = 7, V = 13, Vp = 16;
   const double dloss = 0.37;  // not 1, so a missing dloss factor fails
   auto targets = random_tokens(rng, N, V);
@@ -563,7 +544,7 @@ TEST_CASE("softmax_cross_entropy: losses, finite-difference gradient, padded col
 }
 
 TEST_CASE("adamw_update: two steps against a hand-computed double reference", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   const size_t n = 257;
   const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f, grad_scale = 0.5f;
   const Vec p0 = uniform_f(rng, n, -1, 1), g1 = uniform_f(rng, n, -2, 2), g2 = uniform_f(rng, n, -2, 2);
@@ -617,7 +598,7 @@ TEST_CASE("adamw_update: two steps against a hand-computed double reference", "[
 }
 
 TEST_CASE("squared_norm: double accumulation", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   for (size_t n : {size_t(0), size_t(1), size_t(8191), size_t(3 * 8192 + 77)}) {
     const Vec x = uniform_f(rng, n, -1, 1);
     const VecF xf = to_float(x);
@@ -629,7 +610,7 @@ TEST_CASE("squared_norm: double accumulation", "[ops]") {
 }
 
 TEST_CASE("ops give bit-identical results for any thread count", "[ops]") {
-  ZT_SEEDED_RNG(rng);
+  auto rng = zt::test::seeded_rng();
   {
     const int N = 257, C = 96;
     const VecF x = to_float(uniform(rng, N * C, -2, 2)), g = to_float(uniform(rng, C, 0.5, 1.5)),

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "core/flat_units.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
 #include "core/profiling_backend.hpp"
-#include "test/cuda/flat_units.hpp"
 
 using namespace zt;
 

@@ -7,7 +7,7 @@
 #include "core/errors.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
-#include "test/cuda/flat_units.hpp"
+#include "core/flat_units.hpp"
 
 using namespace zt;
 

@@ -2,13 +2,13 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstdlib>
-#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/errors.hpp"
 #include "sharding/shard.hpp"
+#include "test/test_util.hpp"
 
 namespace {
 
@@ -17,18 +17,6 @@ using zt::Piece;
 using zt::pieces_in_range;
 using zt::ShardLayout;
 using zt::TensorExtent;
-
-// Seed for the random cases: ZT_TEST_SEED when set, otherwise fresh, printed so a failure can be replayed.
-uint64_t test_seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("ZT_TEST_SEED");
-    uint64_t s =
-        env ? std::strtoull(env, nullptr, 0) : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-    std::cout << "test_shard: seed " << s << " (set ZT_TEST_SEED=" << s << " to replay)\n";
-    return s;
-  }();
-  return seed;
-}
 
 // Checks the layout invariants: equal contiguous disjoint shards that tile [0, padded) and padding only at the end.
 void check_layout(const ShardLayout& l, size_t numel, int world_size, size_t align) {
@@ -194,7 +182,7 @@ TEST_CASE("every tensor element is covered exactly once: uneven fixed cases", "[
 }
 
 TEST_CASE("every tensor element is covered exactly once: random sizes", "[shard]") {
-  const uint64_t seed = test_seed();
+  const uint64_t seed = zt::test::test_seed();
   std::mt19937_64 gen(seed);
   for (int iter = 0; iter < 300; ++iter) {
     INFO("seed " << seed << " iteration " << iter);

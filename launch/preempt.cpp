@@ -1,5 +1,5 @@
 // Signal handlers that record a preemption request; the trainer acts on it at the next step boundary.
-#include "core/preempt.hpp"
+#include "launch/preempt.hpp"
 
 #include <csignal>
 

@@ -1,4 +1,4 @@
-// The CUDA simulator's own tests (cuda/sim/): that it runs what the hardware would and refuses, or shows, what the
+// The CUDA simulator's own tests (test/cuda_sim/): that it runs what the hardware would and refuses, or shows, what the
 // hardware would not. Compiled like a .cu file of cuda/ for the simulator (its device environment force-included).
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cuda/cuda_common.cuh"
-#include "cuda/sim/sim_runtime.hpp"
+#include "test/cuda_sim/sim_runtime.hpp"
 
 using zt::cuda::kWarpSize;
 

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/sim/sim_runtime.hpp"
+#include "test/cuda_sim/sim_runtime.hpp"
 
 namespace zt_sim {
 namespace {

@@ -1,4 +1,4 @@
-// Preemption: SIGTERM / SIGUSR1 set a flag the trainer checks at step boundaries; documented exit statuses.
+// Preemption: SIGTERM / SIGUSR1 set a flag the stop policy checks at step boundaries; documented exit statuses.
 #pragma once
 
 namespace zt {

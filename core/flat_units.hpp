@@ -1,5 +1,5 @@
 // A UnitProvider over whole (unsharded) parameter and gradient buffers in one backend's memory: single-process
-// GPT-2 steps for the CUDA tests and the GPU throughput check, with no ZeRO engine or comm in between.
+// GPT-2 steps with no ZeRO engine or comm in between (the op tests' whole-model cases, the GPU throughput bench).
 #pragma once
 
 #include <cstddef>
@@ -12,6 +12,7 @@
 
 namespace zt {
 
+/// Every unit of a ParamTable as one parameter and one gradient buffer of `be` (which must outlive it).
 class FlatUnits final : public UnitProvider {
  public:
   /// Every unit's parameters initialised from `seed` (as the trainer does), gradients zeroed at first use.

@@ -13,7 +13,7 @@
 #include <new>
 #include <vector>
 
-#include "cuda/sim/sim_runtime.hpp"
+#include "test/cuda_sim/sim_runtime.hpp"
 
 namespace {
 

@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda/sim/cuda_sim.hpp"
-#include "cuda/sim/sim_runtime.hpp"
+#include "test/cuda_sim/cuda_sim.hpp"
+#include "test/cuda_sim/sim_runtime.hpp"
 
 // The static __shared__ variables of every simulated kernel (cuda_sim.hpp puts them in this section; the linker
 // defines its bounds; weak, as a program may hold none).

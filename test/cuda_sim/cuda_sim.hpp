@@ -1,6 +1,6 @@
 // The CUDA simulator's device side: what a .cu file of cuda/ needs to compile as plain C++ (g++, no nvcc) and run on
 // the CPU, one fiber per CUDA thread. Force-included (-include) before every source of the simulated library
-// (cuda/sim/CMakeLists.txt); nothing outside the simulator's own targets sees it.
+// (test/cuda_sim/CMakeLists.txt); nothing outside the simulator's own targets sees it.
 //
 // What it models: grids run block after block, each block's threads as cooperatively scheduled fibers, so
 // __syncthreads, the warp shuffles and the warp-wide tensor-core instructions (mma.sync m16n8k16 bf16,
@@ -29,7 +29,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "cuda/sim/sim_runtime.hpp"
+#include "test/cuda_sim/sim_runtime.hpp"
 
 // The built-in variables: the scheduler sets them before it resumes a thread's fiber. Kernels only read them.
 extern uint3 threadIdx;

@@ -1,0 +1,23 @@
+// Test-only hooks: fault injection read from ZT_TEST_* environment variables. Not for users (docs/usage.md says so);
+// every one the project has is here, so `grep test_hooks` finds each place a test can reach into a run.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace zt::test_hooks {
+
+/// ZT_TEST_KILL_AT="phase:index:rank": the save point at which that rank SIGKILLs itself (crash-safety tests), or "".
+const std::string& kill_at();
+/// ZT_TEST_FREE_BYTES_OVERRIDE=N: the free space the pre-save check sees, so a real write runs into ENOSPC.
+std::optional<uint64_t> free_bytes_override();
+/// ZT_TEST_ASYNC_COPY_DELAY_MS=N: a background save's host copy sleeps N ms first, so the next step must wait (0: off).
+int async_copy_delay_ms();
+/// ZT_TEST_SAVE_DELAY_MS=N: every save sleeps N ms before its commit, as a large model's write would (0: off).
+int save_delay_ms();
+/// ZT_TEST_FAIL_RANK=r: the rank that throws an "injected failure" (-1: none), at step ZT_TEST_FAIL_STEP (default 0).
+int fail_rank();
+int fail_step();
+
+}  // namespace zt::test_hooks

@@ -1,0 +1,149 @@
+// Checkpointer: resume selection and loading, save scheduling, synchronous and background saves with retention.
+#include "launch/checkpointer.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "ckpt/async_save.hpp"
+#include "ckpt/resume.hpp"
+#include "core/errors.hpp"
+#include "sharding/comm_mpi.hpp"
+#include "sharding/zero_engine.hpp"
+
+namespace zt {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+}  // namespace
+
+ResumePlan plan_resume(const TrainConfig& requested, MpiComm& control) {
+  ResumePlan plan;
+  plan.train = requested;
+  if (requested.resume_from_checkpoint.empty()) return plan;
+  plan.candidates = resume_candidates(requested.resume_from_checkpoint, requested.output_dir, control);
+  // The first readable candidate's manifest fixes the run shape; an unreadable one is reported when loading it.
+  for (const auto& c : plan.candidates) {
+    nlohmann::json manifest;
+    try {
+      manifest = read_manifest(c);
+    } catch (const CheckpointError&) {
+      continue;
+    }
+    std::vector<std::string> warnings;
+    plan.train = adjust_for_resume(requested, manifest, control.world_size(), warnings);
+    if (control.rank() == 0)
+      for (const auto& w : warnings) fmt::print(stderr, "zerotrain: warning: resuming {}: {}\n", c, w);
+    break;
+  }
+  return plan;
+}
+
+Checkpointer::Checkpointer(const ModelConfig& model, const TrainConfig& train, MpiComm& control, ZeroEngine& engine,
+                           const std::vector<std::string>& candidates, bool quiet)
+    : model_(model), train_(train), control_(control), engine_(engine), lead_(control.rank() == 0), quiet_(quiet) {
+  restore_or_init(candidates);
+}
+
+Checkpointer::~Checkpointer() = default;  // AsyncSaver's destructor waits for its thread
+
+void Checkpointer::restore_or_init(const std::vector<std::string>& candidates) {
+  double load_s = 0;
+  for (const auto& c : candidates) {
+    try {
+      const auto t0 = Clock::now();
+      loaded_ = load_checkpoint(c, model_, engine_, control_);
+      load_s = seconds_since(t0);
+      resumed_ = true;
+      break;
+    } catch (const CheckpointError& e) {
+      if (train_.resume_from_checkpoint != "latest") throw;
+      if (lead_) fmt::print(stderr, "zerotrain: warning: skipping checkpoint {}: {}\n", c, e.what());
+    }
+  }
+  if (!resumed_) {
+    if (lead_ && train_.resume_from_checkpoint == "latest")
+      fmt::print("no usable checkpoint in {}: starting fresh\n", train_.output_dir);
+    engine_.init_params(train_.seed);
+    return;
+  }
+  if (lead_)
+    fmt::print("resumed from {}: step {}, world size {} then {} now, ZeRO stage {} then {} now\n", loaded_.path,
+               start_step(), loaded_.world_size, control_.world_size(), loaded_.zero_stage, train_.zero_stage);
+  if (lead_ && !quiet_) fmt::print("loaded {} in {:.2f}s\n", loaded_.path, load_s);
+}
+
+void Checkpointer::start() {
+  if (train_.async_save) async_ = std::make_unique<AsyncSaver>(control_);
+  // Commit order in the output directory (resume from `latest` takes the most recent commit).
+  if (lead_) commit_seq_ = next_commit_seq(train_.output_dir);
+  control_.broadcast(&commit_seq_, sizeof(commit_seq_), 0);
+}
+
+void Checkpointer::resave_if_nothing_to_train() {
+  if (!resumed_ || start_step() < train_.max_steps || train_.save_interval <= 0) return;
+  std::error_code ec;
+  const std::string dest = fmt::format("{}/checkpoint-{}", train_.output_dir, start_step());
+  if (std::filesystem::equivalent(loaded_.path, dest, ec)) return;
+  if (lead_)
+    fmt::print("no step left to train (--max_steps {}): re-saving step {} for {} rank(s) at ZeRO stage {}\n",
+               train_.max_steps, start_step(), control_.world_size(), train_.zero_stage);
+  save(loaded_.progress);
+}
+
+bool Checkpointer::due(int steps_done) const {
+  return train_.save_interval > 0 && (steps_done % train_.save_interval == 0 || steps_done == train_.max_steps);
+}
+
+void Checkpointer::save(const TrainProgress& progress_in) {
+  TrainProgress progress = progress_in;
+  progress.commit_seq = commit_seq_++;
+  if (async_) return start_async(progress);
+  const auto t0 = Clock::now();
+  const std::string dir = save_checkpoint(train_.output_dir, model_, train_, progress, snapshot_view(engine_), control_,
+                                          train_.save_total_limit);
+  const double dt = seconds_since(t0);
+  save_blocked_s_.push_back(dt);
+  if (lead_ && !quiet_) fmt::print("saved {} in {:.2f}s\n", dir, dt);
+}
+
+void Checkpointer::start_async(const TrainProgress& progress) {
+  const auto t0 = Clock::now();
+  report_async(async_->wait());  // one save in flight at a time
+  const double waited = seconds_since(t0);
+  const auto t1 = Clock::now();
+  async_->start(train_.output_dir, model_, train_, progress, engine_, train_.save_total_limit);
+  async_step_ = progress.step;
+  async_blocked_s_ = waited + seconds_since(t1);
+  async_unreported_ = true;
+}
+
+void Checkpointer::before_optimizer_step() {
+  if (async_unreported_) finish_async_copy();  // the writer must not see a half-updated shard
+}
+
+void Checkpointer::finish() {
+  if (async_unreported_) finish_async_copy();
+  if (async_) report_async(async_->wait());
+}
+
+void Checkpointer::finish_async_copy() {
+  async_unreported_ = false;
+  double copy_s = 0;
+  async_blocked_s_ += async_->wait_copied(&copy_s);
+  save_blocked_s_.push_back(async_blocked_s_);
+  if (lead_ && !quiet_)
+    fmt::print(
+        "checkpoint-{}: step blocked {:.3f}s for the host copy (copy {:.3f}s, overlapped with training); "
+        "writing in the background\n",
+        async_step_, async_blocked_s_, copy_s);
+}
+
+void Checkpointer::report_async(const std::string& dir) const {
+  if (lead_ && !quiet_ && !dir.empty()) fmt::print("saved {} (background write finished)\n", dir);
+}
+
+}  // namespace zt

@@ -1,0 +1,50 @@
+// `zerotrain train`'s configuration: one flag per field of the config table (core/config.hpp), TOML/JSON config
+// files, their precedence, and the resume rule applied before anything is built.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/config.hpp"
+
+namespace zt {
+
+class MpiComm;
+
+/// A run's configuration and which fields were given explicitly.
+struct TrainSettings {
+  ModelConfig model;
+  TrainConfig train;
+  std::set<std::string> explicit_keys;  ///< fields set by a flag or a config-file key (by a preset: every model field)
+};
+
+/// The flags of `zerotrain train` that make its configuration: --preset, --config and one per config field.
+class TrainFlags {
+ public:
+  /// Registers the flags on `train` (kept by reference; it must outlive this object).
+  explicit TrainFlags(CLI::App& train);
+  /// After parsing: flags > config file > preset > defaults. Throws zt::Error naming a bad file, key or value.
+  TrainSettings settings() const;
+
+ private:
+  CLI::App& app_;
+  std::string preset_ = "tiny";
+  std::string config_file_;
+  std::vector<std::pair<const FieldSpec*, CLI::Option*>> options_;
+};
+
+/// A config file's keys: TOML, or JSON when the name ends in .json. Throws zt::Error naming the file (missing, a
+/// directory, not parseable, a value that is not a string, number, boolean or array of strings).
+nlohmann::json read_config_file(const std::string& path);
+
+/// With --resume_from_checkpoint, makes the checkpoint the resume will load the default for every field not given
+/// explicitly (zt::resume_config), and prints "changed on resume: ..." on rank 0 when a listed field changes. Rank
+/// 0 reads the manifest; collective over `comm`. Nothing to resume (latest in an empty --output_dir): no change.
+void apply_resume_config(TrainSettings& s, MpiComm& comm);
+
+}  // namespace zt
