@@ -328,8 +328,8 @@ void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::st
       const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
       const size_t n = std::min(p.b, c_end) - p.a;
       reqs.emplace_back();
-      ZT_MPI_CHECK(MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, d % n_t, (p.a / K) * K), int(d), comm.mpi_comm(),
-                             &reqs.back()));
+      ZT_MPI_CHECK(MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, d % n_t, (p.a / K) * K), int(d),
+                             comm.mpi_comm(), &reqs.back()));
     }
     const size_t last_c = (p.b - 1) / K;
     const size_t c_end = std::min(t.numel(), (last_c + 1) * K);

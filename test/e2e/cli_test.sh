@@ -26,9 +26,9 @@ pass "train --help lists the flags"
 
 expect_fail "unknown flag" "--bogus" "$ZT" train --bogus
 expect_fail "bad stage" "--zero_stage must be 0, 1, 2 or 3, got 7" "$ZT" train --zero_stage 7 --max_steps 1
-expect_fail "bad recompute" "--recompute must be none, attention or block, got 'all'" "$ZT" train --recompute all \
+expect_fail "bad recompute" "--recompute must be one of none, attention, block, got \"all\"" "$ZT" train --recompute all \
   --max_steps 1
-expect_fail "bad bucket" "--zero_bucket_mb must be in (0, 1048576] (MiB), got 0" "$ZT" train --zero_bucket_mb 0 \
+expect_fail "bad bucket" "--zero_bucket_mb must be in (0, 1048576], got 0" "$ZT" train --zero_bucket_mb 0 \
   --max_steps 1
 expect_fail "bad number" "--learning_rate" "$ZT" train --learning_rate fast
 expect_fail "unknown preset" "unknown preset 'gpt5'" "$ZT" train --preset gpt5

@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "core/errors.hpp"
+#include "core/flat_units.hpp"
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
-#include "core/flat_units.hpp"
 
 using namespace zt;
 
