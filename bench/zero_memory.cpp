@@ -56,14 +56,16 @@ int main(int argc, char** argv) {
   int world = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   try {
-    zt::ModelConfig m = zt::model_preset("small");
+    nlohmann::json args = parse_args(argc, argv);
+    // --preset picks the model (as the CLI's flag does); the config table knows only the fields it sets.
+    zt::ModelConfig m = zt::model_preset(args.value("preset", std::string("small")));
+    args.erase("preset");
     zt::TrainConfig t;
     t.max_steps = 2;
     t.warmup_steps = 1;
     t.threads = 1;
     t.output_dir = "/tmp/zt_bench_memory";
-    zt::update_from_json(parse_args(argc, argv), m, t);
-    if (t.global_batch_size == zt::TrainConfig().global_batch_size) t.global_batch_size = t.micro_batch_size * world;
+    zt::update_from_json(args, m, t);
     zt::MpiComm comm(MPI_COMM_WORLD);
     auto backend = zt::make_cpu_backend(t.threads);
     zt::RunOptions opts;
