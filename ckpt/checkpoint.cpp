@@ -179,9 +179,10 @@ class AgreedWriteFailure : public CheckpointError {
 /// 2.3-5.1 s with 1-4 buffered writers.
 constexpr int kWritersPerNode = 8;
 
-/// Rank holding element `e` of tensor `t` under the snapshot's layout.
-int owner_of(const ShardSnapshot& snap, const TensorSpec& t, size_t e) {
-  return int((t.unit_offset + e) / snap.layouts[size_t(t.unit)].shard_numel);
+/// Rank holding element `e` of tensor `ti` under the snapshot's layout.
+int owner_of(const ShardSnapshot& snap, size_t ti, size_t e) {
+  const PartLayout& P = snap.parts[snap.tensor_part[ti]];
+  return int((snap.table->tensors()[ti].unit_offset - P.begin + e) / P.layout.shard_numel);
 }
 
 /// Creates a scalar fixed-length string dataset (collective; parallel HDF5 cannot write variable-length strings);
@@ -210,9 +211,15 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
   copy = copy || !engine.backend().host_memory();
   size_t total = 0;
   std::vector<ZeroEngine::OwnedSlice> slices;
-  for (size_t u = 0; u < table.units().size(); ++u) {
-    snap.layouts.push_back(engine.layout(int(u)));
-    slices.push_back(engine.owned_slice(int(u)));
+  snap.tensor_part.resize(table.tensors().size());
+  for (size_t p = 0; p < engine.n_parts(); ++p) {
+    const PartLayout& P = engine.part(p);
+    snap.parts.push_back(P);
+    for (int ti : table.units()[size_t(P.unit)].tensors) {
+      const TensorSpec& t = table.tensors()[size_t(ti)];
+      if (t.unit_offset >= P.begin && t.unit_offset < P.end) snap.tensor_part[size_t(ti)] = p;
+    }
+    slices.push_back(engine.owned_slice(p));
     total += slices.back().end - slices.back().begin;
   }
   if (copy) {
@@ -220,8 +227,8 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
     snap.storage.resize(3 * total);
   }
   size_t at = 0;
-  for (size_t u = 0; u < table.units().size(); ++u) {
-    const ZeroEngine::OwnedSlice& s = slices[u];
+  for (size_t p = 0; p < slices.size(); ++p) {
+    const ZeroEngine::OwnedSlice& s = slices[p];
     const size_t n = s.end - s.begin;
     const float* base[3] = {s.params, s.m, s.v};
     if (copy) {
@@ -232,7 +239,7 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
       at += 3 * n;
     }
     std::vector<TensorExtent> ext;
-    for (int ti : table.units()[u].tensors) {
+    for (int ti : table.units()[size_t(snap.parts[p].unit)].tensors) {
       const TensorSpec& t = table.tensors()[size_t(ti)];
       ext.push_back({ti, t.unit_offset, t.numel()});
     }
@@ -321,8 +328,8 @@ void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::st
       const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
       const size_t n = std::min(p.b, c_end) - p.a;
       reqs.emplace_back();
-      ZT_MPI_CHECK(MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, t, (p.a / K) * K), int(d), comm.mpi_comm(),
-                             &reqs.back()));
+      ZT_MPI_CHECK(MPI_Isend(p.data[kind], int(n), MPI_FLOAT, owner_of(snap, d % n_t, (p.a / K) * K), int(d),
+                             comm.mpi_comm(), &reqs.back()));
     }
     const size_t last_c = (p.b - 1) / K;
     const size_t c_end = std::min(t.numel(), (last_c + 1) * K);
@@ -330,9 +337,9 @@ void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::st
       recv_frag[d].resize(c_end - p.b);
       size_t at = p.b;
       while (at < c_end) {
-        const int src = owner_of(snap, t, at);
-        const ShardLayout& L = snap.layouts[size_t(t.unit)];
-        const size_t src_end_flat = std::min(L.end(src), t.unit_offset + t.numel());
+        const int src = owner_of(snap, d % n_t, at);
+        const PartLayout& P = snap.parts[snap.tensor_part[d % n_t]];
+        const size_t src_end_flat = std::min(P.begin + P.layout.end(src), t.unit_offset + t.numel());
         const size_t n = std::min(c_end, src_end_flat - t.unit_offset) - at;
         reqs.emplace_back();
         ZT_MPI_CHECK(

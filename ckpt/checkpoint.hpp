@@ -63,8 +63,9 @@ struct ShardSnapshot {
     const float* data[3] = {nullptr, nullptr, nullptr};
   };
   const ParamTable* table = nullptr;
-  std::vector<ShardLayout> layouts;  ///< per unit
-  std::vector<TensorPiece> pieces;   ///< per tensor (a == b: nothing on this rank)
+  std::vector<PartLayout> parts;    ///< the writer's parts (how its ranks split each unit)
+  std::vector<size_t> tensor_part;  ///< per tensor: the part holding it
+  std::vector<TensorPiece> pieces;  ///< per tensor (a == b: nothing on this rank)
   int64_t adam_step = 0;
   int zero_stage = 0;
   std::vector<float> storage;  ///< owns the values for a copied snapshot

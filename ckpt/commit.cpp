@@ -244,7 +244,18 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
   const ParamTable& table = *snap.table;
   nlohmann::json units = nlohmann::json::array();
   for (size_t u = 0; u < table.units().size(); ++u) {
-    const ShardLayout& L = snap.layouts[u];
+    // A unit is one part unless it exceeds the writer's --zero_bucket_mb; its sizes are then the parts' sums.
+    nlohmann::json parts = nlohmann::json::array();
+    size_t padded = 0, shard = 0;
+    for (const PartLayout& P : snap.parts) {
+      if (P.unit != int(u)) continue;
+      parts.push_back({{"begin", P.begin},
+                       {"numel", P.end - P.begin},
+                       {"padded_numel", P.layout.padded_numel},
+                       {"shard_numel", P.layout.shard_numel}});
+      padded += P.layout.padded_numel;
+      shard += P.layout.shard_numel;
+    }
     nlohmann::json tensors = nlohmann::json::array();
     for (int ti : table.units()[u].tensors) {
       const TensorSpec& t = table.tensors()[size_t(ti)];
@@ -253,8 +264,9 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
     }
     units.push_back({{"name", table.units()[u].name},
                      {"numel", table.units()[u].numel},
-                     {"padded_numel", L.padded_numel},
-                     {"shard_numel", L.shard_numel},
+                     {"padded_numel", padded},
+                     {"shard_numel", shard},
+                     {"parts", parts},
                      {"tensors", tensors}});
   }
   nlohmann::json datasets = nlohmann::json::object();

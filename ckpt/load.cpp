@@ -131,13 +131,13 @@ ShardTargets shard_targets(ZeroEngine& engine) {
   const size_t n_t = table.tensors().size();
   ShardTargets out{std::vector<size_t>(n_t, 0), std::vector<size_t>(n_t, 0),
                    std::vector<std::array<float*, 3>>(n_t, {nullptr, nullptr, nullptr})};
-  for (size_t u = 0; u < table.units().size(); ++u) {
+  for (size_t p = 0; p < engine.n_parts(); ++p) {
     std::vector<TensorExtent> ext;
-    for (int ti : table.units()[u].tensors) {
+    for (int ti : table.units()[size_t(engine.part(p).unit)].tensors) {
       const TensorSpec& t = table.tensors()[size_t(ti)];
       ext.push_back({ti, t.unit_offset, t.numel()});
     }
-    const ZeroEngine::OwnedSlice s = engine.owned_slice(int(u));
+    const ZeroEngine::OwnedSlice s = engine.owned_slice(p);
     for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
       out.a[size_t(pc.tensor)] = pc.tensor_offset;
       out.b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;

@@ -77,6 +77,8 @@ class Backend {
                                   const float* weight, const float* mean, const float* rstd, int N, int C) = 0;
   virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C,
                               int OC, bool weight_transposed) = 0;
+  /// dinp, dweight and dbias may each be null (that product is skipped); weight is read for dinp only, inp for
+  /// dweight only.
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                const float* weight, int N, int C, int OC, bool weight_transposed) = 0;
   /// Floats of the `att` buffer attention_forward fills and attention_backward reads: the probabilities

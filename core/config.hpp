@@ -42,6 +42,8 @@ FieldCheck above(double lo);
 FieldCheck closed(double lo, double hi);
 /// lo <= value < hi
 FieldCheck half_open(double lo, double hi);
+/// lo < value <= hi
+FieldCheck above_at_most(double lo, double hi);
 /// One of `choices` (an enumerated string, shown in --help).
 FieldCheck one_of(std::vector<std::string> choices);
 
@@ -86,6 +88,11 @@ using StringList = std::vector<std::string>;
   X(int, eval_batches, 4, saved, restored, at_least(1), "Global batches per validation pass")                          \
   X(int, zero_stage, 0, saved, restored, closed(0, 3),                                                                 \
     "ZeRO stage: 0 replicated, 1 +optimizer sharded, 2 +gradients, 3 +parameters")                                     \
+  X(double, zero_bucket_mb, 32, saved, restored, above_at_most(0, 1 << 20),                                           \
+    "ZeRO: units larger than this (MiB) are gathered and reduced in parts (docs/sharding.md)")                         \
+  X(std::string, recompute, "none", saved, restored, one_of({"none", "attention", "block"}),                           \
+    "Activation recomputation: none, attention (probabilities and output) or block (keep only block inputs); the "     \
+    "same bits as none")                                                                                               \
   X(int, threads, 0, saved, this_run, at_least(0), "CPU threads per rank (0: cores / ranks on the node)")              \
   X(std::string, device, "cpu", saved, restored, one_of({"cpu", "cuda", "auto"}),                                      \
     "cpu, cuda, or auto (cuda when every rank sees a GPU); GPU = local rank mod the node's GPUs")                      \

@@ -35,6 +35,12 @@ FieldCheck half_open(double lo, double hi) {
   return c;
 }
 
+FieldCheck above_at_most(double lo, double hi) {
+  FieldCheck c = closed(lo, hi);
+  c.lo_open = true;
+  return c;
+}
+
 FieldCheck one_of(std::vector<std::string> choices) {
   FieldCheck c;
   c.choices = std::move(choices);

@@ -100,11 +100,13 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
   if (weight_transposed) {
     if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[OC,C]
       gemm(false, false, N, C, OC, dout, OC, weight, C, T(0), dinp, C);
-    gemm(true, false, OC, C, N, dout, OC, inp, C, T(1), dweight, C);  // dweight[OC,C] += dout^T · inp
+    if (dweight != nullptr)  // dweight[OC,C] += dout^T · inp
+      gemm(true, false, OC, C, N, dout, OC, inp, C, T(1), dweight, C);
   } else {
     if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[C,OC]^T
       gemm(false, true, N, C, OC, dout, OC, weight, OC, T(0), dinp, C);
-    gemm(true, false, C, OC, N, inp, C, dout, OC, T(1), dweight, OC);  // dweight[C,OC] += inp^T · dout
+    if (dweight != nullptr)  // dweight[C,OC] += inp^T · dout
+      gemm(true, false, C, OC, N, inp, C, dout, OC, T(1), dweight, OC);
   }
   if (dbias != nullptr) {
     const int n_slices = (OC + kColumnSlice - 1) / kColumnSlice;

@@ -29,6 +29,7 @@ ParamTable::ParamTable(const ModelConfig& cfg) : cfg_(cfg) {
     t.unit_offset = u.numel;
     t.storage_numel = storage == 0 ? t.numel() : storage;
     t.decay = t.shape.size() == 2;
+    t.joins_previous = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
     t.init = init;
     t.init_std = stdv;
     u.tensors.push_back(int(tensors_.size()));

@@ -19,7 +19,8 @@ struct TensorSpec {
   int unit = 0;
   size_t unit_offset = 0;
   size_t storage_numel = 0;
-  bool decay = false;  ///< weight decay applies (2-D tensors only)
+  bool decay = false;           ///< weight decay applies (2-D tensors only)
+  bool joins_previous = false;  ///< an op reads it together with the tensor before it (a bias with its weight)
   InitKind init = InitKind::zeros;
   float init_std = 0.0f;
   size_t numel() const;

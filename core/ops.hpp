@@ -35,7 +35,8 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
 /// (the tied LM head uses wte [Vp,C]). bias may be null.
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, bool weight_transposed);
-/// Writes dinp (may be null); accumulates dweight, dbias (may be null).
+/// Writes dinp; accumulates dweight, dbias. Each may be null (that product is skipped): weight is read for dinp only,
+/// inp for dweight only (the tied LM head's two products run at different times).
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C, int OC,
                      bool weight_transposed);

@@ -87,9 +87,11 @@ void ProfilingBackend::matmul_forward(float* out, const float* inp, const float*
 void ProfilingBackend::matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                        const float* weight, int N, int C, int OC, bool weight_transposed) {
   const double n = N, c = C, oc = OC;
-  const double products = dinp != nullptr ? 2 : 1;  // dW always, dX when asked for
-  // dout and inp read; dweight (and dinp) read and written; the weight read for dinp; dbias read and written.
-  const double elems = n * oc + n * c + 2 * c * oc + (dinp ? c * oc + 2 * n * c : 0) + (dbias ? 2 * oc : 0);
+  const double products = (dinp != nullptr ? 1 : 0) + (dweight != nullptr ? 1 : 0);  // each when asked for
+  // dout read; for dW the input read and dW read and written; for dX the weight read and dX written (and read by
+  // the product's accumulation); dbias read and written.
+  const double elems =
+      n * oc + (dweight ? n * c + 2 * c * oc : 0) + (dinp ? c * oc + 2 * n * c : 0) + (dbias ? 2 * oc : 0);
   timed("matmul_backward", products * 2 * n * c * oc, kF32 * elems,
         [&] { inner_.matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, weight_transposed); });
 }

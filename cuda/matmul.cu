@@ -221,10 +221,11 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
   MatmulContext::Impl& m = ctx.impl();
   const RowChunks chunks = row_chunks(N);
   const size_t n_dout = size_t(N) * OC, n_inp = size_t(N) * C, n_w = size_t(C) * OC;
-  const bool w_used = dinp != nullptr;  // the weight enters the dinp product only
+  const bool w_used = dinp != nullptr;     // the weight enters the dinp product only
+  const bool x_used = dweight != nullptr;  // and the input the dweight product only
   // Scratch for the operands no kept copy serves (a copy of the LM head's dlogits alone would be N * Vp * 2 bytes).
   const size_t operand_bytes = m.bf16 ? bf16_scratch_bytes(dout_bf16, n_dout, true) +
-                                            bf16_scratch_bytes(inp_bf16, n_inp, true) +
+                                            bf16_scratch_bytes(inp_bf16, n_inp, x_used) +
                                             bf16_scratch_bytes(weight_bf16, n_w, w_used)
                                       : 0;
   const size_t partial_bytes = dbias != nullptr ? align_bytes(size_t(chunks.n_chunks) * OC * sizeof(float)) : 0;
@@ -234,17 +235,19 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
   const void* w = weight;
   if (m.bf16) {
     d = bf16_operand(carve, dout, dout_bf16, n_dout, true, stream);
-    x = bf16_operand(carve, inp, inp_bf16, n_inp, true, stream);
+    x = bf16_operand(carve, inp, inp_bf16, n_inp, x_used, stream);
     w = bf16_operand(carve, weight, weight_bf16, n_w, w_used, stream);
   }
   if (weight_transposed) {
     if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[OC,C]
       m.gemm(false, false, N, C, OC, d, OC, w, C, dinp, C, 0.0f, nullptr, stream);
-    m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, nullptr, stream);  // dW[OC,C] += dout^T · inp
+    if (dweight != nullptr)  // dW[OC,C] += dout^T · inp
+      m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, nullptr, stream);
   } else {
     if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[C,OC]^T
       m.gemm(false, true, N, C, OC, d, OC, w, OC, dinp, C, 0.0f, nullptr, stream);
-    m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, nullptr, stream);  // dW[C,OC] += inp^T · dout
+    if (dweight != nullptr)  // dW[C,OC] += inp^T · dout
+      m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, nullptr, stream);
   }
   if (dbias != nullptr) {
     float* partials = carve.take<float>(size_t(chunks.n_chunks) * OC);

@@ -95,8 +95,8 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, RunComms co
       loader_(train_src_, open_val_source(tcfg_, mcfg_.vocab), T_, tcfg_.val_data.empty() ? tcfg_.val_fraction : 0.0,
               tcfg_.seed),
       profile_(backend, tcfg_.profile_steps, lead_ && !opts.quiet),
-      model_(table_, profile_.backend(), B_, T_),
-      engine_(table_, profile_.backend(), data_, tcfg_.zero_stage),
+      model_(table_, profile_.backend(), B_, T_, parse_recompute(tcfg_.recompute)),
+      engine_(table_, profile_.backend(), data_, tcfg_.zero_stage, size_t(tcfg_.zero_bucket_mb * double(1 << 20))),
       checkpointer_(mcfg_, tcfg_, control_, engine_, plan_.candidates, opts.quiet),
       stop_(control_, tcfg_, checkpointer_.start_step(), lead_ && !opts.quiet),
       dump_(opts.debug_dump_dir, engine_, table_, lead_),
@@ -174,7 +174,7 @@ double Trainer::forward_backward(int64_t batch_index) {
   double loss_sum = 0;
   for (int m = 0; m < accum_; ++m) {
     loader_.train_batch(batch_index, G_, first_seq + m * B_, B_, inputs_.data(), targets_.data());
-    engine_.begin_micro_step(model_, true);
+    engine_.begin_micro_step(model_, true, m + 1 == accum_);  // stages 0-1 reduce once, after the last
     loss_sum += model_.step(engine_, inputs_.data(), targets_.data(), true, dloss);
     engine_.end_micro_step();
   }
@@ -264,18 +264,15 @@ void Trainer::print_banner() const {
   const MemoryReport mem = engine_.memory_report();
   fmt::print(
       "ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
-      "(formula {}), grads {} (formula {}), optimizer {} (formula {}){} | Ψ={} | {}\n",
+      "(formula {}), grads {} (formula {}), optimizer {} (formula {}){}{} | Ψ={} | {}\n",
       tcfg_.zero_stage, world_size_, backend_.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
       human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
       human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
       human_bytes(double(mem.formula_optim)),
       mem.param_copy_bytes > 0 ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
                                : std::string(),
-      mem.psi, mem.formula_text);
-  fmt::print("activations {} per rank{}\n", human_bytes(double(model_.activation_bytes())),
-             model_.activation_copy_bytes() > 0 ? fmt::format(" + bf16 copies of the matmul operands {}",
-                                                              human_bytes(double(model_.activation_copy_bytes())))
-                                                : std::string());
+      mem.pool_summary(), mem.psi, mem.formula_text);
+  fmt::print("{}\n", model_.memory_report());
   std::fflush(stdout);
 }
 

@@ -117,7 +117,8 @@ void mpi_finalize_once() {
   if (initialized && !finalized) ZT_MPI_CHECK(MPI_Finalize());
 }
 
-MpiComm::MpiComm(MPI_Comm parent, size_t max_bytes_per_call) : max_bytes_per_call_(max_bytes_per_call) {
+MpiComm::MpiComm(MPI_Comm parent, size_t max_bytes_per_call, size_t reduce_scatter_staging_bytes)
+    : max_bytes_per_call_(max_bytes_per_call), reduce_scatter_staging_bytes_(reduce_scatter_staging_bytes) {
   ZT_CHECK(max_bytes_per_call >= sizeof(double) && max_bytes_per_call <= size_t(INT_MAX),
            "max_bytes_per_call must lie in [{}, {}], got {}", sizeof(double), INT_MAX, max_bytes_per_call);
   int initialized = 0;
@@ -145,6 +146,8 @@ MpiComm::~MpiComm() {
     // Still in flight (abandoned while an exception unwound): MPI may write into it later, so never free it.
     if (!done) (void)op.staging.data.release();
   }
+  for (PendingOp& op : ops_)
+    if (op.comm != MPI_COMM_NULL) MPI_Comm_free(&op.comm);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
@@ -187,7 +190,16 @@ void MpiComm::give_back(Staging s) {
 
 MpiComm::PendingOp& MpiComm::new_op(OpKind kind) {
   auto slot = std::find_if(ops_.begin(), ops_.end(), [](const PendingOp& op) { return op.id == 0; });
-  PendingOp& op = slot != ops_.end() ? *slot : ops_.emplace_back();
+  if (slot == ops_.end()) {
+    // Each slot posts on a communicator of its own: a reduce_scatter posts its pieces as earlier ones complete,
+    // which differs between ranks, and MPI matches collectives by their order on a communicator. Slots are taken
+    // and freed in program order (new_op, wait), so every rank creates them at the same call.
+    MPI_Comm slot_comm = MPI_COMM_NULL;
+    ZT_MPI_CHECK(MPI_Comm_dup(comm_, &slot_comm));
+    ops_.emplace_back().comm = slot_comm;
+    slot = ops_.end() - 1;
+  }
+  PendingOp& op = *slot;
   op.id = next_op_id_++;
   op.kind = kind;
   op.requests.clear();
@@ -197,32 +209,36 @@ MpiComm::PendingOp& MpiComm::new_op(OpKind kind) {
 }
 
 template <typename T>
-void MpiComm::post_alltoall(const T* send, T* staging, size_t chunk_n, std::vector<MPI_Request>* requests) {
-  const size_t per_call = elems_per_call<T>(max_bytes_per_call_);
-  for (size_t off = 0; off < chunk_n; off += per_call) {
-    const size_t count = std::min(per_call, chunk_n - off);
-    // One call moves elements [off, off+count) of every rank's chunk; a whole chunk needs no derived type.
-    MPI_Datatype type = mpi_type<T>();
-    int type_count = int(count);
-    MPI_Datatype strided = MPI_DATATYPE_NULL;
-    if (count != chunk_n) {
-      strided = make_strided_slice_type<T>(count, chunk_n);
-      type = strided;
-      type_count = 1;
-    }
-    if (requests) {
-      requests->emplace_back(MPI_REQUEST_NULL);
-      ZT_MPI_CHECK(
-          MPI_Ialltoall(send + off, type_count, type, staging + off, type_count, type, comm_, &requests->back()));
-    } else {
-      ZT_MPI_CHECK(MPI_Alltoall(send + off, type_count, type, staging + off, type_count, type, comm_));
-    }
-    if (strided != MPI_DATATYPE_NULL) ZT_MPI_CHECK(MPI_Type_free(&strided));
+void MpiComm::post_alltoall(const T* send, T* staging, size_t off, size_t count, size_t chunk_n, PendingOp* op) {
+  // Elements [off, off + count) of every rank's chunk of send (chunks chunk_n apart) into staging, rank r's at
+  // staging + r * count; a whole chunk needs no derived type.
+  MPI_Datatype send_type = mpi_type<T>();
+  int send_count = int(count);
+  MPI_Datatype strided = MPI_DATATYPE_NULL;
+  if (count != chunk_n) {
+    strided = make_strided_slice_type<T>(count, chunk_n);
+    send_type = strided;
+    send_count = 1;
   }
+  if (op) {
+    op->requests.emplace_back(MPI_REQUEST_NULL);
+    ZT_MPI_CHECK(MPI_Ialltoall(send + off, send_count, send_type, staging, int(count), mpi_type<T>(), op->comm,
+                               &op->requests.back()));
+  } else {
+    ZT_MPI_CHECK(MPI_Alltoall(send + off, send_count, send_type, staging, int(count), mpi_type<T>(), comm_));
+  }
+  if (strided != MPI_DATATYPE_NULL) ZT_MPI_CHECK(MPI_Type_free(&strided));
 }
 
 template <typename T>
-void MpiComm::post_allgather(const T* send, T* recv, size_t send_n, std::vector<MPI_Request>* requests) {
+size_t MpiComm::piece_elems(size_t recv_n) const {
+  // Half the staging budget per piece (the next piece is exchanged while the last is summed); at least one element.
+  const size_t budget = std::max<size_t>(1, reduce_scatter_staging_bytes_ / 2 / (size_t(world_size_) * sizeof(T)));
+  return std::min({recv_n, elems_per_call<T>(max_bytes_per_call_), budget});
+}
+
+template <typename T>
+void MpiComm::post_allgather(const T* send, T* recv, size_t send_n, PendingOp* op) {
   const bool in_place = send == recv + size_t(rank_) * send_n;
   const size_t per_call = elems_per_call<T>(max_bytes_per_call_);
   for (size_t off = 0; off < send_n; off += per_call) {
@@ -236,10 +252,10 @@ void MpiComm::post_allgather(const T* send, T* recv, size_t send_n, std::vector<
       recv_count = 1;
     }
     const void* send_buf = in_place ? MPI_IN_PLACE : static_cast<const void*>(send + off);
-    if (requests) {
-      requests->emplace_back(MPI_REQUEST_NULL);
-      ZT_MPI_CHECK(MPI_Iallgather(send_buf, int(count), mpi_type<T>(), recv + off, recv_count, recv_type, comm_,
-                                  &requests->back()));
+    if (op) {
+      op->requests.emplace_back(MPI_REQUEST_NULL);
+      ZT_MPI_CHECK(MPI_Iallgather(send_buf, int(count), mpi_type<T>(), recv + off, recv_count, recv_type, op->comm,
+                                  &op->requests.back()));
     } else {
       ZT_MPI_CHECK(MPI_Allgather(send_buf, int(count), mpi_type<T>(), recv + off, recv_count, recv_type, comm_));
     }
@@ -262,18 +278,20 @@ void MpiComm::reduce_scatter_impl(const T* send, T* recv, size_t recv_n) {
     if (recv != send) std::memmove(recv, send, recv_n * sizeof(T));
     return;
   }
-  ZT_CHECK(recv_n <= std::numeric_limits<size_t>::max() / sizeof(T) / size_t(world_size_),
-           "reduce_scatter of {} elements per rank overflows the staging size", recv_n);
-  Staging staging = lend(size_t(world_size_) * recv_n * sizeof(T));
+  const size_t piece_n = piece_elems<T>(recv_n);
+  Staging staging = lend(size_t(world_size_) * piece_n * sizeof(T));
   T* blocks = reinterpret_cast<T*>(staging.data.get());
-  try {
-    post_alltoall(send, blocks, recv_n, nullptr);
-  } catch (...) {
-    give_back(std::move(staging));
-    throw;
+  for (size_t off = 0; off < recv_n; off += piece_n) {
+    const size_t count = std::min(piece_n, recv_n - off);
+    try {
+      post_alltoall(send, blocks, off, count, recv_n, nullptr);
+    } catch (...) {
+      give_back(std::move(staging));
+      throw;
+    }
+    // Summed only after the piece's exchange, and later pieces read other elements, so recv may alias send.
+    ordered_sum(blocks, recv + off, count, world_size_);
   }
-  // Summed only after the exchange, so recv may alias send.
-  ordered_sum(blocks, recv, recv_n, world_size_);
   give_back(std::move(staging));
   bytes_sent_ += uint64_t(world_size_ - 1) * recv_n * sizeof(T);
 }
@@ -370,12 +388,18 @@ CommHandle MpiComm::ireduce_scatter_sum(const float* send, float* recv, size_t r
     if (recv != send) std::memmove(recv, send, recv_n * sizeof(float));
     return CommHandle();
   }
-  ZT_CHECK(recv_n <= std::numeric_limits<size_t>::max() / sizeof(float) / size_t(world_size_),
-           "reduce_scatter of {} elements per rank overflows the staging size", recv_n);
   PendingOp& op = new_op(OpKind::kReduceScatter);
+  op.send = send;
+  op.recv = recv;
+  op.recv_n = recv_n;
+  op.piece_n = piece_elems<float>(recv_n);
+  op.posted_off = 0;
+  op.posted_n = op.piece_n;
+  op.posted_half = 0;
   try {
-    op.staging = lend(size_t(world_size_) * recv_n * sizeof(float));
-    post_alltoall(send, reinterpret_cast<float*>(op.staging.data.get()), recv_n, &op.requests);
+    const size_t halves = op.piece_n < recv_n ? 2 : 1;
+    op.staging = lend(halves * size_t(world_size_) * op.piece_n * sizeof(float));
+    post_alltoall(send, reinterpret_cast<float*>(op.staging.data.get()), 0, op.piece_n, recv_n, &op);
   } catch (...) {
     // Nothing in flight: free the slot. Otherwise the slot stays taken and keeps its staging alive.
     if (op.requests.empty()) {
@@ -384,10 +408,22 @@ CommHandle MpiComm::ireduce_scatter_sum(const float* send, float* recv, size_t r
     }
     throw;
   }
-  op.recv = recv;
-  op.recv_n = recv_n;
   bytes_sent_ += uint64_t(world_size_ - 1) * recv_n * sizeof(float);
   return make_handle(op.id);
+}
+
+void MpiComm::advance_reduce_scatter(PendingOp& op) {
+  auto* staging = reinterpret_cast<float*>(op.staging.data.get());
+  const size_t half_n = size_t(world_size_) * op.piece_n;
+  const size_t done_off = op.posted_off, done_n = op.posted_n;
+  const int done_half = op.posted_half;
+  op.requests.clear();
+  op.posted_off = done_off + done_n;
+  op.posted_n = std::min(op.piece_n, op.recv_n - op.posted_off);
+  op.posted_half = 1 - done_half;
+  if (op.posted_n > 0)
+    post_alltoall(op.send, staging + size_t(op.posted_half) * half_n, op.posted_off, op.posted_n, op.recv_n, &op);
+  ordered_sum(staging + size_t(done_half) * half_n, op.recv + done_off, done_n, world_size_);
 }
 
 CommHandle MpiComm::iall_gather(const float* send, float* recv, size_t send_n) {
@@ -399,7 +435,7 @@ CommHandle MpiComm::iall_gather(const float* send, float* recv, size_t send_n) {
   check_gather_overlap(send, recv, send_n);
   PendingOp& op = new_op(OpKind::kAllGather);
   try {
-    post_allgather(send, recv, send_n, &op.requests);
+    post_allgather(send, recv, send_n, &op);
   } catch (...) {
     if (op.requests.empty()) op.id = 0;
     throw;
@@ -415,9 +451,12 @@ void MpiComm::wait(CommHandle& h) {
   auto it = std::find_if(ops_.begin(), ops_.end(), [id](const PendingOp& op) { return op.id == id; });
   ZT_CHECK(it != ops_.end(), "wait() on a handle (operation {}) that this communicator did not start", id);
   PendingOp& op = *it;
-  ZT_MPI_CHECK(MPI_Waitall(int(op.requests.size()), op.requests.data(), MPI_STATUSES_IGNORE));
-  if (op.kind == OpKind::kReduceScatter)
-    ordered_sum(reinterpret_cast<const float*>(op.staging.data.get()), op.recv, op.recv_n, world_size_);
+  for (;;) {
+    ZT_MPI_CHECK(MPI_Waitall(int(op.requests.size()), op.requests.data(), MPI_STATUSES_IGNORE));
+    if (op.kind != OpKind::kReduceScatter) break;
+    advance_reduce_scatter(op);
+    if (op.posted_n == 0) break;
+  }
   give_back(std::move(op.staging));
   op.staging = Staging();
   op.requests.clear();
@@ -430,7 +469,16 @@ void MpiComm::progress() {
     int done = 0;
     // Completed requests become MPI_REQUEST_NULL, which the later MPI_Waitall accepts.
     ZT_MPI_CHECK(MPI_Testall(int(op.requests.size()), op.requests.data(), &done, MPI_STATUSES_IGNORE));
+    // A reduce_scatter moves on to its next piece (the last one is summed by wait()).
+    if (done && op.kind == OpKind::kReduceScatter && op.posted_off + op.posted_n < op.recv_n)
+      advance_reduce_scatter(op);
   }
+}
+
+size_t MpiComm::staging_bytes() const {
+  size_t n = 0;
+  for (const Staging& s : free_staging_) n += s.n_bytes;
+  return n;
 }
 
 }  // namespace zt

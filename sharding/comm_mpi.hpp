@@ -44,16 +44,22 @@ void mpi_finalize_once();
 /// rank order, never an MPI_SUM reduction, whose order MPI leaves to the implementation. all_reduce_sum pads to a
 /// multiple of world_size and runs reduce_scatter then all_gather, so its bits equal reduce_scatter's for an element.
 /// Messages are cut into calls of at most max_bytes_per_call bytes per peer, so no MPI count exceeds INT_MAX.
+/// A reduce_scatter exchanges and sums its chunks piece by piece, so its staging stays within
+/// kReduceScatterStagingBytes whatever the message size (a unit of hundreds of MB must not cost as much again).
 /// Staging buffers come from a pool reused across calls: repeating a sequence of calls allocates nothing.
 class MpiComm final : public Comm {
  public:
   /// Largest per-peer payload of one MPI call by default (1 GiB; keeps counts far from INT_MAX and clear of MPI
   /// implementations' 2 GiB message limits).
   static constexpr size_t kDefaultMaxBytesPerCall = size_t(1) << 30;
+  /// Staging one reduce_scatter holds by default (two pieces, the next one exchanged while the last is summed).
+  static constexpr size_t kReduceScatterStagingBytes = size_t(8) << 20;
 
   /// Duplicates parent (MPI_Comm_dup) and sets the duplicate to MPI_ERRORS_RETURN. Collective over parent.
-  /// max_bytes_per_call (>= 8, <= INT_MAX) bounds one MPI call's per-peer payload; tests make it tiny.
-  explicit MpiComm(MPI_Comm parent, size_t max_bytes_per_call = kDefaultMaxBytesPerCall);
+  /// max_bytes_per_call (>= 8, <= INT_MAX) bounds one MPI call's per-peer payload; reduce_scatter_staging_bytes
+  /// bounds one reduce_scatter's staging (at least one element per rank and piece); tests make both tiny.
+  explicit MpiComm(MPI_Comm parent, size_t max_bytes_per_call = kDefaultMaxBytesPerCall,
+                   size_t reduce_scatter_staging_bytes = kReduceScatterStagingBytes);
   /// Frees the duplicated communicator. Staging of operations still in flight (abandoned during an exception) is
   /// deliberately leaked so MPI never writes into freed memory.
   ~MpiComm() override;
@@ -80,6 +86,8 @@ class MpiComm final : public Comm {
   MPI_Comm mpi_comm() const { return comm_; }
   /// Staging buffers allocated or grown since construction (flat in steady state; tests check the pool reuses).
   size_t staging_allocations() const { return staging_allocations_; }
+  /// Bytes of the staging buffers the pool holds now (idle ones; the peak memory they cost).
+  size_t staging_bytes() const;
   /// Non-blocking operations started and not yet waited on.
   size_t pending_operations() const;
 
@@ -90,24 +98,38 @@ class MpiComm final : public Comm {
     size_t n_bytes = 0;
   };
   enum class OpKind { kReduceScatter, kAllGather };
-  // One started non-blocking operation; slots are reused so their request vectors keep capacity.
+  // One started non-blocking operation; slots are reused so their request vectors keep capacity. A reduce_scatter
+  // runs as pieces: elements [off, off + n) of every rank's chunk are exchanged into one half of the staging, and
+  // summed into recv once the next piece has been posted into the other half.
   struct PendingOp {
     uint64_t id = 0;  // 0: free slot
     OpKind kind = OpKind::kAllGather;
+    MPI_Comm comm = MPI_COMM_NULL;  // the slot's own duplicate of comm_ (new_op says why)
     std::vector<MPI_Request> requests;
     Staging staging;
     float* recv = nullptr;
     size_t recv_n = 0;
+    const float* send = nullptr;  // reduce_scatter: the send buffer, read piece by piece
+    size_t piece_n = 0;           // elements of each rank's chunk per piece
+    size_t posted_off = 0;        // the piece in flight: [posted_off, posted_off + posted_n)
+    size_t posted_n = 0;
+    int posted_half = 0;  // staging half it lands in
   };
 
   Staging lend(size_t n_bytes);
   void give_back(Staging s);
 
-  // Exchange, gather and sum on element type T; requests == nullptr runs blocking calls.
+  // Exchange, gather and sum on element type T.
+  // Posts on op's communicator into op->requests, or (op null) runs blocking on comm_.
   template <typename T>
-  void post_alltoall(const T* send, T* staging, size_t chunk_n, std::vector<MPI_Request>* requests);
+  void post_alltoall(const T* send, T* staging, size_t off, size_t count, size_t chunk_n, PendingOp* op);
+  // Elements per rank's chunk in one reduce_scatter piece.
   template <typename T>
-  void post_allgather(const T* send, T* recv, size_t send_n, std::vector<MPI_Request>* requests);
+  size_t piece_elems(size_t recv_n) const;
+  // The piece in flight of a reduce_scatter finished: posts the next one, then sums the finished one into recv.
+  void advance_reduce_scatter(PendingOp& op);
+  template <typename T>
+  void post_allgather(const T* send, T* recv, size_t send_n, PendingOp* op);
   template <typename T>
   void reduce_scatter_impl(const T* send, T* recv, size_t recv_n);
   template <typename T>
@@ -122,6 +144,7 @@ class MpiComm final : public Comm {
   int rank_ = 0;
   int world_size_ = 1;
   size_t max_bytes_per_call_;
+  size_t reduce_scatter_staging_bytes_;
   std::vector<Staging> free_staging_;
   size_t staging_allocations_ = 0;
   std::vector<PendingOp> ops_;

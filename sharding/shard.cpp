@@ -53,4 +53,30 @@ std::vector<Piece> pieces_in_range(const std::vector<TensorExtent>& tensors, siz
   return pieces;
 }
 
+std::vector<size_t> cut_into_parts(const std::vector<CutTensor>& tensors, size_t unit_numel, size_t max_part) {
+  ZT_CHECK(max_part >= 1, "a part must hold at least one element");
+  size_t at = 0;
+  for (const CutTensor& t : tensors) {
+    ZT_CHECK(t.unit_offset == at, "tensors must tile the unit in order: one starts at {}, expected {}", t.unit_offset,
+             at);
+    at += t.numel;
+  }
+  ZT_CHECK(at == unit_numel, "tensors cover {} elements of a unit of {}", at, unit_numel);
+  std::vector<size_t> begins = {0};
+  size_t part_begin = 0;
+  for (size_t i = 0; i < tensors.size();) {
+    // The group: this tensor and those that join it.
+    size_t j = i + 1;
+    while (j < tensors.size() && tensors[j].joins_previous) ++j;
+    const size_t group_begin = tensors[i].unit_offset;
+    const size_t group_end = tensors[j - 1].unit_offset + tensors[j - 1].numel;
+    if (group_begin > part_begin && group_end - part_begin > max_part) {
+      begins.push_back(group_begin);
+      part_begin = group_begin;
+    }
+    i = j;
+  }
+  return begins;
+}
+
 }  // namespace zt

@@ -39,6 +39,29 @@ struct Piece {
   size_t count = 0;          ///< elements in the piece (never 0)
 };
 
+/// A part of a unit: flat range [begin, end) of the unit's buffer, sharded over the ranks on its own. Rank r owns
+/// [begin + r·S, begin + (r+1)·S) (S = layout.shard_numel; shards may reach into the padding past end).
+struct PartLayout {
+  int unit = 0;
+  size_t begin = 0, end = 0;
+  ShardLayout layout;
+};
+
+/// A tensor's place for cutting a unit into parts: its extent, and whether an op reads it together with the tensor
+/// before it (a bias with its weight), so that no cut may fall between them.
+struct CutTensor {
+  size_t unit_offset = 0;  ///< first flat element
+  size_t numel = 0;        ///< flat elements (storage)
+  bool joins_previous = false;
+};
+
+/// Cuts a unit of unit_numel flat elements into parts of at most max_part elements where it can: flat ranges
+/// [begin, end) that tile the unit, cut only between tensors (never between a tensor and one that joins it), filled
+/// greedily in flat order. A group of tensors larger than max_part is a part of its own. Returns the parts' begins
+/// (the first is 0; each part ends where the next begins, the last at unit_numel). A unit of at most max_part
+/// elements is one part. Throws zt::Error when max_part is 0 or the tensors do not tile [0, unit_numel) in order.
+std::vector<size_t> cut_into_parts(const std::vector<CutTensor>& tensors, size_t unit_numel, size_t max_part);
+
 /// Pieces of the tensors (sorted by unit_offset, non-overlapping; gaps = padding) that intersect [begin,end), in
 /// flat order. Throws zt::Error when the tensors are unsorted or overlap, or when begin > end.
 std::vector<Piece> pieces_in_range(const std::vector<TensorExtent>& tensors, size_t begin, size_t end);

@@ -1,4 +1,4 @@
-// The ZeRO engine (stages 0-3): owns parameters, gradients and Adam state per unit, sharded over a Comm.
+// The ZeRO engine (stages 0-3): owns parameters, gradients and Adam state per part, sharded over a Comm.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +17,16 @@ namespace zt {
 /// Bytes one rank holds, and what the ZeRO formula says it should hold (fp32 everywhere on the CPU).
 struct MemoryReport {
   size_t params_bytes = 0, grads_bytes = 0, optim_bytes = 0;  ///< persistent state
-  size_t gathered_bytes = 0;      ///< stage 3: gather buffers (two units) included in params_bytes
-  size_t grad_working_bytes = 0;  ///< full-size per-unit gradient work buffers included in grads_bytes
-  size_t psi = 0;                 ///< padded parameter count Ψ (sum over units)
-  size_t param_copy_bytes = 0;    ///< the backend's low-precision parameter copies (bf16 on CUDA), not in params_bytes
-  size_t formula_params = 0, formula_grads = 0, formula_optim = 0;
+  size_t pool_bytes = 0;        ///< stages 2-3: the working pool (gathered parts, gradient work buffers), not above
+  size_t pool_part_bytes = 0;   ///< the largest part (at most the bucket, unless one op's tensors are larger)
+  size_t pool_regions = 0;      ///< parts the pool holds at once: 2 gathered + 2 being reduced (stage 3), 2 (stage 2)
+  size_t pool_whole_bytes = 0;  ///< the embedding unit, which the model reads whole (the pool holds at least that)
+  size_t psi = 0;               ///< padded parameter count Ψ (sum over parts)
+  size_t param_copy_bytes = 0;  ///< the backend's low-precision parameter copies (bf16 on CUDA), not in params_bytes
+  size_t formula_params = 0, formula_grads = 0, formula_optim = 0, formula_pool = 0;
   std::string formula_text;
+  /// ", working pool X (formula ...)" for the start-up line, or "" when the stage has none.
+  std::string pool_summary() const;
 };
 
 /// AdamW hyper-parameters for one optimizer step.
@@ -31,11 +35,15 @@ struct AdamwStep {
   float grad_scale = 1;  ///< clip coefficient (1 = no clipping)
 };
 
-/// Implements UnitProvider for Gpt2 and the sharded optimizer step. Summation orders are the same at every
-/// stage, so for a fixed world size all four stages produce bitwise-identical results.
+/// Implements UnitProvider for Gpt2 and the sharded optimizer step. Units larger than the bucket are cut into parts
+/// (sharding/shard.hpp, cut_into_parts), each sharded over the ranks on its own; the part is the granule of
+/// gathering (stage 3) and of gradient reduction. docs/sharding.md describes the stages, memory and bit-equality.
 class ZeroEngine final : public UnitProvider {
  public:
-  ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, int stage, size_t align = 16);
+  /// The default --zero_bucket_mb, in bytes.
+  static constexpr size_t kDefaultBucketBytes = size_t(32) << 20;
+  ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, int stage,
+             size_t bucket_bytes = kDefaultBucketBytes, size_t align = 16);
   ~ZeroEngine() override;
   ZeroEngine(const ZeroEngine&) = delete;
   ZeroEngine& operator=(const ZeroEngine&) = delete;
@@ -45,12 +53,19 @@ class ZeroEngine final : public UnitProvider {
   int stage() const { return stage_; }
   const ParamTable& table() const { return table_; }
   Backend& backend() { return be_; }
-  const ShardLayout& layout(int unit) const { return layouts_[size_t(unit)]; }
+
+  using Part = PartLayout;
+  size_t n_parts() const { return parts_.size(); }
+  const Part& part(size_t p) const { return parts_[p]; }
+  /// Parts of a unit: indices [first, first + count) of part().
+  size_t first_part(int unit) const { return unit_first_[size_t(unit)]; }
 
   /// Starts an optimizer step: zeroes the accumulated gradient shards.
   void begin_step();
-  /// Starts a micro-step (forward, plus backward when training) of `model`.
-  void begin_micro_step(const Gpt2& model, bool training);
+  /// Starts a micro-step (forward, plus backward when training) of `model`. With sync_grads false, stages 0 and 1
+  /// keep this micro-step's gradients in their local buffers and reduce them with a later micro-step's (the last of
+  /// the step must sync; DeepSpeed's and FSDP's no_sync); stages 2 and 3 reduce every micro-step regardless.
+  void begin_micro_step(const Gpt2& model, bool training, bool sync_grads = true);
   /// Waits for every outstanding gradient reduction of the micro-step.
   void end_micro_step();
   /// Global squared gradient norm (deterministic, identical on every rank and every stage).
@@ -63,52 +78,79 @@ class ZeroEngine final : public UnitProvider {
   /// collective: every rank must call it.
   void gather_unit(int unit, bool grads, float* out);
 
-  /// This rank's slice of a unit, as checkpoints write and read it: flat range [begin, end) of the unit and
-  /// pointers (backend memory) to the parameters and Adam m, v of that range. Ranks' slices partition the unit.
+  /// This rank's slice of a part, as checkpoints write and read it: flat range [begin, end) of the unit (inside the
+  /// part; empty when the rank's shard is all padding) and pointers (backend memory) to the parameters and Adam m, v
+  /// of that range. Ranks' slices partition the part.
   struct OwnedSlice {
     size_t begin = 0, end = 0;
     float *params = nullptr, *m = nullptr, *v = nullptr;
   };
-  OwnedSlice owned_slice(int unit);
+  OwnedSlice owned_slice(size_t part);
   /// After a resume overwrote every owned slice: re-replicates what the stage keeps whole and sets Adam's step.
   /// Collective.
   void finish_load(int64_t adam_step);
 
   MemoryReport memory_report() const;
+  /// Most bytes of the working pool in use at once so far (parts gathered or being gathered, gradient buffers being
+  /// written or reduced): the engine's own accounting of its live buffers.
+  size_t peak_live_bytes() const { return peak_live_elems_ * sizeof(float); }
   Comm& comm() { return comm_; }
 
-  // UnitProvider
+  // UnitProvider: the model reads parts (the whole-unit calls are never used and abort).
   const float* unit_params(int unit) override;
   void release_params(int unit) override;
   float* unit_grads(int unit) override;
   void grads_ready(int unit) override;
   void progress() override { comm_.progress(); }
+  size_t n_parts(int unit) const override { return unit_count_[size_t(unit)]; }
+  size_t part_begin(int unit, size_t part) const override { return parts_[first_part(unit) + part].begin; }
+  const float* part_params(int unit, size_t part) override;
+  void release_part(int unit, size_t part) override;
+  float* part_grads(int unit, size_t part) override;
+  void part_grads_ready(int unit, size_t part) override;
 
  private:
-  struct Unit;
-  struct GatherSlot;
-  struct GradSlot;
-  struct WorkBuf;
-  void start_gather(size_t position);
-  GradSlot* oldest_in_flight();
-  float* owned_params(int unit);
-  void finish_grad_slot(GradSlot& slot);
+  struct PartState;
+  struct Region;
+  struct Reduction;
+  struct Visit;
+  void cut_parts(size_t bucket_elems, size_t align);
+  void allocate();
+  float* owned_params(size_t p);
+  // The working pool (pool.cpp): stage-3 gather slots, stage 2-3 gradient work buffers, the embedding whole.
+  void plan_visits(const std::vector<ScheduleEntry>& schedule);
+  void prefetch(size_t visit);
+  void start_gather(Region& r, size_t visit);
+  void ensure_gathered(size_t visit);
+  bool region_free(const Region& r) const;
+  void take_region(Region& r);
+  Region* grad_region(size_t p);
+  void start_reduction(size_t p);
+  void finish_oldest_reduction();
+  void finish_reduction(Reduction& red);
+  void note_live();
+  /// Stage 3: what the pool holds is stale (the shards changed).
+  void forget_gathered();
 
   const ParamTable& table_;
   Backend& be_;
   Comm& comm_;
   int stage_;
-  std::vector<ShardLayout> layouts_;
-  std::vector<std::vector<TensorExtent>> extents_;  // storage extents per unit (for weight-decay pieces)
-  std::vector<std::unique_ptr<Unit>> units_;
-  std::vector<std::unique_ptr<GatherSlot>> gather_slots_;  // stage 3: two units' worth
-  std::vector<std::unique_ptr<GradSlot>> grad_slots_;      // reductions in flight (two at most)
-  std::vector<std::unique_ptr<WorkBuf>> work_bufs_;        // stages 2/3: rotating gradient work buffers
+  std::vector<Part> parts_;
+  std::vector<size_t> unit_first_, unit_count_;
+  std::vector<std::vector<TensorExtent>> extents_;  // per part: storage extents, part-relative
+  std::vector<std::unique_ptr<PartState>> state_;
+  // Working pool (stages 2-3): one allocation; regions of it hold gathered parts and gradient work buffers.
+  float* pool_ = nullptr;
+  size_t pool_elems_ = 0, slot_elems_ = 0, whole_elems_ = 0;
+  std::vector<std::unique_ptr<Region>> slots_, works_;
+  std::unique_ptr<Region> whole_;
+  std::vector<std::unique_ptr<Reduction>> reductions_;
+  std::vector<Visit> visits_;  // the micro-step's parameter visits, one per part (a whole visit: all its parts)
+  size_t cursor_ = 0, whole_seen_ = 0;  // next visit; parts of the current whole visit handed out (0: none)
   uint64_t reduce_seq_ = 0;
-  size_t max_padded_ = 0, max_shard_ = 0;
-  std::vector<int> schedule_;
-  size_t cursor_ = 0;
-  bool training_ = false;
+  size_t live_elems_ = 0, peak_live_elems_ = 0;
+  bool sync_ = true;           // this micro-step reduces its gradients (always at stages 2-3)
   bool param_copies_ = false;  // the backend keeps low-precision copies of the parameter buffers
   int64_t adam_step_ = 0;
 };

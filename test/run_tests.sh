@@ -19,7 +19,7 @@ if [ "${ZT_SKIP_SANITIZERS:-0}" != 1 ]; then
     >build-asan-configure.log 2>&1 || { cat build-asan-configure.log; exit 1; }
   # With the CUDA headers there, the CUDA simulator too (test/cuda_sim/): every kernel under the sanitizers, which
   # name any read or write outside a device allocation or the launch's shared memory by its kernel's source line.
-  targets=(zt_unit_tests test_comm test_zero test_run_dir)
+  targets=(zt_unit_tests test_comm test_zero test_run_dir test_zero_memory)
   labels='unit|mpi'
   # (grep without -q reads all of the list: with pipefail, an early exit would fail the pipeline through SIGPIPE)
   if cmake --build build-asan --target help | grep test_cuda_ops_sim >/dev/null; then

@@ -6,8 +6,10 @@
 #     (--max_steps = saved step), re-saves the state in its own layout: that file's logical tensors (params AND Adam
 #     exp_avg / exp_avg_sq) must be bitwise the source file's.
 #  C. Adam state through a re-partition at one world size: save at (2, S), resume at (2, S') for one step and save;
-#     ZeRO stages are bitwise-identical at a given world size (docs/sharding.md), so that checkpoint must equal the
-#     uninterrupted (2, S) run's bit for bit, params, exp_avg and exp_avg_sq, for every S -> S'.
+#     with one micro-step per rank and step the four ZeRO stages are bitwise-identical at a given world size
+#     (docs/sharding.md; with more, stages 0-1 sum micro-steps before ranks and 2-3 after, so only 0 = 1 and 2 = 3),
+#     so that checkpoint must equal the uninterrupted (2, S) run's bit for bit, params, exp_avg and exp_avg_sq, for
+#     every S -> S'.
 #  D. Training after a re-partitioned resume (4 ranks stage 3 -> 3 ranks stage 1) continues within LOSS_RTOL of the
 #     uninterrupted run (different world sizes sum gradients in a different order, so bits may differ).
 import json
@@ -27,12 +29,14 @@ STEPS = 6      # max_steps of the original runs
 LOSS_RTOL = 1e-5
 G = 12         # global batch divisible by 1, 2, 3 and 4 ranks
 BASE = dict(max_steps=STEPS, global_batch_size=G, micro_batch_size=1, seed=11)
+ONE_MICRO = dict(BASE, micro_batch_size=G // 2)  # 2 ranks, one micro-step each: all four stages agree bitwise
 
 
-def save_at(work, N, S):
-    out = os.path.join(work, f"src_n{N}_s{S}")
+def save_at(work, N, S, base=BASE):
+    tag = "" if base is BASE else "_one_micro"
+    out = os.path.join(work, f"src_n{N}_s{S}{tag}")
     if not os.path.isdir(f"{out}/checkpoint-{K}"):
-        C.run(N, C.train_args(out, zero_stage=S, save_interval=STEPS, exit_after_steps=K, **BASE))
+        C.run(N, C.train_args(out, zero_stage=S, save_interval=STEPS, exit_after_steps=K, **base))
     return f"{out}/checkpoint-{K}"
 
 
@@ -103,19 +107,30 @@ def main():
     print("C. Adam state through every stage pair at 2 ranks: resume + 1 step == uninterrupted, bitwise")
     for S in (0, 1, 2, 3):
         ref = os.path.join(work, f"ref_n2_s{S}")
-        C.run(2, C.train_args(ref, zero_stage=S, save_interval=STEPS, exit_after_steps=K + 1, **BASE))
+        C.run(2, C.train_args(ref, zero_stage=S, save_interval=STEPS, exit_after_steps=K + 1, **ONE_MICRO))
         ref_t = C.read_tensors(f"{ref}/checkpoint-{K + 1}")
-        src = save_at(work, 2, S)
+        src = save_at(work, 2, S, ONE_MICRO)
         for S2 in (0, 1, 2, 3):
             out = os.path.join(work, f"step_{S}{S2}")
             C.run(2, C.train_args(out, zero_stage=S2, save_interval=STEPS, exit_after_steps=1,
-                                  resume_from_checkpoint=src, **BASE))
+                                  resume_from_checkpoint=src, **ONE_MICRO))
             got = C.read_tensors(f"{out}/checkpoint-{K + 1}")
             bad = C.diff_tensors(ref_t, got)
             n_m = sum(1 for k in got if k.startswith("optim/"))
             C.check(len(got) == len(ref_t) and n_m > 0 and not bad,
                     f"(2,{S})->(2,{S2}) + 1 step: {len(got)} tensors incl. {n_m} Adam states bitwise equal to the "
                     f"uninterrupted run", f"differ: {bad[:5]}")
+
+    print("C2. with 6 micro-steps per step, 1 -> 0 and 3 -> 2 at 2 ranks: resume + 1 step == uninterrupted, bitwise")
+    for S, S2 in ((1, 0), (3, 2)):
+        ref = os.path.join(work, f"ref_accum_n2_s{S2}")
+        C.run(2, C.train_args(ref, zero_stage=S2, save_interval=STEPS, exit_after_steps=K + 1, **BASE))
+        out = os.path.join(work, f"step_accum_{S}{S2}")
+        C.run(2, C.train_args(out, zero_stage=S2, save_interval=STEPS, exit_after_steps=1,
+                              resume_from_checkpoint=save_at(work, 2, S), **BASE))
+        bad = C.diff_tensors(C.read_tensors(f"{ref}/checkpoint-{K + 1}"), C.read_tensors(f"{out}/checkpoint-{K + 1}"))
+        C.check(not bad, f"(2,{S})->(2,{S2}) + 1 step, 6 micro-steps: bitwise the uninterrupted (2,{S2}) run",
+                f"differ: {bad[:5]}")
 
     print(f"D. training continues after (4,3) -> (3,1) within relative {LOSS_RTOL:g} of the uninterrupted run")
     src = save_at(work, 4, 3)

@@ -19,13 +19,17 @@ expect_fail() {  # name, expected substring, command...
 "$ZT" train --help >"$work/help" || fail "train --help exited non-zero"
 for f in --preset --n_layer --d_model --data --micro_batch_size --global_batch_size --max_steps --learning_rate \
          --warmup_steps --min_lr_ratio --weight_decay --grad_clip --seed --output_dir --log_interval \
-         --eval_interval --config --zero_stage; do
+         --eval_interval --config --zero_stage --zero_bucket_mb --recompute; do
   grep -qF -- "$f" "$work/help" || fail "--help does not list $f"
 done
 pass "train --help lists the flags"
 
 expect_fail "unknown flag" "--bogus" "$ZT" train --bogus
 expect_fail "bad stage" "--zero_stage must be 0, 1, 2 or 3, got 7" "$ZT" train --zero_stage 7 --max_steps 1
+expect_fail "bad recompute" "--recompute must be one of none, attention, block, got \"all\"" "$ZT" train --recompute all \
+  --max_steps 1
+expect_fail "bad bucket" "--zero_bucket_mb must be in (0, 1048576], got 0" "$ZT" train --zero_bucket_mb 0 \
+  --max_steps 1
 expect_fail "bad number" "--learning_rate" "$ZT" train --learning_rate fast
 expect_fail "unknown preset" "unknown preset 'gpt5'" "$ZT" train --preset gpt5
 expect_fail "missing data" "no file matched data glob" "$ZT" train --data "$work/nothing-*.bin" --max_steps 1

@@ -303,6 +303,43 @@ TEST_CASE("non-blocking operations overlap and equal the blocking ones", "[comm]
   }
 }
 
+TEST_CASE("reduce_scatter in pieces: same bits, in place and non-blocking, staging within its budget", "[comm]") {
+  const uint64_t seed = shared_seed() + 5;
+  MpiComm whole(MPI_COMM_WORLD);
+  // 64 bytes of staging: pieces of 32 / (4 * ranks) elements (at least one), so every size below runs many pieces.
+  MpiComm pieced(MPI_COMM_WORLD, MpiComm::kDefaultMaxBytesPerCall, 64);
+  const int rank = whole.rank(), ws = whole.world_size();
+  for (size_t recv_n : {size_t(1), size_t(5), size_t(97), size_t(1000)}) {
+    INFO("seed " << seed << " recv_n " << recv_n);
+    const std::vector<float> send = contribution<float>(Values::kRandom, seed + recv_n, rank, recv_n * size_t(ws));
+    std::vector<float> want(recv_n), got(recv_n);
+    whole.reduce_scatter_sum(send.data(), want.data(), recv_n);
+    pieced.reduce_scatter_sum(send.data(), got.data(), recv_n);
+    CHECK_BITS_EQUAL(got.data(), want.data(), recv_n);
+    // Non-blocking, two in flight, advanced by progress() and finished by wait(), one of them in place.
+    std::vector<float> a(recv_n), in_place = send;
+    float* own = in_place.data() + size_t(rank) * recv_n;
+    CommHandle ha = pieced.ireduce_scatter_sum(send.data(), a.data(), recv_n);
+    CommHandle hb = pieced.ireduce_scatter_sum(in_place.data(), own, recv_n);
+    for (int i = 0; i < 7; ++i) pieced.progress();
+    pieced.wait(hb);
+    pieced.wait(ha);
+    CHECK_BITS_EQUAL(a.data(), want.data(), recv_n);
+    CHECK_BITS_EQUAL(own, want.data(), recv_n);
+    // The pool holds the staging of the two that were in flight at once: at most twice the budget (or, when one
+    // element per rank is already more, two pieces of one element per rank).
+    const size_t one_piece_min = size_t(ws) * sizeof(float);
+    CHECK(pieced.staging_bytes() <= 2 * std::max<size_t>(64, 2 * one_piece_min));
+  }
+  // The default budget bounds a large reduce_scatter too (4 MiB per rank: 4 x ranks MiB sent).
+  const size_t big = size_t(1) << 20;
+  const std::vector<float> send = contribution<float>(Values::kRandom, seed, rank, big * size_t(ws));
+  std::vector<float> got(big);
+  CommHandle h = whole.ireduce_scatter_sum(send.data(), got.data(), big);
+  whole.wait(h);
+  CHECK(whole.staging_bytes() <= (ws > 1 ? MpiComm::kReduceScatterStagingBytes : 0));
+}
+
 TEST_CASE("byte counters follow the documented formula", "[comm]") {
   MpiComm comm(MPI_COMM_WORLD, 64);  // chunking must not change the accounting
   const int rank = comm.rank(), ws = comm.world_size();

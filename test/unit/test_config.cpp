@@ -143,6 +143,8 @@ TEST_CASE("a resume takes the checkpoint's configuration unless a field is given
   saved_t.zero_stage = 2;
   saved_t.save_interval = 10;
   saved_t.device = "cuda";
+  saved_t.recompute = "block";  // memory settings: a bare restart must fit where the saving run did
+  saved_t.zero_bucket_mb = 8;
   saved_t.threads = 8;
   saved_t.exit_after_steps = 3;
   saved_t.output_dir = "/old";
@@ -154,12 +156,14 @@ TEST_CASE("a resume takes the checkpoint's configuration unless a field is given
 
   ResumedConfig r = resume_config(manifest, ModelConfig(), now, given, "out/checkpoint-4");
   REQUIRE(r.model == saved_m);
-  REQUIRE(r.train.warmup_steps == 20);   // listed: the checkpoint's
-  REQUIRE(r.train.seed == 7);            // listed
-  REQUIRE(r.train.zero_stage == 2);      // restored
-  REQUIRE(r.train.save_interval == 10);  // restored
-  REQUIRE(r.train.device == "cuda");     // restored
-  REQUIRE(r.train.threads == 0);         // this_run: this machine's
+  REQUIRE(r.train.warmup_steps == 20);    // listed: the checkpoint's
+  REQUIRE(r.train.seed == 7);             // listed
+  REQUIRE(r.train.zero_stage == 2);       // restored
+  REQUIRE(r.train.save_interval == 10);   // restored
+  REQUIRE(r.train.device == "cuda");      // restored
+  REQUIRE(r.train.recompute == "block");  // restored
+  REQUIRE(r.train.zero_bucket_mb == 8);   // restored
+  REQUIRE(r.train.threads == 0);          // this_run: this machine's
   REQUIRE(r.train.exit_after_steps == 0);
   REQUIRE(r.train.output_dir == "/new");
   REQUIRE(r.train.resume_from_checkpoint == "latest");
@@ -169,9 +173,12 @@ TEST_CASE("a resume takes the checkpoint's configuration unless a field is given
   now.max_steps = 100;
   now.seed = 7;        // given, but equal to the checkpoint's: not listed
   now.zero_stage = 3;  // restored field given: used, not listed
-  r = resume_config(manifest, ModelConfig(), now,
-                    {"output_dir", "warmup_steps", "max_steps", "seed", "zero_stage", "resume_from_checkpoint"},
-                    "out/checkpoint-4");
+  now.recompute = "none";
+  r = resume_config(
+      manifest, ModelConfig(), now,
+      {"output_dir", "warmup_steps", "max_steps", "seed", "zero_stage", "recompute", "resume_from_checkpoint"},
+      "out/checkpoint-4");
+  REQUIRE(r.train.recompute == "none");
   REQUIRE(r.train.warmup_steps == 30);
   REQUIRE(r.train.max_steps == 100);
   REQUIRE(r.train.zero_stage == 3);

@@ -52,9 +52,10 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
 
   const auto& ops = profiled.ops();
   auto calls = [&](const std::string& name) { return ops.count(name) ? ops.at(name).calls : 0L; };
-  // Per block: qkv, attention projection, fc, fc projection; then the tied LM head.
+  // Per block: qkv, attention projection, fc, fc projection; then the tied LM head, whose backward runs as two calls
+  // (its input gradient at the head, its weight gradient at the end of the backward).
   CHECK(calls("matmul_forward") == 4 * L + 1);
-  CHECK(calls("matmul_backward") == 4 * L + 1);
+  CHECK(calls("matmul_backward") == 4 * L + 2);
   CHECK(calls("attention_forward") == L);
   CHECK(calls("attention_backward") == L);
   // ln_1 of the first block alone; every later LayerNorm is fused with the residual add before it (ln_2 after the
@@ -70,6 +71,8 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
   // Forward matmul flops: 2 B T (12 L C^2 + C Vp), Vp the padded vocabulary the LM head multiplies.
   const double bt = double(B) * T, c = C, vp = double(table.config().padded_vocab());
   CHECK(ops.at("matmul_forward").flops == 2 * bt * (12 * L * c * c + c * vp));
+  // Backward: both products of each, the LM head's counted once each over its two calls.
+  CHECK(ops.at("matmul_backward").flops == 2 * 2 * bt * (12 * L * c * c + c * vp));
   // Attention forward: 2 T^2 hs per (batch, head) and layer.
   CHECK(ops.at("attention_forward").flops == 2.0 * B * NH * T * T * (c / NH) * L);
   for (const auto& kv : ops) CHECK(kv.second.seconds >= 0);

@@ -204,3 +204,40 @@ TEST_CASE("every tensor element is covered exactly once: random sizes", "[shard]
     check_cover(tensors, l);
   }
 }
+
+TEST_CASE("cut_into_parts: greedy cuts between groups, never inside one", "[shard]") {
+  using zt::cut_into_parts;
+  using zt::CutTensor;
+  // A GPT-2 block of width 4: ln_1 (w, b), c_attn (48, 12), attn.c_proj (16, 4), ln_2, c_fc (64, 16), c_proj (64, 4).
+  std::vector<CutTensor> block;
+  size_t at = 0;
+  for (auto [n, joins] : std::vector<std::pair<size_t, bool>>{{4, false},
+                                                              {4, true},
+                                                              {48, false},
+                                                              {12, true},
+                                                              {16, false},
+                                                              {4, true},
+                                                              {4, false},
+                                                              {4, true},
+                                                              {64, false},
+                                                              {16, true},
+                                                              {64, false},
+                                                              {4, true}}) {
+    block.push_back({at, n, joins});
+    at += n;
+  }
+  const size_t numel = at;  // 244
+  CHECK(cut_into_parts(block, numel, numel) == std::vector<size_t>{0});
+  CHECK(cut_into_parts(block, numel, 1000) == std::vector<size_t>{0});
+  // 100: ln_1 + c_attn + c_proj + ln_2 = 96 fit; c_fc (80) starts a part, c_proj (68) another.
+  CHECK(cut_into_parts(block, numel, 100) == (std::vector<size_t>{0, 96, 176}));
+  // 60: c_attn (60) fits after ln_1 (8)? 68 > 60, so ln_1 alone; c_attn exactly 60; c_proj + ln_2 = 28; c_fc (80)
+  // and c_proj (68) are larger than a part and stand alone.
+  CHECK(cut_into_parts(block, numel, 60) == (std::vector<size_t>{0, 8, 68, 96, 176}));
+  // 1: every group alone, and a weight never apart from its bias.
+  CHECK(cut_into_parts(block, numel, 1) == (std::vector<size_t>{0, 8, 68, 88, 96, 176}));
+  CHECK_THROWS_AS(cut_into_parts(block, numel, 0), zt::Error);
+  CHECK_THROWS_AS(cut_into_parts(block, numel + 1, 10), zt::Error);
+  std::vector<CutTensor> gap = {{0, 4, false}, {5, 4, false}};
+  CHECK_THROWS_AS(cut_into_parts(gap, 9, 10), zt::Error);
+}
