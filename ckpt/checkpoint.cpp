@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "ckpt/ckpt_detail.hpp"
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_write.hpp"
 #include "ckpt/h5.hpp"

@@ -15,14 +15,12 @@
 
 #include <sys/statvfs.h>
 
+#include "ckpt/ckpt_detail.hpp"
 #include "ckpt/links.hpp"
 #include "core/test_hooks.hpp"
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-void test_kill_point(const char* phase, long index, int rank);
-}
 
 std::string fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/ckpt_detail.hpp"
 #include "ckpt/commit.hpp"
 #include "ckpt/h5.hpp"
 #include "ckpt/links.hpp"
@@ -10,15 +11,6 @@
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-std::string agree_error(MpiComm& comm, const std::string& local);
-void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
-H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
-H5Id shard_transfer_props();
-void write_string_dataset(hid_t file, const char* name, const std::string& text, int rank, hid_t dxpl);
-std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std::vector<std::string>& names,
-                                  const std::vector<std::string>& links, std::vector<haddr_t>& offsets);
-}  // namespace detail
 
 namespace {
 

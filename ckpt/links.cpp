@@ -6,13 +6,11 @@
 #include <vector>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/ckpt_detail.hpp"
 #include "sharding/comm_mpi.hpp"
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
-}
 
 namespace {
 

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/ckpt_detail.hpp"
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_read.hpp"
 #include "ckpt/h5.hpp"
@@ -19,14 +20,6 @@
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-std::string agree_error(MpiComm& comm, const std::string& local);
-void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
-H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
-H5Id shard_transfer_props();
-int threads_per_rank(MpiComm& comm, int per_node);
-bool all_ranks_posix_io(const std::string& path, int mode, MpiComm& comm, bool wants);
-}  // namespace detail
 
 std::string detail::manifest_chunks(const nlohmann::json& manifest, const std::string& name, size_t numel,
                                     std::vector<uint64_t>& out) {
