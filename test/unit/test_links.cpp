@@ -45,7 +45,7 @@ TEST_CASE("link_target and link_holder: only ../checkpoint-<digits>/model.h5 nam
     CHECK(zt::link_holder(bad).empty());
 }
 
-TEST_CASE("read_links lists the external links of the tensor groups only; linked_checkpoints names their holders",
+TEST_CASE("read_links lists the external links of the tensor groups only, linked_checkpoints their holders",
           "[links]") {
   LinkScratch dir;
   const std::string ck = dir.path + "/checkpoint-6";
