@@ -1,38 +1,17 @@
 // The one form of link an incremental checkpoint may hold (docs/checkpoint-format.md, section 3, "Links"), and
 // listing a file's external links as retention does.
 #include <catch2/catch.hpp>
-#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <set>
 #include <string>
 
-#include <unistd.h>
-
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/h5.hpp"
 #include "ckpt/links.hpp"
+#include "test/test_util.hpp"
 
 namespace fs = std::filesystem;
-
-namespace {
-
-/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it when the test ends.
-struct LinkScratch {
-  LinkScratch() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/zt_links_XXXXXX";
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~LinkScratch() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string path;
-};
-
-}  // namespace
 
 TEST_CASE("link_target and link_holder: only ../checkpoint-<digits>/model.h5 names a sibling", "[links]") {
   CHECK(zt::link_target("checkpoint-2") == "../checkpoint-2/model.h5");
@@ -47,7 +26,7 @@ TEST_CASE("link_target and link_holder: only ../checkpoint-<digits>/model.h5 nam
 
 TEST_CASE("read_links lists the external links of the tensor groups only, linked_checkpoints their holders",
           "[links]") {
-  LinkScratch dir;
+  zt::test::ScratchDir dir;
   const std::string ck = dir.path + "/checkpoint-6";
   fs::create_directories(ck);
   {
