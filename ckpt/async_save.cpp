@@ -30,7 +30,8 @@ AsyncSaver::~AsyncSaver() {
 }
 
 void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-                       const TrainProgress& progress, ZeroEngine& engine, int save_total_limit) {
+                       const TrainProgress& progress, ZeroEngine& engine, int save_total_limit,
+                       const IncrementalPolicy& incremental) {
   wait();
   using Clock = std::chrono::steady_clock;
   // A device backend copies here, on the thread that owns the device; a host backend's copy runs on the writer.
@@ -43,7 +44,7 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
     copy_s_ = 0;
   }
   thread_ = std::thread([this, output_dir, model, train, progress, &engine, deferred, snap = std::move(ready),
-                         save_total_limit]() mutable {
+                         save_total_limit, incremental]() mutable {
     try {
       if (deferred) {
         const auto t0 = Clock::now();
@@ -63,7 +64,7 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
         copy_s_ = std::chrono::duration<double>(Clock::now() - t0).count();
         cv_.notify_all();
       }
-      committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, save_total_limit);
+      committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, save_total_limit, incremental);
     } catch (...) {
       error_ = std::current_exception();
     }

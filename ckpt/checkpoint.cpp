@@ -7,17 +7,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <csignal>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <thread>
 
+#include "ckpt/ckpt_detail.hpp"
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_write.hpp"
 #include "ckpt/h5.hpp"
+#include "ckpt/incremental.hpp"
 #include "core/test_hooks.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/shard.hpp"
@@ -56,115 +56,9 @@ std::vector<std::string> checkpoint_dataset_names(const ParamTable& table) {
   return names;
 }
 
-namespace detail {
-
-void test_kill_point(const char* phase, long index, int rank) {
-  // Test-only: ZT_TEST_KILL_AT="phase:index:rank" SIGKILLs that rank at that point of a save (crash-safety tests).
-  const std::string& spec = test_hooks::kill_at();
-  if (spec.empty()) return;
-  if (fmt::format("{}:{}:{}", phase, index, rank) == spec) {
-    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec.c_str());
-    std::fflush(stderr);
-    std::raise(SIGKILL);
-  }
-}
-
-std::string agree_error(MpiComm& comm, const std::string& local) {
-  const int N = comm.world_size();
-  const int key = local.empty() ? 0 : N - comm.rank();
-  const int top = comm.all_reduce_max(key);
-  if (top == 0) return std::string();
-  const int root = N - top;
-  uint64_t len = comm.rank() == root ? local.size() : 0;
-  comm.broadcast(&len, sizeof(len), root);
-  std::string msg(len, '\0');
-  if (comm.rank() == root) msg = local;
-  comm.broadcast(msg.data(), len, root);
-  return msg;
-}
-
-void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b) {
-  if (a >= b) {
-    ZT_H5_CHECK(H5Sselect_none(space));
-    return;
-  }
-  if (shape.size() == 1) {
-    hsize_t start = a, count = b - a;
-    ZT_H5_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &count, nullptr));
-    return;
-  }
-  ZT_ASSERT(shape.size() == 2);
-  // A row-major range of a matrix: a partial first row, whole middle rows, a partial last row.
-  const hsize_t C = hsize_t(shape[1]);
-  hsize_t r0 = a / C, c0 = a % C;
-  const hsize_t r1 = b / C, c1 = b % C;
-  H5S_seloper_t op = H5S_SELECT_SET;
-  auto add = [&](hsize_t r, hsize_t c, hsize_t nr, hsize_t nc) {
-    hsize_t start[2] = {r, c}, count[2] = {nr, nc};
-    ZT_H5_CHECK(H5Sselect_hyperslab(space, op, start, nullptr, count, nullptr));
-    op = H5S_SELECT_OR;
-  };
-  if (r0 == r1) {
-    add(r0, c0, 1, c1 - c0);
-    return;
-  }
-  if (c0 > 0) {
-    add(r0, c0, 1, C - c0);
-    ++r0;
-  }
-  if (r1 > r0) add(r0, 0, r1 - r0, C);
-  if (c1 > 0) add(r1, 0, 1, c1);
-}
-
-H5Id shard_transfer_props() {
-  H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
-  ZT_H5_CHECK(dxpl.get());
-  ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-  // Every rank still takes part in every H5Dwrite/H5Dread (HDF5 needs that), but each moves its own hyperslab
-  // with independent MPI-IO: a rank's piece of a tensor is one contiguous range, so two-phase collective buffering
-  // only adds a copy through aggregator ranks. Measured with 4 ranks on one node (docs/performance.md, "Checkpoint
-  // bandwidth"): save 13.7 s -> 7.5 s (OMPIO), load 4.3 s -> 1.5 s.
-  ZT_H5_CHECK(H5Pset_dxpl_mpio_collective_opt(dxpl, H5FD_MPIO_INDIVIDUAL_IO));
-  return dxpl;
-}
-
-/// Threads for each rank when the ranks on one node share `per_node` of them (at least 1). Collective.
-int threads_per_rank(MpiComm& comm, int per_node) {
-  MPI_Comm node = MPI_COMM_NULL;
-  int local = 1;
-  ZT_MPI_CHECK(MPI_Comm_split_type(comm.mpi_comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-  const int rc_size = MPI_Comm_size(node, &local);
-  ZT_MPI_CHECK(MPI_Comm_free(&node));
-  ZT_MPI_CHECK(rc_size);
-  return std::max(1, per_node / std::max(1, local));
-}
-
-/// True on every rank when every rank `wants` it, can open `path` itself with `mode` (R_OK, W_OK) and stores floats
-/// natively as float32-LE, so tensor bytes can move with pread/pwrite instead of through HDF5. Collective.
-bool all_ranks_posix_io(const std::string& path, int mode, MpiComm& comm, bool wants) {
-  const bool ok = wants && ::access(path.c_str(), mode) == 0 && H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) > 0;
-  return comm.all_reduce_max(ok ? 0 : 1) == 0;
-}
-
-H5Id open_parallel(const std::string& path, MpiComm& comm, bool create) {
-  h5_quiet();
-  H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  ZT_H5_CHECK(fapl.get());
-  ZT_H5_CHECK(H5Pset_fapl_mpio(fapl, comm.mpi_comm(), MPI_INFO_NULL));
-  ZT_H5_CHECK(H5Pset_all_coll_metadata_ops(fapl, true));
-  ZT_H5_CHECK(H5Pset_coll_metadata_write(fapl, true));
-  hid_t f =
-      create ? H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
-  if (f < 0)
-    throw CheckpointError(fmt::format("cannot {} checkpoint file {}: {} [{}]", create ? "create" : "open", path,
-                                      h5_error_stack(), where()));
-  return H5Id(f, H5Fclose);
-}
-
-}  // namespace detail
-
 using detail::agree_error;
 using detail::select_range;
+using detail::write_string_dataset;
 
 namespace {
 
@@ -183,22 +77,6 @@ constexpr int kWritersPerNode = 8;
 int owner_of(const ShardSnapshot& snap, size_t ti, size_t e) {
   const PartLayout& P = snap.parts[snap.tensor_part[ti]];
   return int((snap.table->tensors()[ti].unit_offset - P.begin + e) / P.layout.shard_numel);
-}
-
-/// Creates a scalar fixed-length string dataset (collective; parallel HDF5 cannot write variable-length strings);
-/// rank 0 writes its bytes, the other ranks select nothing.
-void write_string_dataset(hid_t file, const char* name, const std::string& text, int rank, hid_t dxpl) {
-  H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-  ZT_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, text.size())));
-  H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Id dset(H5Dcreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-  ZT_H5_CHECK(dset.get());
-  H5Id mspace(H5Screate(H5S_SCALAR), H5Sclose);
-  if (rank != 0) {
-    ZT_H5_CHECK(H5Sselect_none(space));
-    ZT_H5_CHECK(H5Sselect_none(mspace));
-  }
-  ZT_H5_CHECK(H5Dwrite(dset, type, mspace, space, dxpl, text.data()));
 }
 
 ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> reuse) {
@@ -257,7 +135,8 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
 
 std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
                           const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
-                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit);
+                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit,
+                          const IncrementalPolicy& incremental);
 
 ShardSnapshot snapshot_view(ZeroEngine& engine) { return make_snapshot(engine, false, {}); }
 ShardSnapshot snapshot_copy(ZeroEngine& engine, std::vector<float> reuse) {
@@ -266,7 +145,7 @@ ShardSnapshot snapshot_copy(ZeroEngine& engine, std::vector<float> reuse) {
 
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                             const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
-                            int save_total_limit) {
+                            int save_total_limit, const IncrementalPolicy& incremental) {
   const ParamTable& table = *snap.table;
   const int rank = comm.rank();
   const std::string name = fmt::format("checkpoint-{}", progress.step);
@@ -292,7 +171,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
   if (err.rfind("disk full", 0) == 0) throw DiskFullError(err);
   if (!err.empty()) throw CheckpointError(err);
   try {
-    return save_prepared(output_dir, name, tmp_dir, model, train, progress, snap, comm, save_total_limit);
+    return save_prepared(output_dir, name, tmp_dir, model, train, progress, snap, comm, save_total_limit, incremental);
   } catch (const std::exception& e) {
     // Any rank that fails removes the partial files; the rename never happened, so nothing half-written is
     // committed. Other ranks may be inside a collective: the caller ends the job (MPI_Abort).
@@ -350,10 +229,15 @@ void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::st
   }
 }
 
-/// Creates every dataset (collectively, space allocated at once) before any byte is written; `offsets` receives
-/// each one's address in the file (HADDR_UNDEF where HDF5 gives none).
+}  // namespace
+
+namespace detail {
+
+/// Creates every dataset (collectively, space allocated at once) before any byte is written, except those with a
+/// link in `links` (an external link to that file's dataset of the same name instead; no dataset handle); `offsets`
+/// receives each dataset's address in the file (HADDR_UNDEF where HDF5 gives none, and for a link).
 std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std::vector<std::string>& names,
-                                  std::vector<haddr_t>& offsets) {
+                                  const std::vector<std::string>& links, std::vector<haddr_t>& offsets) {
   for (const char* g : {"params", "optim", "optim/exp_avg", "optim/exp_avg_sq"}) {
     H5Id grp(H5Gcreate2(file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
     ZT_H5_CHECK(grp.get());
@@ -365,6 +249,13 @@ std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std
   std::vector<H5Id> dsets;
   for (size_t d = 0; d < names.size(); ++d) {
     const TensorSpec& t = table.tensors()[d % n_t];
+    if (!links[d].empty()) {
+      ZT_H5_CHECK(H5Lcreate_external(links[d].c_str(), ("/" + names[d]).c_str(), file, names[d].c_str(), H5P_DEFAULT,
+                                     H5P_DEFAULT));
+      dsets.emplace_back();
+      offsets.push_back(HADDR_UNDEF);
+      continue;
+    }
     std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
     H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
     dsets.emplace_back(H5Dcreate2(file, names[d].c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
@@ -375,11 +266,30 @@ std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std
   return dsets;
 }
 
+uint64_t own_chunk_digest(const ShardSnapshot& snap, size_t d, size_t c, const std::vector<float>& frag,
+                          std::vector<float>& scratch) {
+  const size_t n_t = snap.table->tensors().size(), K = kChecksumChunkElems;
+  const TensorSpec& t = snap.table->tensors()[d % n_t];
+  const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
+  const float* src = p.data[d / n_t];
+  const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
+  if (c1 <= p.b) return chunk_digest(src + (c0 - p.a), c1 - c0);
+  scratch.assign(src + (c0 - p.a), src + (p.b - p.a));
+  scratch.insert(scratch.end(), frag.begin(), frag.end());
+  ZT_ASSERT(scratch.size() == c1 - c0);
+  return chunk_digest(scratch.data(), scratch.size());
+}
+
+}  // namespace detail
+
+namespace {
+
 /// Writes this rank's piece of every dataset through H5Dwrite (collective per dataset).
 void write_through_hdf5(const ShardSnapshot& snap, const std::vector<H5Id>& dsets, hid_t dxpl, int rank) {
   const ParamTable& table = *snap.table;
   const size_t n_t = table.tensors().size();
   for (size_t d = 0; d < dsets.size(); ++d) {
+    if (dsets[d].get() < 0) continue;  // a link: nothing written
     const int kind = int(d / n_t);
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
@@ -395,15 +305,17 @@ void write_through_hdf5(const ShardSnapshot& snap, const std::vector<H5Id>& dset
   }
 }
 
-/// Writes this rank's piece of every dataset straight into the file (write_slices); the writers digest every chunk
-/// that lies whole inside a piece, appended to `digests` as (dataset, chunk, digest) triples. Returns the problem
-/// or "".
+/// Writes this rank's piece of every dataset but the links straight into the file (write_slices); the writers digest
+/// every chunk that lies whole inside a piece, appended to `digests` as (dataset, chunk, digest) triples. Returns the
+/// problem or "".
 std::string write_direct(const std::string& h5_path, const ShardSnapshot& snap, const std::vector<std::string>& names,
-                         const std::vector<haddr_t>& offsets, MpiComm& comm, std::vector<uint64_t>& digests) {
+                         const std::vector<std::string>& links, const std::vector<haddr_t>& offsets, MpiComm& comm,
+                         std::vector<uint64_t>& digests) {
   const ParamTable& table = *snap.table;
   const size_t n_t = table.tensors().size();
   std::vector<SliceWrite> writes;
   for (size_t d = 0; d < names.size(); ++d) {
+    if (!links[d].empty()) continue;
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
     writes.push_back({d, names[d], uint64_t(offsets[d]), t.numel(), p.a, p.b, p.data[d / n_t]});
@@ -417,31 +329,23 @@ std::string write_direct(const std::string& h5_path, const ShardSnapshot& snap, 
   return problem;
 }
 
-/// Digests every chunk that starts in this rank's piece (its tail, if any, arrived from higher ranks in
-/// recv_frag); `skip_whole`: the direct writers already digested the chunks that lie whole inside the piece.
-void digest_own_chunks(const ShardSnapshot& snap, size_t n_datasets, const std::vector<std::vector<float>>& recv_frag,
-                       bool skip_whole, std::vector<uint64_t>& digests) {
+/// Digests every chunk that starts in this rank's piece of each written (not linked) dataset (its tail, if any,
+/// arrived from higher ranks in recv_frag); `skip_whole`: the direct writers already digested the chunks that lie
+/// whole inside the piece.
+void digest_own_chunks(const ShardSnapshot& snap, const std::vector<std::string>& links,
+                       const std::vector<std::vector<float>>& recv_frag, bool skip_whole,
+                       std::vector<uint64_t>& digests) {
   const ParamTable& table = *snap.table;
   const size_t n_t = table.tensors().size(), K = kChecksumChunkElems;
   std::vector<float> buf;
-  for (size_t d = 0; d < n_datasets; ++d) {
-    const int kind = int(d / n_t);
+  for (size_t d = 0; d < links.size(); ++d) {
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
-    if (p.a >= p.b) continue;
+    if (p.a >= p.b || !links[d].empty()) continue;
     for (size_t c = (p.a + K - 1) / K; c * K < p.b; ++c) {
-      const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
-      uint64_t dg;
-      if (c1 <= p.b) {
-        if (skip_whole) continue;
-        dg = chunk_digest(p.data[kind] + (c0 - p.a), c1 - c0);
-      } else {
-        buf.assign(p.data[kind] + (c0 - p.a), p.data[kind] + (p.b - p.a));
-        buf.insert(buf.end(), recv_frag[d].begin(), recv_frag[d].end());
-        ZT_ASSERT(buf.size() == c1 - c0);
-        dg = chunk_digest(buf.data(), buf.size());
-      }
-      digests.insert(digests.end(), {uint64_t(d), uint64_t(c), dg});
+      if (skip_whole && std::min(t.numel(), c * K + K) <= p.b) continue;
+      digests.insert(digests.end(),
+                     {uint64_t(d), uint64_t(c), detail::own_chunk_digest(snap, d, c, recv_frag[d], buf)});
     }
   }
 }
@@ -471,24 +375,35 @@ std::vector<uint64_t> gather_digests(const std::vector<uint64_t>& mine, MpiComm&
 /// addresses, which depends only on the file, so every rank sees the same. Else, and with --ckpt_write hdf5, through
 /// H5Dwrite; "auto" still honours the deprecated ZT_CKPT_WRITE=hdf5 (for one release). The choice is agreed with the
 /// rest: mpirun need not pass a variable to the ranks on other nodes. A failed write (a full disk, an I/O error) is
-/// agreed, so every rank leaves the collective calls together. Returns every rank's digests on rank 0.
+/// agreed, so every rank leaves the collective calls together. An incremental save first finds the tensors unchanged
+/// since its base (`links` receives their link file names) and writes only the others. Returns every rank's digests
+/// of the written datasets on rank 0.
 std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, const ShardSnapshot& snap,
                                     const std::vector<std::string>& names, const std::string& ckpt_write,
-                                    MpiComm& comm) {
+                                    const IncrementalPlan& inc, std::vector<std::string>& links, MpiComm& comm) {
   const int rank = comm.rank();
   std::vector<std::vector<float>> recv_frag;
   std::vector<MPI_Request> reqs;
   post_fragment_exchange(snap, names, comm, recv_frag, reqs);
+  links.assign(names.size(), std::string());
+  if (inc.compare) {
+    // The scan digests whole chunks, so it needs the tails now; they are at most a chunk per tensor per rank.
+    if (!reqs.empty()) ZT_MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
+    reqs.clear();
+    detail::test_kill_point("scan", 0, rank);
+    links = unchanged_links(inc, snap, recv_frag, detail::threads_per_rank(comm, kWritersPerNode), comm);
+  }
   std::vector<haddr_t> offsets;
-  std::vector<H5Id> dsets = create_datasets(file, *snap.table, names, offsets);
+  std::vector<H5Id> dsets = detail::create_datasets(file, *snap.table, names, links, offsets);
   const char* legacy = ckpt_write == "auto" ? std::getenv("ZT_CKPT_WRITE") : nullptr;
   const bool via_hdf5 = ckpt_write == "hdf5" || (legacy != nullptr && std::string(legacy) == "hdf5");
-  const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !via_hdf5) &&
-                      std::none_of(offsets.begin(), offsets.end(), [](haddr_t a) { return a == HADDR_UNDEF; });
+  bool addressed = true;
+  for (size_t d = 0; d < names.size(); ++d) addressed = addressed && (!links[d].empty() || offsets[d] != HADDR_UNDEF);
+  const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !via_hdf5) && addressed;
   std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
   std::string write_problem;
   if (direct)
-    write_problem = write_direct(h5_path, snap, names, offsets, comm, my_digests);
+    write_problem = write_direct(h5_path, snap, names, links, offsets, comm, my_digests);
   else
     write_through_hdf5(snap, dsets, detail::shard_transfer_props(), rank);
   if (!reqs.empty()) ZT_MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
@@ -498,7 +413,7 @@ std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, cons
   for (H5Id& ds : dsets) ZT_H5_CHECK(ds.reset());
 
   detail::test_kill_point("digests", 0, rank);
-  digest_own_chunks(snap, names.size(), recv_frag, direct, my_digests);
+  digest_own_chunks(snap, links, recv_frag, direct, my_digests);
   return gather_digests(my_digests, comm);
 }
 
@@ -506,11 +421,13 @@ std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, cons
 
 std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
                           const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
-                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit) {
+                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit,
+                          const IncrementalPolicy& incremental) {
   const ParamTable& table = *snap.table;
   const int rank = comm.rank(), N = comm.world_size();
   const std::string h5_path = tmp_dir + "/" + kCheckpointFile;
-  std::string err;
+  std::string err, summary;
+  const IncrementalPlan inc = plan_incremental(incremental, output_dir, name, table, comm);
 
   const size_t n_t = table.tensors().size();
   const size_t K = kChecksumChunkElems;
@@ -528,16 +445,20 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     const std::vector<std::string> names = checkpoint_dataset_names(table);
     H5Id dxpl = detail::shard_transfer_props();
     // Rank 0 assembles the manifest from everyone's digests; the manifest dataset is created by all ranks.
-    const std::vector<uint64_t> all = write_tensors(h5_path, file, snap, names, train.ckpt_write, comm);
+    std::vector<std::string> links;
+    const std::vector<uint64_t> all = write_tensors(h5_path, file, snap, names, train.ckpt_write, inc, links, comm);
     std::string manifest_text;
     if (rank == 0) {
       std::vector<std::vector<uint64_t>> digests(names.size());
       for (size_t d = 0; d < names.size(); ++d) {
         const size_t numel = table.tensors()[d % n_t].numel();
-        digests[d].assign((numel + K - 1) / K, 0);
+        // A linked tensor equals the base's, chunk for chunk: that is what made it a link.
+        digests[d] = links[d].empty() ? std::vector<uint64_t>((numel + K - 1) / K, 0) : inc.base_chunks[d];
       }
       for (size_t i = 0; i + 2 < all.size(); i += 3) digests[all[i]][all[i + 1]] = all[i + 2];
-      manifest_text = build_manifest(model, train, progress, snap, N, digests).dump(1);
+      nlohmann::json manifest = build_manifest(model, train, progress, snap, N, digests);
+      if (inc.enabled) summary = record_incremental(manifest, inc, names, links);
+      manifest_text = manifest.dump(1);
     }
     uint64_t len = manifest_text.size();
     comm.broadcast(&len, sizeof(len), 0);
@@ -553,6 +474,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     if (const int ms = test_hooks::save_delay_ms(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     if (rank == 0) {
       err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
+      if (err.empty() && !summary.empty()) fmt::print("{}: {}\n", name, summary);
       if (err.empty() && save_total_limit > 0) apply_retention(output_dir, save_total_limit);
     }
   }

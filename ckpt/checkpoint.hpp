@@ -19,7 +19,8 @@ class MpiComm;
 class ZeroEngine;
 
 /// Version of the on-disk layout written by this build; a reader refuses a newer one and reads every older one.
-/// 2: the manifest's own digest (kManifestDigestDataset). docs/checkpoint-format.md, section 7, keeps the history.
+/// 2: the manifest's own digest (kManifestDigestDataset), and the external links of incremental checkpoints.
+/// docs/checkpoint-format.md, section 7, keeps the history.
 constexpr int kCheckpointFormatVersion = 2;
 /// Dataset beside `manifest` holding the xxh64 of the manifest's bytes (16 lowercase hex digits); from version 2.
 constexpr const char* kManifestDigestDataset = "manifest_xxh64";
@@ -99,13 +100,25 @@ class CheckpointWriteError : public Error {
 /// kind, tensors in table order.
 std::vector<std::string> checkpoint_dataset_names(const ParamTable& table);
 
+/// Incremental saves (docs/checkpoint-format.md, section 9): a tensor whose every checksum chunk equals the base's
+/// is not written but linked (an HDF5 external link) to the checkpoint that holds its bytes.
+struct IncrementalPolicy {
+  bool enabled = false;  ///< --incremental_checkpoints
+  /// The checkpoint to compare with: the run's previous save, or the one it resumed. Used only when it is a
+  /// committed checkpoint of the same output directory (links are relative); otherwise, and when empty, the save
+  /// writes every tensor.
+  std::string base;
+  int full_interval = 0;  ///< --full_checkpoint_interval: every Nth save writes every tensor (0: only the first)
+};
+
 /// Writes OUTPUT/checkpoint-<step>/ collectively (temporary name, fsync, rename, fsync dir, then OUTPUT/latest),
-/// then keeps only the newest `save_total_limit` committed checkpoints (0: all). Returns the committed directory.
-/// Throws DiskFullError (agreed, nothing written) when space is short, CheckpointWriteError when a write fails;
-/// a failed save never leaves a committed checkpoint and never touches the previous one or `latest`.
+/// then keeps only the newest `save_total_limit` committed checkpoints (0: all) and the checkpoints they link to.
+/// Returns the committed directory. Throws DiskFullError (agreed, nothing written) when space is short,
+/// CheckpointWriteError when a write fails; a failed save never leaves a committed checkpoint and never touches the
+/// previous one or `latest`.
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                             const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
-                            int save_total_limit = 0);
+                            int save_total_limit = 0, const IncrementalPolicy& incremental = {});
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);
@@ -144,6 +157,13 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
 /// Checks structure and every checksum (chunks spread over the ranks); returns the problems found (the same list
 /// on every rank; empty when the checkpoint is sound). Collective.
 std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm& comm);
+
+/// Writes a standalone copy of checkpoint `src_dir` (every tensor stored, no links) to the new directory `out_dir`,
+/// which must not exist: the same tensors and manifest (less what links), checked against the source's digests
+/// while copying, one checksum chunk at a time per rank. Written under a temporary name beside out_dir and renamed
+/// into place, as a save commits. Throws CheckpointError (agreed) on any problem, leaving nothing at out_dir.
+/// Collective.
+void consolidate_checkpoint(const std::string& src_dir, const std::string& out_dir, MpiComm& comm);
 
 /// The xxh64 of one chunk's bytes, and the tensor checksum over its chunk digests (little-endian u64 array).
 uint64_t chunk_digest(const float* data, size_t n_elems);

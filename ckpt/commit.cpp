@@ -10,16 +10,17 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
 #include <sys/statvfs.h>
 
+#include "ckpt/ckpt_detail.hpp"
+#include "ckpt/links.hpp"
 #include "core/test_hooks.hpp"
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-void test_kill_point(const char* phase, long index, int rank);
-}
 
 std::string fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
@@ -30,8 +31,6 @@ std::string fsync_path(const std::string& path, bool directory) {
   if (rc != 0) return fmt::format("fsync of {} failed: {}", path, std::strerror(saved));
   return std::string();
 }
-
-namespace {
 
 std::string write_file_synced(const std::string& path, const std::string& text) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -55,8 +54,6 @@ std::string write_file_synced(const std::string& path, const std::string& text) 
   if (::close(fd) != 0) return fmt::format("closing {} failed: {}", path, std::strerror(errno));
   return std::string();
 }
-
-}  // namespace
 
 std::string prepare_temp_dir(const std::string& output_dir, const std::string& tmp_dir) {
   std::error_code ec;
@@ -140,6 +137,50 @@ Leftover classify_leftover(const std::string& name, int64_t* step) {
   return Leftover::kNone;
 }
 
+namespace {
+
+/// The checkpoints (directory names) retention keeps: the newest `keep` by commit order, the one `latest` names,
+/// every one whose manifest cannot be read, and then everything a kept one links to. False (nothing may be pruned)
+/// when the links of a kept checkpoint cannot be read. `links` receives every checkpoint's links that could be read.
+bool checkpoints_to_keep(const std::vector<CommittedCheckpoint>& all, const std::string& latest, int keep,
+                         std::set<std::string>& kept, std::map<std::string, std::set<std::string>>& links) {
+  int n_newest = 0;
+  for (const CommittedCheckpoint& c : all) {
+    const std::string name = fs::path(c.path).filename().string();
+    // Only what can be ordered is pruned: an unreadable manifest may be a passing read error on a good checkpoint.
+    if (c.commit_seq < 0)
+      fmt::print(stderr, "zerotrain: warning: --save_total_limit does not remove {}: {}\n", c.path, c.problem);
+    if (c.commit_seq < 0 || n_newest < keep || name == latest) kept.insert(name);
+    if (c.commit_seq >= 0 && n_newest < keep) ++n_newest;
+  }
+  for (const CommittedCheckpoint& c : all) {
+    const std::string name = fs::path(c.path).filename().string();
+    try {
+      links[name] = linked_checkpoints(c.path);
+    } catch (const Error& e) {
+      if (!kept.count(name)) continue;  // it goes anyway: what it links to does not matter
+      fmt::print(stderr,
+                 "zerotrain: warning: --save_total_limit removes nothing this time: cannot tell which checkpoints "
+                 "{} links to: {}\n",
+                 c.path, e.what());
+      return false;
+    }
+  }
+  std::vector<std::string> todo(kept.begin(), kept.end());
+  while (!todo.empty()) {
+    const std::string name = todo.back();
+    todo.pop_back();
+    for (const std::string& base : links[name])
+      if (kept.insert(base).second) {
+        todo.push_back(base);
+        fmt::print("keeping {} (--save_total_limit {}): {} links to it\n", base, keep, name);
+      }
+  }
+  return true;
+}
+
+}  // namespace
+
 void apply_retention(const std::string& output_dir, int keep) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(output_dir, ec)) {
@@ -149,24 +190,35 @@ void apply_retention(const std::string& output_dir, int keep) {
     if (!rm) fmt::print("finished removing {} (a prune that was interrupted)\n", e.path().string());
   }
   const std::string latest = fs::path(read_latest(output_dir)).filename().string();
-  int kept = 0;
+  const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
+  std::set<std::string> kept;
+  std::map<std::string, std::set<std::string>> links;
+  if (!checkpoints_to_keep(all, latest, keep, kept, links)) return;
+  std::vector<std::string> doomed;  // most recent commit first
+  for (const CommittedCheckpoint& c : all)
+    if (!kept.count(fs::path(c.path).filename().string())) doomed.push_back(c.path);
+  // A checkpoint goes only after every other doomed one that links to it: a crash between two prunes never leaves a
+  // committed checkpoint whose links dangle.
   long pruned = 0;
-  for (const CommittedCheckpoint& c : checkpoints_by_commit(output_dir)) {
-    // Only what can be ordered is pruned: an unreadable manifest may be a passing read error on a good checkpoint.
-    if (c.commit_seq < 0) {
-      fmt::print(stderr, "zerotrain: warning: --save_total_limit does not remove {}: {}\n", c.path, c.problem);
-      continue;
+  for (bool progress = true; progress && !doomed.empty();) {
+    progress = false;
+    for (auto it = doomed.begin(); it != doomed.end();) {
+      const std::string name = fs::path(*it).filename().string();
+      const bool linked_to = std::any_of(doomed.begin(), doomed.end(), [&](const std::string& other) {
+        return other != *it && links[fs::path(other).filename().string()].count(name) > 0;
+      });
+      if (linked_to) {
+        ++it;
+        continue;
+      }
+      const std::string err = prune_checkpoint(output_dir, *it, pruned++);
+      if (!err.empty())
+        fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", *it, err);
+      else
+        fmt::print("removed old checkpoint {} (--save_total_limit {})\n", *it, keep);
+      it = doomed.erase(it);
+      progress = true;
     }
-    if (kept < keep) {
-      ++kept;
-      continue;
-    }
-    if (fs::path(c.path).filename() == latest) continue;
-    const std::string err = prune_checkpoint(output_dir, c.path, pruned++);
-    if (!err.empty())
-      fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", c.path, err);
-    else
-      fmt::print("removed old checkpoint {} (--save_total_limit {})\n", c.path, keep);
   }
 }
 

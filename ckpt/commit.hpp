@@ -13,6 +13,8 @@ namespace zt {
 /// fsyncs a file or (directory = true) a directory, so that its contents or entries are on disk. Returns an error
 /// message or "".
 std::string fsync_path(const std::string& path, bool directory);
+/// Writes `text` to `path` (created or truncated) and fsyncs it. Returns an error message or "".
+std::string write_file_synced(const std::string& path, const std::string& text);
 /// Creates output_dir and an empty tmp_dir (removing a stale one). Returns an error message or "".
 std::string prepare_temp_dir(const std::string& output_dir, const std::string& tmp_dir);
 /// fsyncs the files in tmp_dir, writes manifest.json beside model.h5, renames tmp_dir to output_dir/name, fsyncs

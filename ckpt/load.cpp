@@ -8,29 +8,21 @@
 #include <memory>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/ckpt_detail.hpp"
 #include "ckpt/commit.hpp"
 #include "ckpt/direct_read.hpp"
 #include "ckpt/h5.hpp"
+#include "ckpt/incremental.hpp"
+#include "ckpt/links.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/shard.hpp"
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-std::string agree_error(MpiComm& comm, const std::string& local);
-void select_range(hid_t space, const std::vector<int64_t>& shape, size_t a, size_t b);
-H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
-H5Id shard_transfer_props();
-int threads_per_rank(MpiComm& comm, int per_node);
-bool all_ranks_posix_io(const std::string& path, int mode, MpiComm& comm, bool wants);
-}  // namespace detail
 
-namespace {
-
-/// Chunk digests of one dataset as the manifest lists them; "" when the entry is malformed.
-std::string manifest_chunks(const nlohmann::json& manifest, const std::string& name, size_t numel,
-                            std::vector<uint64_t>& out) {
+std::string detail::manifest_chunks(const nlohmann::json& manifest, const std::string& name, size_t numel,
+                                    std::vector<uint64_t>& out) {
   const auto& ds = manifest["datasets"];
   if (!ds.contains(name)) return fmt::format("the manifest has no entry for dataset {}", name);
   const auto& e = ds[name];
@@ -47,12 +39,16 @@ std::string manifest_chunks(const nlohmann::json& manifest, const std::string& n
   return std::string();
 }
 
-/// Opens a dataset and checks its shape; "" or the problem.
-std::string open_checked(hid_t file, const std::string& name, const std::vector<int64_t>& shape, H5Id& out) {
-  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0) return fmt::format("dataset {} is missing", name);
-  out = H5Id(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-  if (out.get() < 0) return fmt::format("cannot open dataset {}: {}", name, h5_error_stack());
-  H5Id space(H5Dget_space(out), H5Sclose);
+namespace {
+
+using detail::manifest_chunks;
+
+/// Opens a dataset, wherever its bytes are (LinkedFile), and checks its shape; "" or the problem.
+std::string open_checked(LinkedFile& file, const std::string& name, const std::vector<int64_t>& shape,
+                         LinkedFile::Found& found) {
+  std::string problem = file.open(name, found);
+  if (!problem.empty()) return problem;
+  H5Id space(H5Dget_space(found.dset), H5Sclose);
   const int nd = H5Sget_simple_extent_ndims(space);
   std::vector<hsize_t> dims(size_t(std::max(nd, 0)));
   if (nd > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
@@ -274,12 +270,12 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   // reader threads, no collective per dataset) wherever the dataset is what the format prescribes: contiguous
   // float32-LE. Under HDF5 the same bytes would move by independent MPI-IO reads anyway (shard_transfer_props);
   // what HDF5 adds per dataset is a collective file-view set-up, one synchronous read and a staging copy. Any
-  // other dataset is read through H5Dread. Whether every rank can read the file itself is agreed, so the choice of
-  // path per dataset stays collective.
-  const bool direct = detail::all_ranks_posix_io(path, R_OK, comm, true);
-  std::vector<SliceRead> direct_reads;
+  // other dataset is read through H5Dread. Whether every rank can read a file itself is agreed, so the choice of
+  // path per dataset stays collective. A linked tensor is read the same way from the file that holds it.
+  std::map<std::string, bool> direct;                          // by file
+  std::map<std::string, std::vector<SliceRead>> direct_reads;  // by file
   {
-    H5Id file = detail::open_parallel(path, comm, false);
+    LinkedFile file(ckpt_dir, comm);
     H5Id dxpl = detail::shard_transfer_props();
     // Uninitialised on purpose: H5Dread fills it, and a vector's resize would first zero every element it adds
     // (one extra pass over up to the whole model per load).
@@ -289,9 +285,9 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
     for (size_t d = 0; d < names.size(); ++d) {
       const size_t ti = d % n_t;
       const TensorSpec& t = table.tensors()[ti];
-      H5Id dset;
-      // The structure is the same for every rank (same file), so skipping a broken dataset stays collective.
-      std::string p = open_checked(file, names[d], t.shape, dset);
+      LinkedFile::Found found;
+      // The structure is the same for every rank (same files), so skipping a broken dataset stays collective.
+      std::string p = open_checked(file, names[d], t.shape, found);
       if (p.empty()) p = manifest_chunks(manifest, names[d], t.numel(), want);
       if (!p.empty()) {
         problems.push_back({d, fmt::format("checkpoint {}: {}", path, p)});
@@ -299,19 +295,24 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
       }
       const size_t a = targets.a[ti], b = targets.b[ti];
       float* dst = targets.dst[ti][d / n_t];
-      const haddr_t at = direct ? contiguous_f32le_offset(dset, t.numel()) : HADDR_UNDEF;
+      if (!direct.count(found.holder))
+        direct[found.holder] = detail::all_ranks_posix_io(found.holder, R_OK, comm, true);
+      const haddr_t at = direct[found.holder] ? contiguous_f32le_offset(found.dset, t.numel()) : HADDR_UNDEF;
       if (at != HADDR_UNDEF) {
-        if (a < b) direct_reads.push_back({d, names[d], uint64_t(at), t.numel(), a, b, dst, want});
+        if (a < b) direct_reads[found.holder].push_back({d, names[d], uint64_t(at), t.numel(), a, b, dst, want});
         continue;
       }
-      for (std::string& text :
-           read_through_hdf5(dset, dxpl, t, a, b, path, names[d], want, dst, engine.backend(), buf, buf_elems))
+      for (std::string& text : read_through_hdf5(found.dset, dxpl, t, a, b, path + LinkedFile::link_note(found),
+                                                 names[d], want, dst, engine.backend(), buf, buf_elems))
         problems.push_back({d, std::move(text)});
     }
   }
   const int n_readers = detail::threads_per_rank(comm, kReadersPerNode);
-  for (LoadProblem& p : read_into_engine(path, direct_reads, n_readers, engine.backend()))
-    problems.push_back(std::move(p));
+  for (const auto& [holder, reads] : direct_reads)
+    for (LoadProblem& p : read_into_engine(holder, reads, n_readers, engine.backend())) {
+      if (holder != path) p.text += fmt::format(" (a tensor that {} links to)", path);
+      problems.push_back(std::move(p));
+    }
   err = detail::agree_error(comm, summarize(std::move(problems)));
   if (!err.empty()) throw CheckpointError(err);
   engine.finish_load(manifest["optimizer"].value("step", int64_t(0)));
@@ -338,46 +339,72 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
   std::vector<std::string> problems;
   const auto& listed = manifest["datasets"];
   for (auto it = listed.begin(); it != listed.end(); ++it)
-    if (std::find(names.begin(), names.end(), it.key()) == names.end())
+    if (comm.rank() == 0 && std::find(names.begin(), names.end(), it.key()) == names.end())
       problems.push_back(fmt::format("checkpoint {}: manifest lists unknown dataset {}", path, it.key()));
+  for (std::string& p : detail::visit_chunks(ckpt_dir, manifest, table, comm, nullptr))
+    problems.push_back(std::move(p));
+  return detail::all_problems(problems, comm);
+}
+
+std::vector<std::string> detail::visit_chunks(const std::string& ckpt_dir, const nlohmann::json& manifest,
+                                              const ParamTable& table, MpiComm& comm, const ChunkVisitor& use) {
+  const std::string path = ckpt_dir + "/" + kCheckpointFile;
+  const std::vector<std::string> names = checkpoint_dataset_names(table);
   const size_t K = kChecksumChunkElems, n_t = table.tensors().size();
   const int rank = comm.rank(), N = comm.world_size();
+  std::vector<std::string> problems;
   size_t chunk_counter = 0;
   try {
-    H5Id file = detail::open_parallel(path, comm, false);
+    LinkedFile file(ckpt_dir, comm);
     H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
     ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT));
     std::vector<float> buf;
     std::vector<uint64_t> want;
     for (size_t d = 0; d < names.size(); ++d) {
       const TensorSpec& t = table.tensors()[d % n_t];
-      H5Id dset;
-      std::string p = open_checked(file, names[d], t.shape, dset);
+      LinkedFile::Found found;
+      std::string p = open_checked(file, names[d], t.shape, found);
       if (p.empty()) p = manifest_chunks(manifest, names[d], t.numel(), want);
+      const std::string listed = manifest["datasets"].contains(names[d])
+                                     ? manifest["datasets"][names[d]].value("link", std::string())
+                                     : std::string();
+      if (p.empty() && listed != found.link)
+        p = fmt::format("the manifest says dataset {} {}, but the file {}", names[d],
+                        listed.empty() ? "is stored there" : "is a link to " + listed,
+                        found.link.empty() ? "stores it" : "links it to " + found.link);
       if (!p.empty()) {
         if (rank == 0) problems.push_back(fmt::format("checkpoint {}: {}", path, p));
         continue;
       }
+      const std::string where = path + LinkedFile::link_note(found);
       // Chunks are dealt round-robin over the ranks; each rank reads and hashes its own.
       for (size_t c = 0; c * K < t.numel(); ++c, ++chunk_counter) {
         if (int(chunk_counter % size_t(N)) != rank) continue;
         const size_t c0 = c * K, c1 = std::min(t.numel(), c0 + K);
         buf.resize(c1 - c0);
-        H5Id fspace(H5Dget_space(dset), H5Sclose);
+        H5Id fspace(H5Dget_space(found.dset), H5Sclose);
         detail::select_range(fspace, t.shape, c0, c1);
         const hsize_t count = c1 - c0;
         H5Id mspace(H5Screate_simple(1, &count, nullptr), H5Sclose);
-        if (H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.data()) < 0) {
-          problems.push_back(fmt::format("checkpoint {}: reading {} failed: {}", path, names[d], h5_error_stack()));
+        if (H5Dread(found.dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, buf.data()) < 0) {
+          problems.push_back(fmt::format("checkpoint {}: reading {} failed: {}", where, names[d], h5_error_stack()));
           continue;
         }
         const uint64_t got = chunk_digest(buf.data(), buf.size());
-        if (got != want[c]) problems.push_back(checksum_mismatch(path, names[d], c, c0, c1, got, want[c]));
+        if (got != want[c])
+          problems.push_back(checksum_mismatch(where, names[d], c, c0, c1, got, want[c]));
+        else if (use)
+          use(d, c0, buf);
       }
     }
   } catch (const Error& e) {
     problems.push_back(e.what());
   }
+  return problems;
+}
+
+std::vector<std::string> detail::all_problems(const std::vector<std::string>& problems, MpiComm& comm) {
+  const int N = comm.world_size();
   // Everyone's problems, in rank order, on every rank.
   std::string local;
   for (const auto& p : problems) local += p + "\n";

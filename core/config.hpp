@@ -111,6 +111,12 @@ using StringList = std::vector<std::string>;
   X(bool, async_save, false, saved, restored, any(),                                                                   \
     "Write checkpoints in the background; the step blocks only for the copy to host memory")                           \
   X(int, save_interval, 0, saved, restored, at_least(0), "Save a checkpoint every N steps and at the end (0: never)")  \
+  X(bool, incremental_checkpoints, false, saved, restored, any(),                                                      \
+    "Write only the tensors that changed since the previous checkpoint; the rest become HDF5 external links to the "   \
+    "checkpoint that holds them")                                                                                      \
+  X(int, full_checkpoint_interval, 10, saved, restored, at_least(0),                                                   \
+    "With --incremental_checkpoints: every Nth save writes every tensor, bounding what a checkpoint links to (0: "     \
+    "only the first)")                                                                                                 \
   X(std::string, resume_from_checkpoint, "", saved, this_run, any(),                                                   \
     "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)")         \
   X(std::string, ckpt_write, "auto", unsaved, this_run, one_of({"auto", "hdf5"}),                                      \

@@ -58,6 +58,7 @@ void Checkpointer::restore_or_init(const std::vector<std::string>& candidates) {
       loaded_ = load_checkpoint(c, model_, engine_, control_);
       load_s = seconds_since(t0);
       resumed_ = true;
+      last_saved_ = c;
       break;
     } catch (const CheckpointError& e) {
       if (train_.resume_from_checkpoint != "latest") throw;
@@ -104,7 +105,8 @@ void Checkpointer::save(const TrainProgress& progress_in) {
   if (async_) return start_async(progress);
   const auto t0 = Clock::now();
   const std::string dir = save_checkpoint(train_.output_dir, model_, train_, progress, snapshot_view(engine_), control_,
-                                          train_.save_total_limit);
+                                          train_.save_total_limit, incremental());
+  last_saved_ = dir;
   const double dt = seconds_since(t0);
   save_blocked_s_.push_back(dt);
   if (lead_ && !quiet_) fmt::print("saved {} in {:.2f}s\n", dir, dt);
@@ -115,7 +117,7 @@ void Checkpointer::start_async(const TrainProgress& progress) {
   report_async(async_->wait());  // one save in flight at a time
   const double waited = seconds_since(t0);
   const auto t1 = Clock::now();
-  async_->start(train_.output_dir, model_, train_, progress, engine_, train_.save_total_limit);
+  async_->start(train_.output_dir, model_, train_, progress, engine_, train_.save_total_limit, incremental());
   async_step_ = progress.step;
   async_blocked_s_ = waited + seconds_since(t1);
   async_unreported_ = true;
@@ -142,8 +144,15 @@ void Checkpointer::finish_async_copy() {
         async_step_, async_blocked_s_, copy_s);
 }
 
-void Checkpointer::report_async(const std::string& dir) const {
+void Checkpointer::report_async(const std::string& dir) {
+  if (!dir.empty()) last_saved_ = dir;
   if (lead_ && !quiet_ && !dir.empty()) fmt::print("saved {} (background write finished)\n", dir);
+}
+
+IncrementalPolicy Checkpointer::incremental() const {
+  // --freeze (issue 18, item 1) makes incremental checkpoints the default when anything is frozen: add it here.
+  const bool enabled = train_.incremental_checkpoints;
+  return {enabled, last_saved_, train_.full_checkpoint_interval};
 }
 
 }  // namespace zt

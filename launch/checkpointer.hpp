@@ -69,8 +69,9 @@ class Checkpointer {
  private:
   void restore_or_init(const std::vector<std::string>& candidates);
   void finish_async_copy();
-  void report_async(const std::string& dir) const;
+  void report_async(const std::string& dir);
   void start_async(const TrainProgress& progress);
+  IncrementalPolicy incremental() const;
 
   const ModelConfig& model_;
   const TrainConfig& train_;
@@ -81,6 +82,7 @@ class Checkpointer {
   LoadedCheckpoint loaded_;
   std::unique_ptr<AsyncSaver> async_;
   int64_t commit_seq_ = 0;
+  std::string last_saved_;  // what an incremental save compares with: this run's last save, or the checkpoint resumed
   // Async: the step that saved blocks for the previous write (if still running) and for handing over; the next
   // optimizer step blocks until the writer has copied the shard (on a host backend the copy overlaps the forward
   // and backward). Their sum is the stall of that checkpoint.

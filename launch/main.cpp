@@ -55,22 +55,27 @@ void add_train_command(CLI::App& app, TrainCommand& cmd) {
   cmd.app->add_flag("--quiet", cmd.run_opts.quiet, "No progress lines");
 }
 
-/// `zerotrain ckpt inspect|verify PATH`.
+/// `zerotrain ckpt inspect|verify PATH`, `zerotrain ckpt consolidate PATH -o OUT`.
 struct CkptCommand {
   CLI::App* inspect = nullptr;
   CLI::App* verify = nullptr;
-  std::string path;
+  CLI::App* consolidate = nullptr;
+  std::string path, out;
   bool json = false;
 };
 
 void add_ckpt_command(CLI::App& app, CkptCommand& cmd) {
-  CLI::App* ckpt = app.add_subcommand("ckpt", "Inspect or verify a checkpoint directory");
+  CLI::App* ckpt = app.add_subcommand("ckpt", "Inspect, verify or consolidate a checkpoint directory");
   ckpt->require_subcommand(1);
   cmd.inspect = ckpt->add_subcommand("inspect", "Print a checkpoint's manifest summary (or all of it)");
   cmd.inspect->add_option("path", cmd.path, "Checkpoint directory (OUTPUT/checkpoint-<step>)")->required();
   cmd.inspect->add_flag("--json", cmd.json, "Print the whole manifest as JSON");
   cmd.verify = ckpt->add_subcommand("verify", "Check structure and every checksum; exit 1 on any problem");
   cmd.verify->add_option("path", cmd.path, "Checkpoint directory (OUTPUT/checkpoint-<step>)")->required();
+  cmd.consolidate = ckpt->add_subcommand(
+      "consolidate", "Write a standalone copy of a checkpoint: every tensor stored, none linked to another checkpoint");
+  cmd.consolidate->add_option("path", cmd.path, "Checkpoint directory (OUTPUT/checkpoint-<step>)")->required();
+  cmd.consolidate->add_option("-o,--output", cmd.out, "New checkpoint directory to write (must not exist)")->required();
 }
 
 int inspect_checkpoint(const CkptCommand& cmd, int rank) {
@@ -87,10 +92,22 @@ int inspect_checkpoint(const CkptCommand& cmd, int rank) {
       m.value("tokens_seen", -1), m["data"].value("cursor", -1), m["lr_schedule"].value("last_lr", 0.0),
       m.value("world_size", -1), m.value("zero_stage", -1), m["optimizer"].value("step", -1), m["model"].dump(),
       m["train"].dump());
+  if (m.contains("incremental"))
+    fmt::print("incremental: {} save(s) since a full one; links to {}\n", m["incremental"].value("saves_since_full", 0),
+               m["incremental"].value("links_to", nlohmann::json()).dump());
   fmt::print("{} datasets:\n", m["datasets"].size());
-  for (auto it = m["datasets"].begin(); it != m["datasets"].end(); ++it)
-    fmt::print("  {:<40} shape {:<14} xxh64 {}\n", it.key(), it.value()["shape"].dump(),
-               it.value()["xxh64"].get<std::string>());
+  for (auto it = m["datasets"].begin(); it != m["datasets"].end(); ++it) {
+    const std::string link = it.value().value("link", std::string());
+    fmt::print("  {:<40} shape {:<14} xxh64 {}{}\n", it.key(), it.value()["shape"].dump(),
+               it.value()["xxh64"].get<std::string>(), link.empty() ? "" : " -> " + link);
+  }
+  return 0;
+}
+
+int consolidate_checkpoint(const CkptCommand& cmd, int rank) {
+  zt::MpiComm comm(MPI_COMM_WORLD);
+  zt::consolidate_checkpoint(cmd.path, cmd.out, comm);
+  if (rank == 0) fmt::print("{}: a standalone copy of {} (every tensor stored, digests checked)\n", cmd.out, cmd.path);
   return 0;
 }
 
@@ -154,6 +171,7 @@ int run(int argc, char** argv, int rank) {
   }
   if (*ckpt.inspect) return inspect_checkpoint(ckpt, rank);
   if (*ckpt.verify) return verify_checkpoint(ckpt, rank);
+  if (*ckpt.consolidate) return consolidate_checkpoint(ckpt, rank);
   if (*train.app) return train_command(train, rank);
   return 0;
 }

@@ -1,5 +1,5 @@
 // What the C++ tests share: the run's random seed and inputs, tolerance comparisons, backend buffers that catch
-// unwritten and out-of-range elements, a small model, and Catch2 under MPI.
+// unwritten and out-of-range elements, a small model, scratch directories, and Catch2 under MPI.
 #pragma once
 
 #include <mpi.h>
@@ -11,11 +11,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "core/backend.hpp"
 #include "core/config.hpp"
@@ -225,6 +228,25 @@ inline ModelConfig two_block_model() {
   m.seq_len = 32;
   return m;
 }
+
+// ---- scratch directories ----
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it when the test ends.
+struct ScratchDir {
+  ScratchDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/zt_test_XXXXXX";
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  std::string path;
+};
 
 // ---- Catch2 under MPI ----
 

@@ -35,8 +35,9 @@ def setup(argv, name):
     return work
 
 
-def run(n, args, env=None, expect=0):
-    """Runs `zerotrain args` on n ranks; returns (returncode, stdout+stderr). expect: 0, 'nonzero' or None."""
+def run(n, args, env=None, expect=0, cwd=None):
+    """Runs `zerotrain args` on n ranks (in directory cwd when given); returns (returncode, stdout+stderr). expect: 0,
+    'nonzero' or None."""
     cmd = [ZEROTRAIN] + [str(a) for a in args]
     if n > 1:
         cmd = [MPIEXEC, "-np", str(n), "--oversubscribe", "--bind-to", "none"] + cmd
@@ -46,7 +47,7 @@ def run(n, args, env=None, expect=0):
     t0 = time.time()
     try:
         p = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=RUN_TIMEOUT_S)
+                           timeout=RUN_TIMEOUT_S, cwd=cwd)
         rc, out = p.returncode, p.stdout
     except subprocess.TimeoutExpired as e:
         rc, out = -999, f"TIMEOUT after {RUN_TIMEOUT_S}s: {e.stdout}"

@@ -16,6 +16,7 @@
 #include "ckpt/commit.hpp"
 #include "ckpt/run_dir.hpp"
 #include "core/errors.hpp"
+#include "test/test_util.hpp"
 
 namespace fs = std::filesystem;
 using zt::Leftover;
@@ -23,21 +24,6 @@ using zt::RunDirLock;
 using zt::RunDirLockedError;
 
 namespace {
-
-/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it when the test ends.
-struct ScratchDir {
-  ScratchDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/zt_rundir_XXXXXX";
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string path;
-};
 
 void write_file(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
@@ -70,7 +56,7 @@ std::set<std::string> names_in(const std::string& dir) {
 }  // namespace
 
 TEST_CASE("run dir lock: one holder; a second taker fails naming the directory and the holder") {
-  ScratchDir scratch;
+  zt::test::ScratchDir scratch;
   const std::string out = scratch.path + "/run";  // taking the lock creates the directory
   ::setenv("SLURM_JOB_ID", "4242", 1);
   ::setenv("SLURM_ARRAY_JOB_ID", "4240", 1);
@@ -108,7 +94,7 @@ TEST_CASE("run dir lock: one holder; a second taker fails naming the directory a
 }
 
 TEST_CASE("run dir lock: held by another process until it is SIGKILLed") {
-  ScratchDir scratch;
+  zt::test::ScratchDir scratch;
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
   const pid_t child = ::fork();
@@ -141,7 +127,7 @@ TEST_CASE("run dir lock: held by another process until it is SIGKILLed") {
 }
 
 TEST_CASE("run dir lock: a lock file that does not name its holder still refuses, saying so") {
-  ScratchDir scratch;
+  zt::test::ScratchDir scratch;
   RunDirLock lock = RunDirLock::take(scratch.path);
   write_file(scratch.path + "/.lock", "");  // as seen while the holder is between flock and writing its name
   CHECK(lock_error(scratch.path).find("holder unknown: " + scratch.path + "/.lock is empty") != std::string::npos);
@@ -167,7 +153,7 @@ TEST_CASE("classify_leftover: only the exact dot-names of saves, prunes and `lat
 }
 
 TEST_CASE("clean_leftovers: finishes interrupted saves and prunes, restores an uncommitted re-save, keeps the rest") {
-  ScratchDir scratch;
+  zt::test::ScratchDir scratch;
   const fs::path d = scratch.path;
   RunDirLock lock = RunDirLock::take(scratch.path);
   write_file(d / "checkpoint-2/model.h5", "committed 2");
