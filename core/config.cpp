@@ -82,6 +82,13 @@ void TrainConfig::validate(int world_size) const {
   ZT_CHECK(dtype == "fp32" || dtype == "bf16" || dtype == "auto", "--dtype must be fp32, bf16 or auto, got '{}'",
            dtype);
   ZT_CHECK(comm == "mpi" || comm == "nccl" || comm == "auto", "--comm must be mpi, nccl or auto, got '{}'", comm);
+  ZT_CHECK(sample_interval >= 0, "--sample_interval must be >= 0, got {}", sample_interval);
+  ZT_CHECK(init_from.empty() || resume_from_checkpoint.empty(),
+           "--init_from {} and --resume_from_checkpoint {} cannot be combined: --init_from starts a new run (step 0, "
+           "fresh optimizer) from pretrained parameters, --resume_from_checkpoint continues a saved run with its "
+           "optimizer state. Drop --resume_from_checkpoint to start fine-tuning from {}, or drop --init_from to "
+           "continue the run (its checkpoint already holds the parameters it started from)",
+           init_from, resume_from_checkpoint, init_from);
 }
 
 nlohmann::json to_json(const ModelConfig& m) {
@@ -119,7 +126,9 @@ nlohmann::json to_json(const TrainConfig& t) {
           {"profile_steps", t.profile_steps},
           {"save_total_limit", t.save_total_limit},
           {"async_save", t.async_save},
-          {"resume_from_checkpoint", t.resume_from_checkpoint}};
+          {"resume_from_checkpoint", t.resume_from_checkpoint},
+          {"init_from", t.init_from},
+          {"sample_interval", t.sample_interval}};
 }
 
 namespace {
@@ -214,6 +223,10 @@ void update_from_json(const nlohmann::json& j, ModelConfig& m, TrainConfig& t) {
       read_key(v, k, t.async_save);
     else if (k == "resume_from_checkpoint")
       read_key(v, k, t.resume_from_checkpoint);
+    else if (k == "init_from")
+      read_key(v, k, t.init_from);
+    else if (k == "sample_interval")
+      read_key(v, k, t.sample_interval);
     else
       ZT_FAIL("unknown config key '{}'", k);
   }

@@ -61,6 +61,8 @@ struct TrainConfig {
   bool async_save = false;             ///< write checkpoints in the background (the step blocks for the host copy)
   int save_interval = 0;               ///< checkpoint every N steps and at the end; 0: no checkpoints
   std::string resume_from_checkpoint;  ///< "", "latest" (newest committed in output_dir) or a checkpoint directory
+  std::string init_from;    ///< pretrained parameters: an llm.c model file, a Hugging Face directory, a checkpoint
+  int sample_interval = 0;  ///< rank 0 logs a short generated sample every N steps; 0: off
 
   /// micro-steps per optimizer step for a world size; throws zt::Error when the global batch does not split.
   int grad_accum_steps(int world_size) const;

@@ -12,15 +12,19 @@
 
 #include "ckpt/async_save.hpp"
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/model_source.hpp"
 #include "ckpt/resume.hpp"
 #include "core/data.hpp"
 #include "core/errors.hpp"
+#include "core/generate.hpp"
 #include "core/gpt2.hpp"
 #include "core/lr_schedule.hpp"
 #include "core/model.hpp"
 #include "core/preempt.hpp"
 #include "core/profiling_backend.hpp"
+#include "core/tokenizer.hpp"
 #include "sharding/comm_mpi.hpp"
+#include "sharding/evaluate.hpp"
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
@@ -67,6 +71,56 @@ void dump_tensors(ZeroEngine& engine, const ParamTable& table, bool grads, const
   if (write) ZT_CHECK(out.good(), "failed writing debug dump file {}", path);
 }
 
+/// --sample_interval: rank 0 continues the opening tokens of the first validation (else training) sequence with the
+/// current parameters, for the log. At ZeRO-3 every rank takes part in gathering them to rank 0, which then holds
+/// the whole model (the generator's parameters and K/V cache stay allocated between samples).
+class TrainingSampler {
+ public:
+  TrainingSampler(const ParamTable& table, Backend& backend, const DataLoader& loader, uint64_t seed)
+      : table_(table), be_(backend), seed_(seed) {
+    const int T = table.config().seq_len;
+    std::vector<int32_t> in(static_cast<size_t>(T)), tg(static_cast<size_t>(T));
+    if (loader.n_val_sequences() > 0)
+      loader.val_batch(0, 1, 0, 1, in.data(), tg.data());
+    else
+      loader.train_batch(0, 1, 0, 1, in.data(), tg.data());
+    prompt_.assign(in.begin(), in.begin() + std::max(1, std::min(16, T / 4)));
+  }
+
+  /// The sample's text (rank 0; "" elsewhere): bytes escaped for a byte vocabulary, else token ids.
+  std::string sample(ZeroEngine& engine, bool lead, uint64_t step) {
+    if (lead && !params_) {
+      params_ = std::make_unique<FullParams>(table_, be_);
+      gen_ = std::make_unique<Generator>(table_, be_, table_.config().seq_len);
+    }
+    std::vector<float> host;
+    for (size_t u = 0; u < table_.units().size(); ++u) {
+      if (!lead && engine.stage() < 3) break;  // below stage 3 rank 0 has every parameter already
+      host.resize(table_.units()[u].numel);
+      engine.gather_unit(int(u), false, host.data());
+      if (lead) be_.from_host(params_->unit(int(u)), host.data(), host.size());
+    }
+    if (!lead) return std::string();
+    SamplingOptions opts;
+    opts.max_new_tokens = std::min(64, gen_->max_T() - int(prompt_.size()));
+    opts.top_k = 40;
+    opts.seed = seed_ ^ (step << 32);
+    const std::vector<int32_t> seq = generate(*gen_, *params_, prompt_, opts);
+    const std::vector<int32_t> fresh(seq.begin() + long(prompt_.size()), seq.end());
+    if (table_.config().vocab <= 256)
+      return fmt::format("\"{}\" -> \"{}\"", escape_bytes(decode_bytes(prompt_)), escape_bytes(decode_bytes(fresh)));
+    return fmt::format("[{}] -> [{}]", fmt::join(prompt_, " "), fmt::join(fresh, " "));
+  }
+
+ private:
+  const ParamTable& table_;
+  Backend& be_;
+  uint64_t seed_;
+  std::vector<int32_t> prompt_;
+  std::unique_ptr<FullParams> params_;
+  std::unique_ptr<Generator> gen_;
+};
+
 }  // namespace
 
 TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& comm, Backend& backend,
@@ -77,8 +131,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   TrainConfig tcfg = tcfg_in;
   auto* mpi = dynamic_cast<MpiComm*>(&comm);
   ZT_CHECK(mpi || (tcfg.save_interval == 0 && tcfg.exit_after_steps == 0 && !tcfg.async_save &&
-                   tcfg.resume_from_checkpoint.empty()),
-           "checkpoints need the MPI communicator");
+                   tcfg.resume_from_checkpoint.empty() && tcfg.init_from.empty()),
+           "checkpoints and --init_from need the MPI communicator");
   // Resume: the first readable candidate's manifest fixes the run shape (global batch) before anything is built.
   std::vector<std::string> candidates;
   if (!tcfg.resume_from_checkpoint.empty()) {
@@ -132,7 +186,16 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   if (!resumed) {
     if (lead && tcfg.resume_from_checkpoint == "latest")
       fmt::print("no usable checkpoint in {}: starting fresh\n", tcfg.output_dir);
-    engine.init_params(tcfg.seed);
+    if (tcfg.init_from.empty()) {
+      engine.init_params(tcfg.seed);
+    } else {
+      const auto ti = Clock::now();
+      const std::unique_ptr<ModelSource> src = open_model_source(tcfg.init_from);
+      init_params_from(*src, engine, *mpi);
+      if (lead && !opts.quiet)
+        fmt::print("initialised from {} ({}) in {:.2f}s: parameters only, fresh optimizer, step 0\n", tcfg.init_from,
+                   src->format(), std::chrono::duration<double>(Clock::now() - ti).count());
+    }
   }
   const int start_step = resumed ? int(loaded.progress.step) : 0;
   const int64_t cursor0 = resumed ? loaded.progress.data_cursor : 0;
@@ -216,18 +279,8 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
   }
 
   std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
-  auto eval = [&](int64_t /*step*/) {
-    double sum = 0;
-    for (int i = 0; i < tcfg.eval_batches; ++i)
-      for (int m = 0; m < accum; ++m) {
-        loader.val_batch(i, G, rank * per_rank + m * B, B, inputs.data(), targets.data());
-        engine.begin_micro_step(model, false);
-        sum += model.step(engine, inputs.data(), targets.data(), false, 0.0f);
-        engine.end_micro_step();
-      }
-    comm.all_reduce_sum(&sum, 1);
-    return sum / (double(tcfg.eval_batches) * G * T);
-  };
+  auto eval = [&] { return evaluate(model, engine, loader, int64_t(tcfg.eval_batches) * G, G, comm).loss; };
+  TrainingSampler sampler(table, backend, loader, tcfg.seed);
 
   TrainSummary summary;
   std::unique_ptr<AsyncSaver> async;
@@ -384,7 +437,7 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
     const bool do_eval = tcfg.eval_interval > 0 && loader.n_val_sequences() > 0 &&
                          ((step + 1) % tcfg.eval_interval == 0 || step + 1 == tcfg.max_steps);
     if (do_eval) {
-      val_loss = eval(step);
+      val_loss = eval();
       summary.last_val_loss = val_loss;
     }
     if (lead) {
@@ -402,6 +455,13 @@ TrainSummary train(const ModelConfig& mcfg, const TrainConfig& tcfg_in, Comm& co
             step + 1, int(std::to_string(tcfg.max_steps).size()), tcfg.max_steps, loss, lr, grad_norm, tok_s,
             flops_per_token * tok_s / 1e9, hms(eta),
             do_eval ? fmt::format(" | val_loss {:.4f}", val_loss) : std::string());
+        std::fflush(stdout);
+      }
+    }
+    if (tcfg.sample_interval > 0 && (step + 1) % tcfg.sample_interval == 0) {
+      const std::string text = sampler.sample(engine, lead, uint64_t(step + 1));
+      if (lead && !opts.quiet) {
+        fmt::print("sample at step {}: {}\n", step + 1, text);
         std::fflush(stdout);
       }
     }

@@ -20,6 +20,7 @@
 #include "core/preempt.hpp"
 #include "core/trainer.hpp"
 #include "launch/device_select.hpp"
+#include "launch/model_commands.hpp"
 #include "sharding/comm_mpi.hpp"
 
 namespace {
@@ -189,6 +190,12 @@ int run(int argc, char** argv, int rank) {
       *train, overrides, "--resume_from_checkpoint", &TrainConfig::resume_from_checkpoint,
       "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)",
       d.resume_from_checkpoint);
+  add_override(*train, overrides, "--init_from", &TrainConfig::init_from,
+               "Start from pretrained parameters (step 0, fresh optimizer): an llm.c model file, a Hugging Face "
+               "directory (model.safetensors + config.json) or a checkpoint directory; the model shape comes from it",
+               d.init_from);
+  add_override(*train, overrides, "--sample_interval", &TrainConfig::sample_interval,
+               "Log a short generated sample from rank 0 every N steps (0: never)", d.sample_interval);
   zt::RunOptions run_opts;
   train->add_option("--debug_dump_dir", run_opts.debug_dump_dir,
                     "Debug: write initial params, batches, per-step gradients and params here (cross-checks)");
@@ -205,6 +212,8 @@ int run(int argc, char** argv, int rank) {
   inspect->add_flag("--json", inspect_json, "Print the whole manifest as JSON");
   CLI::App* verify = ckpt->add_subcommand("verify", "Check structure and every checksum; exit 1 on any problem");
   verify->add_option("path", ckpt_path, "Checkpoint directory (OUTPUT/checkpoint-<step>)")->required();
+  zt::ModelCommands model_cmds;
+  zt::add_model_commands(app, model_cmds);
 
   try {
     app.parse(argc, argv);
@@ -249,28 +258,37 @@ int run(int argc, char** argv, int rank) {
     }
     return problems.empty() ? 0 : 1;
   }
+  if (const int rc = zt::run_model_command(model_cmds, rank); rc >= 0) return rc;
   if (*train) {
     // Precedence: flags > config file > preset. The preset is --preset, else the file's "preset", else tiny.
     nlohmann::json file = config_file.empty() ? nlohmann::json::object() : read_config_file(config_file);
     ZT_CHECK(file.is_object(), "config file {} must hold a table of keys", config_file);
-    if (train->get_option("--preset")->count() == 0 && file.contains("preset")) {
+    const bool preset_flag = train->get_option("--preset")->count() > 0;
+    if (!preset_flag && file.contains("preset")) {
       ZT_CHECK(file["preset"].is_string(), "config file {}: 'preset' must be a string", config_file);
       preset = file["preset"].get<std::string>();
     }
+    const bool preset_given = preset_flag || file.contains("preset");
     file.erase("preset");
     ModelConfig m = zt::model_preset(preset);
     TrainConfig t;
     zt::update_from_json(file, m, t);
     for (auto& o : overrides)
       if (o.opt->count() > 0) o.apply(m, t);
-    int threads = t.threads;
-    if (threads == 0) {
-      // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
-      const int cpus = usable_cpus();
-      const int hw = std::max(1, int(std::thread::hardware_concurrency()));
-      threads = cpus < hw ? cpus : std::max(1, hw / local_rank_count());
+    if (!t.init_from.empty()) {
+      // The model file gives the architecture; whatever else names a model field must agree with it.
+      std::vector<std::pair<std::string, std::string>> asked;
+      for (const char* f : {"n_layer", "n_head", "d_model", "vocab", "seq_len"}) {
+        if (train->get_option(std::string("--") + f)->count() > 0)
+          asked.emplace_back(f, std::string("--") + f);
+        else if (file.contains(f))
+          asked.emplace_back(f, "config file " + config_file);
+        else if (preset_given)
+          asked.emplace_back(f, "--preset " + preset);
+      }
+      m = zt::model_for_init_from(t.init_from, m, asked);
     }
-    zt::RunDevice run_device = zt::make_run_device(t, threads);
+    zt::RunDevice run_device = zt::make_run_device(t, zt::resolve_threads(t.threads));
     if (rank == 0 && !run_opts.quiet) {
       fmt::print("device {}\n", run_device.description);
       std::fflush(stdout);
@@ -282,6 +300,14 @@ int run(int argc, char** argv, int rank) {
 }
 
 }  // namespace
+
+int zt::resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
+  const int cpus = usable_cpus();
+  const int hw = std::max(1, int(std::thread::hardware_concurrency()));
+  return cpus < hw ? cpus : std::max(1, hw / local_rank_count());
+}
 
 int main(int argc, char** argv) {
   int provided = 0;
