@@ -183,6 +183,8 @@ def read_safetensors(path):
         buf = raw[base + b:base + t]
         if e["dtype"] == "F32":
             a = np.frombuffer(buf, dtype="<f4")
+        elif e["dtype"] == "F16":
+            a = np.frombuffer(buf, dtype="<f2").astype(np.float32)
         elif e["dtype"] == "BF16":
             a = (np.frombuffer(buf, dtype="<u2").astype("<u4") << 16).view("<f4")
         else:
