@@ -105,6 +105,7 @@ class TrainingSampler {
     opts.max_new_tokens = std::min(64, gen_->max_T() - int(prompt_.size()));
     opts.top_k = 40;
     opts.seed = seed_ ^ (step << 32);
+    opts.use_cache = be_.name() == "cpu";  // attention_cached has no CUDA kernel yet: recompute the prefix there
     const std::vector<int32_t> seq = generate(*gen_, *params_, prompt_, opts);
     const std::vector<int32_t> fresh(seq.begin() + long(prompt_.size()), seq.end());
     if (table_.config().vocab <= 256)

@@ -143,6 +143,10 @@ std::vector<int32_t> prompt_tokens(const ModelCommands& c, int vocab, const Toke
 
 int run_sample(ModelCommands& c, int rank) {
   RunDevice dev = make_run_device(c.device, resolve_threads(c.device.threads));
+  ZT_CHECK(c.no_kv_cache || dev.backend->name() == "cpu",
+           "sample --device {}: the KV-cache attention (attention_cached) has no {} kernel yet; use --device cpu, or "
+           "--no_kv_cache to recompute the sequence for every token on the {}",
+           c.device.device, dev.backend->name(), dev.backend->name());
   if (rank != 0) return 0;  // generation runs in one process
   const std::unique_ptr<ModelSource> src = open_model_source(c.model);
   const ModelConfig& m = src->config();
