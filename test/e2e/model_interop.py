@@ -212,6 +212,20 @@ def check_sample(work, out):
         drawn += [int(x) for x in sample(ck, *base[:4], "--temperature", 3, "--seed", seed, "--ids").split()[3:]]
     C.check(len(drawn) == 100 and max(drawn) < 200 and len(set(drawn)) > 30,
             f"100 draws at temperature 3: {len(set(drawn))} distinct ids, all below vocab 200 (no padded id)")
+    # llm.c's tokenizer format, written here: uint32 header[256] (20240328, version 2, 200 tokens, eot 0), then per
+    # token a length byte and its bytes; token i is "<i>".
+    tok = os.path.join(work, "tok.bin")
+    with open(tok, "wb") as f:
+        f.write(np.array([20240328, 2, 200, 0] + [0] * 252, dtype="<u4").tobytes())
+        for i in range(200):
+            f.write(bytes([len(f"<{i}>")]) + f"<{i}>".encode())
+    decoded = sample(ck, "--prompt_ids", "5 17 3", "--max_new_tokens", 25, "--top_k", 0, "--seed", 1,
+                     "--tokenizer", tok)
+    encoded = sample(ck, "--prompt", "<5><17><3>", "--max_new_tokens", 25, "--top_k", 0, "--seed", 1,
+                     "--tokenizer", tok)
+    C.check(decoded == "".join(f"<{i}>" for i in ids).encode() + b"\n" and encoded == decoded,
+            "--tokenizer (llm.c's format): the same tokens decoded to its pieces; --prompt text encoded by it",
+            f"{decoded[:80]!r} {encoded[:80]!r}")
     text = sample(ck, "--prompt", "ab", "--max_new_tokens", 30, "--seed", 4)
     C.check(text[:2] == b"ab" and text[-1:] == b"\n" and len(text) == 33 and max(text[2:-1]) < 200,
             "byte vocabulary: the text's bytes, all from the corpus's 200 symbols")

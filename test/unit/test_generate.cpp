@@ -1,13 +1,19 @@
 // Generation: the cached attention op against attention_forward, cached against uncached logits, the generator
 // against the training forward, and sampling (greedy, top-k, temperature, determinism).
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <random>
 #include <vector>
 
+#include "core/errors.hpp"
 #include "core/generate.hpp"
 #include "core/gpt2.hpp"
 #include "core/ops.hpp"
+#include "core/tokenizer.hpp"
 
 namespace {
 
@@ -174,4 +180,37 @@ TEST_CASE("generate: deterministic for a seed, the cache changes nothing, the co
   CHECK(zt::generate(gen, m.params, prompt, opts) != a);
   opts.max_new_tokens = 100;
   CHECK(zt::generate(gen, m.params, prompt, opts).size() == size_t(m.cfg.seq_len));
+}
+
+TEST_CASE("llm.c tokenizer files: decode, greedy encode, and malformed files named", "[generate]") {
+  // The test's own writer of llm.c's format: uint32 header[256] (magic, version 2, vocab, eot), then length + bytes.
+  const std::vector<std::string> pieces = {"a", "b", "ab", "abc", " ", "<|end|>"};
+  char path[] = "/tmp/zt_tokenizer_XXXXXX";
+  const int fd = ::mkstemp(path);
+  ::close(fd);
+  auto write = [&](uint32_t magic, uint32_t version, size_t drop_bytes) {
+    uint32_t header[256] = {magic, version, uint32_t(pieces.size()), 5};
+    std::string bytes(reinterpret_cast<const char*>(header), sizeof(header));
+    for (const auto& p : pieces) bytes += char(p.size()) + p;
+    std::ofstream(path, std::ios::binary) << bytes.substr(0, bytes.size() - drop_bytes);
+  };
+  write(20240328, 2, 0);
+  const zt::Tokenizer tok = zt::Tokenizer::load(path);
+  CHECK(tok.vocab_size() == 6);
+  CHECK(tok.eot() == 5);
+  CHECK(tok.decode({3, 4, 0, 5}) == "abc a<|end|>");
+  CHECK(tok.encode("abcab ba") == std::vector<int32_t>{3, 2, 4, 1, 0});  // longest match first
+  CHECK_THROWS_WITH(tok.encode("abx"), Catch::Contains("no token for byte 0x78"));
+  CHECK_THROWS_WITH(tok.piece(6), Catch::Contains("outside tokenizer"));
+  write(20240326, 2, 0);
+  CHECK_THROWS_WITH(zt::Tokenizer::load(path), Catch::Contains(path) && Catch::Contains("magic 20240326 (header[0])"));
+  write(20240328, 3, 0);
+  CHECK_THROWS_WITH(zt::Tokenizer::load(path), Catch::Contains("version 3 (header[1])"));
+  write(20240328, 2, 3);
+  CHECK_THROWS_WITH(zt::Tokenizer::load(path), Catch::Contains("truncated at token 5 of 6"));
+  std::remove(path);
+  CHECK(zt::decode_bytes({104, 105}) == "hi");
+  CHECK(zt::encode_bytes("hi", 256) == std::vector<int32_t>{104, 105});
+  CHECK_THROWS_WITH(zt::encode_bytes("hi", 100), Catch::Contains("byte 0x68"));
+  CHECK(zt::escape_bytes(std::string("a\n\x01\\", 4)) == "a\\n\\x01\\\\");
 }

@@ -297,3 +297,27 @@ TEST_CASE("malformed model files are refused, naming the file and the field", "[
   write_file(dir / "text.txt", "hello world, not a model");
   CHECK_THROWS_WITH(zt::open_model_source(dir / "text.txt"), Contains("text.txt") && Contains("20240326"));
 }
+
+TEST_CASE("a sharded safetensors model (model.safetensors.index.json) reads across its files", "[model_io]") {
+  const MemorySource mem(io_config(), 13);
+  TempDir dir;
+  zt::export_model(mem, "safetensors", "fp32", dir / "one");
+  const auto whole = zt::open_model_source(dir / "one");
+  // Layer 0 and the embeddings in one file, the rest in another, as transformers shards large models.
+  const zt::ParamTable table(mem.config());
+  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, std::string>> parts[2];
+  nlohmann::json map = nlohmann::json::object();
+  for (const TensorSpec& t : table.tensors()) {
+    const std::vector<float> v = read_all(*whole, t);
+    const int part = t.name.rfind("h.0.", 0) == 0 || t.name == "wte" || t.name == "wpe" ? 0 : 1;
+    const std::string name = t.name == "wte" || t.name == "wpe" ? t.name + ".weight" : t.name;
+    parts[part].emplace_back(name, "F32", t.shape, std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+    map[name] = fmt::format("model-0000{}-of-00002.safetensors", part + 1);
+  }
+  fs::create_directory(dir / "sharded");
+  for (int p = 0; p < 2; ++p)
+    write_file(dir / fmt::format("sharded/model-0000{}-of-00002.safetensors", p + 1), safetensors_bytes(parts[p]));
+  write_file(dir / "sharded/model.safetensors.index.json", nlohmann::json{{"weight_map", map}}.dump());
+  write_file(dir / "sharded/config.json", hf_config_text(mem.config()));
+  check_round_trip(mem, *zt::open_model_source(dir / "sharded"), false);
+}
