@@ -53,15 +53,10 @@ void init_params_from(const ModelSource& src, ZeroEngine& engine, MpiComm& comm)
     check_same_model(src, table.config());
     std::vector<float> staging;
     for (size_t u = 0; u < table.units().size(); ++u) {
-      std::vector<TensorExtent> ext;
-      for (int ti : table.units()[u].tensors) {
-        const TensorSpec& t = table.tensors()[size_t(ti)];
-        ext.push_back({ti, t.unit_offset, t.numel()});
-      }
       const ZeroEngine::OwnedSlice s = engine.owned_slice(int(u));
       // Padding (wte's rows past vocab, ZeRO's tail) stays zero; so does the fresh optimizer state.
       for (float* p : {s.params, s.m, s.v}) be.zero(p, s.end - s.begin);
-      for (const Piece& pc : pieces_in_range(ext, s.begin, s.end))
+      for (const Piece& pc : engine.owned_pieces(int(u)))
         read_into(src, table.tensors()[size_t(pc.tensor)], pc.tensor_offset, pc.tensor_offset + pc.count,
                   s.params + (pc.flat_offset - s.begin), be, staging);
     }

@@ -2,6 +2,7 @@
 # files written and read the way llm.c's gpt2_build_from_checkpoint lays them out, safetensors read with json + numpy,
 # llm.c token shards, and bf16 rounding. Nothing here calls zerotrain code.
 import json
+import os
 import struct
 
 import numpy as np
@@ -95,6 +96,14 @@ def write_token_shard(path, tokens):
     with open(path, "wb") as f:
         f.write(header.tobytes())
         f.write(np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def token_batch(work, n_sequences, T, vocab, seed):
+    """A token shard of n_sequences random sequences in work/batch.bin: (its path, inputs, targets)."""
+    tokens = np.random.default_rng(seed).integers(0, vocab, n_sequences * T + 1)
+    path = os.path.join(work, "batch.bin")
+    write_token_shard(path, tokens)
+    return (path,) + windows(tokens, T)
 
 
 def bf16_round(a):

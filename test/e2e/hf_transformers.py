@@ -162,11 +162,7 @@ def main():
     torch.set_num_threads(1)
     print(f"transformers {transformers.__version__}, torch {torch.__version__} in {VENV}")
     work = C.setup(sys.argv, "hf_transformers")
-    rng = np.random.default_rng(2)
-    tokens = rng.integers(0, 200, 12 * T + 1)
-    batch = os.path.join(work, "batch.bin")
-    G.write_token_shard(batch, tokens)
-    inputs, targets = G.windows(tokens, T)
+    batch, inputs, targets = G.token_batch(work, 12, T, 200, seed=2)
     run = os.path.join(work, "run")
     C.run(1, C.train_args(run, n_layer=2, n_head=2, d_model=64, vocab=200, seq_len=T, max_steps=30,
                           learning_rate=1e-2, save_interval=30))

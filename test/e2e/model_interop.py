@@ -290,11 +290,7 @@ def check_errors(work, out, hf, batch):
 def main():
     t0 = time.time()
     work = C.setup(sys.argv, "model_interop")
-    rng = np.random.default_rng(1)
-    tokens = rng.integers(0, 200, 37 * T + 1)
-    batch = os.path.join(work, "batch.bin")
-    G.write_token_shard(batch, tokens)
-    inputs, targets = G.windows(tokens, T)
+    batch, inputs, targets = G.token_batch(work, 37, T, 200, seed=1)
     out, val_losses = train_model(work)
     ckpt_loss = check_eval(work, out, val_losses, batch, inputs, targets)
     hf = check_exports(work, out, ckpt_loss, batch, inputs, targets)
