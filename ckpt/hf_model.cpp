@@ -171,7 +171,9 @@ class HfSource final : public RawModelSource {
     out.dtype = e["dtype"].get<std::string>();
     uint64_t numel = 1;
     for (const auto& d : e["shape"]) {
-      ZT_CHECK(d.is_number_unsigned(), "{} '{}': tensor '{}' has shape {}", where, path, name, e["shape"].dump());
+      ZT_CHECK(d.is_number_unsigned() && d.get<uint64_t>() < (uint64_t(1) << 40) &&
+                   (d.get<uint64_t>() == 0 || numel <= (uint64_t(1) << 40) / d.get<uint64_t>()),
+               "{} '{}': tensor '{}' has shape {}", where, path, name, e["shape"].dump());
       out.shape.push_back(d.get<int64_t>());
       numel *= d.get<uint64_t>();
     }

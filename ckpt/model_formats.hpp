@@ -66,7 +66,7 @@ std::unique_ptr<ModelSource> open_checkpoint_model(const std::string& dir);
 void write_llmc_model(const ModelSource& src, bool bf16, const std::string& out_file);
 void write_hf_model(const ModelSource& src, bool bf16, const std::string& out_dir);
 
-/// Writes a file through `path`.tmp, fsync and rename, so it appears complete or not at all.
+/// Writes a file through `path`.tmp.<pid>, fsync and rename, so it appears complete or not at all.
 class AtomicFile {
  public:
   explicit AtomicFile(const std::string& path);

@@ -146,7 +146,9 @@ void RawModelSource::read(const TensorSpec& t, size_t a, size_t b, float* dst) c
              path_, tied->second.name, it->second.name, a + e, copy[e], dst[e]);
 }
 
-AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp") {
+// The temporary name carries the process id: two exports to one place at once each write their own file, and the
+// last rename wins with a whole one.
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(fmt::format("{}.tmp.{}", path, ::getpid())) {
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   ZT_CHECK(fd_ >= 0, "cannot create '{}': {}", tmp_, std::strerror(errno));
 }
@@ -210,7 +212,15 @@ std::string directory_of(const std::string& file) {
 }
 
 std::unique_ptr<ModelSource> open_directory(const std::string& dir) {
-  if (exists(dir + "/model.h5")) return open_checkpoint_model(dir);
+  if (exists(dir + "/model.h5")) {
+    std::string name = dir.substr(0, dir.find_last_not_of('/') + 1);
+    name = name.substr(name.rfind('/') + 1);  // npos + 1 = 0: no slash
+    ZT_CHECK(name.rfind(".checkpoint-", 0) != 0,
+             "'{}' is not a committed checkpoint (a save in progress, or one that died before its commit): pass a "
+             "checkpoint-<step> directory",
+             dir);
+    return open_checkpoint_model(dir);
+  }
   if (exists(dir + "/model.safetensors")) return open_hf_model(dir, dir + "/model.safetensors");
   if (exists(dir + "/model.safetensors.index.json")) return open_hf_model(dir, dir + "/model.safetensors.index.json");
   if (exists(dir + "/latest")) {

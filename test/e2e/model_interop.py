@@ -13,6 +13,7 @@
 #  * malformed inputs and contradictory flags stop the CLI with a message naming the file and the field.
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -246,6 +247,22 @@ def check_sample(work, out):
             f"trained on a text of 20 letters: the sample {got[:-1]!r} uses only them and spaces")
 
 
+def check_sample_interval(work):
+    print("--sample_interval")
+    runs = {}
+    for every in (0, 5):
+        d = os.path.join(work, f"si{every}")
+        args = C.train_args(d, **MODEL, max_steps=10, zero_stage=3, global_batch_size=4, micro_batch_size=2,
+                            sample_interval=every)
+        _, log = C.run(2, [a for a in args if a != "--quiet"])
+        runs[every] = ([r["loss"] for r in C.metrics(d)], log)
+    lines = [ln for ln in runs[5][1].splitlines() if ln.startswith("sample at step")]
+    C.check(runs[5][0] == runs[0][0] and len(lines) == 2 and lines[0].startswith("sample at step 5: \"")
+            and "sample at" not in runs[0][1],
+            "--sample_interval 5 on 2 ranks at ZeRO-3: rank 0 logs a sample at steps 5 and 10, the losses bitwise "
+            "those of a run without it", "\n".join(lines))
+
+
 def check_errors(work, out, hf, batch):
     print("malformed inputs and contradictory flags")
     bad_hf = os.path.join(work, "bad_hf")
@@ -282,6 +299,9 @@ def check_errors(work, out, hf, batch):
                  expect="nonzero")
     C.check("Drop --resume_from_checkpoint" in o and "drop --init_from" in o,
             "--init_from with --resume_from_checkpoint: says which to drop", o[-400:])
+    shutil.copytree(f"{out}/checkpoint-60", f"{out}/.checkpoint-80.tmp")
+    _, o = C.run(1, ["eval", f"{out}/.checkpoint-80.tmp/", "--data", batch], expect="nonzero")
+    C.check("not a committed checkpoint" in o, "a .checkpoint-N.tmp directory (an uncommitted save): refused", o[-300:])
     _, o = C.run(1, ["export", f"{out}/checkpoint-60", "--format", "onnx", "-o", os.path.join(work, "o")],
                  expect="nonzero")
     C.check("--format must be safetensors or llmc" in o, "export --format onnx: refused", o[-300:])
@@ -296,6 +316,7 @@ def main():
     hf = check_exports(work, out, ckpt_loss, batch, inputs, targets)
     check_llmc_interop(work, batch, inputs, targets)
     check_sample(work, out)
+    check_sample_interval(work)
     check_errors(work, out, hf, batch)
     C.finish("model_interop", work, t0)
 
