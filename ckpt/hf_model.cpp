@@ -61,7 +61,7 @@ ModelConfig config_from_hf(const std::string& path) {
          !(j.contains("layer_norm_epsilon") && j["layer_norm_epsilon"].is_number() &&
            std::abs(j["layer_norm_epsilon"].get<double>() - 1e-5) <= 1e-12),
          "zerotrain's LayerNorm uses 1e-05");
-  refuse("n_inner", !j["n_inner"].is_null() && !is("n_inner", 4 * c.d_model),
+  refuse("n_inner", !is("n_inner", nullptr) && !is("n_inner", 4 * c.d_model),
          "zerotrain's MLP is 4 x n_embd wide (null)");
   refuse("tie_word_embeddings", is("tie_word_embeddings", false), "zerotrain ties the LM head to wte (true)");
   refuse("scale_attn_weights", is("scale_attn_weights", false), "zerotrain scales attention by 1/sqrt(head dim)");

@@ -263,6 +263,9 @@ TEST_CASE("malformed model files are refused, naming the file and the field", "[
   c["activation_function"] = "relu";
   CHECK_THAT(refused(good, c.dump(), "activation"), Contains(cfg) && Contains("activation_function"));
   c = nlohmann::json::parse(good_cfg);
+  c["n_inner"] = 100;
+  CHECK_THAT(refused(good, c.dump(), "n_inner"), Contains(cfg) && Contains("'n_inner' is 100"));
+  c = nlohmann::json::parse(good_cfg);
   c.erase("n_positions");
   c.erase("n_ctx");
   CHECK_THAT(refused(good, c.dump(), "no n_positions"), Contains(cfg) && Contains("n_positions"));
