@@ -72,6 +72,34 @@ TEST_CASE("attention_cached: prefill, chunks and single rows equal attention_for
   }
 }
 
+TEST_CASE("matmul with one row (a token at a time): the matrix-vector path equals the naive sums", "[generate][ops]") {
+  const int C = 40, OC = 300;  // three column tiles, the last partial
+  const std::vector<float> x = random_floats(C, 1, 1.0f), W = random_floats(size_t(C) * OC, 2, 1.0f),
+                           bias = random_floats(OC, 3, 1.0f), dout = random_floats(OC, 4, 1.0f);
+  for (bool transposed : {false, true})
+    for (bool with_bias : {false, true}) {
+      INFO("weight_transposed=" << transposed << " bias=" << with_bias);
+      auto w = [&](int c, int o) { return double(transposed ? W[size_t(o) * C + c] : W[size_t(c) * OC + o]); };
+      std::vector<float> out(OC, NAN), dinp(C, NAN), dW(W.size(), 0.0f);
+      zt::cpu::matmul_forward(out.data(), x.data(), W.data(), with_bias ? bias.data() : nullptr, 1, C, OC, transposed);
+      zt::cpu::matmul_backward<float>(dinp.data(), dW.data(), nullptr, dout.data(), x.data(), W.data(), 1, C, OC,
+                                      transposed);
+      // Sums of 40 (forward) and 300 (dinp) products of O(1) values in float: 1e-4 is ~100 ulp of their size.
+      for (int o = 0; o < OC; ++o) {
+        double s = with_bias ? bias[size_t(o)] : 0;
+        for (int c = 0; c < C; ++c) s += x[size_t(c)] * w(c, o);
+        CHECK(std::abs(out[size_t(o)] - s) <= 1e-4);
+      }
+      for (int c = 0; c < C; ++c) {
+        double s = 0;
+        for (int o = 0; o < OC; ++o) s += dout[size_t(o)] * w(c, o);
+        CHECK(std::abs(dinp[size_t(c)] - s) <= 1e-4);
+      }
+      const size_t probe = transposed ? size_t(7) * C + 5 : size_t(5) * OC + 7;  // dW(c=5, o=7) = x[5] * dout[7]
+      CHECK(dW[probe] == x[5] * dout[7]);
+    }
+}
+
 namespace {
 
 /// A small model with random parameters (GPT-2 init), whole in one process on the CPU backend.
