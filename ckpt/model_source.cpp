@@ -113,18 +113,24 @@ void RawModelSource::read_stored(const StoredTensor& s, size_t a, size_t b, floa
     }
     return;
   }
-  // Logical (i, o) of [rows = in, cols = out] is stored at o * rows + i. The range covers rows i0 .. i1; each output
-  // column o holds them as one run of the file, so a rank reads its rows of every column and nothing else.
+  // Logical (i, o) of [rows = in, cols = out] is stored at o * rows + i. The range covers rows i0 .. i1, which each
+  // stored column o holds as one run. When those are most of a column, runs of several columns are read at once
+  // (the rows between them too: at most as much again); otherwise one read per column, so a rank that owns a few
+  // rows reads those and nothing else.
   const size_t R = s.rows, O = s.cols, i0 = a / O, i1 = (b - 1) / O, n_i = i1 - i0 + 1;
-  std::vector<float> col(n_i);
-  buf.resize(n_i * esz);
-  for (size_t o = 0; o < O; ++o) {
-    pread_exact(s.file, buf.data(), n_i * esz, s.offset + (o * R + i0) * esz, "tensor " + s.name);
-    convert_to_float(buf.data(), s.dtype, n_i, col.data());
-    for (size_t i = i0; i <= i1; ++i) {
-      const size_t e = i * O + o;
-      if (e >= a && e < b) dst[e - a] = col[i - i0];
-    }
+  const size_t cols_per_read = 2 * n_i >= R ? std::max<size_t>(1, kReadBlockElems / R) : 1;
+  std::vector<float> cols;
+  for (size_t o0 = 0; o0 < O; o0 += cols_per_read) {
+    const size_t o1 = std::min(O, o0 + cols_per_read), span = (o1 - o0 - 1) * R + n_i;
+    buf.resize(span * esz);
+    cols.resize(span);
+    pread_exact(s.file, buf.data(), span * esz, s.offset + (o0 * R + i0) * esz, "tensor " + s.name);
+    convert_to_float(buf.data(), s.dtype, span, cols.data());
+    for (size_t o = o0; o < o1; ++o)
+      for (size_t i = i0; i <= i1; ++i) {
+        const size_t e = i * O + o;
+        if (e >= a && e < b) dst[e - a] = cols[(o - o0) * R + (i - i0)];
+      }
   }
 }
 
