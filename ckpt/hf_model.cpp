@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -80,6 +79,16 @@ struct Entry {
   std::vector<int64_t> shape;
   uint64_t offset = 0;  ///< absolute byte offset in the file
 };
+
+/// h.<layer>.attn.bias or h.<layer>.attn.masked_bias: the causal-mask buffers older transformers versions saved
+/// beside the parameters (they are not parameters).
+bool is_attention_buffer(const std::string& name) {
+  if (name.rfind("h.", 0) != 0) return false;
+  size_t i = 2;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+  const std::string rest = name.substr(i);
+  return i > 2 && (rest == ".attn.bias" || rest == ".attn.masked_bias");
+}
 
 bool parse_dtype(const std::string& s, DiskDtype& d) {
   if (s == "F32")
@@ -237,11 +246,9 @@ class HfSource final : public RawModelSource {
       must_equal_["wte"] = stored(it->second.first, it->second.second, table.tensors()[0].shape);
       by_name.erase(it);
     }
-    // The causal-mask buffers older transformers versions saved are not parameters.
-    static const std::regex buffer(R"(h\.\d+\.attn\.(bias|masked_bias))");
     std::vector<std::string> extra;
     for (const auto& [bare, named] : by_name)
-      if (!std::regex_match(bare, buffer)) extra.push_back(named.first);
+      if (!is_attention_buffer(bare)) extra.push_back(named.first);
     ZT_CHECK(extra.empty(),
              "'{}' holds {} tensor(s) that a GPT-2 of {} has no place for: {}{}: config.json disagrees with the "
              "tensors, or this is not a GPT-2 language model",
