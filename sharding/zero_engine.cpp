@@ -322,6 +322,11 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
   be_.release(full);
 }
 
+std::vector<Piece> ZeroEngine::owned_pieces(int unit) const {
+  const ShardLayout& L = layouts_[size_t(unit)];
+  return pieces_in_range(extents_[size_t(unit)], L.begin(comm_.rank()), L.end(comm_.rank()));
+}
+
 ZeroEngine::OwnedSlice ZeroEngine::owned_slice(int unit) {
   Unit& u = *units_[size_t(unit)];
   const ShardLayout& L = layouts_[size_t(unit)];

@@ -70,6 +70,9 @@ class ZeroEngine final : public UnitProvider {
     float *params = nullptr, *m = nullptr, *v = nullptr;
   };
   OwnedSlice owned_slice(int unit);
+  /// The tensors' logical elements (padding excluded) inside this rank's slice of a unit, in flat order: what a
+  /// rank reads or writes of each tensor when it loads its slice.
+  std::vector<Piece> owned_pieces(int unit) const;
   /// After a resume overwrote every owned slice: re-replicates what the stage keeps whole and sets Adam's step.
   /// Collective.
   void finish_load(int64_t adam_step);
