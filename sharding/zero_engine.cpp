@@ -323,8 +323,14 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
 }
 
 std::vector<Piece> ZeroEngine::owned_pieces(int unit) const {
+  // Logical extents, not extents_ (storage: wte's padded rows), which the optimizer walks.
+  std::vector<TensorExtent> ext;
+  for (int ti : table_.units()[size_t(unit)].tensors) {
+    const TensorSpec& t = table_.tensors()[size_t(ti)];
+    ext.push_back({ti, t.unit_offset, t.numel()});
+  }
   const ShardLayout& L = layouts_[size_t(unit)];
-  return pieces_in_range(extents_[size_t(unit)], L.begin(comm_.rank()), L.end(comm_.rank()));
+  return pieces_in_range(ext, L.begin(comm_.rank()), L.end(comm_.rank()));
 }
 
 ZeroEngine::OwnedSlice ZeroEngine::owned_slice(int unit) {
