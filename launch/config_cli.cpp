@@ -159,22 +159,28 @@ TrainSettings TrainFlags::settings() const {
   nlohmann::json file = config_file_.empty() ? nlohmann::json::object() : read_config_file(config_file_);
   std::string preset = preset_;
   bool preset_given = app_.get_option("--preset")->count() > 0;
+  std::string preset_source = "--preset " + preset;
   if (!preset_given && file.contains("preset")) {
     ZT_CHECK(file["preset"].is_string(), "config file {}: key 'preset' must be a string, got {}", config_file_,
              file["preset"].dump());
     preset = file["preset"].get<std::string>();
     preset_given = true;
+    preset_source = fmt::format("preset {} in config file {}", preset, config_file_);
   }
   file.erase("preset");
   s.model = model_preset(preset);
+  auto given = [&s](const std::string& key, const std::string& source) {
+    s.explicit_keys.insert(key);
+    s.sources[key] = source;
+  };
   for (const FieldSpec& f : config_fields())
-    if (f.model && preset_given) s.explicit_keys.insert(f.name);
+    if (f.model && preset_given) given(f.name, preset_source);
   update_from_json(file, s.model, s.train, fmt::format("config file {}: ", config_file_));
-  for (auto it = file.begin(); it != file.end(); ++it) s.explicit_keys.insert(it.key());
+  for (auto it = file.begin(); it != file.end(); ++it) given(it.key(), "config file " + config_file_);
   for (const auto& [f, o] : options_) {
     if (o->count() == 0) continue;
     set_from_flag(*f, *o, s.model, s.train);
-    s.explicit_keys.insert(f->name);
+    given(f->name, "--" + f->name);
   }
   return s;
 }

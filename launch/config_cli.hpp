@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <set>
 #include <string>
 #include <utility>
@@ -21,6 +22,8 @@ struct TrainSettings {
   ModelConfig model;
   TrainConfig train;
   std::set<std::string> explicit_keys;  ///< fields set by a flag or a config-file key (by a preset: every model field)
+  std::map<std::string, std::string>
+      sources;  ///< who set each explicit key: "--n_layer", "config file F", "--preset P"
 };
 
 /// The flags of `zerotrain train` that make its configuration: --preset, --config and one per config field.

@@ -26,10 +26,8 @@ ModelConfig model_for_init_from(const std::string& path, const TrainSettings& se
   std::vector<std::string> lines;
   for (const FieldSpec& f : config_fields())
     if (f.model && settings.explicit_keys.count(f.name) > 0 && have[f.name] != want[f.name])
-      lines.push_back(
-          fmt::format("{}: the model file has {} ({}), the settings ask for {} (--{}, its config-file "
-                      "key, or --preset)",
-                      f.name, have[f.name].dump(), src->field_origin(f.name), want[f.name].dump(), f.name));
+      lines.push_back(fmt::format("{}: the model file has {} ({}), {} asks for {}", f.name, have[f.name].dump(),
+                                  src->field_origin(f.name), settings.sources.at(f.name), want[f.name].dump()));
   ZT_CHECK(lines.empty(),
            "--init_from {} ({}) is not the model the other settings ask for: {}. The model file gives the "
            "architecture: drop those settings, or give a file of that shape",

@@ -19,7 +19,7 @@ int resolve_threads(int requested);
 
 /// Model config for `train --init_from`: the model file's, checked against every model field the settings name
 /// explicitly (a flag, a config-file key, or any --preset). Throws zt::Error naming the file and, for each field
-/// that differs, both values and where each came from.
+/// that differs, both values and where each came from (the file's field; TrainSettings::sources).
 ModelConfig model_for_init_from(const std::string& path, const TrainSettings& settings);
 
 /// The flags of export, sample and eval, and what they were parsed into.
