@@ -116,12 +116,7 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
       }
       at += 3 * n;
     }
-    std::vector<TensorExtent> ext;
-    for (int ti : table.units()[size_t(snap.parts[p].unit)].tensors) {
-      const TensorSpec& t = table.tensors()[size_t(ti)];
-      ext.push_back({ti, t.unit_offset, t.numel()});
-    }
-    for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
+    for (const Piece& pc : engine.owned_pieces(p)) {
       ShardSnapshot::TensorPiece& tp = snap.pieces[size_t(pc.tensor)];
       tp.a = pc.tensor_offset;
       tp.b = pc.tensor_offset + pc.count;

@@ -128,13 +128,8 @@ ShardTargets shard_targets(ZeroEngine& engine) {
   ShardTargets out{std::vector<size_t>(n_t, 0), std::vector<size_t>(n_t, 0),
                    std::vector<std::array<float*, 3>>(n_t, {nullptr, nullptr, nullptr})};
   for (size_t p = 0; p < engine.n_parts(); ++p) {
-    std::vector<TensorExtent> ext;
-    for (int ti : table.units()[size_t(engine.part(p).unit)].tensors) {
-      const TensorSpec& t = table.tensors()[size_t(ti)];
-      ext.push_back({ti, t.unit_offset, t.numel()});
-    }
     const ZeroEngine::OwnedSlice s = engine.owned_slice(p);
-    for (const Piece& pc : pieces_in_range(ext, s.begin, s.end)) {
+    for (const Piece& pc : engine.owned_pieces(p)) {
       out.a[size_t(pc.tensor)] = pc.tensor_offset;
       out.b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;
       const size_t off = pc.flat_offset - s.begin;

@@ -91,6 +91,13 @@ class Backend {
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) = 0;
   virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T,
                                   int C, int NH) = 0;
+  /// Generation: attention of n_new query rows at positions [pos, pos + n_new) against the K/V cache of earlier
+  /// positions (cpu::attention_cached in core/ops.hpp); stores the new rows' k and v in the cache first.
+  virtual void attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new, int pos,
+                                int max_T, int C, int NH) = 0;
+  /// Whether attention_cached runs here; where it does not (the CUDA backend has no kernel yet) it throws zt::Error,
+  /// and generation recomputes the whole prefix per token instead.
+  virtual bool supports_attention_cached() const { return true; }
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, size_t n) = 0;

@@ -77,6 +77,15 @@ void TrainConfig::validate(int world_size) const {
            "per step; raise --global_batch_size or use fewer ranks",
            global_batch(world_size), world_size);
   grad_accum_steps(world_size);
+  // 'latest' with --init_from is what a requeued fine-tuning job passes (launch/zerotrain.sbatch always says
+  // latest): it resumes its own checkpoint once one is committed. A named checkpoint leaves nothing to init.
+  ZT_CHECK(init_from.empty() || resume_from_checkpoint.empty() || resume_from_checkpoint == "latest",
+           "--init_from {} and --resume_from_checkpoint {} cannot be combined: --init_from starts a new run (step 0, "
+           "fresh optimizer) from pretrained parameters, --resume_from_checkpoint continues a saved run with its "
+           "optimizer state. Drop --resume_from_checkpoint to start fine-tuning from {}, or drop --init_from to "
+           "continue the run (its checkpoint already holds the parameters it started from); "
+           "--resume_from_checkpoint latest may be combined with --init_from (resumes once a checkpoint exists)",
+           init_from, resume_from_checkpoint, init_from);
 }
 
 ResumedConfig resume_config(const nlohmann::json& manifest, const ModelConfig& m, const TrainConfig& t,

@@ -119,6 +119,12 @@ using StringList = std::vector<std::string>;
     "only the first)")                                                                                                 \
   X(std::string, resume_from_checkpoint, "", saved, this_run, any(),                                                   \
     "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)")         \
+  X(std::string, init_from, "", saved, this_run, any(),                                                                \
+    "Start from pretrained parameters (step 0, fresh optimizer): an llm.c model file, a Hugging Face GPT-2 directory " \
+    "or model.safetensors, or a zerotrain checkpoint; with --resume_from_checkpoint latest, only when no checkpoint "  \
+    "is committed yet")                                                                                                \
+  X(int, sample_interval, 0, saved, restored, at_least(0),                                                             \
+    "Rank 0 logs a short generated sample every N steps (0: never)")                                                   \
   X(std::string, ckpt_write, "auto", unsaved, this_run, one_of({"auto", "hdf5"}),                                      \
     "How checkpoint tensors reach the file: hdf5 (always H5Dwrite) or auto (pwrite by each rank where every rank can " \
     "open the file, else H5Dwrite; the deprecated ZT_CKPT_WRITE=hdf5 when set)")                                       \

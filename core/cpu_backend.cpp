@@ -88,6 +88,10 @@ class CpuBackend final : public Backend {
                           int NH) override {
     cpu::attention_backward(dqkv, dout, qkv, att, B, T, C, NH);
   }
+  void attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new, int pos,
+                        int max_T, int C, int NH) override {
+    cpu::attention_cached(out, k_cache, v_cache, qkv, B, n_new, pos, max_T, C, NH);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override { cpu::gelu_forward(out, inp, n); }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
     cpu::gelu_backward(dinp, inp, dout, n);

@@ -70,6 +70,11 @@ class ForwardingBackend : public Backend {
                           int NH) override {
     inner_.attention_backward(dqkv, dout, qkv, att, B, T, C, NH);
   }
+  bool supports_attention_cached() const override { return inner_.supports_attention_cached(); }
+  void attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new, int pos,
+                        int max_T, int C, int NH) override {
+    inner_.attention_cached(out, k_cache, v_cache, qkv, B, n_new, pos, max_T, C, NH);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override { inner_.gelu_forward(out, inp, n); }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
     inner_.gelu_backward(dinp, inp, dout, n);

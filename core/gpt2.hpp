@@ -94,6 +94,8 @@ class Gpt2 {
   /// Forward + loss; with `backward`, also the backward pass with dloss per token (1 / tokens in the global
   /// batch). inputs/targets are host arrays of B*T tokens. Returns the sum of per-token losses (natural log).
   double step(UnitProvider& units, const int32_t* inputs, const int32_t* targets, bool backward, float dloss);
+  /// The per-token losses of the last step (host, B*T in row order): what step() summed.
+  const std::vector<float>& token_losses() const { return losses_host_; }
   /// Bytes of activation memory held for the backward (the arena without the backward's work buffers).
   size_t activation_bytes() const { return activation_elems_ * sizeof(float); }
   /// The same from the formula of the recompute mode (no alignment padding), and the formula.

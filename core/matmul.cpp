@@ -22,13 +22,28 @@ constexpr int kTile = 128;
 // sum has one order for any thread count.
 constexpr int kColumnSlice = 64;
 
+// One output row (generation feeds one token at a time) is a matrix-vector product: gemv streams the weight once,
+// where gemm would first pack it, a copy as large as the product itself. Returns false for any other product.
+template <typename T, typename Gemv>
+bool row_product(Gemv gemv, bool trans_a, bool trans_b, int M, int N, int K, const T* A, const T* B, int ldb, T beta,
+                 T* C) {
+  if (M != 1 || trans_a) return false;
+  if (trans_b)
+    gemv(CblasRowMajor, CblasNoTrans, N, K, T(1), B, ldb, A, 1, beta, C, 1);
+  else
+    gemv(CblasRowMajor, CblasTrans, K, N, T(1), B, ldb, A, 1, beta, C, 1);
+  return true;
+}
+
 void gemm_tile(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                float beta, float* C, int ldc) {
+  if (row_product(cblas_sgemv, trans_a, trans_b, M, N, K, A, B, ldb, beta, C)) return;
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A,
               lda, B, ldb, beta, C, ldc);
 }
 void gemm_tile(bool trans_a, bool trans_b, int M, int N, int K, const double* A, int lda, const double* B, int ldb,
                double beta, double* C, int ldc) {
+  if (row_product(cblas_dgemv, trans_a, trans_b, M, N, K, A, B, ldb, beta, C)) return;
   cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K, 1.0, A,
               lda, B, ldb, beta, C, ldc);
 }

@@ -49,6 +49,13 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int T_, int C, int N
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C, int NH);
 
+/// Causal attention of n_new query rows at positions [pos, pos + n_new) against a K/V cache (generation): first
+/// copies the rows' k and v out of qkv[B, n_new, 3C] into k_cache, v_cache [B, max_T, C] at rows
+/// [pos, pos + n_new), then writes out[B, n_new, C]: for each head, softmax(q · K[0 .. pos + t]^T / sqrt(C / NH))
+/// · V[0 .. pos + t], the rows attention_forward gives those positions. pos + n_new <= max_T.
+void attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new, int pos,
+                      int max_T, int C, int NH);
+
 /// GELU, tanh approximation (as GPT-2).
 template <typename T>
 void gelu_forward(T* out, const T* inp, size_t n);

@@ -109,6 +109,14 @@ void ProfilingBackend::attention_backward(float* dqkv, const float* dout, const 
   timed("attention_backward", flops, kF32 * (btc + 3 * btc + 6 * btc),
         [&] { inner_.attention_backward(dqkv, dout, qkv, att, B, T, C, NH); });
 }
+void ProfilingBackend::attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new,
+                                        int pos, int max_T, int C, int NH) {
+  // Each new row against pos + t + 1 cached rows, for Q K^T and P V: 4 C flops a pair; the cache read once per row.
+  const double pairs = double(B) * n_new * (pos + (n_new + 1) / 2.0);
+  const double bnc = double(B) * n_new * C;
+  timed("attention_cached", 4.0 * pairs * C, kF32 * (5 * bnc + 2 * pairs * C),
+        [&] { inner_.attention_cached(out, k_cache, v_cache, qkv, B, n_new, pos, max_T, C, NH); });
+}
 void ProfilingBackend::gelu_forward(float* out, const float* inp, size_t n) {
   timed("gelu_forward", 0, 2 * kF32 * double(n), [&] { inner_.gelu_forward(out, inp, n); });
 }

@@ -207,6 +207,12 @@ class CudaBackend final : public Backend {
     cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
                              attention_tensor_cores_, attention_dkv_capped_, scratch, stream_);
   }
+  bool supports_attention_cached() const override { return false; }
+  void attention_cached(float*, float*, float*, const float*, int, int, int, int, int, int) override {
+    ZT_FAIL(
+        "attention_cached (generation with a KV cache) is not supported on cuda yet; run `zerotrain sample` with "
+        "--device cpu, or with --no_kv_cache");
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     const OutputTargets o = output_targets(out, n);
     cuda::gelu_forward(o.fp32, o.copy, inp, n, stream_);

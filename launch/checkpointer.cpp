@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "ckpt/async_save.hpp"
+#include "ckpt/model_source.hpp"
 #include "ckpt/resume.hpp"
 #include "core/errors.hpp"
 #include "sharding/comm_mpi.hpp"
@@ -67,14 +68,31 @@ void Checkpointer::restore_or_init(const std::vector<std::string>& candidates) {
   }
   if (!resumed_) {
     if (lead_ && train_.resume_from_checkpoint == "latest")
-      fmt::print("no usable checkpoint in {}: starting fresh\n", train_.output_dir);
-    engine_.init_params(train_.seed);
+      fmt::print("no usable checkpoint in {}: starting {}\n", train_.output_dir,
+                 train_.init_from.empty() ? "fresh" : "from --init_from " + train_.init_from);
+    init_fresh();
     return;
   }
+  if (lead_ && !train_.init_from.empty())
+    fmt::print("--init_from {} not used: resuming this run's own checkpoint (it started from those parameters)\n",
+               train_.init_from);
   if (lead_)
     fmt::print("resumed from {}: step {}, world size {} then {} now, ZeRO stage {} then {} now\n", loaded_.path,
                start_step(), loaded_.world_size, control_.world_size(), loaded_.zero_stage, train_.zero_stage);
   if (lead_ && !quiet_) fmt::print("loaded {} in {:.2f}s\n", loaded_.path, load_s);
+}
+
+void Checkpointer::init_fresh() {
+  if (train_.init_from.empty()) {
+    engine_.init_params(train_.seed);
+    return;
+  }
+  const auto t0 = Clock::now();
+  const std::unique_ptr<ModelSource> src = open_model_source(train_.init_from);
+  init_params_from(*src, engine_, control_);
+  if (lead_ && !quiet_)
+    fmt::print("initialised from {} ({}) in {:.2f}s: parameters only, fresh optimizer, step 0\n", train_.init_from,
+               src->format(), seconds_since(t0));
 }
 
 void Checkpointer::start() {

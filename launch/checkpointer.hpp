@@ -32,8 +32,9 @@ ResumePlan plan_resume(const TrainConfig& requested, MpiComm& control);
 class Checkpointer {
  public:
   /// Loads the first usable of `candidates` (plan_resume's) into the engine; under `latest` a broken one is skipped
-  /// with a warning, otherwise its error is thrown. With none, the engine is initialised from the seed (the place
-  /// for other initial states, such as pretrained parameters).
+  /// with a warning, otherwise its error is thrown. With none, the engine is initialised from --init_from's model
+  /// file, else from the seed; under `latest` a committed checkpoint wins over --init_from (a requeued fine-tuning
+  /// job resumes its own progress).
   Checkpointer(const ModelConfig& model, const TrainConfig& train, MpiComm& control, ZeroEngine& engine,
                const std::vector<std::string>& candidates, bool quiet);
   /// Waits for a background save in flight (an error there is printed, not thrown).
@@ -68,6 +69,7 @@ class Checkpointer {
 
  private:
   void restore_or_init(const std::vector<std::string>& candidates);
+  void init_fresh();  // --init_from or the seed
   void finish_async_copy();
   void report_async(const std::string& dir);
   void start_async(const TrainProgress& progress);

@@ -99,7 +99,45 @@ nlohmann::json toml_value(const cpptoml::base& v, const std::string& path, const
       path, key);
 }
 
+// The flag of one config field; the last of a repeated flag wins (as in argparse): launch scripts append flags to a
+// user's.
+CLI::Option* add_field_flag(CLI::App& app, const FieldSpec& f, const std::string& shown_default) {
+  const std::string flag = "--" + f.name;
+  CLI::Option* o = f.kind == FieldKind::boolean ? app.add_flag(flag) : app.add_option(flag);
+  o->description(f.help)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  if (f.kind != FieldKind::boolean) o->type_name(type_name(f))->default_str(shown_default);
+  return o;
+}
+
+void set_from_flag(const FieldSpec& f, const CLI::Option& o, ModelConfig& m, TrainConfig& t) {
+  set_field(f, flag_value(f, o.results().back()), m, t, "--" + f.name);
+}
+
 }  // namespace
+
+FieldFlags::FieldFlags(CLI::App& app, const std::vector<std::string>& names,
+                       const std::vector<std::pair<std::string, std::string>>& shown_defaults) {
+  for (const std::string& name : names) {
+    const FieldSpec* f = find_field(name);
+    ZT_ASSERT(f != nullptr);
+    std::string shown = f->model ? "the model's" : f->default_text;
+    for (const auto& [field, text] : shown_defaults)
+      if (field == name) shown = text;
+    options_.emplace_back(f, add_field_flag(app, *f, shown));
+  }
+}
+
+CLI::Option* FieldFlags::option(const std::string& name) const {
+  for (const auto& [f, o] : options_)
+    if (f->name == name) return o;
+  ZT_ASSERT(false);
+  return nullptr;
+}
+
+void FieldFlags::apply(ModelConfig& m, TrainConfig& t) const {
+  for (const auto& [f, o] : options_)
+    if (o->count() > 0) set_from_flag(*f, *o, m, t);
+}
 
 TrainFlags::TrainFlags(CLI::App& train) : app_(train) {
   train.add_option("--preset", preset_, fmt::format("Model preset: {}", fmt::join(preset_names(), ", ")))
@@ -112,14 +150,8 @@ TrainFlags::TrainFlags(CLI::App& train) : app_(train) {
   train.footer(
       "Precedence: flags > --config file > on a resume, the checkpoint's configuration > --preset and defaults. A "
       "resume keeps the checkpoint's value of every field not given explicitly (docs/usage.md).");
-  for (const FieldSpec& f : config_fields()) {
-    const std::string flag = "--" + f.name;
-    // The last of a repeated flag wins (as in argparse): launch scripts append flags to a user's.
-    CLI::Option* o = f.kind == FieldKind::boolean ? train.add_flag(flag) : train.add_option(flag);
-    o->description(f.help)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-    if (f.kind != FieldKind::boolean) o->type_name(type_name(f))->default_str(f.model ? "preset" : f.default_text);
-    options_.emplace_back(&f, o);
-  }
+  for (const FieldSpec& f : config_fields())
+    options_.emplace_back(&f, add_field_flag(train, f, f.model ? "preset" : f.default_text));
 }
 
 TrainSettings TrainFlags::settings() const {
@@ -127,22 +159,28 @@ TrainSettings TrainFlags::settings() const {
   nlohmann::json file = config_file_.empty() ? nlohmann::json::object() : read_config_file(config_file_);
   std::string preset = preset_;
   bool preset_given = app_.get_option("--preset")->count() > 0;
+  std::string preset_source = "--preset " + preset;
   if (!preset_given && file.contains("preset")) {
     ZT_CHECK(file["preset"].is_string(), "config file {}: key 'preset' must be a string, got {}", config_file_,
              file["preset"].dump());
     preset = file["preset"].get<std::string>();
     preset_given = true;
+    preset_source = fmt::format("preset {} in config file {}", preset, config_file_);
   }
   file.erase("preset");
   s.model = model_preset(preset);
+  auto given = [&s](const std::string& key, const std::string& source) {
+    s.explicit_keys.insert(key);
+    s.sources[key] = source;
+  };
   for (const FieldSpec& f : config_fields())
-    if (f.model && preset_given) s.explicit_keys.insert(f.name);
+    if (f.model && preset_given) given(f.name, preset_source);
   update_from_json(file, s.model, s.train, fmt::format("config file {}: ", config_file_));
-  for (auto it = file.begin(); it != file.end(); ++it) s.explicit_keys.insert(it.key());
+  for (auto it = file.begin(); it != file.end(); ++it) given(it.key(), "config file " + config_file_);
   for (const auto& [f, o] : options_) {
     if (o->count() == 0) continue;
-    set_field(*f, flag_value(*f, o->results().back()), s.model, s.train, "--" + f->name);
-    s.explicit_keys.insert(f->name);
+    set_from_flag(*f, *o, s.model, s.train);
+    given(f->name, "--" + f->name);
   }
   return s;
 }
@@ -179,16 +217,17 @@ nlohmann::json read_config_file(const std::string& path) {
   return j;
 }
 
-void apply_resume_config(TrainSettings& s, MpiComm& comm) {
-  if (s.train.resume_from_checkpoint.empty()) return;
+bool apply_resume_config(TrainSettings& s, MpiComm& comm) {
+  if (s.train.resume_from_checkpoint.empty()) return false;
   const ResumeSource src = resume_source(s.train.resume_from_checkpoint, s.train.output_dir, comm);
-  if (src.path.empty()) return;  // a fresh start, or a load that fails and says why
+  if (src.path.empty()) return false;  // a fresh start, or a load that fails and says why
   check_format_version(src.manifest, src.path + "/" + kCheckpointFile);
   ResumedConfig r = resume_config(src.manifest, s.model, s.train, s.explicit_keys, src.path);
   s.model = r.model;
   s.train = r.train;
   if (comm.rank() == 0 && !r.changed.empty())
     fmt::print("changed on resume from {} (checkpoint -> this run): {}\n", src.path, fmt::join(r.changed, ", "));
+  return true;
 }
 
 }  // namespace zt

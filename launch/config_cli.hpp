@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <set>
 #include <string>
 #include <utility>
@@ -21,6 +22,8 @@ struct TrainSettings {
   ModelConfig model;
   TrainConfig train;
   std::set<std::string> explicit_keys;  ///< fields set by a flag or a config-file key (by a preset: every model field)
+  std::map<std::string, std::string>
+      sources;  ///< who set each explicit key: "--n_layer", "config file F", "--preset P"
 };
 
 /// The flags of `zerotrain train` that make its configuration: --preset, --config and one per config field.
@@ -38,6 +41,24 @@ class TrainFlags {
   std::vector<std::pair<const FieldSpec*, CLI::Option*>> options_;
 };
 
+/// Flags for some fields of the config table on another subcommand (`eval`, `sample`): train's names, help, types
+/// and limits, so `eval --zero_stage 3` means what `train --zero_stage 3` does.
+class FieldFlags {
+ public:
+  /// Registers --name on `app` for each of `names` (fields of core/config.hpp; an unknown name aborts).
+  /// `shown_defaults` replaces the default --help shows where the subcommand starts from another value.
+  FieldFlags(CLI::App& app, const std::vector<std::string>& names,
+             const std::vector<std::pair<std::string, std::string>>& shown_defaults = {});
+  /// The flag of field `name` (to mark it required, say).
+  CLI::Option* option(const std::string& name) const;
+  /// Sets the value of every flag given into `m` / `t` through the field's checks (zt::Error naming the flag); the
+  /// other fields keep their values.
+  void apply(ModelConfig& m, TrainConfig& t) const;
+
+ private:
+  std::vector<std::pair<const FieldSpec*, CLI::Option*>> options_;
+};
+
 /// A config file's keys: TOML, or JSON when the name ends in .json. Throws zt::Error naming the file (missing, a
 /// directory, not parseable, a value that is not a string, number, boolean or array of strings).
 nlohmann::json read_config_file(const std::string& path);
@@ -45,6 +66,7 @@ nlohmann::json read_config_file(const std::string& path);
 /// With --resume_from_checkpoint, makes the checkpoint the resume will load the default for every field not given
 /// explicitly (zt::resume_config), and prints "changed on resume: ..." on rank 0 when a listed field changes. Rank
 /// 0 reads the manifest; collective over `comm`. Nothing to resume (latest in an empty --output_dir): no change.
-void apply_resume_config(TrainSettings& s, MpiComm& comm);
+/// Returns whether there was a checkpoint to take the configuration from.
+bool apply_resume_config(TrainSettings& s, MpiComm& comm);
 
 }  // namespace zt

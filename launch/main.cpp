@@ -16,6 +16,7 @@
 #include "core/errors.hpp"
 #include "launch/config_cli.hpp"
 #include "launch/device_select.hpp"
+#include "launch/model_commands.hpp"
 #include "launch/preempt.hpp"
 #include "launch/trainer.hpp"
 #include "sharding/comm_mpi.hpp"
@@ -131,17 +132,12 @@ int train_command(TrainCommand& cmd, int rank) {
   zt::TrainSettings settings = cmd.flags->settings();  // flags > config file > preset > defaults
   // Host MPI for agreement and checkpoint I/O, beside the device's comm for ZeRO's collectives.
   zt::MpiComm control(MPI_COMM_WORLD);
-  zt::apply_resume_config(settings, control);  // > the resumed checkpoint's configuration
+  // > the resumed checkpoint's configuration; with nothing to resume, --init_from's file gives the model.
+  if (!zt::apply_resume_config(settings, control) && !settings.train.init_from.empty())
+    settings.model = zt::model_for_init_from(settings.train.init_from, settings);
   const zt::ModelConfig& m = settings.model;
   zt::TrainConfig& t = settings.train;  // make_run_device resolves device, dtype and comm in it
-  int threads = t.threads;
-  if (threads == 0) {
-    // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
-    const int cpus = usable_cpus();
-    const int hw = std::max(1, int(std::thread::hardware_concurrency()));
-    threads = cpus < hw ? cpus : std::max(1, hw / local_rank_count());
-  }
-  zt::RunDevice run_device = zt::make_run_device(t, threads);
+  zt::RunDevice run_device = zt::make_run_device(t, zt::resolve_threads(t.threads));
   if (rank == 0 && !cmd.run_opts.quiet) {
     fmt::print("device {}\n", run_device.description);
     std::fflush(stdout);
@@ -159,6 +155,8 @@ int run(int argc, char** argv, int rank) {
   CLI::App* devices = app.add_subcommand("devices", "List the CUDA devices this process sees and whether NCCL loads");
   CkptCommand ckpt;
   add_ckpt_command(app, ckpt);
+  zt::ModelCommands model_cmds;
+  zt::add_model_commands(app, model_cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -172,11 +170,20 @@ int run(int argc, char** argv, int rank) {
   if (*ckpt.inspect) return inspect_checkpoint(ckpt, rank);
   if (*ckpt.verify) return verify_checkpoint(ckpt, rank);
   if (*ckpt.consolidate) return consolidate_checkpoint(ckpt, rank);
+  if (const int rc = zt::run_model_command(model_cmds, rank); rc >= 0) return rc;
   if (*train.app) return train_command(train, rank);
   return 0;
 }
 
 }  // namespace
+
+int zt::resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
+  const int cpus = usable_cpus();
+  const int hw = std::max(1, int(std::thread::hardware_concurrency()));
+  return cpus < hw ? cpus : std::max(1, hw / local_rank_count());
+}
 
 int main(int argc, char** argv) {
   int provided = 0;

@@ -14,6 +14,7 @@
 #include "core/test_hooks.hpp"
 #include "launch/metrics_log.hpp"
 #include "sharding/comm_mpi.hpp"
+#include "sharding/evaluate.hpp"
 
 namespace zt {
 namespace {
@@ -100,6 +101,7 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, RunComms co
       checkpointer_(mcfg_, tcfg_, control_, engine_, plan_.candidates, opts.quiet),
       stop_(control_, tcfg_, checkpointer_.start_step(), lead_ && !opts.quiet),
       dump_(opts.debug_dump_dir, engine_, table_, lead_),
+      sampler_(table_, backend, loader_, tcfg_.seed, tcfg_.sample_interval, lead_, lead_ && !opts.quiet),
       inputs_(size_t(B_) * size_t(T_)),
       targets_(size_t(B_) * size_t(T_)) {}
 
@@ -118,6 +120,7 @@ TrainSummary Trainer::run() {
     inject_test_failure(rank_, step);
     const StepResult r = train_step(step, batch_index);
     record(step, batch_index, r);
+    sampler_.after_step(step + 1, engine_);
     // After the metrics row, so a resumed run's metrics.jsonl has every step up to its checkpoint.
     const StopDecision stop = stop_.after_step(step + 1);
     if (checkpointer_.due(step + 1) || stop.exiting) checkpointer_.save(progress_after(step, batch_index, r.lr));
@@ -183,17 +186,7 @@ double Trainer::forward_backward(int64_t batch_index) {
 }
 
 double Trainer::evaluate() {
-  const int first_seq = rank_ * (G_ / world_size_);
-  double sum = 0;
-  for (int i = 0; i < tcfg_.eval_batches; ++i)
-    for (int m = 0; m < accum_; ++m) {
-      loader_.val_batch(i, G_, first_seq + m * B_, B_, inputs_.data(), targets_.data());
-      engine_.begin_micro_step(model_, false);
-      sum += model_.step(engine_, inputs_.data(), targets_.data(), false, 0.0f);
-      engine_.end_micro_step();
-    }
-  control_.all_reduce_sum(&sum, 1);
-  return sum / (double(tcfg_.eval_batches) * G_ * T_);
+  return zt::evaluate(model_, engine_, loader_, int64_t(tcfg_.eval_batches) * G_, G_, control_).loss;
 }
 
 // The summary, the evaluation when one is due, the metrics row and the progress line of a finished step.

@@ -14,6 +14,7 @@
 #include "launch/checkpointer.hpp"
 #include "launch/debug_dump.hpp"
 #include "launch/profile_report.hpp"
+#include "launch/sample_log.hpp"
 #include "launch/stop_policy.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -98,6 +99,7 @@ class Trainer {
   Checkpointer checkpointer_;  // after the engine: a background save still reading it is waited for first
   StopPolicy stop_;
   DebugDump dump_;
+  SampleLog sampler_;
   std::unique_ptr<MetricsLog> metrics_;  // opened by run()
   std::vector<int32_t> inputs_, targets_;
   double time_in_steps_ = 0;

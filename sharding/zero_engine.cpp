@@ -2,6 +2,7 @@
 #include "sharding/zero_engine.hpp"
 
 #include <algorithm>
+#include <tuple>
 
 #include "core/errors.hpp"
 #include "sharding/zero_engine_impl.hpp"
@@ -209,16 +210,32 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
 ZeroEngine::OwnedSlice ZeroEngine::owned_slice(size_t p) {
   PartState& s = *state_[p];
   const Part& P = parts_[p];
-  const int r = comm_.rank();
   OwnedSlice o;
-  // The shard clipped to the part: its padding past `end` is no tensor's (and may lie on the next part's tensors).
-  o.begin = P.begin + std::min(P.layout.begin(r), P.end - P.begin);
-  o.end = P.begin + std::min(P.layout.end(r), P.end - P.begin);
+  std::tie(o.begin, o.end) = owned_range(p);
   o.params = owned_params(p);
-  const size_t opt_off = stage_ == 0 ? P.layout.begin(r) : 0;
+  const size_t opt_off = stage_ == 0 ? P.layout.begin(comm_.rank()) : 0;
   o.m = s.m + opt_off;
   o.v = s.v + opt_off;
   return o;
+}
+
+std::vector<Piece> ZeroEngine::owned_pieces(size_t p) const {
+  // Logical extents, not extents_ (storage: wte's padded rows), which the optimizer walks.
+  const Part& P = parts_[p];
+  std::vector<TensorExtent> ext;
+  for (int ti : table_.units()[size_t(P.unit)].tensors) {
+    const TensorSpec& t = table_.tensors()[size_t(ti)];
+    ext.push_back({ti, t.unit_offset, t.numel()});
+  }
+  const auto [b, e] = owned_range(p);
+  return pieces_in_range(ext, b, e);
+}
+
+std::pair<size_t, size_t> ZeroEngine::owned_range(size_t p) const {
+  // The shard clipped to the part: its padding past `end` is no tensor's (and may lie on the next part's tensors).
+  const Part& P = parts_[p];
+  const int r = comm_.rank();
+  return {P.begin + std::min(P.layout.begin(r), P.end - P.begin), P.begin + std::min(P.layout.end(r), P.end - P.begin)};
 }
 
 void ZeroEngine::finish_load(int64_t adam_step) {

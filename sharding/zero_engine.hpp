@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.hpp"
@@ -86,6 +87,9 @@ class ZeroEngine final : public UnitProvider {
     float *params = nullptr, *m = nullptr, *v = nullptr;
   };
   OwnedSlice owned_slice(size_t part);
+  /// The tensors' logical elements (padding excluded) inside this rank's slice of a part, in flat order: what a
+  /// rank reads or writes of each tensor when it loads its slice.
+  std::vector<Piece> owned_pieces(size_t part) const;
   /// After a resume overwrote every owned slice: re-replicates what the stage keeps whole and sets Adam's step.
   /// Collective.
   void finish_load(int64_t adam_step);
@@ -117,6 +121,8 @@ class ZeroEngine final : public UnitProvider {
   void cut_parts(size_t bucket_elems, size_t align);
   void allocate();
   float* owned_params(size_t p);
+  /// [begin, end) of this rank's slice of part p in its unit's flat order (the shard clipped to the part).
+  std::pair<size_t, size_t> owned_range(size_t p) const;
   // The working pool (pool.cpp): stage-3 gather slots, stage 2-3 gradient work buffers, the embedding whole.
   void plan_visits(const std::vector<ScheduleEntry>& schedule);
   void prefetch(size_t visit);

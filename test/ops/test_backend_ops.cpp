@@ -285,6 +285,43 @@ TEST_CASE("attention forward and backward match the CPU reference", "[backend][a
   }
 }
 
+TEST_CASE("attention_cached matches the CPU reference, or is reported unsupported", "[backend][attention_cached]") {
+  ZT_FOR_EACH_BACKEND(target);
+  auto rng = seeded_rng();
+  auto be = target.make();
+  const int B = uniform_int(rng, 1, 3), NH = uniform_int(rng, 1, 4), hs = uniform_int(rng, 1, 40);
+  const int C = NH * hs, max_T = uniform_int(rng, 2, 50), pos = uniform_int(rng, 0, max_T - 1);
+  const int n_new = uniform_int(rng, 1, max_T - pos);
+  INFO("B=" << B << " NH=" << NH << " hs=" << hs << " max_T=" << max_T << " pos=" << pos << " n_new=" << n_new);
+  const size_t n_cache = size_t(B) * max_T * C;
+  const VecF qkv = uniform(rng, size_t(B) * n_new * 3 * C, -1, 1);
+  // Rows before pos hold earlier tokens' k and v; rows past pos + n_new are never read (NaN would show if they were).
+  VecF k_ref(n_cache, NAN), v_ref(n_cache, NAN);
+  for (int b = 0; b < B; ++b)
+    for (size_t i = 0; i < size_t(pos) * C; ++i) {
+      k_ref[size_t(b) * max_T * C + i] = float(std::sin(double(i + 1)));
+      v_ref[size_t(b) * max_T * C + i] = float(std::cos(double(i + 1)));
+    }
+  BackendArray d_out(*be, size_t(B) * n_new * C), d_k(*be, n_cache), d_v(*be, n_cache), d_qkv(*be, qkv.size());
+  d_k.upload(k_ref);
+  d_v.upload(v_ref);
+  d_qkv.upload(qkv);
+  if (!be->supports_attention_cached()) {
+    // The backend says so, and the op refuses with an error rather than computing anything.
+    CHECK_THROWS_AS(be->attention_cached(d_out.get(), d_k.get(), d_v.get(), d_qkv.get(), B, n_new, pos, max_T, C, NH),
+                    zt::Error);
+    WARN(target.name << ": attention_cached is not supported (generation recomputes the prefix); skipped");
+    return;
+  }
+  VecF out_ref(size_t(B) * n_new * C);
+  cpu::attention_cached(out_ref.data(), k_ref.data(), v_ref.data(), qkv.data(), B, n_new, pos, max_T, C, NH);
+  be->attention_cached(d_out.get(), d_k.get(), d_v.get(), d_qkv.get(), B, n_new, pos, max_T, C, NH);
+  expect_close("attention_cached out", d_out.download(), out_ref, target.tol.attention);
+  // The new rows' k and v are copies, and nothing else in the cache changes: bit for bit, NaN rows included.
+  CHECK(zt::test::same_bits(d_k.download(), k_ref));
+  CHECK(zt::test::same_bits(d_v.download(), v_ref));
+}
+
 TEST_CASE("gelu, residual and accumulate match the CPU reference", "[backend][gelu][residual]") {
   ZT_FOR_EACH_BACKEND(target);
   auto rng = seeded_rng();

@@ -207,6 +207,19 @@ TEST_CASE("a resume refuses a different model or global batch given explicitly, 
   REQUIRE(resume_config(manifest, ModelConfig(), t, {}, "c").train.global_batch_size == 8);
 }
 
+TEST_CASE("--init_from goes with no resume or with 'latest', never with a named checkpoint", "[config][resume]") {
+  TrainConfig t;
+  t.init_from = "gpt2_124M.bin";
+  t.validate(1);
+  t.resume_from_checkpoint = "latest";  // a requeued fine-tuning job: resumes once a checkpoint is committed
+  t.validate(1);
+  t.resume_from_checkpoint = "out/checkpoint-20";
+  REQUIRE_THROWS_WITH(t.validate(1), Catch::Contains("--init_from gpt2_124M.bin and --resume_from_checkpoint "
+                                                     "out/checkpoint-20 cannot be combined"));
+  // A resume never takes --init_from from the checkpoint: which parameters to start from is this run's choice.
+  REQUIRE(find_field("init_from")->on_resume == OnResume::this_run);
+}
+
 TEST_CASE(
     "a resume ignores keys it does not know, keeps this run's value for keys the checkpoint lacks, and "
     "refuses a saved value of the wrong type",
