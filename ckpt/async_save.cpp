@@ -30,7 +30,7 @@ AsyncSaver::~AsyncSaver() {
 }
 
 void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-                       const TrainProgress& progress, ZeroEngine& engine, int save_total_limit) {
+                       const TrainProgress& progress, ZeroEngine& engine, const Retention& retention) {
   wait();
   using Clock = std::chrono::steady_clock;
   // A device backend copies here, on the thread that owns the device; a host backend's copy runs on the writer.
@@ -42,33 +42,33 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
     copied_ = !deferred;
     copy_s_ = 0;
   }
-  thread_ = std::thread([this, output_dir, model, train, progress, &engine, deferred, snap = std::move(ready),
-                         save_total_limit]() mutable {
-    try {
-      if (deferred) {
-        const auto t0 = Clock::now();
+  thread_ = std::thread(
+      [this, output_dir, model, train, progress, &engine, deferred, snap = std::move(ready), retention]() mutable {
         try {
-          // Test hook: a slow copy, so the next optimizer step must wait for it (async_save_test.sh).
-          if (const int ms = test_hooks::async_copy_delay_ms())
-            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-          snap = snapshot_copy(engine, std::move(spare_));
+          if (deferred) {
+            const auto t0 = Clock::now();
+            try {
+              // Test hook: a slow copy, so the next optimizer step must wait for it (async_save_test.sh).
+              if (const int ms = test_hooks::async_copy_delay_ms())
+                std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+              snap = snapshot_copy(engine, std::move(spare_));
+            } catch (...) {
+              std::lock_guard<std::mutex> lock(mu_);
+              copied_ = true;
+              cv_.notify_all();
+              throw;
+            }
+            std::lock_guard<std::mutex> lock(mu_);
+            copied_ = true;
+            copy_s_ = std::chrono::duration<double>(Clock::now() - t0).count();
+            cv_.notify_all();
+          }
+          committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, retention);
         } catch (...) {
-          std::lock_guard<std::mutex> lock(mu_);
-          copied_ = true;
-          cv_.notify_all();
-          throw;
+          error_ = std::current_exception();
         }
-        std::lock_guard<std::mutex> lock(mu_);
-        copied_ = true;
-        copy_s_ = std::chrono::duration<double>(Clock::now() - t0).count();
-        cv_.notify_all();
-      }
-      committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, save_total_limit);
-    } catch (...) {
-      error_ = std::current_exception();
-    }
-    spare_ = std::move(snap.storage);  // handed back after join(), reused by the next snapshot
-  });
+        spare_ = std::move(snap.storage);  // handed back after join(), reused by the next snapshot
+      });
 }
 
 bool AsyncSaver::copy_pending() {

@@ -98,13 +98,21 @@ class CheckpointWriteError : public Error {
 /// kind, tensors in table order.
 std::vector<std::string> checkpoint_dataset_names(const ParamTable& table);
 
+/// What --save_total_limit keeps after a save.
+struct Retention {
+  int keep = 0;  ///< the newest `keep` committed checkpoints by commit order (0: keep all)
+  /// Names (`checkpoint-<step>`) of checkpoints this run found it could not load: damaged, or unreadable for now.
+  /// They are neither counted among the kept nor removed, so a damaged newer one never pushes out an intact one.
+  std::vector<std::string> unloadable;
+};
+
 /// Writes OUTPUT/checkpoint-<step>/ collectively (temporary name, fsync, rename, fsync dir, then OUTPUT/latest),
-/// then keeps only the newest `save_total_limit` committed checkpoints (0: all). Returns the committed directory.
+/// then applies `retention` (apply_retention). Returns the committed directory.
 /// Throws DiskFullError (agreed, nothing written) when space is short, CheckpointWriteError when a write fails;
 /// a failed save never leaves a committed checkpoint and never touches the previous one or `latest`.
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                             const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
-                            int save_total_limit = 0);
+                            const Retention& retention = {});
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);

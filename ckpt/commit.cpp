@@ -2,6 +2,7 @@
 #include "ckpt/commit.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc 2.28)
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,9 +18,6 @@
 
 namespace zt {
 namespace fs = std::filesystem;
-namespace detail {
-void test_kill_point(const char* phase, long index, int rank);
-}
 
 std::string fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
@@ -30,8 +28,6 @@ std::string fsync_path(const std::string& path, bool directory) {
   if (rc != 0) return fmt::format("fsync of {} failed: {}", path, std::strerror(saved));
   return std::string();
 }
-
-namespace {
 
 std::string write_file_synced(const std::string& path, const std::string& text) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -56,6 +52,37 @@ std::string write_file_synced(const std::string& path, const std::string& text) 
   return std::string();
 }
 
+namespace {
+
+/// Renames tmp_dir to final_dir: the commit. A re-save of a step swaps the two directories in one atomic step
+/// (renameat2 RENAME_EXCHANGE), so at no moment is there no checkpoint of that step under its name; the old copy
+/// then sits under the temporary name. Where the file system cannot swap (NFS), the old copy is first moved aside to
+/// `.<name>.old`, which the run directory's clean-up renames back if the process dies before the second rename.
+/// `replaced` receives where the old copy went ("" when there was none). Returns an error message or "".
+std::string put_in_place(const std::string& output_dir, const std::string& tmp_dir, const std::string& final_dir,
+                         std::string& replaced) {
+  std::error_code ec;
+  if (fs::exists(final_dir)) {
+    test_hooks::kill_point("rename", 0, 0);
+    if (::renameat2(AT_FDCWD, tmp_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+      replaced = tmp_dir;
+    } else {
+      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return fmt::format("cannot swap {} into place of {}: {}", tmp_dir, final_dir, std::strerror(errno));
+      replaced = fmt::format("{}/.{}.old", output_dir, fs::path(final_dir).filename().string());
+      fs::remove_all(replaced, ec);
+      fs::rename(final_dir, replaced, ec);
+      if (ec) return fmt::format("cannot move aside existing {}: {}", final_dir, ec.message());
+      test_hooks::kill_point("rename-aside", 0, 0);
+    }
+  } else {
+    test_hooks::kill_point("rename", 0, 0);
+  }
+  if (replaced != tmp_dir) fs::rename(tmp_dir, final_dir, ec);
+  if (ec) return fmt::format("cannot rename {} to {}: {}", tmp_dir, final_dir, ec.message());
+  return std::string();
+}
+
 }  // namespace
 
 std::string prepare_temp_dir(const std::string& output_dir, const std::string& tmp_dir) {
@@ -76,29 +103,22 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
   if (err.empty()) err = fsync_path(tmp_dir, true);
   if (!err.empty()) return err;
   const std::string final_dir = output_dir + "/" + name;
-  std::error_code ec;
-  // Re-saving a step (after a resume): move the old one aside first; rename cannot replace a non-empty directory.
-  const std::string old_dir = fmt::format("{}/.{}.old", output_dir, name);
-  if (fs::exists(final_dir)) {
-    fs::remove_all(old_dir, ec);
-    fs::rename(final_dir, old_dir, ec);
-    if (ec) return fmt::format("cannot move aside existing {}: {}", final_dir, ec.message());
-  }
-  detail::test_kill_point("rename", 0, 0);
-  fs::rename(tmp_dir, final_dir, ec);
-  if (ec) return fmt::format("cannot rename {} to {}: {}", tmp_dir, final_dir, ec.message());
+  std::string replaced;  // where the copy this save replaces ends up (a re-save of the step), removed last
+  err = put_in_place(output_dir, tmp_dir, final_dir, replaced);
+  if (!err.empty()) return err;
   err = fsync_path(output_dir, true);
   if (!err.empty()) return err;
   // `latest`: a small file replaced atomically (write + fsync + rename + fsync of the directory).
-  detail::test_kill_point("latest", 0, 0);
+  test_hooks::kill_point("latest", 0, 0);
   const std::string latest_tmp = output_dir + "/.latest.tmp";
   err = write_file_synced(latest_tmp, name + "\n");
   if (!err.empty()) return err;
-  detail::test_kill_point("latest-rename", 0, 0);
+  test_hooks::kill_point("latest-rename", 0, 0);
+  std::error_code ec;
   fs::rename(latest_tmp, output_dir + "/latest", ec);
   if (ec) return fmt::format("cannot update {}/latest: {}", output_dir, ec.message());
   err = fsync_path(output_dir, true);
-  fs::remove_all(old_dir, ec);
+  if (!replaced.empty()) fs::remove_all(replaced, ec);
   return err;
 }
 
@@ -115,7 +135,7 @@ std::string prune_checkpoint(const std::string& output_dir, const std::string& d
   if (ec) return fmt::format("cannot move {} aside to {}: {}", dir, aside, ec.message());
   std::string err = fsync_path(output_dir, true);
   if (!err.empty()) return err;
-  detail::test_kill_point("prune", index, 0);
+  test_hooks::kill_point("prune", index, 0);
   fs::remove_all(aside, ec);
   if (ec) return fmt::format("cannot remove {} (moved aside from {}): {}", aside, name, ec.message());
   return std::string();
@@ -140,7 +160,7 @@ Leftover classify_leftover(const std::string& name, int64_t* step) {
   return Leftover::kNone;
 }
 
-void apply_retention(const std::string& output_dir, int keep) {
+void apply_retention(const std::string& output_dir, int keep, const std::vector<std::string>& unloadable) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(output_dir, ec)) {
     if (classify_leftover(e.path().filename().string(), nullptr) != Leftover::kPruning) continue;
@@ -157,11 +177,19 @@ void apply_retention(const std::string& output_dir, int keep) {
       fmt::print(stderr, "zerotrain: warning: --save_total_limit does not remove {}: {}\n", c.path, c.problem);
       continue;
     }
+    // Counting a damaged checkpoint as kept would let it push out an intact older one.
+    const std::string name = fs::path(c.path).filename().string();
+    if (std::find(unloadable.begin(), unloadable.end(), name) != unloadable.end()) {
+      fmt::print(stderr,
+                 "zerotrain: warning: --save_total_limit neither counts nor removes {}: this run could not load it\n",
+                 c.path);
+      continue;
+    }
     if (kept < keep) {
       ++kept;
       continue;
     }
-    if (fs::path(c.path).filename() == latest) continue;
+    if (name == latest) continue;
     const std::string err = prune_checkpoint(output_dir, c.path, pruned++);
     if (!err.empty())
       fmt::print(stderr, "zerotrain: warning: cannot remove old checkpoint {}: {}\n", c.path, err);

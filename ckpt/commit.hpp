@@ -13,6 +13,8 @@ namespace zt {
 /// fsyncs a file or (directory = true) a directory, so that its contents or entries are on disk. Returns an error
 /// message or "".
 std::string fsync_path(const std::string& path, bool directory);
+/// Creates (or truncates) `path`, writes `text` and fsyncs it. Returns an error message or "".
+std::string write_file_synced(const std::string& path, const std::string& text);
 /// Creates output_dir and an empty tmp_dir (removing a stale one). Returns an error message or "".
 std::string prepare_temp_dir(const std::string& output_dir, const std::string& tmp_dir);
 /// fsyncs the files in tmp_dir, writes manifest.json beside model.h5, renames tmp_dir to output_dir/name, fsyncs
@@ -22,8 +24,9 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
 /// Deletes committed checkpoints beyond the newest `keep` by commit order (checkpoints_by_commit, as `latest`
 /// resumes), never the one `latest` names nor one whose manifest cannot be read, each by renaming it to
 /// `.checkpoint-<step>.pruning` and then deleting that; first finishes such leftovers of an interrupted prune.
-/// Logs what it removes.
-void apply_retention(const std::string& output_dir, int keep);
+/// Checkpoints named in `unloadable` (`checkpoint-<step>`: a resume found them damaged or unreadable) are neither
+/// counted nor removed. Logs what it removes.
+void apply_retention(const std::string& output_dir, int keep, const std::vector<std::string>& unloadable = {});
 /// What a dot-name in an output directory is left from (docs/checkpoint-format.md, section 1).
 enum class Leftover {
   kNone,        ///< not one of the names below

@@ -105,7 +105,14 @@ using StringList = std::vector<std::string>;
     "Write checkpoints in the background; the step blocks only for the copy to host memory")                           \
   X(int, save_interval, 0, saved, restored, at_least(0), "Save a checkpoint every N steps and at the end (0: never)")  \
   X(std::string, resume_from_checkpoint, "", saved, this_run, any(),                                                   \
-    "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)")         \
+    "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir that loads; fresh start if "    \
+    "there is none, an error if there are some and none loads)")                                                       \
+  X(bool, allow_fresh_start, false, unsaved, this_run, any(),                                                          \
+    "Train from scratch even though --output_dir holds committed checkpoints (none loads, or no resume was asked "     \
+    "for); they stay until this run's saves replace or prune them")                                                    \
+  X(double, hang_timeout, 600, unsaved, this_run, at_least(0),                                                         \
+    "Seconds without progress (a step, evaluation, save or load finishing) after which every live rank reports where " \
+    "it waits and the job ends with status 124; saves and loads get their expected I/O time on top (0: off)")         \
   X(std::string, ckpt_write, "auto", unsaved, this_run, one_of({"auto", "hdf5"}),                                      \
     "How checkpoint tensors reach the file: hdf5 (always H5Dwrite) or auto (pwrite by each rank where every rank can " \
     "open the file, else H5Dwrite; the deprecated ZT_CKPT_WRITE=hdf5 when set)")                                       \
