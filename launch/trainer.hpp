@@ -108,4 +108,10 @@ class Trainer {
   TrainSummary summary_;
 };
 
+/// A run without the CLI's configuration layers: starts where `train` asks (zt::train_from_start_point: a path,
+/// `latest` or the seed; no output directory lock) and trains. `train` is used as given, not merged with a resumed
+/// checkpoint's configuration. Collective.
+TrainSummary train(const ModelConfig& model, const TrainConfig& train, RunComms comms, Backend& backend,
+                   const RunOptions& opts);
+
 }  // namespace zt
