@@ -47,18 +47,40 @@ def start(n, argv, log, env=None):
                             start_new_session=True), f
 
 
+def session_pids(sid):
+    """Processes of session `sid`. Open MPI puts each rank in a process group of its own, so a SIGKILL of mpirun
+    leaves the ranks running as orphans (they go on training and saving); the session still holds them."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if d.isdigit() and int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
 def end_job(p, f, timeout=FAULT_RUN_TIMEOUT_S):
-    """Waits for the job, then SIGKILLs whatever of its session is left (orphaned ranks); returns (rc, log)."""
+    """Waits for the job, then SIGKILLs whatever of its session is left, as a scheduler ends a job; returns
+    (rc, log)."""
     try:
         rc = p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         rc = -999
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    t_end = time.time() + 30
+    while time.time() < t_end:
+        left = session_pids(p.pid)
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
     p.wait()
-    time.sleep(0.1)  # ranks of a killed session: let the kernel reap them and drop their lock
     f.close()
     with open(f.name, errors="replace") as g:
         return rc, g.read()
