@@ -28,7 +28,7 @@ TEST_CASE("the manifest's model and train objects keep format version 1's keys a
   // format.md, older zerotrain builds, the tests) rely on these keys, types and values. New saved fields may add keys.
   const json train = json::parse(R"({"adam_eps":1e-08,"async_save":false,"beta1":0.9,"beta2":0.95,
     "comm":"auto","data":"synthetic","device":"cpu","dtype":"auto","eval_batches":4,"eval_interval":0,
-    "exit_after_steps":0,"global_batch_size":8,"grad_clip":1.0,"learning_rate":0.003,"log_interval":1,
+    "exit_after_steps":0,"global_batch_size":0,"grad_clip":1.0,"learning_rate":0.003,"log_interval":1,
     "max_steps":50,"micro_batch_size":4,"min_lr_ratio":0.1,"output_dir":"output","profile_steps":0,
     "resume_from_checkpoint":"","save_interval":0,"save_total_limit":0,"seed":1234,"threads":0,
     "val_data":"","val_fraction":0.05,"warmup_steps":5,"weight_decay":0.1,"zero_stage":0})");
@@ -181,6 +181,7 @@ TEST_CASE("a resume takes the checkpoint's configuration unless a field is given
 TEST_CASE("a resume refuses a different model or global batch given explicitly, naming each field",
           "[config][resume]") {
   TrainConfig saved_t;
+  saved_t.global_batch_size = 8;  // written explicitly (the default 0 means micro-batch x ranks)
   const json manifest = manifest_of(ModelConfig(), saved_t);
   ModelConfig m;
   m.n_layer = 3;
