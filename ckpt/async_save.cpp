@@ -30,7 +30,7 @@ AsyncSaver::~AsyncSaver() {
 }
 
 void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-                       const TrainProgress& progress, ZeroEngine& engine, int save_total_limit,
+                       const TrainProgress& progress, ZeroEngine& engine, const Retention& retention,
                        const IncrementalPolicy& incremental) {
   wait();
   using Clock = std::chrono::steady_clock;
@@ -44,7 +44,7 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
     copy_s_ = 0;
   }
   thread_ = std::thread([this, output_dir, model, train, progress, &engine, deferred, snap = std::move(ready),
-                         save_total_limit, incremental]() mutable {
+                         retention, incremental]() mutable {
     try {
       if (deferred) {
         const auto t0 = Clock::now();
@@ -64,7 +64,7 @@ void AsyncSaver::start(const std::string& output_dir, const ModelConfig& model, 
         copy_s_ = std::chrono::duration<double>(Clock::now() - t0).count();
         cv_.notify_all();
       }
-      committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, save_total_limit, incremental);
+      committed_ = save_checkpoint(output_dir, model, train, progress, snap, comm_, retention, incremental);
     } catch (...) {
       error_ = std::current_exception();
     }

@@ -31,7 +31,7 @@ class AsyncSaver {
   /// host-memory backend the copy to host memory happens on the writer thread: the caller must call wait_copied()
   /// before anything changes the engine's parameters or optimizer state. Otherwise the copy is made here.
   void start(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
-             const TrainProgress& progress, ZeroEngine& engine, int save_total_limit,
+             const TrainProgress& progress, ZeroEngine& engine, const Retention& retention,
              const IncrementalPolicy& incremental = {});
   /// True while the writer thread may still be reading the engine's shard.
   bool copy_pending();

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -130,7 +131,7 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
 
 std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
                           const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
-                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit,
+                          const ShardSnapshot& snap, MpiComm& comm, const Retention& retention,
                           const IncrementalPolicy& incremental);
 
 ShardSnapshot snapshot_view(ZeroEngine& engine) { return make_snapshot(engine, false, {}); }
@@ -140,7 +141,7 @@ ShardSnapshot snapshot_copy(ZeroEngine& engine, std::vector<float> reuse) {
 
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                             const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
-                            int save_total_limit, const IncrementalPolicy& incremental) {
+                            const Retention& retention, const IncrementalPolicy& incremental) {
   const ParamTable& table = *snap.table;
   const int rank = comm.rank();
   const std::string name = fmt::format("checkpoint-{}", progress.step);
@@ -166,7 +167,7 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
   if (err.rfind("disk full", 0) == 0) throw DiskFullError(err);
   if (!err.empty()) throw CheckpointError(err);
   try {
-    return save_prepared(output_dir, name, tmp_dir, model, train, progress, snap, comm, save_total_limit, incremental);
+    return save_prepared(output_dir, name, tmp_dir, model, train, progress, snap, comm, retention, incremental);
   } catch (const std::exception& e) {
     // Any rank that fails removes the partial files; the rename never happened, so nothing half-written is
     // committed. Other ranks may be inside a collective: the caller ends the job (MPI_Abort).
@@ -288,7 +289,7 @@ void write_through_hdf5(const ShardSnapshot& snap, const std::vector<H5Id>& dset
     const int kind = int(d / n_t);
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
-    detail::test_kill_point("dataset", long(d), rank);
+    test_hooks::kill_point("dataset", long(d), rank);
     H5Id space(H5Dget_space(dsets[d]), H5Sclose);
     const hsize_t count = p.b - p.a;
     hsize_t one = 1;
@@ -319,7 +320,7 @@ std::string write_direct(const std::string& h5_path, const ShardSnapshot& snap, 
   const int rank = comm.rank();
   const std::string problem = write_slices(
       h5_path, writes, detail::threads_per_rank(comm, kWritersPerNode),
-      [rank](size_t d) { detail::test_kill_point("dataset", long(d), rank); }, whole);
+      [rank](size_t d) { test_hooks::kill_point("dataset", long(d), rank); }, whole);
   for (const ChunkDigest& c : whole) digests.insert(digests.end(), {uint64_t(c.dataset), uint64_t(c.chunk), c.digest});
   return problem;
 }
@@ -385,7 +386,7 @@ std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, cons
     // The scan digests whole chunks, so it needs the tails now; they are at most a chunk per tensor per rank.
     if (!reqs.empty()) ZT_MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
     reqs.clear();
-    detail::test_kill_point("scan", 0, rank);
+    test_hooks::kill_point("scan", 0, rank);
     links = unchanged_links(inc, snap, recv_frag, detail::threads_per_rank(comm, kWritersPerNode), comm);
   }
   std::vector<haddr_t> offsets;
@@ -407,7 +408,7 @@ std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, cons
   if (!write_problem.empty()) throw AgreedWriteFailure(write_problem);
   for (H5Id& ds : dsets) ZT_H5_CHECK(ds.reset());
 
-  detail::test_kill_point("digests", 0, rank);
+  test_hooks::kill_point("digests", 0, rank);
   digest_own_chunks(snap, links, recv_frag, direct, my_digests);
   return gather_digests(my_digests, comm);
 }
@@ -416,7 +417,7 @@ std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, cons
 
 std::string save_prepared(const std::string& output_dir, const std::string& name, const std::string& tmp_dir,
                           const ModelConfig& model, const TrainConfig& train, const TrainProgress& progress,
-                          const ShardSnapshot& snap, MpiComm& comm, int save_total_limit,
+                          const ShardSnapshot& snap, MpiComm& comm, const Retention& retention,
                           const IncrementalPolicy& incremental) {
   const ParamTable& table = *snap.table;
   const int rank = comm.rank(), N = comm.world_size();
@@ -461,16 +462,16 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
     comm.broadcast(manifest_text.data(), len, 0);
     write_string_dataset(file, "manifest", manifest_text, rank, dxpl);
     write_string_dataset(file, kManifestDigestDataset, manifest_digest(manifest_text), rank, dxpl);
-    detail::test_kill_point("close", 0, rank);
+    test_hooks::kill_point("close", 0, rank);
     ZT_H5_CHECK(file.reset());
-    detail::test_kill_point("commit", 0, rank);
+    test_hooks::kill_point("commit", 0, rank);
     // Test-only: stretches every save before the commit, as a large model's write would (the launch scripts'
     // signal tests need a save that outlasts mpirun's default SIGTERM-to-SIGKILL delay).
     if (const int ms = test_hooks::save_delay_ms(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     if (rank == 0) {
       err = commit_checkpoint(output_dir, tmp_dir, name, manifest_text);
       if (err.empty() && !summary.empty()) fmt::print("{}: {}\n", name, summary);
-      if (err.empty() && save_total_limit > 0) apply_retention(output_dir, save_total_limit);
+      if (err.empty() && retention.keep > 0) apply_retention(output_dir, retention.keep, retention.unloadable);
     }
   }
   err = agree_error(comm, err);

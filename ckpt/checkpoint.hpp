@@ -111,14 +111,21 @@ struct IncrementalPolicy {
   int full_interval = 0;  ///< --full_checkpoint_interval: every Nth save writes every tensor (0: only the first)
 };
 
+/// What --save_total_limit keeps after a save.
+struct Retention {
+  int keep = 0;  ///< the newest `keep` committed checkpoints by commit order (0: keep all)
+  /// Names (`checkpoint-<step>`) of checkpoints this run found it could not load: damaged, or unreadable for now.
+  /// They are neither counted among the kept nor removed, so a damaged newer one never pushes out an intact one.
+  std::vector<std::string> unloadable;
+};
+
 /// Writes OUTPUT/checkpoint-<step>/ collectively (temporary name, fsync, rename, fsync dir, then OUTPUT/latest),
-/// then keeps only the newest `save_total_limit` committed checkpoints (0: all) and the checkpoints they link to.
-/// Returns the committed directory. Throws DiskFullError (agreed, nothing written) when space is short,
-/// CheckpointWriteError when a write fails; a failed save never leaves a committed checkpoint and never touches the
-/// previous one or `latest`.
+/// then applies `retention` (apply_retention; checkpoints that kept ones link to are kept too). Returns the committed
+/// directory. Throws DiskFullError (agreed, nothing written) when space is short, CheckpointWriteError when a write
+/// fails; a failed save never leaves a committed checkpoint and never touches the previous one or `latest`.
 std::string save_checkpoint(const std::string& output_dir, const ModelConfig& model, const TrainConfig& train,
                             const TrainProgress& progress, const ShardSnapshot& snap, MpiComm& comm,
-                            int save_total_limit = 0, const IncrementalPolicy& incremental = {});
+                            const Retention& retention = {}, const IncrementalPolicy& incremental = {});
 
 /// Committed checkpoint directories in output_dir, newest step first.
 std::vector<std::string> list_checkpoints(const std::string& output_dir);

@@ -1,12 +1,10 @@
-// Helpers the ckpt/ sources share: agreed errors, hyperslab selection, parallel HDF5 files and transfers, the test
-// kill points of a save.
+// Helpers the ckpt/ sources share: agreed errors, hyperslab selection, parallel HDF5 files and transfers.
 #include "ckpt/ckpt_detail.hpp"
 
 #include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 
@@ -16,17 +14,6 @@
 
 namespace zt {
 namespace detail {
-
-void test_kill_point(const char* phase, long index, int rank) {
-  // Test-only: ZT_TEST_KILL_AT="phase:index:rank" SIGKILLs that rank at that point of a save (crash-safety tests).
-  const std::string& spec = test_hooks::kill_at();
-  if (spec.empty()) return;
-  if (fmt::format("{}:{}:{}", phase, index, rank) == spec) {
-    std::fprintf(stderr, "zerotrain: test: killing rank %d at %s\n", rank, spec.c_str());
-    std::fflush(stderr);
-    std::raise(SIGKILL);
-  }
-}
 
 std::string agree_error(MpiComm& comm, const std::string& local) {
   const int N = comm.world_size();

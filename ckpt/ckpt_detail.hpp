@@ -14,8 +14,6 @@ class ParamTable;
 
 namespace detail {
 
-/// Test-only: SIGKILLs `rank` at this point of a save when ZT_TEST_KILL_AT is "phase:index:rank".
-void test_kill_point(const char* phase, long index, int rank);
 /// Every rank's non-empty `local` error, joined, on every rank ("" when none). Collective.
 std::string agree_error(MpiComm& comm, const std::string& local);
 /// Selects logical elements [a, b) of a row-major dataset of `shape` in `space`.

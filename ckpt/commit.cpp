@@ -2,6 +2,7 @@
 #include "ckpt/commit.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc 2.28)
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,6 +56,39 @@ std::string write_file_synced(const std::string& path, const std::string& text) 
   return std::string();
 }
 
+namespace {
+
+/// Renames tmp_dir to final_dir: the commit. A re-save of a step swaps the two directories in one atomic step
+/// (renameat2 RENAME_EXCHANGE), so at no moment is there no checkpoint of that step under its name; the old copy
+/// then sits under the temporary name. Where the file system cannot swap (NFS), the old copy is first moved aside to
+/// `.<name>.old`, which the run directory's clean-up renames back if the process dies before the second rename.
+/// `replaced` receives where the old copy went ("" when there was none). Returns an error message or "".
+std::string put_in_place(const std::string& output_dir, const std::string& tmp_dir, const std::string& final_dir,
+                         std::string& replaced) {
+  std::error_code ec;
+  if (fs::exists(final_dir)) {
+    test_hooks::kill_point("rename", 0, 0);
+    if (::renameat2(AT_FDCWD, tmp_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+      replaced = tmp_dir;
+    } else {
+      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return fmt::format("cannot swap {} into place of {}: {}", tmp_dir, final_dir, std::strerror(errno));
+      replaced = fmt::format("{}/.{}.old", output_dir, fs::path(final_dir).filename().string());
+      fs::remove_all(replaced, ec);
+      fs::rename(final_dir, replaced, ec);
+      if (ec) return fmt::format("cannot move aside existing {}: {}", final_dir, ec.message());
+      test_hooks::kill_point("rename-aside", 0, 0);
+    }
+  } else {
+    test_hooks::kill_point("rename", 0, 0);
+  }
+  if (replaced != tmp_dir) fs::rename(tmp_dir, final_dir, ec);
+  if (ec) return fmt::format("cannot rename {} to {}: {}", tmp_dir, final_dir, ec.message());
+  return std::string();
+}
+
+}  // namespace
+
 std::string prepare_temp_dir(const std::string& output_dir, const std::string& tmp_dir) {
   std::error_code ec;
   fs::create_directories(output_dir, ec);
@@ -73,29 +107,22 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
   if (err.empty()) err = fsync_path(tmp_dir, true);
   if (!err.empty()) return err;
   const std::string final_dir = output_dir + "/" + name;
-  std::error_code ec;
-  // Re-saving a step (after a resume): move the old one aside first; rename cannot replace a non-empty directory.
-  const std::string old_dir = fmt::format("{}/.{}.old", output_dir, name);
-  if (fs::exists(final_dir)) {
-    fs::remove_all(old_dir, ec);
-    fs::rename(final_dir, old_dir, ec);
-    if (ec) return fmt::format("cannot move aside existing {}: {}", final_dir, ec.message());
-  }
-  detail::test_kill_point("rename", 0, 0);
-  fs::rename(tmp_dir, final_dir, ec);
-  if (ec) return fmt::format("cannot rename {} to {}: {}", tmp_dir, final_dir, ec.message());
+  std::string replaced;  // where the copy this save replaces ends up (a re-save of the step), removed last
+  err = put_in_place(output_dir, tmp_dir, final_dir, replaced);
+  if (!err.empty()) return err;
   err = fsync_path(output_dir, true);
   if (!err.empty()) return err;
   // `latest`: a small file replaced atomically (write + fsync + rename + fsync of the directory).
-  detail::test_kill_point("latest", 0, 0);
+  test_hooks::kill_point("latest", 0, 0);
   const std::string latest_tmp = output_dir + "/.latest.tmp";
   err = write_file_synced(latest_tmp, name + "\n");
   if (!err.empty()) return err;
-  detail::test_kill_point("latest-rename", 0, 0);
+  test_hooks::kill_point("latest-rename", 0, 0);
+  std::error_code ec;
   fs::rename(latest_tmp, output_dir + "/latest", ec);
   if (ec) return fmt::format("cannot update {}/latest: {}", output_dir, ec.message());
   err = fsync_path(output_dir, true);
-  fs::remove_all(old_dir, ec);
+  if (!replaced.empty()) fs::remove_all(replaced, ec);
   return err;
 }
 
@@ -112,7 +139,7 @@ std::string prune_checkpoint(const std::string& output_dir, const std::string& d
   if (ec) return fmt::format("cannot move {} aside to {}: {}", dir, aside, ec.message());
   std::string err = fsync_path(output_dir, true);
   if (!err.empty()) return err;
-  detail::test_kill_point("prune", index, 0);
+  test_hooks::kill_point("prune", index, 0);
   fs::remove_all(aside, ec);
   if (ec) return fmt::format("cannot remove {} (moved aside from {}): {}", aside, name, ec.message());
   return std::string();
@@ -140,25 +167,34 @@ Leftover classify_leftover(const std::string& name, int64_t* step) {
 namespace {
 
 /// The checkpoints (directory names) retention keeps: the newest `keep` by commit order, the one `latest` names,
-/// every one whose manifest cannot be read, and then everything a kept one links to. False (nothing may be pruned)
-/// when the links of a kept checkpoint cannot be read. `links` receives every checkpoint's links that could be read.
+/// every one whose manifest cannot be read or that this run could not load (`unloadable`, not counted), and then
+/// everything a kept one links to. False (nothing may be pruned) when the links of a kept checkpoint cannot be read.
+/// `links` receives every checkpoint's links that could be read.
 bool checkpoints_to_keep(const std::vector<CommittedCheckpoint>& all, const std::string& latest, int keep,
-                         std::set<std::string>& kept, std::map<std::string, std::set<std::string>>& links) {
+                         const std::vector<std::string>& unloadable, std::set<std::string>& kept,
+                         std::map<std::string, std::set<std::string>>& links) {
   int n_newest = 0;
   for (const CommittedCheckpoint& c : all) {
     const std::string name = fs::path(c.path).filename().string();
     // Only what can be ordered is pruned: an unreadable manifest may be a passing read error on a good checkpoint.
     if (c.commit_seq < 0)
       fmt::print(stderr, "zerotrain: warning: --save_total_limit does not remove {}: {}\n", c.path, c.problem);
-    if (c.commit_seq < 0 || n_newest < keep || name == latest) kept.insert(name);
-    if (c.commit_seq >= 0 && n_newest < keep) ++n_newest;
+    // Counting a checkpoint this run could not load as kept would let a damaged one push out an intact older one.
+    const bool bad = std::find(unloadable.begin(), unloadable.end(), name) != unloadable.end();
+    if (bad)
+      fmt::print(stderr,
+                 "zerotrain: warning: --save_total_limit neither counts nor removes {}: this run could not load it\n",
+                 c.path);
+    if (bad || c.commit_seq < 0 || n_newest < keep || name == latest) kept.insert(name);
+    if (!bad && c.commit_seq >= 0 && n_newest < keep) ++n_newest;
   }
   for (const CommittedCheckpoint& c : all) {
     const std::string name = fs::path(c.path).filename().string();
     try {
       links[name] = linked_checkpoints(c.path);
     } catch (const Error& e) {
-      if (!kept.count(name)) continue;  // it goes anyway: what it links to does not matter
+      // It goes anyway, or it is already damaged: what it links to does not matter.
+      if (!kept.count(name) || std::find(unloadable.begin(), unloadable.end(), name) != unloadable.end()) continue;
       fmt::print(stderr,
                  "zerotrain: warning: --save_total_limit removes nothing this time: cannot tell which checkpoints "
                  "{} links to: {}\n",
@@ -181,7 +217,7 @@ bool checkpoints_to_keep(const std::vector<CommittedCheckpoint>& all, const std:
 
 }  // namespace
 
-void apply_retention(const std::string& output_dir, int keep) {
+void apply_retention(const std::string& output_dir, int keep, const std::vector<std::string>& unloadable) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(output_dir, ec)) {
     if (classify_leftover(e.path().filename().string(), nullptr) != Leftover::kPruning) continue;
@@ -193,7 +229,7 @@ void apply_retention(const std::string& output_dir, int keep) {
   const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
   std::set<std::string> kept;
   std::map<std::string, std::set<std::string>> links;
-  if (!checkpoints_to_keep(all, latest, keep, kept, links)) return;
+  if (!checkpoints_to_keep(all, latest, keep, unloadable, kept, links)) return;
   std::vector<std::string> doomed;  // most recent commit first
   for (const CommittedCheckpoint& c : all)
     if (!kept.count(fs::path(c.path).filename().string())) doomed.push_back(c.path);

@@ -24,8 +24,9 @@ std::string commit_checkpoint(const std::string& output_dir, const std::string& 
 /// Deletes committed checkpoints beyond the newest `keep` by commit order (checkpoints_by_commit, as `latest`
 /// resumes), never the one `latest` names nor one whose manifest cannot be read, each by renaming it to
 /// `.checkpoint-<step>.pruning` and then deleting that; first finishes such leftovers of an interrupted prune.
-/// Logs what it removes.
-void apply_retention(const std::string& output_dir, int keep);
+/// Checkpoints named in `unloadable` (`checkpoint-<step>`: a resume found them damaged or unreadable) are neither
+/// counted nor removed. Logs what it removes.
+void apply_retention(const std::string& output_dir, int keep, const std::vector<std::string>& unloadable = {});
 /// What a dot-name in an output directory is left from (docs/checkpoint-format.md, section 1).
 enum class Leftover {
   kNone,        ///< not one of the names below

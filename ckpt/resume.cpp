@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <fstream>
 
 #include "ckpt/checkpoint.hpp"
 #include "sharding/comm_mpi.hpp"
@@ -42,14 +43,6 @@ std::string broadcast_text(std::string text, MpiComm& comm) {
   return text;
 }
 
-// Rank 0's candidates in the order a resume tries them (list_candidates without its notes).
-std::vector<std::string> candidates_on_rank0(const std::string& spec, const std::string& output_dir) {
-  if (spec != "latest") return {spec};
-  std::vector<std::string> out;
-  for (const auto& c : checkpoints_by_commit(output_dir)) out.push_back(c.path);
-  return out;
-}
-
 }  // namespace
 
 std::vector<std::string> resume_candidates(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
@@ -59,26 +52,56 @@ std::vector<std::string> resume_candidates(const std::string& spec, const std::s
   return split_lines(broadcast_text(joined, comm));
 }
 
-ResumeSource resume_source(const std::string& spec, const std::string& output_dir, MpiComm& comm) {
-  std::string found;  // "path\nmanifest"
-  if (comm.rank() == 0)
-    for (const auto& c : candidates_on_rank0(spec, output_dir)) {
-      try {
-        found = c + "\n" + read_manifest(c).dump();
-        break;
-      } catch (const Error&) {
-        // Unreadable: the load skips it (latest) or reports it (a path), as without this look-ahead.
-      }
+ResumeSource read_resume_source(const std::string& path, MpiComm& comm) {
+  std::string found;  // "0 manifest" or "1 problem"
+  if (comm.rank() == 0) {
+    try {
+      found = "0" + read_manifest(path).dump();
+    } catch (const Error& e) {
+      found = std::string("1") + e.what();
     }
+  }
   found = broadcast_text(found, comm);
-  if (found.empty()) return {};
-  const size_t nl = found.find('\n');
-  return {found.substr(0, nl), nlohmann::json::parse(found.substr(nl + 1))};
+  ResumeSource src;
+  src.path = path;
+  if (found[0] == '0')
+    src.manifest = nlohmann::json::parse(found.substr(1));
+  else
+    src.problem = found.substr(1);
+  return src;
 }
 
-int64_t next_commit_seq(const std::string& output_dir) {
-  const std::vector<CommittedCheckpoint> all = checkpoints_by_commit(output_dir);
-  return all.empty() ? 1 : std::max<int64_t>(all.front().commit_seq, 0) + 1;
+namespace {
+
+/// commit_seq of the informative manifest.json copy, or -1.
+int64_t json_commit_seq(const std::string& ckpt_dir) {
+  std::ifstream in(ckpt_dir + "/manifest.json");
+  try {
+    const nlohmann::json m = nlohmann::json::parse(in);
+    const auto it = m.find("commit_seq");
+    if (it == m.end()) return 0;
+    return it->is_number_integer() ? std::max<int64_t>(it->get<int64_t>(), 0) : -1;
+  } catch (const nlohmann::json::exception&) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+int64_t next_commit_seq(const std::string& output_dir, std::string& problem) {
+  int64_t top = 0;
+  for (const CommittedCheckpoint& c : checkpoints_by_commit(output_dir)) {
+    int64_t seq = c.commit_seq;
+    if (seq < 0) seq = json_commit_seq(c.path);
+    if (seq < 0 && problem.empty())
+      problem = fmt::format(
+          "cannot tell where {} stands in commit order: {}; and its manifest.json does not read either. A new "
+          "checkpoint could be numbered below it and be passed over once it reads again: make it readable, or move "
+          "it out of the output directory",
+          c.path, c.problem);
+    top = std::max(top, seq);
+  }
+  return top + 1;
 }
 
 TrainConfig adjust_for_resume(const TrainConfig& now, const nlohmann::json& manifest, int world_size,

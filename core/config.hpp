@@ -118,13 +118,20 @@ using StringList = std::vector<std::string>;
     "With --incremental_checkpoints: every Nth save writes every tensor, bounding what a checkpoint links to (0: "     \
     "only the first)")                                                                                                 \
   X(std::string, resume_from_checkpoint, "", saved, this_run, any(),                                                   \
-    "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir; fresh start if none)")         \
+    "Resume from a checkpoint directory, or 'latest' (newest committed in --output_dir that loads; fresh start if "    \
+    "there is none, an error if there are some and none loads)")                                                       \
   X(std::string, init_from, "", saved, this_run, any(),                                                                \
     "Start from pretrained parameters (step 0, fresh optimizer): an llm.c model file, a Hugging Face GPT-2 directory " \
     "or model.safetensors, or a zerotrain checkpoint; with --resume_from_checkpoint latest, only when no checkpoint "  \
     "is committed yet")                                                                                                \
   X(int, sample_interval, 0, saved, restored, at_least(0),                                                             \
     "Rank 0 logs a short generated sample every N steps (0: never)")                                                   \
+  X(bool, allow_fresh_start, false, unsaved, this_run, any(),                                                          \
+    "Train from scratch even though --output_dir holds committed checkpoints (none loads, or no resume was asked "     \
+    "for); they stay until this run's saves replace or prune them")                                                    \
+  X(double, hang_timeout, 600, unsaved, this_run, at_least(0),                                                         \
+    "Seconds without progress (a step, evaluation, save or load finishing) after which every live rank reports where " \
+    "it waits and the job ends with status 124; saves and loads get their expected I/O time on top (0: off)")         \
   X(std::string, ckpt_write, "auto", unsaved, this_run, one_of({"auto", "hdf5"}),                                      \
     "How checkpoint tensors reach the file: hdf5 (always H5Dwrite) or auto (pwrite by each rank where every rank can " \
     "open the file, else H5Dwrite; the deprecated ZT_CKPT_WRITE=hdf5 when set)")                                       \

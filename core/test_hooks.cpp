@@ -1,6 +1,8 @@
 // Reads the ZT_TEST_* variables of core/test_hooks.hpp; a malformed value is refused, naming the variable.
 #include "core/test_hooks.hpp"
 
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 
 #include "core/errors.hpp"
@@ -25,6 +27,17 @@ const std::string& kill_at() {
     return std::string(v != nullptr ? v : "");
   }();
   return spec;
+}
+
+void kill_point(const char* phase, long index, int rank) {
+  const std::string& spec = kill_at();
+  if (spec.empty()) return;
+  const std::string here = fmt::format("{}:{}:{}", phase, index, rank);
+  const bool stop = spec == here + ":stop";
+  if (spec != here && !stop) return;
+  std::fprintf(stderr, "zerotrain: test: %s rank %d at %s\n", stop ? "stopping" : "killing", rank, spec.c_str());
+  std::fflush(stderr);
+  std::raise(stop ? SIGSTOP : SIGKILL);
 }
 
 std::optional<uint64_t> free_bytes_override() {

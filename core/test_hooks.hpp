@@ -8,8 +8,13 @@
 
 namespace zt::test_hooks {
 
-/// ZT_TEST_KILL_AT="phase:index:rank": the save point at which that rank SIGKILLs itself (crash-safety tests), or "".
+/// ZT_TEST_KILL_AT="phase:index:rank[:stop]": the point at which that rank SIGKILLs itself (crash-safety tests), or
+/// SIGSTOPs itself with ":stop" (a stuck rank, for the hang watchdog's tests); "" when unset.
 const std::string& kill_at();
+/// A point named by ZT_TEST_KILL_AT: a save's ("dataset", "digests", "close", "commit", "rename", "latest",
+/// "latest-rename", "prune") or the start of a training step ("step", index = steps done before it). Does nothing
+/// unless the variable names exactly this phase, index and rank.
+void kill_point(const char* phase, long index, int rank);
 /// ZT_TEST_FREE_BYTES_OVERRIDE=N: the free space the pre-save check sees, so a real write runs into ENOSPC.
 std::optional<uint64_t> free_bytes_override();
 /// ZT_TEST_ASYNC_COPY_DELAY_MS=N: a background save's host copy sleeps N ms first, so the next step must wait (0: off).

@@ -1,6 +1,7 @@
-// Checkpointer: resume selection and loading, save scheduling, synchronous and background saves with retention.
+// Checkpointer: loading the chosen checkpoint, save scheduling, synchronous and background saves with retention.
 #include "launch/checkpointer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include "ckpt/model_source.hpp"
 #include "ckpt/resume.hpp"
 #include "core/errors.hpp"
+#include "launch/watchdog.hpp"
 #include "sharding/comm_mpi.hpp"
 #include "sharding/zero_engine.hpp"
 
@@ -21,58 +23,43 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 }  // namespace
 
-ResumePlan plan_resume(const TrainConfig& requested, MpiComm& control) {
+ResumePlan plan_resume(const TrainConfig& train, const ResumeSource& src, int world_size, bool lead) {
   ResumePlan plan;
-  plan.train = requested;
-  if (requested.resume_from_checkpoint.empty()) return plan;
-  plan.candidates = resume_candidates(requested.resume_from_checkpoint, requested.output_dir, control);
-  // The first readable candidate's manifest fixes the run shape; an unreadable one is reported when loading it.
-  for (const auto& c : plan.candidates) {
-    nlohmann::json manifest;
-    try {
-      manifest = read_manifest(c);
-    } catch (const CheckpointError&) {
-      continue;
-    }
-    std::vector<std::string> warnings;
-    plan.train = adjust_for_resume(requested, manifest, control.world_size(), warnings);
-    if (control.rank() == 0)
-      for (const auto& w : warnings) fmt::print(stderr, "zerotrain: warning: resuming {}: {}\n", c, w);
-    break;
-  }
+  plan.train = train;
+  plan.checkpoint = src.path;
+  // An unreadable manifest fixes nothing: the load reports it.
+  if (src.path.empty() || !src.manifest.is_object()) return plan;
+  std::vector<std::string> warnings;
+  plan.train = adjust_for_resume(train, src.manifest, world_size, warnings);
+  if (lead)
+    for (const auto& w : warnings) fmt::print(stderr, "zerotrain: warning: resuming {}: {}\n", src.path, w);
   return plan;
 }
 
 Checkpointer::Checkpointer(const ModelConfig& model, const TrainConfig& train, MpiComm& control, ZeroEngine& engine,
-                           const std::vector<std::string>& candidates, bool quiet)
-    : model_(model), train_(train), control_(control), engine_(engine), lead_(control.rank() == 0), quiet_(quiet) {
-  restore_or_init(candidates);
+                           const ResumePlan& plan, HangWatchdog* watchdog, bool quiet)
+    : model_(model),
+      train_(train),
+      control_(control),
+      engine_(engine),
+      watchdog_(watchdog),
+      lead_(control.rank() == 0),
+      quiet_(quiet),
+      unloadable_(plan.unloadable) {
+  if (watchdog_) watchdog_->set_checkpoint_bytes(3 * engine.table().n_params() * sizeof(float));
+  restore_or_init(plan.checkpoint);
 }
 
 Checkpointer::~Checkpointer() = default;  // AsyncSaver's destructor waits for its thread
 
-void Checkpointer::restore_or_init(const std::vector<std::string>& candidates) {
-  double load_s = 0;
-  for (const auto& c : candidates) {
-    try {
-      const auto t0 = Clock::now();
-      loaded_ = load_checkpoint(c, model_, engine_, control_);
-      load_s = seconds_since(t0);
-      resumed_ = true;
-      last_saved_ = c;
-      break;
-    } catch (const CheckpointError& e) {
-      if (train_.resume_from_checkpoint != "latest") throw;
-      if (lead_) fmt::print(stderr, "zerotrain: warning: skipping checkpoint {}: {}\n", c, e.what());
-    }
-  }
-  if (!resumed_) {
-    if (lead_ && train_.resume_from_checkpoint == "latest")
-      fmt::print("no usable checkpoint in {}: starting {}\n", train_.output_dir,
-                 train_.init_from.empty() ? "fresh" : "from --init_from " + train_.init_from);
-    init_fresh();
-    return;
-  }
+void Checkpointer::restore_or_init(const std::string& checkpoint) {
+  if (checkpoint.empty()) return init_fresh();
+  if (watchdog_) watchdog_->enter(RunPhase::load, 0);
+  const auto t0 = Clock::now();
+  loaded_ = load_checkpoint(checkpoint, model_, engine_, control_);
+  const double load_s = seconds_since(t0);
+  resumed_ = true;
+  last_saved_ = checkpoint;
   if (lead_ && !train_.init_from.empty())
     fmt::print("--init_from {} not used: resuming this run's own checkpoint (it started from those parameters)\n",
                train_.init_from);
@@ -87,6 +74,7 @@ void Checkpointer::init_fresh() {
     engine_.init_params(train_.seed);
     return;
   }
+  if (watchdog_) watchdog_->enter(RunPhase::load, 0);
   const auto t0 = Clock::now();
   const std::unique_ptr<ModelSource> src = open_model_source(train_.init_from);
   init_params_from(*src, engine_, control_);
@@ -98,8 +86,12 @@ void Checkpointer::init_fresh() {
 void Checkpointer::start() {
   if (train_.async_save) async_ = std::make_unique<AsyncSaver>(control_);
   // Commit order in the output directory (resume from `latest` takes the most recent commit).
-  if (lead_) commit_seq_ = next_commit_seq(train_.output_dir);
+  std::string problem;
+  if (lead_) commit_seq_ = next_commit_seq(train_.output_dir, problem);
+  if (!problem.empty()) commit_seq_ = -1;
   control_.broadcast(&commit_seq_, sizeof(commit_seq_), 0);
+  // Rank 0's message is the one printed (zt::report_fatal_error).
+  ZT_CHECK(commit_seq_ > 0, "{}", lead_ ? problem : "rank 0 cannot number this run's checkpoints");
 }
 
 void Checkpointer::resave_if_nothing_to_train() {
@@ -114,16 +106,29 @@ void Checkpointer::resave_if_nothing_to_train() {
 }
 
 bool Checkpointer::due(int steps_done) const {
-  return train_.save_interval > 0 && (steps_done % train_.save_interval == 0 || steps_done == train_.max_steps);
+  if (steps_done == train_.max_steps) return train_.save_interval > 0 || train_.exit_after_steps > 0;
+  return train_.save_interval > 0 && steps_done % train_.save_interval == 0;
+}
+
+Retention Checkpointer::retention_for(int64_t step) {
+  // The save replaces a checkpoint of its step that this run could not load: from then on that name is sound.
+  const std::string name = fmt::format("checkpoint-{}", step);
+  unloadable_.erase(std::remove(unloadable_.begin(), unloadable_.end(), name), unloadable_.end());
+  return Retention{train_.save_total_limit, unloadable_};
+}
+
+void Checkpointer::mark_save(int64_t step) {
+  if (watchdog_) watchdog_->enter(RunPhase::save, step);
 }
 
 void Checkpointer::save(const TrainProgress& progress_in) {
   TrainProgress progress = progress_in;
   progress.commit_seq = commit_seq_++;
+  mark_save(progress.step);
   if (async_) return start_async(progress);
   const auto t0 = Clock::now();
   const std::string dir = save_checkpoint(train_.output_dir, model_, train_, progress, snapshot_view(engine_), control_,
-                                          train_.save_total_limit, incremental());
+                                          retention_for(progress.step), incremental());
   last_saved_ = dir;
   const double dt = seconds_since(t0);
   save_blocked_s_.push_back(dt);
@@ -135,7 +140,7 @@ void Checkpointer::start_async(const TrainProgress& progress) {
   report_async(async_->wait());  // one save in flight at a time
   const double waited = seconds_since(t0);
   const auto t1 = Clock::now();
-  async_->start(train_.output_dir, model_, train_, progress, engine_, train_.save_total_limit, incremental());
+  async_->start(train_.output_dir, model_, train_, progress, engine_, retention_for(progress.step), incremental());
   async_step_ = progress.step;
   async_blocked_s_ = waited + seconds_since(t1);
   async_unreported_ = true;
@@ -147,7 +152,9 @@ void Checkpointer::before_optimizer_step() {
 
 void Checkpointer::finish() {
   if (async_unreported_) finish_async_copy();
-  if (async_) report_async(async_->wait());
+  if (!async_) return;
+  if (watchdog_ && async_->busy()) watchdog_->enter(RunPhase::save_wait, async_step_);
+  report_async(async_->wait());
 }
 
 void Checkpointer::finish_async_copy() {

@@ -10,9 +10,7 @@
 #include <sstream>
 
 #include "ckpt/checkpoint.hpp"
-#include "ckpt/resume.hpp"
 #include "core/errors.hpp"
-#include "sharding/comm_mpi.hpp"
 
 namespace zt {
 namespace {
@@ -217,17 +215,14 @@ nlohmann::json read_config_file(const std::string& path) {
   return j;
 }
 
-bool apply_resume_config(TrainSettings& s, MpiComm& comm) {
-  if (s.train.resume_from_checkpoint.empty()) return false;
-  const ResumeSource src = resume_source(s.train.resume_from_checkpoint, s.train.output_dir, comm);
-  if (src.path.empty()) return false;  // a fresh start, or a load that fails and says why
+void apply_resume_config(TrainSettings& s, const ResumeSource& src, bool lead) {
+  if (src.path.empty() || !src.manifest.is_object()) return;
   check_format_version(src.manifest, src.path + "/" + kCheckpointFile);
   ResumedConfig r = resume_config(src.manifest, s.model, s.train, s.explicit_keys, src.path);
   s.model = r.model;
   s.train = r.train;
-  if (comm.rank() == 0 && !r.changed.empty())
+  if (lead && !r.changed.empty())
     fmt::print("changed on resume from {} (checkpoint -> this run): {}\n", src.path, fmt::join(r.changed, ", "));
-  return true;
 }
 
 }  // namespace zt

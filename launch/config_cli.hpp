@@ -11,11 +11,10 @@
 #include <utility>
 #include <vector>
 
+#include "ckpt/resume.hpp"
 #include "core/config.hpp"
 
 namespace zt {
-
-class MpiComm;
 
 /// A run's configuration and which fields were given explicitly.
 struct TrainSettings {
@@ -63,10 +62,10 @@ class FieldFlags {
 /// directory, not parseable, a value that is not a string, number, boolean or array of strings).
 nlohmann::json read_config_file(const std::string& path);
 
-/// With --resume_from_checkpoint, makes the checkpoint the resume will load the default for every field not given
-/// explicitly (zt::resume_config), and prints "changed on resume: ..." on rank 0 when a listed field changes. Rank
-/// 0 reads the manifest; collective over `comm`. Nothing to resume (latest in an empty --output_dir): no change.
-/// Returns whether there was a checkpoint to take the configuration from.
-bool apply_resume_config(TrainSettings& s, MpiComm& comm);
+/// Makes the checkpoint a resume loads (`src`: its path and manifest, as zt::read_resume_source gives them) the
+/// default for every field not given explicitly (zt::resume_config), and prints "changed on resume: ..." when `lead`
+/// and a listed field changes. An unreadable manifest (src.problem) changes nothing: the load reports it. Throws
+/// zt::Error for a format version this build does not read, or a must_match field given a different value.
+void apply_resume_config(TrainSettings& s, const ResumeSource& src, bool lead);
 
 }  // namespace zt

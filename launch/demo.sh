@@ -12,4 +12,5 @@ cmake --build build -j"$(nproc)" --target zerotrain
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 exec mpirun -np "${ZT_RANKS:-2}" --oversubscribe --bind-to none build/zerotrain train --preset tiny --zero_stage 2 \
   --max_steps 300 --global_batch_size 32 --micro_batch_size 8 --learning_rate 3e-3 --warmup_steps 20 \
-  --log_interval 25 --eval_interval 100 --save_interval 100 --output_dir output/demo "$@"
+  --log_interval 25 --eval_interval 100 --save_interval 100 --output_dir output/demo \
+  --allow_fresh_start "$@"  # run again, it trains again from scratch over the last run's checkpoints

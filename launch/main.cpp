@@ -16,9 +16,10 @@
 #include "core/errors.hpp"
 #include "launch/config_cli.hpp"
 #include "launch/device_select.hpp"
+#include "launch/metrics_log.hpp"
 #include "launch/model_commands.hpp"
 #include "launch/preempt.hpp"
-#include "launch/trainer.hpp"
+#include "launch/session.hpp"
 #include "sharding/comm_mpi.hpp"
 
 namespace {
@@ -128,21 +129,29 @@ int verify_checkpoint(const CkptCommand& cmd, int rank) {
   return problems.empty() ? 0 : 1;
 }
 
+/// CPU threads per rank: --threads, else the CPUs this rank may use.
+int rank_threads(int requested) {
+  if (requested > 0) return requested;
+  // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
+  const int cpus = usable_cpus();
+  const int hw = std::max(1, int(std::thread::hardware_concurrency()));
+  return cpus < hw ? cpus : std::max(1, hw / local_rank_count());
+}
+
 int train_command(TrainCommand& cmd, int rank) {
-  zt::TrainSettings settings = cmd.flags->settings();  // flags > config file > preset > defaults
+  const zt::TrainSettings settings = cmd.flags->settings();  // flags > config file > preset > defaults
   // Host MPI for agreement and checkpoint I/O, beside the device's comm for ZeRO's collectives.
   zt::MpiComm control(MPI_COMM_WORLD);
-  // > the resumed checkpoint's configuration; with nothing to resume, --init_from's file gives the model.
-  if (!zt::apply_resume_config(settings, control) && !settings.train.init_from.empty())
-    settings.model = zt::model_for_init_from(settings.train.init_from, settings);
-  const zt::ModelConfig& m = settings.model;
-  zt::TrainConfig& t = settings.train;  // make_run_device resolves device, dtype and comm in it
-  zt::RunDevice run_device = zt::make_run_device(t, zt::resolve_threads(t.threads));
-  if (rank == 0 && !cmd.run_opts.quiet) {
-    fmt::print("device {}\n", run_device.description);
-    std::fflush(stdout);
-  }
-  const zt::TrainSummary summary = zt::train(m, t, {control, *run_device.comm}, *run_device.backend, cmd.run_opts);
+  const bool quiet = cmd.run_opts.quiet;
+  auto make_device = [rank, quiet](zt::TrainConfig& t) {
+    zt::RunDevice device = zt::make_run_device(t, zt::resolve_threads(t.threads));
+    if (rank == 0 && !quiet) {
+      fmt::print("device {}\n", device.description);
+      std::fflush(stdout);
+    }
+    return device;
+  };
+  const zt::TrainSummary summary = zt::run_train(settings, control, make_device, cmd.run_opts);
   return summary.preempted ? zt::kExitRequeue : 0;
 }
 
@@ -215,6 +224,12 @@ int main(int argc, char** argv) {
   } catch (const zt::CheckpointWriteError& e) {
     // Agreed: every rank holds the same message, and rank 0's report is the one.
     zt::report_fatal_error(e.what(), /*print=*/!e.agreed() || rank == 0);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, zt::kExitSaveFailed);
+    MPI_Finalize();
+    return zt::kExitSaveFailed;
+  } catch (const zt::MetricsWriteError& e) {
+    // Only rank 0 writes metrics.jsonl; the others wait in a collective.
+    zt::report_fatal_error(e.what());
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, zt::kExitSaveFailed);
     MPI_Finalize();
     return zt::kExitSaveFailed;

@@ -75,7 +75,7 @@ void inject_test_failure(int rank, int step) {
 
 }  // namespace
 
-Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, RunComms comms, Backend& backend,
+Trainer::Trainer(const ModelConfig& model, const ResumePlan& plan, RunComms comms, Backend& backend,
                  const RunOptions& opts)
     : mcfg_(validated(model)),
       control_(comms.control),
@@ -85,8 +85,7 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, RunComms co
       rank_(checked_rank(comms)),
       world_size_(comms.control.world_size()),
       lead_(rank_ == 0),
-      plan_(plan_resume(train, control_)),
-      tcfg_(validated(plan_.train, world_size_)),
+      tcfg_(validated(plan.train, world_size_)),
       B_(tcfg_.micro_batch_size),
       T_(mcfg_.seq_len),
       G_(tcfg_.global_batch_size),
@@ -98,7 +97,7 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, RunComms co
       profile_(backend, tcfg_.profile_steps, lead_ && !opts.quiet),
       model_(table_, profile_.backend(), B_, T_, parse_recompute(tcfg_.recompute)),
       engine_(table_, profile_.backend(), data_, tcfg_.zero_stage, size_t(tcfg_.zero_bucket_mb * double(1 << 20))),
-      checkpointer_(mcfg_, tcfg_, control_, engine_, plan_.candidates, opts.quiet),
+      checkpointer_(mcfg_, tcfg_, control_, engine_, plan, opts.watchdog, opts.quiet),
       stop_(control_, tcfg_, checkpointer_.start_step(), lead_ && !opts.quiet),
       dump_(opts.debug_dump_dir, engine_, table_, lead_),
       sampler_(table_, backend, loader_, tcfg_.seed, tcfg_.sample_interval, lead_, lead_ && !opts.quiet),
@@ -109,19 +108,22 @@ Trainer::~Trainer() = default;
 
 TrainSummary Trainer::run() {
   print_banner();
+  checkpointer_.start();  // first: it may refuse to run, and metrics.jsonl is still untouched then
   metrics_ = std::make_unique<MetricsLog>(tcfg_.output_dir, lead_, checkpointer_.resumed(), checkpointer_.start_step());
   dump_.initial(mcfg_, tcfg_, world_size_);
-  checkpointer_.start();
   checkpointer_.resave_if_nothing_to_train();
   const int start_step = checkpointer_.start_step();
   const auto t_start = Clock::now();
   for (int step = start_step; step < tcfg_.max_steps; ++step) {
     const int64_t batch_index = checkpointer_.data_cursor() + (step - start_step);
+    mark(RunPhase::step, step + 1);
+    test_hooks::kill_point("step", step, rank_);
     inject_test_failure(rank_, step);
     const StepResult r = train_step(step, batch_index);
     record(step, batch_index, r);
     sampler_.after_step(step + 1, engine_);
     // After the metrics row, so a resumed run's metrics.jsonl has every step up to its checkpoint.
+    mark(RunPhase::step_boundary, step + 1);
     const StopDecision stop = stop_.after_step(step + 1);
     if (checkpointer_.due(step + 1) || stop.exiting) checkpointer_.save(progress_after(step, batch_index, r.lr));
     if (stop.exiting) {
@@ -131,6 +133,7 @@ TrainSummary Trainer::run() {
       break;
     }
   }
+  mark(RunPhase::finish, std::max(summary_.steps_done, start_step));
   checkpointer_.finish();
   profile_.finish();
   if (opts_.collect_params) collect_params();
@@ -162,6 +165,7 @@ Trainer::StepResult Trainer::train_step(int step, int64_t batch_index) {
   hp.eps = float(tcfg_.adam_eps);
   hp.weight_decay = float(tcfg_.weight_decay);
   hp.grad_scale = float(clip);
+  mark(RunPhase::optimizer, step + 1);
   checkpointer_.before_optimizer_step();
   engine_.optimizer_step(hp);
   dump_.parameters(step, r.loss, r.lr, r.grad_norm);
@@ -204,6 +208,7 @@ void Trainer::record(int step, int64_t batch_index, const StepResult& r) {
   const bool do_eval = tcfg_.eval_interval > 0 && loader_.n_val_sequences() > 0 &&
                        ((step + 1) % tcfg_.eval_interval == 0 || step + 1 == tcfg_.max_steps);
   if (do_eval) {
+    mark(RunPhase::evaluation, step + 1);
     val_loss = evaluate();
     summary_.last_val_loss = val_loss;
   }
@@ -277,9 +282,8 @@ void Trainer::print_done(double total_s) const {
   std::fflush(stdout);
 }
 
-TrainSummary train(const ModelConfig& model, const TrainConfig& train, RunComms comms, Backend& backend,
-                   const RunOptions& opts) {
-  return Trainer(model, train, comms, backend, opts).run();
+void Trainer::mark(RunPhase phase, int64_t step) const {
+  if (opts_.watchdog) opts_.watchdog->enter(phase, step);
 }
 
 }  // namespace zt

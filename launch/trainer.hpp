@@ -16,11 +16,13 @@
 #include "launch/profile_report.hpp"
 #include "launch/sample_log.hpp"
 #include "launch/stop_policy.hpp"
+#include "launch/watchdog.hpp"
 #include "sharding/zero_engine.hpp"
 
 namespace zt {
 
 class Comm;
+class HangWatchdog;
 class MetricsLog;
 class MpiComm;
 
@@ -41,6 +43,7 @@ struct RunOptions {
   std::string debug_dump_dir;   ///< when set: initial params, batches, per-step grads and params (for cross-checks)
   bool quiet = false;           ///< no progress lines (tests)
   bool collect_params = false;  ///< gather the final parameters into TrainSummary::final_params (collective)
+  HangWatchdog* watchdog = nullptr;  ///< told of every phase of the run (zt::run_train's), or none
 };
 
 /// The two communicators of a run, over the same ranks. `control` is host MPI: resume and checkpoint I/O
@@ -52,11 +55,12 @@ struct RunComms {
   Comm& data;
 };
 
-/// One training run. The constructor builds the model and the engine and restores or initialises their state
-/// (collective); run() trains up to train.max_steps steps, or until the stop policy says otherwise.
+/// One training run. The constructor builds the model and the engine and loads plan.checkpoint into them or
+/// initialises them (collective; a load failure is thrown as the CheckpointError every rank agreed on); run() trains
+/// up to max_steps steps, or until the stop policy says otherwise. The caller chooses the checkpoint (zt::run_train).
 class Trainer {
  public:
-  Trainer(const ModelConfig& model, const TrainConfig& train, RunComms comms, Backend& backend, const RunOptions& opts);
+  Trainer(const ModelConfig& model, const ResumePlan& plan, RunComms comms, Backend& backend, const RunOptions& opts);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -79,6 +83,7 @@ class Trainer {
   TrainProgress progress_after(int step, int64_t batch_index, double lr) const;
   void collect_params();
   void print_done(double total_s) const;
+  void mark(RunPhase phase, int64_t step) const;
 
   const ModelConfig mcfg_;
   MpiComm& control_;
@@ -87,7 +92,6 @@ class Trainer {
   const RunOptions opts_;
   const int rank_, world_size_;
   const bool lead_;
-  ResumePlan plan_;
   const TrainConfig tcfg_;
   const int B_, T_, G_, accum_;
   ParamTable table_;
@@ -106,7 +110,9 @@ class Trainer {
   TrainSummary summary_;
 };
 
-/// Trainer(model, train, comms, backend, opts).run().
+/// A run without the CLI's configuration layers: starts where `train` asks (zt::train_from_start_point: a path,
+/// `latest` or the seed; no output directory lock) and trains. `train` is used as given, not merged with a resumed
+/// checkpoint's configuration. Collective.
 TrainSummary train(const ModelConfig& model, const TrainConfig& train, RunComms comms, Backend& backend,
                    const RunOptions& opts);
 

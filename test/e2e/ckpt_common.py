@@ -60,6 +60,73 @@ def run(n, args, env=None, expect=0, cwd=None):
     return rc, out
 
 
+def start(n, args, log, env=None):
+    """Starts `zerotrain args` on n ranks in the background, output to the file `log`; returns (Popen, file)."""
+    cmd = [ZEROTRAIN] + [str(a) for a in args]
+    if n > 1:
+        cmd = [MPIEXEC, "-np", str(n), "--oversubscribe", "--bind-to", "none"] + cmd
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    f = open(log, "w")
+    return subprocess.Popen(cmd, env=full_env, stdout=f, stderr=subprocess.STDOUT), f
+
+
+def wait_run(p, f, timeout=RUN_TIMEOUT_S):
+    """Waits for a start()ed run; returns (returncode, its output). A run past `timeout` is killed: -999."""
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        rc = -999
+    f.close()
+    with open(f.name, errors="replace") as g:
+        return rc, g.read()
+
+
+def rank_pid(mpirun_pid, rank):
+    """The pid of a rank that mpirun started on this node (its child with OMPI_COMM_WORLD_RANK=rank)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != mpirun_pid:
+                continue
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+                return int(d)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def lock_holder(out_dir):
+    """The pid that OUTPUT/.lock names as its holder, or None."""
+    try:
+        with open(os.path.join(out_dir, ".lock")) as f:
+            return int(json.loads(f.read())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def flip_bits(path, offset, mask=0x01):
+    """XORs the byte at `offset` of `path` with `mask`, in place, as a disk or a bad copy would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([b ^ mask]))
+
+
+def dataset_offset(ckpt_dir, name):
+    """Byte offset and size of a dataset's data inside the checkpoint's model.h5."""
+    with h5py.File(os.path.join(ckpt_dir, "model.h5"), "r") as f:
+        return f[name].id.get_offset(), f[name].id.get_storage_size()
+
+
 def check(cond, what, detail=""):
     """Records one assertion; prints it either way."""
     global _checks

@@ -72,25 +72,6 @@ def wait_until(p, cond, what):
     return False
 
 
-def rank_pid(mpirun_pid, rank):
-    """The pid of a rank that mpirun started on this node (its child with OMPI_COMM_WORLD_RANK=rank)."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != mpirun_pid:
-                continue
-            with open(f"/proc/{d}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
-                return int(d)
-        except (OSError, IndexError, ValueError):
-            continue
-    return None
-
-
 def exit_save_announced(out):
     """The step of the exit save, once rank 0 has logged it (None before)."""
     try:
@@ -115,7 +96,7 @@ def fingerprint(out):
 def signal_target(p, target):
     if target == "mpirun":
         return p.pid
-    pid = rank_pid(p.pid, int(target.split()[1]))
+    pid = C.rank_pid(p.pid, int(target.split()[1]))
     C.check(pid is not None, f"found the pid of {target}")
     return pid
 
@@ -145,7 +126,7 @@ def moment(work, name, trigger, sig=signal.SIGUSR1, target="mpirun", second=Fals
             second_step = exit_save_announced(out)
             committed_before = os.path.isdir(os.path.join(out, f"checkpoint-{second_step}"))
             os.kill(p.pid, signal.SIGUSR1)
-            pid0 = rank_pid(p.pid, 0)
+            pid0 = C.rank_pid(p.pid, 0)
             if pid0:
                 os.kill(pid0, signal.SIGTERM)
             C.check(not committed_before, f"second SIGUSR1 (mpirun) + SIGTERM (rank 0) sent while checkpoint-"
