@@ -129,15 +129,6 @@ int verify_checkpoint(const CkptCommand& cmd, int rank) {
   return problems.empty() ? 0 : 1;
 }
 
-/// CPU threads per rank: --threads, else the CPUs this rank may use.
-int rank_threads(int requested) {
-  if (requested > 0) return requested;
-  // Ranks pinned to their own CPUs (Slurm) see only those; unpinned ranks share the node's CPUs.
-  const int cpus = usable_cpus();
-  const int hw = std::max(1, int(std::thread::hardware_concurrency()));
-  return cpus < hw ? cpus : std::max(1, hw / local_rank_count());
-}
-
 int train_command(TrainCommand& cmd, int rank) {
   const zt::TrainSettings settings = cmd.flags->settings();  // flags > config file > preset > defaults
   // Host MPI for agreement and checkpoint I/O, beside the device's comm for ZeRO's collectives.

@@ -304,7 +304,7 @@ TEST_CASE("non-blocking operations overlap and equal the blocking ones", "[comm]
 }
 
 TEST_CASE("reduce_scatter in pieces: same bits, in place and non-blocking, staging within its budget", "[comm]") {
-  const uint64_t seed = shared_seed() + 5;
+  const uint64_t seed = zt::test::shared_test_seed() + 5;
   MpiComm whole(MPI_COMM_WORLD);
   // 64 bytes of staging: pieces of 32 / (4 * ranks) elements (at least one), so every size below runs many pieces.
   MpiComm pieced(MPI_COMM_WORLD, MpiComm::kDefaultMaxBytesPerCall, 64);
