@@ -46,8 +46,9 @@ def run(n, args, env=None, expect=0, cwd=None):
         full_env.update(env)
     t0 = time.time()
     try:
+        # A damaged file's bytes can reach a message (a flipped bit in a name): what is not UTF-8 reads as \\xNN
         p = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=RUN_TIMEOUT_S, cwd=cwd)
+                           errors="backslashreplace", timeout=RUN_TIMEOUT_S, cwd=cwd)
         rc, out = p.returncode, p.stdout
     except subprocess.TimeoutExpired as e:
         rc, out = -999, f"TIMEOUT after {RUN_TIMEOUT_S}s: {e.stdout}"
