@@ -217,9 +217,10 @@ for t in 0 1; do
     pass "(C) task $t COMPLETED in output/slurm-${aid}_$t" || fail "(C) task $t: $(job_field "${aid}_$t" JobState)"
 done
 
-# (D) SIGUSR1 as soon as the job runs, while mpirun is still starting (a launcher that waits 3 s first): held by the
-# script, delivered once the ranks are up; they save at their first step boundary; requeued; finished.
-printf '#!/bin/sh\nsleep 3\nexec "%s" "$@"\n' "$MPIEXEC" >"$work/slow-mpirun" && chmod +x "$work/slow-mpirun"
+# (D) SIGUSR1 as soon as the job runs, while mpirun is still starting (a launcher that waits 10 s first: on a loaded
+# machine slurmctld and slurmd took over 3 s to deliver it, and the 40 tiny steps were over before it came): held by
+# the script, delivered once the ranks are up; they save at their first step boundary; requeued; finished.
+printf '#!/bin/sh\nsleep 10\nexec "%s" "$@"\n' "$MPIEXEC" >"$work/slow-mpirun" && chmod +x "$work/slow-mpirun"
 out=$work/out-d
 jid=$(submit d --ntasks-per-node=2 --export=ALL,ZT_MPIRUN="$work/slow-mpirun" -- --max_steps 40 --threads 1 \
   --output_dir "$out")
