@@ -118,7 +118,8 @@ def traffic_elems(psi, stage, N, micro_steps):
 
 
 def collectives(stage, micro_steps):
-    """(overlappable, exposed) collective counts per part and step, each moving one part's Ψ(N-1)/N."""
+    """(overlappable, exposed) collectives per step, each over every part: Ψ(N-1)/N elements; their sum is the
+    traffic formula's multiplier of Ψ(N-1)/N."""
     if stage <= 1:
         return 1, 1  # reduce-scatter in the last backward; the all-gather after it waits for every part
     if stage == 2:
@@ -141,21 +142,36 @@ def step_time(model, lay, stage, N, args):
     compute = tokens * (model.flops_per_token() + extra) / (args.gpu_tflops * 1e12 * args.mfu)
     alpha, beta = link(N, args)
     overlappable, exposed = collectives(stage, args.micro_steps)
-    per_elem = 4 * (N - 1) / N / beta if N > 1 else 0.0
-    latency = lay.n_parts * (N - 1) * alpha if N > 1 else 0.0
-    bytes_time = traffic_elems(lay.psi, stage, N, args.micro_steps) * 4 / beta if N > 1 else 0.0
-    comm = bytes_time + (overlappable + exposed) * latency
-    over_time = overlappable * (lay.psi * per_elem + latency)
+    # One reduce-scatter or all-gather of every part: a ring of N-1 steps per part, 1/N of the part per step.
+    latency = lay.n_parts * (N - 1) * alpha
+    t_coll = latency + (N - 1) / N * 4 * lay.psi / beta
+    comm = (overlappable + exposed) * t_coll
     # A reduce-scatter hides behind the backward (about 2/3 of the compute): stages 0-1 reduce in the last micro-step
     # only, stage 2 in every one; stage 3's gathers also run behind the forward.
     window = {0: 2 / 3 / args.micro_steps, 1: 2 / 3 / args.micro_steps, 2: 2 / 3, 3: 1.0}[stage] * compute
-    hidden = min(args.overlap * over_time, window)
-    return compute, comm, (overlappable + exposed) * latency, comm - hidden
+    hidden = min(args.overlap * overlappable * t_coll, window)
+    return compute, comm, (overlappable + exposed) * latency, max(0.0, comm - hidden)
 
 
 def checkpoint_bytes(model):
     """12 bytes per logical parameter (params, Adam m, v in fp32, docs/checkpoint-format.md section 3) + metadata."""
     return 12 * model.n_params() + 3 * model.n_tensors() * CKPT_BYTES_PER_DATASET
+
+
+def checkpoint_pieces(model, N, bucket_bytes):
+    """Mean contiguous pieces of one dataset kind (params, m or v) a rank writes: (tensor, shard) overlaps / N."""
+    pieces = 0
+    for unit in model.units:
+        sizes = iter(cut_into_parts(unit, bucket_bytes // 4))
+        part_end, offset = 0, 0  # offset: the tensor's start within its part
+        for n, _ in unit:
+            if offset >= part_end:  # the tensor opens the next part
+                part_end, offset = next(sizes), 0
+                align = N * SHARD_ALIGN
+                shard = (part_end + align - 1) // align * align // N
+            pieces += (offset + n - 1) // shard - offset // shard + 1
+            offset += n
+    return pieces / N
 
 
 def checkpoint_write_s(model, N, args):
@@ -216,12 +232,14 @@ def model_table(name, args):
 
 def checkpoint_table(args):
     ranks = [int(n) for n in args.ranks.split(",")]
-    print("\n### Checkpoint write (one model.h5, every rank writes its shard)\n")
-    print("| model | bytes | " + " | ".join(f"N={N} s" for N in ranks) + " |")
+    print("\n### Checkpoint write (one model.h5, every rank writes its shard): seconds (mean piece KiB)\n")
+    print("| model | bytes | " + " | ".join(f"N={N}" for N in ranks) + " |")
     print("|---|---:|" + "---:|" * len(ranks))
     for name in args.models.split(","):
         model = Model(*PRESETS[name])
-        times = " | ".join(f"{checkpoint_write_s(model, N, args):.2f}" for N in ranks)
+        bucket = int(args.bucket_mb * MIB)
+        piece_kib = [4 * model.n_params() / N / checkpoint_pieces(model, N, bucket) / 1024 for N in ranks]
+        times = " | ".join(f"{checkpoint_write_s(model, N, args):.2f} ({kib:,.0f})" for N, kib in zip(ranks, piece_kib))
         print(f"| {MODEL_LABELS.get(name, name)} | {checkpoint_bytes(model) / 1e9:.2f} GB | {times} |")
 
 

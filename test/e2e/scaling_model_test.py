@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """bench/scaling_model.py's memory, traffic and checkpoint formulas agree with the figures docs/performance.md
 records from the engine (start-up line, Comm::bytes_sent, model.h5 size) and with the C++ traffic theory."""
+import contextlib
+import io
 import os
 import re
 import sys
@@ -80,6 +82,9 @@ for N in (2, 3, 8):
         got = [sm.traffic_elems(1000, s, N, M) for s in range(4)]
         want = [2 * once, 2 * once, (M + 1) * once, 3 * M * once]
         check(all(abs(g - w) < 1e-9 for g, w in zip(got, want)), f"traffic N {N} M {M}: {got} vs {want}")
+        # The step-time model prices the same number of collectives as the traffic formula counts.
+        counts = [sum(sm.collectives(s, M)) * once for s in range(4)]
+        check(counts == want, f"collectives per step N {N} M {M}: {counts} vs {want}")
 
 # Parts at the default bucket (docs/sharding.md): GPT-2 124M's blocks (27 MiB) stay whole; gpt2-medium's (48 MiB)
 # become three, since c_fc (16 MiB) cannot join the attention half (16 MiB) nor mlp.c_proj (16 MiB) within 32 MiB.
@@ -95,8 +100,21 @@ recorded = int(re.search(r"\| full/plain \| ([\d,]+) \|", PERF).group(1).replace
 payload = 12 * sm.with_seq_len("gpt2", 64).n_params()
 check(payload <= recorded <= payload + (1 << 20), f"model.h5 {recorded:,} bytes vs 12 x n_params {payload:,}")
 
-# The script's own tables run (what docs/scaling.md shows).
-sm.main(["--models", "gpt2", "--ranks", "8"])
+# Checkpoint pieces: one rank writes each tensor whole (one piece per tensor); two ranks split every part once, so
+# each rank writes at least half the tensors' count and at most that plus one piece per part.
+m = sm.Model(*sm.PRESETS["gpt2-medium"])
+one, two = sm.checkpoint_pieces(m, 1, 32 << 20), sm.checkpoint_pieces(m, 2, 32 << 20)
+n_parts = sm.Layout(m, 2, 32 << 20).n_parts
+check(one == m.n_tensors() and m.n_tensors() / 2 <= two <= m.n_tensors() / 2 + n_parts,
+      f"pieces per rank: {one} at N 1 ({m.n_tensors()} tensors), {two} at N 2 ({n_parts} parts)")
+
+# docs/scaling.md shows the script's default output as it is now: every line of it appears in the doc.
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    sm.main([])
+doc = open(os.path.join(SOURCE, "docs", "scaling.md"), encoding="utf-8").read()
+stale = [line for line in buf.getvalue().splitlines() if line.strip() and line not in doc]
+check(not stale, f"docs/scaling.md has the script's default output ({len(stale)} lines differ: {stale[:2]})")
 
 if failures:
     print(f"scaling_model_test: {len(failures)} FAILED", flush=True)
