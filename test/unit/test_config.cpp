@@ -207,7 +207,8 @@ TEST_CASE("a resume refuses a different model or global batch given explicitly, 
   REQUIRE(resume_config(manifest, ModelConfig(), t, {}, "c").train.global_batch_size == 8);
 }
 
-TEST_CASE("--init_from goes with no resume or with 'latest', never with a named checkpoint", "[config][resume]") {
+TEST_CASE("init_from (--init_from) goes with no resume or with 'latest', never with a named checkpoint",
+          "[config][resume]") {
   TrainConfig t;
   t.init_from = "gpt2_124M.bin";
   t.validate(1);
