@@ -7,7 +7,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   libhdf5-openmpi-dev hdf5-tools
   libfmt-dev catch2 libopenblas-dev libcli11-dev nlohmann-json3-dev libxxhash-dev libcpptoml-dev
-  python3 python3-torch python3-h5py python3-matplotlib python3-numpy
+  python3 python3-venv python3-torch python3-h5py python3-matplotlib python3-numpy
   slurm-wlm munge iproute2 procps util-linux clang-format
 )
 
