@@ -217,12 +217,13 @@ for t in 0 1; do
     pass "(C) task $t COMPLETED in output/slurm-${aid}_$t" || fail "(C) task $t: $(job_field "${aid}_$t" JobState)"
 done
 
-# (D) SIGUSR1 as soon as the job runs, while mpirun is still starting (a launcher that waits 10 s first: on a loaded
-# machine slurmctld and slurmd took over 3 s to deliver it, and the 40 tiny steps were over before it came): held by
-# the script, delivered once the ranks are up; they save at their first step boundary; requeued; finished.
-printf '#!/bin/sh\nsleep 10\nexec "%s" "$@"\n' "$MPIEXEC" >"$work/slow-mpirun" && chmod +x "$work/slow-mpirun"
+# (D) SIGUSR1 as soon as the job runs, while mpirun is still starting (a launcher that waits 3 s first): held by the
+# script, delivered once the ranks are up; they save at their first step boundary; requeued; finished. The script
+# knows the ranks are up from the first metrics row and looks every 0.5 s: 400 steps (~5 s) outlast that, where 40
+# tiny steps were sometimes over before the signal was forwarded.
+printf '#!/bin/sh\nsleep 3\nexec "%s" "$@"\n' "$MPIEXEC" >"$work/slow-mpirun" && chmod +x "$work/slow-mpirun"
 out=$work/out-d
-jid=$(submit d --ntasks-per-node=2 --export=ALL,ZT_MPIRUN="$work/slow-mpirun" -- --max_steps 40 --threads 1 \
+jid=$(submit d --ntasks-per-node=2 --export=ALL,ZT_MPIRUN="$work/slow-mpirun" -- --max_steps 400 --threads 1 \
   --output_dir "$out")
 log "(D) submitted job $jid"
 for _ in $(seq 240); do grep -qs "running:" "$work/job-d.out" && break; sleep 0.25; done
@@ -235,7 +236,7 @@ stop=$(grep -o "outcome: stopped by SIGUSR1 at step [0-9]*: checkpoint-[0-9]* sa
   grep -o 'step [0-9]*')
 [ -n "$stop" ] && pass "(D) the first run stopped at $stop with a checkpoint and was requeued" \
   || fail "(D) the early signal was lost"
-expect_outcome "$j" "finished: step 40 of 40 (newest checkpoint: checkpoint-${stop#step })" "(D)"
+expect_outcome "$j" "finished: step 400 of 400 (newest checkpoint: checkpoint-${stop#step })" "(D)"
 [ "$(job_field "$jid" JobState)" = COMPLETED ] && [ "$(job_field "$jid" Restarts)" = 1 ] &&
   pass "(D) job $jid COMPLETED after 1 restart" || fail "(D) job $jid: $(job_field "$jid" JobState)"
 
