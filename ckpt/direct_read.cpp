@@ -122,21 +122,14 @@ struct Fd {
   Fd& operator=(const Fd&) = delete;
 };
 
-}  // namespace
-
-std::string checksum_mismatch(const std::string& path, const std::string& dataset, size_t chunk, size_t c0, size_t c1,
-                              uint64_t got, uint64_t want) {
-  return fmt::format(
-      "checkpoint {}: checksum mismatch in tensor {} (elements {}..{} of chunk {}): xxh64 {} but the "
-      "manifest says {}",
-      path, dataset, c0, c1 - 1, chunk, hex64(got), hex64(want));
-}
-
-std::vector<LoadProblem> read_slices(const std::string& path, const std::vector<SliceRead>& slices, int n_threads) {
+/// The slices cut at checksum-chunk boundaries, in file order; a task that starts a chunk verifies it, reading the
+/// rest of the chunk past the slice (`tail_end`) when the slice ends inside it.
+std::vector<Task> read_tasks(const std::vector<SliceRead>& slices) {
   const size_t K = kChecksumChunkElems;
   std::vector<Task> tasks;
   for (size_t si = 0; si < slices.size(); ++si) {
     const SliceRead& s = slices[si];
+    ZT_ASSERT(s.b <= s.numel);  // past the tensor's end the cut below would never advance
     for (size_t e0 = s.a; e0 < s.b;) {
       const size_t c0 = e0 / K * K, c1 = std::min(s.numel, c0 + K);
       Task t;
@@ -149,6 +142,84 @@ std::vector<LoadProblem> read_slices(const std::string& path, const std::vector<
       e0 = t.e1;
     }
   }
+  return tasks;
+}
+
+/// What every reader shares: the file, buffered and (where the file system takes it) with O_DIRECT.
+struct ReadFile {
+  const std::string& path;
+  int fd, dfd;
+  std::atomic<bool>& direct;  ///< cleared, for every reader, when the file system refuses O_DIRECT's alignment
+  const Residency& residency;
+};
+
+/// A reader thread's buffers.
+struct ReaderBuffers {
+  std::unique_ptr<char, decltype(&std::free)> bounce{nullptr, &std::free};
+  std::vector<float> tail;
+  std::vector<unsigned char> pages;
+};
+
+/// The XXH64 of a checksum chunk read as `out` (n_out bytes) then `tail` (n_tail bytes): the same digest as over
+/// the contiguous chunk (XXH64's streaming form).
+uint64_t split_digest(const float* out, size_t n_out, const float* tail, size_t n_tail) {
+  XXH64_state_t state;
+  XXH64_reset(&state, 0);
+  XXH64_update(&state, out, n_out);
+  XXH64_update(&state, tail, n_tail);
+  return XXH64_digest(&state);
+}
+
+/// Reads task `t` of slice `s` into its destination (pages in the page cache buffered, the rest with O_DIRECT
+/// through the bounce buffer) and checks the digest of the chunk it starts. Returns "" or the problem.
+std::string read_task(const ReadFile& f, const Task& t, const SliceRead& s, ReaderBuffers& b) {
+  const size_t c = t.e0 / kChecksumChunkElems;
+  float* out = s.dst + (t.e0 - s.a);
+  const uint64_t lo = s.file_offset + 4 * uint64_t(t.e0), mid = s.file_offset + 4 * uint64_t(t.e1),
+                 hi = s.file_offset + 4 * uint64_t(t.tail_end);
+  const size_t n_out = size_t(mid - lo);
+  std::string problem;
+  const char* whole = nullptr;  // the task's bytes, tail included, when read into the bounce buffer
+  if (!f.residency.cached(lo, hi, b.pages) && f.direct) {
+    if (!b.bounce) b.bounce.reset(static_cast<char*>(std::aligned_alloc(kDirectAlign, kBounceBytes)));
+    if (!b.bounce) throw std::bad_alloc();
+    problem = pread_direct(f.dfd, b.bounce.get(), lo, hi, whole);
+    if (problem == "EINVAL") {  // this file system wants other alignment: buffered from now on
+      f.direct = false;
+      problem.clear();
+      whole = nullptr;
+    } else if (problem.empty()) {
+      std::memcpy(out, whole, n_out);
+    }
+  }
+  if (!whole && problem.empty()) {  // cached, or O_DIRECT not available
+    problem = pread_all(f.fd, out, n_out, lo);
+    if (problem.empty() && hi > mid) {
+      b.tail.resize(t.tail_end - t.e1);
+      problem = pread_all(f.fd, b.tail.data(), size_t(hi - mid), mid);
+    }
+  }
+  if (!problem.empty()) return fmt::format("checkpoint {}: reading {} failed: {}", f.path, s.name, problem);
+  if (!t.verify) return std::string();
+  const uint64_t got = whole       ? chunk_digest(reinterpret_cast<const float*>(whole), t.tail_end - t.e0)
+                       : hi == mid ? chunk_digest(out, t.e1 - t.e0)
+                                   : split_digest(out, n_out, b.tail.data(), size_t(hi - mid));
+  if (got != s.chunk_digests[c]) return checksum_mismatch(f.path, s.name, c, t.e0, t.tail_end, got, s.chunk_digests[c]);
+  return std::string();
+}
+
+}  // namespace
+
+std::string checksum_mismatch(const std::string& path, const std::string& dataset, size_t chunk, size_t c0, size_t c1,
+                              uint64_t got, uint64_t want) {
+  return fmt::format(
+      "checkpoint {}: checksum mismatch in tensor {} (elements {}..{} of chunk {}): xxh64 {} but the "
+      "manifest says {}",
+      path, dataset, c0, c1 - 1, chunk, hex64(got), hex64(want));
+}
+
+std::vector<LoadProblem> read_slices(const std::string& path, const std::vector<SliceRead>& slices, int n_threads) {
+  const std::vector<Task> tasks = read_tasks(slices);
   if (tasks.empty()) return {};
 
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -159,66 +230,21 @@ std::vector<LoadProblem> read_slices(const std::string& path, const std::vector<
   Fd dfd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
   std::atomic<bool> direct{dfd.fd >= 0};
   const Residency residency(fd.fd);
+  const ReadFile file{path, fd.fd, dfd.fd, direct, residency};
 
   std::atomic<size_t> next_task{0};
   std::mutex found_mutex;
   std::vector<std::pair<size_t, LoadProblem>> found;  // (task, problem)
   auto reader = [&] {
-    std::unique_ptr<char, decltype(&std::free)> bounce(nullptr, &std::free);
-    std::vector<float> tail;
-    std::vector<unsigned char> pages;
+    ReaderBuffers buffers;
     // Tasks are claimed in file order, one at a time, so the readers move through the file together.
     for (;;) {
       const size_t ti = next_task.fetch_add(1);
       if (ti >= tasks.size()) break;
-      const Task& t = tasks[ti];
-      const SliceRead& s = slices[t.slice];
-      const size_t c = t.e0 / K;
+      const SliceRead& s = slices[tasks[ti].slice];
       std::string problem;
       try {
-        float* out = s.dst + (t.e0 - s.a);
-        const uint64_t lo = s.file_offset + 4 * uint64_t(t.e0), mid = s.file_offset + 4 * uint64_t(t.e1),
-                       hi = s.file_offset + 4 * uint64_t(t.tail_end);
-        const size_t n_out = size_t(mid - lo);
-        const bool cached = residency.cached(lo, hi, pages);
-        const char* whole = nullptr;  // the task's bytes, tail included, when read into the bounce buffer
-        if (!cached && direct) {
-          if (!bounce) bounce.reset(static_cast<char*>(std::aligned_alloc(kDirectAlign, kBounceBytes)));
-          if (!bounce) throw std::bad_alloc();
-          problem = pread_direct(dfd.fd, bounce.get(), lo, hi, whole);
-          if (problem == "EINVAL") {  // this file system wants other alignment: buffered from now on
-            direct = false;
-            problem.clear();
-            whole = nullptr;
-          } else if (problem.empty()) {
-            std::memcpy(out, whole, n_out);
-          }
-        }
-        if (!whole && problem.empty()) {  // cached, or O_DIRECT not available
-          problem = pread_all(fd.fd, out, n_out, lo);
-          if (problem.empty() && hi > mid) {
-            tail.resize(t.tail_end - t.e1);
-            problem = pread_all(fd.fd, tail.data(), size_t(hi - mid), mid);
-          }
-        }
-        if (!problem.empty()) {
-          problem = fmt::format("checkpoint {}: reading {} failed: {}", path, s.name, problem);
-        } else if (t.verify) {
-          uint64_t got;
-          if (whole) {
-            got = chunk_digest(reinterpret_cast<const float*>(whole), t.tail_end - t.e0);
-          } else if (hi == mid) {
-            got = chunk_digest(out, t.e1 - t.e0);
-          } else {  // the same digest as over the contiguous chunk (XXH64's streaming form)
-            XXH64_state_t state;
-            XXH64_reset(&state, 0);
-            XXH64_update(&state, out, n_out);
-            XXH64_update(&state, tail.data(), size_t(hi - mid));
-            got = XXH64_digest(&state);
-          }
-          if (got != s.chunk_digests[c])
-            problem = checksum_mismatch(path, s.name, c, t.e0, t.tail_end, got, s.chunk_digests[c]);
-        }
+        problem = read_task(file, tasks[ti], s, buffers);
       } catch (const std::exception& e) {  // bad_alloc: reported like a read failure, never lost in a thread
         problem = fmt::format("checkpoint {}: reading {} failed: {}", path, s.name, e.what());
       }

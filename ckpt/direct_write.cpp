@@ -96,6 +96,8 @@ std::string write_slices(const std::string& path, const std::vector<SliceWrite>&
   std::vector<Task> tasks;
   for (size_t si = 0; si < slices.size(); ++si) {
     const SliceWrite& s = slices[si];
+    // A slice past its tensor's end would split into empty tasks forever (seen when a caller's slices were wrong).
+    ZT_ASSERT(s.b <= s.numel);
     if (s.a >= s.b) {
       tasks.push_back({si, s.a, s.a, true, false});
       continue;
