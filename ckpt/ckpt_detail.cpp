@@ -5,11 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
 
 #include "ckpt/checkpoint.hpp"
-#include "core/test_hooks.hpp"
 #include "sharding/comm_mpi.hpp"
 
 namespace zt {
