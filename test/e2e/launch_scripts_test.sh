@@ -79,6 +79,35 @@ else fail "the early signal was lost: $(outcome_of "$work/early.log")"; fi
 [ -z "$stop" ] || verify "$work/early/checkpoint-$stop"
 last_is_outcome "$work/early.log"
 
+echo "(3b) a launcher that reaps its ranks before its teardown, then sleeps it out (mpirun does, now and then)"
+# mpirun reaps ranks on another thread; one it has reaped but not yet marked dead when it starts the teardown (after a
+# rank's exit 75) is still signalled, with the sleeps of odls_base_sigkill_timeout (300 s here) between: no rank left,
+# no zombie to read a status from, mpirun asleep. This stand-in does just that, for one rank.
+cat >"$work/reaping-mpirun" <<'PY'
+#!/usr/bin/env python3
+import signal, subprocess, sys, time
+argv = sys.argv[1:]
+rank = None
+signal.signal(signal.SIGUSR1, lambda *_: rank and rank.send_signal(signal.SIGUSR1))
+rank = subprocess.Popen(argv[argv.index("--mca") + 3:])
+status = rank.wait()
+time.sleep(300)
+sys.exit(status)
+PY
+chmod +x "$work/reaping-mpirun"
+t=$SECONDS
+ZT_MPIRUN=$work/reaping-mpirun SLURM_NTASKS=1 ZT_OUTPUT_DIR=$work/reaped timeout -k 5 120 bash "$SBATCH" \
+  --max_steps 5000 "${tiny[@]}" >"$work/reaped.log" 2>&1 &
+job=$!
+wait_rows "$work/reaped" 2 || fail "no training within 60 s"
+kill -USR1 "$(pgrep -P "$job")"  # the script, under timeout
+wait "$job"
+expect "$?" 75 "status after the signal, read from the run directory"
+has "$work/reaped.log" "mpirun, which reaped them, was still sleeping out its teardown: stopped it (status 75"
+stop=$(outcome_of "$work/reaped.log" | sed -n 's/^stopped by SIGUSR1 at step \([0-9]*\): checkpoint-\1 saved.*/\1/p')
+[ -n "$stop" ] && pass "stopped at step $stop with checkpoint-$stop" || fail "outcome: $(outcome_of "$work/reaped.log")"
+[ $((SECONDS - t)) -lt 60 ] && pass "the job ended in $((SECONDS - t)) s" || fail "it took $((SECONDS - t)) s"
+
 echo "(4) SIGTERM to the whole job during a 4 s save (mpirun's default kills the ranks 2 s after its SIGTERM)"
 ZT_TEST_SAVE_DELAY_MS=4000 SLURM_NTASKS=2 ZT_OUTPUT_DIR=$work/term bash "$SBATCH" --max_steps 5000 "${tiny[@]}" \
   >"$work/term.log" 2>&1 &
