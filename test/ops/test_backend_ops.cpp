@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -542,16 +543,21 @@ TEST_CASE("a whole GPT-2 step matches the CPU: loss and every gradient", "[backe
 // layers (the rest repeat them) and one sequence: the sizes the GPU check's throughput run first meets, which the
 // small random sizes above do not reach (1024 x 50304 logits, 16 tiles of tensor-core attention per head). Hidden
 // ([.]): run by the GPU check and by the simulator's CTest entry cuda_sim_gpt2_shapes. Same tolerances as above:
-// the longer sums (768 and 3072 terms; a 50304-way softmax) stay far inside them.
+// the longer sums (768 and 3072 terms; a 50304-way softmax) stay far inside them. ZT_TEST_GPT2_SEQ shortens the
+// sequence (the simulator's CTest entry runs 256: 4 attention tiles per head, the full vocabulary, 4x less time).
 TEST_CASE("GPT-2 124M shapes: one step matches the CPU", "[.][gpt2]") {
   ZT_FOR_EACH_BACKEND(target);
   auto rng = seeded_rng();
+  const char* seq_env = std::getenv("ZT_TEST_GPT2_SEQ");
+  const int seq = seq_env ? std::atoi(seq_env) : 1024;
+  REQUIRE(seq >= 64);
+  REQUIRE(seq <= 1024);
   zt::ModelConfig cfg;
   cfg.n_layer = 2;
   cfg.n_head = 12;
   cfg.d_model = 768;
   cfg.vocab = 50257;
-  cfg.seq_len = 1024;
+  cfg.seq_len = seq;
   const zt::ParamTable table(cfg);
-  BackendStep step(target, table, 1, 1024, rng);
+  BackendStep step(target, table, 1, seq, rng);
 }
