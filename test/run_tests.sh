@@ -5,13 +5,19 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# Seconds per phase, printed last (also when a phase fails): CI's time budget is watched from this line.
+phases="" t_phase=$SECONDS
+phase() { phases+="${phases:+, }$1 $((SECONDS - t_phase)) s"; t_phase=$SECONDS; }
+trap 'echo "run_tests: ${phases:-nothing finished}; ${SECONDS} s in all"' EXIT
 bash launch/install-deps.sh
+phase dependencies
 jobs=$(nproc)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 echo "== build (Release) =="
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >build-configure.log 2>&1 || { cat build-configure.log; exit 1; }
 cmake --build build -j"$jobs"
+phase build
 
 if [ "${ZT_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== build (ASan + UBSan, CPU only) =="
@@ -29,13 +35,16 @@ if [ "${ZT_SKIP_SANITIZERS:-0}" != 1 ]; then
     labels='unit|mpi|cuda_sim'
   fi
   cmake --build build-asan -j"$jobs" --target "${targets[@]}"
+  phase "sanitizer build"
   echo "== unit + MPI tests (and the CUDA simulator's op tests) under sanitizers =="
   # Open MPI's own allocations are reported as leaks at exit; leaks are not what this run looks for. The
   # simulator's 4-rank ZeRO test, GPT-2-sized step (9 min under ASan), CLI and bench runs are left to the full
   # suite (their kernels are these).
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan -L "$labels" -E 'cuda_sim_(zero|ckpt|bench|gpt2)' --output-on-failure -j1
+    ctest --test-dir build-asan -L "$labels" -E 'cuda_sim_(zero|ckpt|bench|gpt2)' --output-on-failure -j"$jobs"
+  phase "sanitizer tests"
 fi
 
 echo "== full suite =="
 ctest --test-dir build --output-on-failure -j"$jobs"
+phase suite
