@@ -10,13 +10,7 @@ tmp=$(mktemp -d)
 trap '[[ -n ${ZT_KEEP:-} ]] || rm -rf "$tmp"' EXIT
 export TMPDIR=$tmp  # run_check.sh's scratch folders and the unpacked bundle
 bash "$here/fake_bundle.sh" "$tmp/fake" >/dev/null || { echo "FAIL: fake_bundle.sh"; exit 1; }
-failed=0
-check() {  # WHAT CONDITION...
-  local what=$1
-  shift
-  if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; failed=1; fi
-}
-field() { sed -n "s/^$2: //p" "$1/report.txt"; }
+. "$here/test_helpers.sh"
 row() { grep -F "| $2" "$1/files/summary.md"; }  # RESULT_DIR NAME: the row of summary.md whose check starts so
 result_of() { row "$1" "$2" | awk -F' [|] ' '{ print $2 }'; }
 # check_run NAME LIMIT_S ENV...: run_check.sh through the stand-in (limit in seconds), with ENV set for it.

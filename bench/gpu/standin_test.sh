@@ -10,13 +10,7 @@ standin=$here/standin.sh
 tmp=$(mktemp -d)
 probe=build-standin-test.$$  # ignored by the repository's .gitignore (/build*/)
 trap 'rm -rf "$tmp" "${repo:?}/$probe"' EXIT
-failed=0
-check() {  # WHAT CONDITION...
-  local what=$1
-  shift
-  if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; failed=1; fi
-}
-field() { sed -n "s/^$2: //p" "$1/report.txt"; }
+. "$here/test_helpers.sh"
 
 # 1. The limits on what comes back.
 bash "$standin" --limit 60 --result "$tmp/r1" -- '
