@@ -56,8 +56,12 @@ class Gpt2::Pass {
     ZT_ASSERT(g_[k] != nullptr);
     return g_[k] + (off - up_.part_begin(unit_, k));
   }
-  /// The gradient of the tensor at `off`, or nullptr when it is frozen: the op skips it.
-  float* g(size_t off) { return up_.tensor_trains(unit_, off) ? buf(off) : nullptr; }
+  /// The gradient of the tensor at `off`, or nullptr when it is frozen: the op skips it. (buf first: it moves the
+  /// visit on to the part holding `off`.)
+  float* g(size_t off) {
+    float* b = buf(off);
+    return b != nullptr && up_.tensor_trains(unit_, off) ? b : nullptr;
+  }
   /// As g(), but a frozen tensor's gradient goes to `scratch` (ops that always write a weight gradient).
   float* g_or(size_t off, float* scratch) {
     float* p = g(off);
