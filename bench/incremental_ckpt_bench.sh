@@ -67,7 +67,7 @@ for name in plain incremental incremental-2 plain-2; do
 done
 if [[ -n $freeze ]]; then
   # shellcheck disable=SC2086
-  row frozen/plain $freeze
+  row frozen/plain $freeze --incremental_checkpoints=false  # --freeze turns incremental saves on by default
   # shellcheck disable=SC2086
   row frozen/incremental $freeze --incremental_checkpoints
   rm -rf "$dir/frozen"

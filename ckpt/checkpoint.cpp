@@ -105,14 +105,23 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
     snap.storage = std::move(reuse);
     snap.storage.resize(3 * total);
   }
+  // Parts with every tensor frozen hold no Adam state: their m and v are written as zeros (docs/usage.md, --freeze).
+  size_t max_frozen = 0;
+  for (const ZeroEngine::OwnedSlice& s : slices)
+    if (s.m == nullptr) max_frozen = std::max(max_frozen, s.end - s.begin);
+  snap.zeros.assign(max_frozen, 0.0f);
   size_t at = 0;
   for (size_t p = 0; p < slices.size(); ++p) {
     const ZeroEngine::OwnedSlice& s = slices[p];
     const size_t n = s.end - s.begin;
-    const float* base[3] = {s.params, s.m, s.v};
+    const float* base[3] = {s.params, s.m != nullptr ? s.m : snap.zeros.data(),
+                            s.v != nullptr ? s.v : snap.zeros.data()};
     if (copy) {
       for (int k = 0; k < 3; ++k) {
-        engine.backend().to_host(snap.storage.data() + at + size_t(k) * n, base[k], n);
+        if (k > 0 && s.m == nullptr)
+          std::fill_n(snap.storage.data() + at + size_t(k) * n, n, 0.0f);
+        else
+          engine.backend().to_host(snap.storage.data() + at + size_t(k) * n, base[k], n);
         base[k] = snap.storage.data() + at + size_t(k) * n;
       }
       at += 3 * n;

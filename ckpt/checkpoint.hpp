@@ -70,6 +70,7 @@ struct ShardSnapshot {
   int64_t adam_step = 0;
   int zero_stage = 0;
   std::vector<float> storage;  ///< owns the values for a copied snapshot
+  std::vector<float> zeros;    ///< the Adam state of parts that hold none (every tensor frozen)
 };
 
 /// Views the engine's owned slices in place (copies only when the backend's memory is not host memory). Valid

@@ -133,7 +133,9 @@ ShardTargets shard_targets(ZeroEngine& engine) {
       out.a[size_t(pc.tensor)] = pc.tensor_offset;
       out.b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;
       const size_t off = pc.flat_offset - s.begin;
-      out.dst[size_t(pc.tensor)] = {s.params + off, s.m + off, s.v + off};
+      // A part that holds no Adam state (all its tensors frozen) reads none.
+      out.dst[size_t(pc.tensor)] = {s.params + off, s.m != nullptr ? s.m + off : nullptr,
+                                    s.v != nullptr ? s.v + off : nullptr};
     }
   }
   return out;
@@ -288,8 +290,9 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
         problems.push_back({d, fmt::format("checkpoint {}: {}", path, p)});
         continue;
       }
-      const size_t a = targets.a[ti], b = targets.b[ti];
       float* dst = targets.dst[ti][d / n_t];
+      // No destination (frozen Adam state): the rank still takes part in the collective read, of nothing.
+      const size_t a = dst != nullptr ? targets.a[ti] : 0, b = dst != nullptr ? targets.b[ti] : 0;
       if (!direct.count(found.holder))
         direct[found.holder] = detail::all_ranks_posix_io(found.holder, R_OK, comm, true);
       const haddr_t at = direct[found.holder] ? contiguous_f32le_offset(found.dset, t.numel()) : HADDR_UNDEF;

@@ -114,6 +114,9 @@ using StringList = std::vector<std::string>;
   X(bool, incremental_checkpoints, false, saved, restored, any(),                                                      \
     "Write only the tensors that changed since the previous checkpoint; the rest become HDF5 external links to the "   \
     "checkpoint that holds them")                                                                                      \
+  X(StringList, freeze, {}, saved, restored, any(),                                                                    \
+    "Comma-separated globs over tensor names (wte, wpe, h.0.attn.c_attn.weight, ...) to freeze: no gradient, no "      \
+    "reduction, no Adam state, no weight decay; turns --incremental_checkpoints on unless given")                      \
   X(int, full_checkpoint_interval, 10, saved, restored, at_least(0),                                                   \
     "With --incremental_checkpoints: every Nth save writes every tensor, bounding what a checkpoint links to (0: "     \
     "only the first)")                                                                                                 \

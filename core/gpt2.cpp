@@ -35,6 +35,8 @@ class Gpt2::Pass {
       : up_(up), unit_(unit), order_(order), params_(params), grads_(grads), n_(up.n_parts(unit)) {
     p_.assign(n_, nullptr);
     g_.assign(n_, nullptr);
+    trains_.assign(n_, false);
+    for (size_t k = 0; k < n_ && grads_; ++k) trains_[k] = up_.part_trains(unit_, k);
     if (order_ == PartOrder::whole)
       for (size_t k = 0; k < n_; ++k) enter(k);
   }
@@ -47,10 +49,23 @@ class Gpt2::Pass {
     ZT_ASSERT(p_[k] != nullptr);
     return p_[k] + (off - up_.part_begin(unit_, k));
   }
-  float* g(size_t off) {
+  /// The gradient buffer at flat element `off`, or nullptr when the part trains not at all (frozen).
+  float* buf(size_t off) {
     const size_t k = part_of(off);
+    if (!trains_[k]) return nullptr;
     ZT_ASSERT(g_[k] != nullptr);
     return g_[k] + (off - up_.part_begin(unit_, k));
+  }
+  /// The gradient of the tensor at `off`, or nullptr when it is frozen: the op skips it. (buf first: it moves the
+  /// visit on to the part holding `off`.)
+  float* g(size_t off) {
+    float* b = buf(off);
+    return b != nullptr && up_.tensor_trains(unit_, off) ? b : nullptr;
+  }
+  /// As g(), but a frozen tensor's gradient goes to `scratch` (ops that always write a weight gradient).
+  float* g_or(size_t off, float* scratch) {
+    float* p = g(off);
+    return p != nullptr ? p : scratch;
   }
   void progress() { up_.progress(); }
   /// Releases what is held; gradients written are ready.
@@ -85,11 +100,11 @@ class Gpt2::Pass {
   }
   void enter(size_t k) {
     if (params_) p_[k] = up_.part_params(unit_, k);
-    if (grads_) g_[k] = up_.part_grads(unit_, k);
+    if (trains_[k]) g_[k] = up_.part_grads(unit_, k);
   }
   void leave(size_t k) {
     if (params_) up_.release_part(unit_, k);
-    if (grads_) up_.part_grads_ready(unit_, k);
+    if (trains_[k]) up_.part_grads_ready(unit_, k);
     p_[k] = nullptr;
     g_[k] = nullptr;
   }
@@ -101,6 +116,7 @@ class Gpt2::Pass {
   size_t n_, cur_ = kNone;
   std::vector<const float*> p_;
   std::vector<float*> g_;
+  std::vector<bool> trains_;  // per part: the backward writes its gradients
   bool finished_ = false;
 };
 
@@ -309,8 +325,10 @@ void Gpt2::block_backward(Pass& p, LayerActs& A, const float* x_in) {
   be_.gelu_backward(d_fch_, A.fch, d_fch_gelu_, size_t(BT) * 4 * C);
   p.progress();
   be_.matmul_backward(d_ln_, p.g(o.fc_w), p.g(o.fc_b), d_fch_, A.ln2, p.p(o.fc_w), BT, C, 4 * C, false);
-  be_.layernorm_backward(d_res_, p.g(o.ln_2_w), p.g(o.ln_2_b), d_ln_, A.res2, p.p(o.ln_2_w), A.ln2_mean, A.ln2_rstd, BT,
-                         C);
+  // A frozen LayerNorm's weight gradients land in d_fch_gelu_, free once gelu_backward has read it.
+  float* ln_scratch = d_fch_gelu_;
+  be_.layernorm_backward(d_res_, p.g_or(o.ln_2_w, ln_scratch), p.g_or(o.ln_2_b, ln_scratch + C), d_ln_, A.res2,
+                         p.p(o.ln_2_w), A.ln2_mean, A.ln2_rstd, BT, C);
   p.progress();
   // d_res now holds d(res2); the attention path adds into it -> d(x_in).
   be_.matmul_backward(d_atty_, p.g(o.attn_proj_w), p.g(o.attn_proj_b), d_res_, A.atty, p.p(o.attn_proj_w), BT, C, C,
@@ -318,8 +336,8 @@ void Gpt2::block_backward(Pass& p, LayerActs& A, const float* x_in) {
   be_.attention_backward(d_qkv_, d_atty_, A.qkv, A.att, B, T, C, NH);
   p.progress();
   be_.matmul_backward(d_ln_, p.g(o.attn_w), p.g(o.attn_b), d_qkv_, A.ln1, p.p(o.attn_w), BT, C, 3 * C, false);
-  be_.layernorm_backward(d_res_, p.g(o.ln_1_w), p.g(o.ln_1_b), d_ln_, x_in, p.p(o.ln_1_w), A.ln1_mean, A.ln1_rstd, BT,
-                         C);
+  be_.layernorm_backward(d_res_, p.g_or(o.ln_1_w, ln_scratch), p.g_or(o.ln_1_b, ln_scratch + C), d_ln_, x_in,
+                         p.p(o.ln_1_w), A.ln1_mean, A.ln1_rstd, BT, C);
 }
 
 void Gpt2::embedding_backward(UnitProvider& units) {
@@ -327,10 +345,15 @@ void Gpt2::embedding_backward(UnitProvider& units) {
   const int BT = B_ * T_, C = c.d_model, Vp = c.padded_vocab();
   // The LM head's weight gradient waited until now (dlogits and ln_f's output are kept anyway), so the embedding's
   // gradient buffer is needed only here and not through the whole backward. Same sum: LM head first, then tokens.
+  // The provider freezes the embedding unit whole or not at all (one buffer holds wte and wpe); a frozen wte or wpe
+  // in a unit that trains is computed here and discarded by the provider.
   Pass g(units, table_.embedding_unit(), PartOrder::whole, false, true);
-  float* dwte = g.g(table_.wte_offset());
-  be_.matmul_backward(nullptr, dwte, nullptr, logits_, lnf_, nullptr, BT, C, Vp, true);
-  be_.embedding_backward(dwte, g.g(table_.wpe_offset()), d_res_, tokens_, B_, T_, C);
+  float* dwte = g.buf(table_.wte_offset());
+  if (dwte != nullptr) {
+    if (g.g(table_.wte_offset()) != nullptr)
+      be_.matmul_backward(nullptr, dwte, nullptr, logits_, lnf_, nullptr, BT, C, Vp, true);
+    be_.embedding_backward(dwte, g.buf(table_.wpe_offset()), d_res_, tokens_, B_, T_, C);
+  }
   g.done();
 }
 
@@ -384,7 +407,8 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
   {
     Pass p(units, fin, PartOrder::descending, true, true);
     be_.zero(d_res_, size_t(BT) * C);
-    be_.layernorm_backward(d_res_, p.g(0), p.g(C), d_lnf_, x, p.p(0), lnf_mean_, lnf_rstd_, BT, C);
+    be_.layernorm_backward(d_res_, p.g_or(0, d_fch_gelu_), p.g_or(C, d_fch_gelu_ + C), d_lnf_, x, p.p(0), lnf_mean_,
+                           lnf_rstd_, BT, C);
     p.done();
   }
   for (int l = c.n_layer - 1; l >= 0; --l) {

@@ -61,6 +61,20 @@ class UnitProvider {
     (void)part;
     grads_ready(unit);
   }
+  /// False for a part whose every tensor is frozen (--freeze): the backward then asks for no gradient buffer of it
+  /// (no part_grads / part_grads_ready) and skips its weight gradients; the input gradient still flows.
+  virtual bool part_trains(int unit, size_t part) const {
+    (void)unit;
+    (void)part;
+    return true;
+  }
+  /// False for a frozen tensor (the one at flat element `offset` of the unit) inside a part that trains: the
+  /// backward skips its weight gradient where the op allows (matmul); what it writes anyway the provider discards.
+  virtual bool tensor_trains(int unit, size_t offset) const {
+    (void)unit;
+    (void)offset;
+    return true;
+  }
 };
 
 /// How one visit of the schedule walks a unit's parts.

@@ -1,6 +1,9 @@
 // Builds the GPT-2 parameter table (names, shapes, units, offsets) and initialises any slice of it.
 #include "core/model.hpp"
 
+#include <fnmatch.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.hpp"
@@ -97,6 +100,32 @@ void init_unit_range(const ParamTable& table, int unit, uint64_t seed, size_t fl
     const size_t lo = std::max(flat_begin, t.unit_offset), hi = std::min(flat_end, t.unit_offset + t.storage_numel);
     for (size_t f = lo; f < hi; ++f) flat[f - flat_begin] = init_value(t, seed, f - t.unit_offset);
   }
+}
+
+std::vector<bool> match_frozen(const ParamTable& table, const std::vector<std::string>& patterns) {
+  const auto& tensors = table.tensors();
+  std::vector<bool> frozen(tensors.size(), false);
+  for (const std::string& raw : patterns) {
+    const size_t a = raw.find_first_not_of(' '), b = raw.find_last_not_of(' ');
+    const std::string pat = a == std::string::npos ? "" : raw.substr(a, b - a + 1);
+    ZT_CHECK(!pat.empty(), "--freeze has an empty pattern (in '{}'); give comma-separated globs such as wte,h.0.*",
+             fmt::join(patterns, ","));
+    bool hit = false;
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (fnmatch(pat.c_str(), tensors[i].name.c_str(), 0) == 0) frozen[i] = hit = true;
+    if (!hit) {
+      // A few names of each kind, so the user sees the naming scheme (h.<layer>.<module>.<weight|bias>).
+      std::vector<std::string> some;
+      for (size_t i = 0; i < tensors.size() && some.size() < 6; ++i) some.push_back(tensors[i].name);
+      ZT_FAIL(
+          "--freeze pattern '{}' matches no tensor; tensor names are like {}, ..., ln_f.weight (globs as in "
+          "fnmatch: *, ?, [0-9])",
+          pat, fmt::join(some, ", "));
+    }
+  }
+  const bool all = std::all_of(frozen.begin(), frozen.end(), [](bool f) { return f; });
+  ZT_CHECK(!all, "--freeze {} freezes every tensor: nothing would train", fmt::join(patterns, ","));
+  return frozen;
 }
 
 }  // namespace zt

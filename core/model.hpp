@@ -70,4 +70,9 @@ float init_value(const TensorSpec& t, uint64_t seed, size_t index);
 /// (positions past the unit's numel are ZeRO padding and get 0).
 void init_unit_range(const ParamTable& table, int unit, uint64_t seed, size_t flat_begin, size_t count, float* flat);
 
+/// The tensors the --freeze globs select (fnmatch(3) over the names above, e.g. "wte", "h.[0-9].*"), one flag per
+/// tensor of `table`. Throws zt::Error for a pattern that matches no tensor (naming it and some valid names) and
+/// when every tensor would be frozen: a typo must not silently train everything, nor a glob train nothing.
+std::vector<bool> match_frozen(const ParamTable& table, const std::vector<std::string>& patterns);
+
 }  // namespace zt

@@ -24,5 +24,8 @@ int save_delay_ms();
 /// ZT_TEST_FAIL_RANK=r: the rank that throws an "injected failure" (-1: none), at step ZT_TEST_FAIL_STEP (default 0).
 int fail_rank();
 int fail_step();
+/// ZT_TEST_FREEZE_COMPUTE_GRADS=1: --freeze computes every gradient (and reduces it) and discards the frozen ones
+/// before the reduction, instead of skipping them: the reference the frozen tests compare with.
+bool freeze_compute_grads();
 
 }  // namespace zt::test_hooks

@@ -29,6 +29,10 @@ ResumePlan plan_resume(const TrainConfig& train, const ResumeSource& src, int wo
   plan.checkpoint = src.path;
   // An unreadable manifest fixes nothing: the load reports it.
   if (src.path.empty() || !src.manifest.is_object()) return plan;
+  const nlohmann::json& saved = src.manifest.value("train", nlohmann::json::object());
+  if (saved.is_object() && saved.contains("freeze") && saved["freeze"].is_array())
+    for (const auto& p : saved["freeze"])
+      if (p.is_string()) plan.saved_freeze.push_back(p.get<std::string>());
   std::vector<std::string> warnings;
   plan.train = adjust_for_resume(train, src.manifest, world_size, warnings);
   if (lead)
@@ -48,6 +52,34 @@ Checkpointer::Checkpointer(const ModelConfig& model, const TrainConfig& train, M
       unloadable_(plan.unloadable) {
   if (watchdog_) watchdog_->set_checkpoint_bytes(3 * engine.table().n_params() * sizeof(float));
   restore_or_init(plan.checkpoint);
+  if (resumed_ && lead_) report_freeze_change(plan.saved_freeze);
+}
+
+void Checkpointer::report_freeze_change(const StringList& saved_freeze) const {
+  const ParamTable& table = engine_.table();
+  std::vector<bool> was(table.tensors().size(), false);
+  if (!saved_freeze.empty()) {
+    try {
+      was = match_frozen(table, saved_freeze);
+    } catch (const Error&) {
+      return;  // not this model's names: nothing to compare with
+    }
+  }
+  std::vector<std::string> thawed, frozen;
+  for (size_t t = 0; t < table.tensors().size(); ++t) {
+    if (was[t] && !engine_.frozen(int(t))) thawed.push_back(table.tensors()[t].name);
+    if (!was[t] && engine_.frozen(int(t))) frozen.push_back(table.tensors()[t].name);
+  }
+  if (!thawed.empty())
+    fmt::print(
+        "--freeze changed on resume: {} tensor(s) frozen in the checkpoint train now; their Adam state starts at "
+        "zero: {}\n",
+        thawed.size(), fmt::join(thawed, ", "));
+  if (!frozen.empty())
+    fmt::print(stderr,
+               "zerotrain: warning: --freeze changed on resume: {} tensor(s) with Adam state in the checkpoint are "
+               "frozen now; their state is dropped: {}\n",
+               frozen.size(), fmt::join(frozen, ", "));
 }
 
 Checkpointer::~Checkpointer() = default;  // AsyncSaver's destructor waits for its thread
@@ -175,7 +207,7 @@ void Checkpointer::report_async(const std::string& dir) {
 }
 
 IncrementalPolicy Checkpointer::incremental() const {
-  // --freeze (issue 18, item 1) makes incremental checkpoints the default when anything is frozen: add it here.
+  // With --freeze, incremental_checkpoints already defaults to true (session.cpp, prepare_run).
   const bool enabled = train_.incremental_checkpoints;
   return {enabled, last_saved_, train_.full_checkpoint_interval};
 }

@@ -22,6 +22,7 @@ struct ResumePlan {
   std::string checkpoint;               ///< the checkpoint directory to load; "" for a fresh start
   TrainConfig train;                    ///< the run's training config, fitted to the checkpoint's run shape
   std::vector<std::string> unloadable;  ///< names of the output directory's checkpoints this run could not load
+  StringList saved_freeze;              ///< the checkpoint's --freeze (what its Adam state leaves out)
 };
 
 /// The plan to load `src` (a checkpoint and its manifest; no path: a fresh start) with `train`, the config already
@@ -78,6 +79,9 @@ class Checkpointer {
   void mark_save(int64_t step);
   Retention retention_for(int64_t step);
   IncrementalPolicy incremental() const;
+  /// Rank 0 after a resume: lists tensors the checkpoint froze that train now (Adam state from zero) and, as a
+  /// warning, tensors with Adam state that are frozen now (state dropped).
+  void report_freeze_change(const StringList& saved_freeze) const;
   void finish_async_copy();
   void report_async(const std::string& dir);
   void start_async(const TrainProgress& progress);

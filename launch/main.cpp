@@ -94,6 +94,10 @@ int inspect_checkpoint(const CkptCommand& cmd, int rank) {
       m.value("tokens_seen", -1), m["data"].value("cursor", -1), m["lr_schedule"].value("last_lr", 0.0),
       m.value("world_size", -1), m.value("zero_stage", -1), m["optimizer"].value("step", -1), m["model"].dump(),
       m["train"].dump());
+  const nlohmann::json frozen = m["train"].value("freeze", nlohmann::json::array());
+  if (frozen.is_array() && !frozen.empty())
+    fmt::print("frozen (--freeze): {} (no gradients, no Adam state: their optim/ datasets hold zeros)\n",
+               fmt::join(frozen.get<std::vector<std::string>>(), ","));
   if (m.contains("incremental"))
     fmt::print("incremental: {} save(s) since a full one; links to {}\n", m["incremental"].value("saves_since_full", 0),
                m["incremental"].value("links_to", nlohmann::json()).dump());

@@ -44,6 +44,10 @@ std::function<TrainSummary()> prepare_run(const TrainSettings& requested, const 
   auto run = std::make_shared<PreparedRun>();
   run->settings = requested;
   apply_resume_config(run->settings, src, lead);
+  // Frozen tensors never change, so incremental checkpoints (which link them to the base) are the default then;
+  // --incremental_checkpoints given explicitly (false too) wins. The manifest records the value used.
+  if (!run->settings.train.freeze.empty() && run->settings.explicit_keys.count("incremental_checkpoints") == 0)
+    run->settings.train.incremental_checkpoints = true;
   // Nothing to resume: --init_from's file gives the model (each field given explicitly must agree with it).
   if (src.path.empty() && !run->settings.train.init_from.empty())
     run->settings.model = model_for_init_from(run->settings.train.init_from, run->settings);

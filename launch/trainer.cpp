@@ -96,7 +96,9 @@ Trainer::Trainer(const ModelConfig& model, const ResumePlan& plan, RunComms comm
               tcfg_.seed),
       profile_(backend, tcfg_.profile_steps, lead_ && !opts.quiet),
       model_(table_, profile_.backend(), B_, T_, parse_recompute(tcfg_.recompute)),
-      engine_(table_, profile_.backend(), data_, tcfg_.zero_stage, size_t(tcfg_.zero_bucket_mb * double(1 << 20))),
+      engine_(table_, profile_.backend(), data_, tcfg_.zero_stage, size_t(tcfg_.zero_bucket_mb * double(1 << 20)),
+              ZeroEngine::kDefaultAlign,
+              tcfg_.freeze.empty() ? std::vector<bool>{} : match_frozen(table_, tcfg_.freeze)),
       checkpointer_(mcfg_, tcfg_, control_, engine_, plan, opts.watchdog, opts.quiet),
       stop_(control_, tcfg_, checkpointer_.start_step(), lead_ && !opts.quiet),
       dump_(opts.debug_dump_dir, engine_, table_, lead_),
@@ -262,14 +264,22 @@ void Trainer::print_banner() const {
   const MemoryReport mem = engine_.memory_report();
   fmt::print(
       "ZeRO stage {} on {} rank(s), backend {}, {} thread(s) per rank | per-rank state: params {} "
-      "(formula {}), grads {} (formula {}), optimizer {} (formula {}){}{} | Ψ={} | {}\n",
+      "(formula {}), grads {} (formula {}), optimizer {} (formula {}){}{} | Ψ={}{} | {}\n",
       tcfg_.zero_stage, world_size_, backend_.name(), omp_get_max_threads(), human_bytes(double(mem.params_bytes)),
       human_bytes(double(mem.formula_params)), human_bytes(double(mem.grads_bytes)),
       human_bytes(double(mem.formula_grads)), human_bytes(double(mem.optim_bytes)),
       human_bytes(double(mem.formula_optim)),
       mem.param_copy_bytes > 0 ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
                                : std::string(),
-      mem.pool_summary(), mem.psi, mem.formula_text);
+      mem.pool_summary(), mem.psi, mem.psi_t != mem.psi ? fmt::format(" Ψ_t={}", mem.psi_t) : std::string(),
+      mem.formula_text);
+  if (!tcfg_.freeze.empty()) {
+    size_t n_frozen = 0, n_elems = 0;
+    for (size_t t = 0; t < table_.tensors().size(); ++t)
+      if (engine_.frozen(int(t))) ++n_frozen, n_elems += table_.tensors()[t].numel();
+    fmt::print("frozen (--freeze {}): {} of {} tensors, {} parameters; no gradients, Adam state or updates\n",
+               fmt::join(tcfg_.freeze, ","), n_frozen, table_.tensors().size(), human_count(double(n_elems)));
+  }
   fmt::print("{}\n", model_.memory_report());
   std::fflush(stdout);
 }

@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "core/errors.hpp"
+#include "core/test_hooks.hpp"
 #include "sharding/zero_engine_impl.hpp"
 
 namespace zt {
@@ -15,13 +16,44 @@ namespace zt {
 // bit, as do 2 and 3, and all four when a step has one micro-step (docs/sharding.md).
 
 ZeroEngine::ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, int stage, size_t bucket_bytes,
-                       size_t align)
-    : table_(table), be_(backend), comm_(comm), stage_(stage) {
+                       size_t align, std::vector<bool> frozen)
+    : table_(table), be_(backend), comm_(comm), stage_(stage), frozen_(std::move(frozen)) {
+  ZT_ASSERT(frozen_.empty() || frozen_.size() == table.tensors().size());
   ZT_CHECK(stage >= 0 && stage <= 3, "--zero_stage must be 0, 1, 2 or 3, got {}", stage);
   ZT_CHECK(bucket_bytes >= sizeof(float), "--zero_bucket_mb must hold at least one float (4 bytes), got {} bytes",
            bucket_bytes);
   cut_parts(bucket_bytes / sizeof(float), align);
+  mark_trainable_parts();
   allocate();
+}
+
+void ZeroEngine::mark_trainable_parts() {
+  compute_frozen_ = test_hooks::freeze_compute_grads();
+  part_trains_.assign(parts_.size(), true);
+  for (size_t p = 0; p < parts_.size() && !compute_frozen_; ++p) {
+    // The embedding unit trains whole or not at all: its backward writes wte and wpe from one buffer.
+    const bool whole_unit = parts_[p].unit == table_.embedding_unit();
+    bool any = false;
+    for (int ti : table_.units()[size_t(parts_[p].unit)].tensors) {
+      const size_t off = table_.tensors()[size_t(ti)].unit_offset;
+      if ((whole_unit || (off >= parts_[p].begin && off < parts_[p].end)) && !frozen(ti)) any = true;
+    }
+    part_trains_[p] = any;
+  }
+}
+
+bool ZeroEngine::tensor_trains(int unit, size_t offset) const {
+  if (compute_frozen_ || frozen_.empty()) return true;
+  for (int ti : table_.units()[size_t(unit)].tensors) {
+    const TensorSpec& t = table_.tensors()[size_t(ti)];
+    if (offset >= t.unit_offset && offset < t.unit_offset + t.storage_numel) return !frozen(ti);
+  }
+  ZT_FAIL("no tensor of unit {} holds flat element {}", unit, offset);
+}
+
+void ZeroEngine::discard_frozen_grads(size_t p, float* grads) {
+  for (const TensorExtent& e : extents_[p])
+    if (frozen(e.tensor)) be_.zero(grads + e.unit_offset, e.numel);
 }
 
 void ZeroEngine::cut_parts(size_t bucket_elems, size_t align) {
@@ -64,10 +96,12 @@ void ZeroEngine::allocate() {
     else
       s->params_shard = be_.alloc(L.shard_numel);
     const size_t opt_n = stage_ == 0 ? L.padded_numel : L.shard_numel;
-    s->m = be_.alloc(opt_n);
-    s->v = be_.alloc(opt_n);
-    s->grad_shard = be_.alloc(L.shard_numel);
-    if (stage_ <= 1) s->grad_local = be_.alloc(L.padded_numel);
+    if (part_trains_[p]) {
+      s->m = be_.alloc(opt_n);
+      s->v = be_.alloc(opt_n);
+      s->grad_shard = be_.alloc(L.shard_numel);
+      if (stage_ <= 1) s->grad_local = be_.alloc(L.padded_numel);
+    }
     state_.push_back(std::move(s));
     if (parts_[p].unit == emb)
       whole_elems_ += L.padded_numel;
@@ -135,15 +169,18 @@ void ZeroEngine::init_params(uint64_t seed) {
       be_.from_host(s.params_shard, host.data(), host.size());
     }
     const size_t opt_n = stage_ == 0 ? L.padded_numel : L.shard_numel;
-    be_.zero(s.m, opt_n);
-    be_.zero(s.v, opt_n);
+    if (s.m != nullptr) {
+      be_.zero(s.m, opt_n);
+      be_.zero(s.v, opt_n);
+    }
   }
   forget_gathered();
   adam_step_ = 0;
 }
 
 void ZeroEngine::begin_step() {
-  for (size_t p = 0; p < parts_.size(); ++p) be_.zero(state_[p]->grad_shard, parts_[p].layout.shard_numel);
+  for (size_t p = 0; p < parts_.size(); ++p)
+    if (part_trains_[p]) be_.zero(state_[p]->grad_shard, parts_[p].layout.shard_numel);
 }
 
 double ZeroEngine::grad_norm_squared() {
@@ -153,7 +190,7 @@ double ZeroEngine::grad_norm_squared() {
              "gradients of {} were accumulated but never reduced: the last micro-step of an optimizer step must "
              "synchronise gradients (begin_micro_step with sync_grads true)",
              table_.units()[size_t(parts_[p].unit)].name);
-    partial += be_.squared_norm(state_[p]->grad_shard, parts_[p].layout.shard_numel);
+    if (part_trains_[p]) partial += be_.squared_norm(state_[p]->grad_shard, parts_[p].layout.shard_numel);
   }
   comm_.all_reduce_sum(&partial, 1);
   return partial;
@@ -164,6 +201,7 @@ void ZeroEngine::optimizer_step(const AdamwStep& hp) {
   forget_gathered();
   const int r = comm_.rank();
   for (size_t p = 0; p < parts_.size(); ++p) {
+    if (!part_trains_[p]) continue;  // frozen throughout: the parameters every rank holds stay as they are
     PartState& s = *state_[p];
     const ShardLayout& L = parts_[p].layout;
     ZT_CHECK(!s.unreduced, "optimizer_step before the gradients of {} were reduced (see grad_norm_squared)",
@@ -171,6 +209,7 @@ void ZeroEngine::optimizer_step(const AdamwStep& hp) {
     auto adamw = [&](float* param, const float* grad, float* m, float* v, size_t begin, size_t end) {
       for (const Piece& pc : pieces_in_range(extents_[p], begin, end)) {
         const size_t o = pc.flat_offset - begin;
+        if (frozen(pc.tensor)) continue;  // no update, no weight decay; its m, v stay zero
         const bool decay = table_.tensors()[size_t(pc.tensor)].decay;
         be_.adamw_update(param + o, grad + o, m + o, v + o, pc.count, hp.lr, hp.beta1, hp.beta2, hp.eps,
                          decay ? hp.weight_decay : 0.0f, hp.grad_scale, adam_step_);
@@ -200,6 +239,10 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
       be_.to_host(out + P.begin, s.params_full, n);
       continue;
     }
+    if (grads && !part_trains_[p]) {
+      std::fill(out + P.begin, out + P.begin + n, 0.0f);
+      continue;
+    }
     float* full = be_.alloc(P.layout.padded_numel);
     comm_.all_gather(grads ? s.grad_shard : s.params_shard, full, P.layout.shard_numel);
     be_.to_host(out + P.begin, full, n);
@@ -214,8 +257,8 @@ ZeroEngine::OwnedSlice ZeroEngine::owned_slice(size_t p) {
   std::tie(o.begin, o.end) = owned_range(p);
   o.params = owned_params(p);
   const size_t opt_off = stage_ == 0 ? P.layout.begin(comm_.rank()) : 0;
-  o.m = s.m + opt_off;
-  o.v = s.v + opt_off;
+  o.m = s.m != nullptr ? s.m + opt_off : nullptr;
+  o.v = s.v != nullptr ? s.v + opt_off : nullptr;
   return o;
 }
 
@@ -250,6 +293,15 @@ void ZeroEngine::finish_load(int64_t adam_step) {
       comm_.all_gather(s.params_full + b, s.params_full, L.shard_numel);
       if (param_copies_) be_.refresh_param_copy(s.params_full, L.padded_numel);
     }
+    if (s.m == nullptr) continue;
+    // A tensor frozen now drops the Adam state the checkpoint held for it (the trainer warns).
+    const size_t ob = owned_range(p).first;
+    for (const Piece& pc : owned_pieces(p))
+      if (frozen(pc.tensor)) {
+        const size_t at = (stage_ == 0 ? b : 0) + (pc.flat_offset - ob);
+        be_.zero(s.m + at, pc.count);
+        be_.zero(s.v + at, pc.count);
+      }
     if (stage_ == 0) {
       comm_.all_gather(s.m + b, s.m, L.shard_numel);
       comm_.all_gather(s.v + b, s.v, L.shard_numel);
@@ -267,15 +319,20 @@ std::string MemoryReport::pool_summary() const {
 MemoryReport ZeroEngine::memory_report() const {
   MemoryReport r;
   const size_t N = size_t(comm_.world_size()), f = sizeof(float);
-  size_t psi = 0, shards = 0;
-  for (const Part& p : parts_) {
-    psi += p.layout.padded_numel;
-    shards += p.layout.shard_numel;
+  // Ψ counts every parameter; Ψ_t (psi_t) only the parts that train, which alone hold gradients and Adam state.
+  size_t psi = 0, shards = 0, psi_t = 0, shards_t = 0;
+  for (size_t p = 0; p < parts_.size(); ++p) {
+    const ShardLayout& L = parts_[p].layout;
+    psi += L.padded_numel;
+    shards += L.shard_numel;
+    psi_t += part_trains_[p] ? L.padded_numel : 0;
+    shards_t += part_trains_[p] ? L.shard_numel : 0;
   }
   r.psi = psi;
+  r.psi_t = psi_t;
   r.params_bytes = (stage_ <= 2 ? psi : shards) * f;
-  r.grads_bytes = (shards + (stage_ <= 1 ? psi : 0)) * f;
-  r.optim_bytes = 2 * (stage_ == 0 ? psi : shards) * f;
+  r.grads_bytes = (shards_t + (stage_ <= 1 ? psi_t : 0)) * f;
+  r.optim_bytes = 2 * (stage_ == 0 ? psi_t : shards_t) * f;
   r.pool_bytes = pool_elems_ * f;
   r.pool_part_bytes = stage_ >= 2 ? slot_elems_ * f : 0;
   r.pool_whole_bytes = stage_ >= 2 ? whole_elems_ * f : 0;
@@ -284,13 +341,22 @@ MemoryReport ZeroEngine::memory_report() const {
   // The ZeRO formulas for fp32 parameters, gradients and Adam (m, v): K = 8 bytes of optimizer state per element;
   // the pool: P = max(k·b, E), k = 4 regions (2 at stage 2) of the largest part b, E the embedding unit.
   r.formula_params = stage_ <= 2 ? 4 * psi : 4 * psi / N;
-  r.formula_grads = stage_ <= 1 ? 4 * psi + 4 * psi / N : 4 * psi / N;
-  r.formula_optim = stage_ == 0 ? 8 * psi : 8 * psi / N;
+  r.formula_grads = stage_ <= 1 ? 4 * psi_t + 4 * psi_t / N : 4 * psi_t / N;
+  r.formula_optim = stage_ == 0 ? 8 * psi_t : 8 * psi_t / N;
   r.formula_pool = std::max(r.pool_regions * r.pool_part_bytes, r.pool_whole_bytes);
   r.formula_text = stage_ == 0   ? "params 4Ψ, grads 4Ψ + 4Ψ/N, optimizer 8Ψ"
                    : stage_ == 1 ? "params 4Ψ, grads 4Ψ + 4Ψ/N, optimizer 8Ψ/N"
                    : stage_ == 2 ? "params 4Ψ, grads 4Ψ/N, optimizer 8Ψ/N, pool max(2b, E)"
                                  : "params 4Ψ/N, grads 4Ψ/N, optimizer 8Ψ/N, pool max(4b, E)";
+  if (psi_t != psi) {
+    // Frozen parts hold no gradients or Adam state: those terms count the trainable Ψ_t.
+    std::string t = r.formula_text;
+    for (const char* term : {"grads 4Ψ", "+ 4Ψ", "optimizer 8Ψ"}) {
+      const size_t at = t.find(term);
+      if (at != std::string::npos) t.insert(at + std::char_traits<char>::length(term), "_t");
+    }
+    r.formula_text = t;
+  }
   return r;
 }
 

@@ -23,6 +23,7 @@ struct MemoryReport {
   size_t pool_regions = 0;      ///< parts the pool holds at once: 2 gathered + 2 being reduced (stage 3), 2 (stage 2)
   size_t pool_whole_bytes = 0;  ///< the embedding unit, which the model reads whole (the pool holds at least that)
   size_t psi = 0;               ///< padded parameter count Ψ (sum over parts)
+  size_t psi_t = 0;  ///< Ψ_t: Ψ of the parts that train (hold gradients and Adam state; Ψ without --freeze)
   size_t param_copy_bytes = 0;  ///< the backend's low-precision parameter copies (bf16 on CUDA), not in params_bytes
   size_t formula_params = 0, formula_grads = 0, formula_optim = 0, formula_pool = 0;
   std::string formula_text;
@@ -43,8 +44,12 @@ class ZeroEngine final : public UnitProvider {
  public:
   /// The default --zero_bucket_mb, in bytes.
   static constexpr size_t kDefaultBucketBytes = size_t(32) << 20;
+  /// The default shard alignment (elements).
+  static constexpr size_t kDefaultAlign = 16;
+  /// `frozen`: one flag per tensor of `table` (zt::match_frozen; empty: none). Parts whose every tensor is frozen
+  /// hold no gradients or Adam state and send no reduction; frozen tensors inside other parts are never updated.
   ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, int stage,
-             size_t bucket_bytes = kDefaultBucketBytes, size_t align = 16);
+             size_t bucket_bytes = kDefaultBucketBytes, size_t align = kDefaultAlign, std::vector<bool> frozen = {});
   ~ZeroEngine() override;
   ZeroEngine(const ZeroEngine&) = delete;
   ZeroEngine& operator=(const ZeroEngine&) = delete;
@@ -58,6 +63,10 @@ class ZeroEngine final : public UnitProvider {
   using Part = PartLayout;
   size_t n_parts() const { return parts_.size(); }
   const Part& part(size_t p) const { return parts_[p]; }
+  /// Whether tensor `t` of the table is frozen (--freeze).
+  bool frozen(int t) const { return !frozen_.empty() && frozen_[size_t(t)]; }
+  /// Whether part p holds gradients and Adam state (some tensor of it trains, or the test hook computes them all).
+  bool part_holds_grads(size_t p) const { return part_trains_[p]; }
   /// Parts of a unit: indices [first, first + count) of part().
   size_t first_part(int unit) const { return unit_first_[size_t(unit)]; }
 
@@ -81,7 +90,7 @@ class ZeroEngine final : public UnitProvider {
 
   /// This rank's slice of a part, as checkpoints write and read it: flat range [begin, end) of the unit (inside the
   /// part; empty when the rank's shard is all padding) and pointers (backend memory) to the parameters and Adam m, v
-  /// of that range. Ranks' slices partition the part.
+  /// of that range (m, v null for a part that does not hold grads). Ranks' slices partition the part.
   struct OwnedSlice {
     size_t begin = 0, end = 0;
     float *params = nullptr, *m = nullptr, *v = nullptr;
@@ -112,6 +121,8 @@ class ZeroEngine final : public UnitProvider {
   void release_part(int unit, size_t part) override;
   float* part_grads(int unit, size_t part) override;
   void part_grads_ready(int unit, size_t part) override;
+  bool part_trains(int unit, size_t part) const override { return part_trains_[first_part(unit) + part]; }
+  bool tensor_trains(int unit, size_t offset) const override;
 
  private:
   struct PartState;
@@ -119,6 +130,9 @@ class ZeroEngine final : public UnitProvider {
   struct Reduction;
   struct Visit;
   void cut_parts(size_t bucket_elems, size_t align);
+  void mark_trainable_parts();
+  /// Zeroes the frozen tensors' gradients in part p's buffer `grads` (padded, part-relative): they are discarded.
+  void discard_frozen_grads(size_t p, float* grads);
   void allocate();
   float* owned_params(size_t p);
   /// [begin, end) of this rank's slice of part p in its unit's flat order (the shard clipped to the part).
@@ -146,6 +160,9 @@ class ZeroEngine final : public UnitProvider {
   std::vector<size_t> unit_first_, unit_count_;
   std::vector<std::vector<TensorExtent>> extents_;  // per part: storage extents, part-relative
   std::vector<std::unique_ptr<PartState>> state_;
+  std::vector<bool> frozen_;       // per tensor (empty: nothing frozen)
+  std::vector<bool> part_trains_;  // per part: holds gradients and Adam state
+  bool compute_frozen_ = false;    // test hook: the backward computes frozen gradients too, discarded before reducing
   // Working pool (stages 2-3): one allocation; regions of it hold gathered parts and gradient work buffers.
   float* pool_ = nullptr;
   size_t pool_elems_ = 0, slot_elems_ = 0, whole_elems_ = 0;

@@ -298,6 +298,7 @@ void ZeroEngine::start_reduction(size_t p) {
     --red->region->users;
     ++red->region->reducing;
   }
+  discard_frozen_grads(p, s.grads_now);
   red->seq = ++reduce_seq_;
   red->active = true;
   const size_t S = parts_[p].layout.shard_numel;

@@ -162,3 +162,60 @@ TEST_CASE("bytes sent per step follow the ZeRO traffic theory, with and without 
     }
   }
 }
+
+TEST_CASE("with --freeze, gradients and Adam state count Ψ_t; frozen parts send no reduction", "[zero][freeze]") {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const size_t N = size_t(world);
+  const ParamTable table(small_model());
+  auto backend = make_cpu_backend(1);
+  MpiComm comm(MPI_COMM_WORLD);
+  // Block 0 whole and block 1's MLP (whole parts with the small bucket, inside a training part with the default).
+  const std::vector<bool> frozen = match_frozen(table, {"h.0.*", "h.1.mlp.*"});
+  for (size_t bucket : {ZeroEngine::kDefaultBucketBytes, kSmallBucketBytes}) {
+    for (int stage = 0; stage <= 3; ++stage) {
+      INFO("stage " << stage << " world " << world << " bucket " << bucket << " bytes");
+      ZeroEngine engine(table, *backend, comm, stage, bucket, ZeroEngine::kDefaultAlign, frozen);
+      // Ψ_t from the table: the parts holding a tensor that trains.
+      size_t psi = 0, psi_t = 0;
+      for (size_t p = 0; p < engine.n_parts(); ++p) {
+        const ZeroEngine::Part& P = engine.part(p);
+        bool trains = false;
+        for (int ti : table.units()[size_t(P.unit)].tensors) {
+          const size_t off = table.tensors()[size_t(ti)].unit_offset;
+          trains = trains || (off >= P.begin && off < P.end && !frozen[size_t(ti)]);
+        }
+        psi += P.layout.padded_numel;
+        psi_t += trains ? P.layout.padded_numel : 0;
+      }
+      REQUIRE(psi_t < psi);
+      if (bucket == kSmallBucketBytes) REQUIRE(psi - psi_t > 2 * psi / 10);  // block 0 and 1's MLP: whole parts
+      const MemoryReport r = engine.memory_report();
+      REQUIRE(r.psi == psi);
+      REQUIRE(r.psi_t == psi_t);
+      REQUIRE(r.params_bytes == (stage <= 2 ? 4 * psi : 4 * psi / N));
+      REQUIRE(r.grads_bytes == (stage <= 1 ? 4 * psi_t + 4 * psi_t / N : 4 * psi_t / N));
+      REQUIRE(r.optim_bytes == (stage == 0 ? 8 * psi_t : 8 * psi_t / N));
+      REQUIRE(r.grads_bytes == r.formula_grads);
+      REQUIRE(r.optim_bytes == r.formula_optim);
+      REQUIRE(r.formula_text.find("optimizer 8Ψ_t") != std::string::npos);
+
+      // Traffic of one step (one micro-step): reductions and the parameters' all-gather only for the parts that
+      // train (frozen parameters never change); stage 3 still gathers every part for the forward and the backward.
+      Gpt2 model(table, *backend, 1, 16);
+      engine.init_params(5);
+      train_steps(engine, model, 1, 1);
+      comm.reset_counters();
+      train_steps(engine, model, 1, 1);
+      const double f = double(N - 1) / double(N) * 4, sent = double(comm.bytes_sent());
+      const double theory = stage <= 2 ? 2 * double(psi_t) * f : (2 * double(psi) + double(psi_t)) * f;
+      INFO("sent " << sent << " theory " << theory);
+      if (world == 1) {
+        REQUIRE(sent == 0);
+      } else {
+        REQUIRE(sent <= 1.05 * theory);
+        REQUIRE(sent >= 0.95 * theory);
+      }
+    }
+  }
+}

@@ -77,3 +77,29 @@ TEST_CASE("the default global batch splits over any number of ranks", "[config]"
   t.global_batch_size = -1;
   REQUIRE_THROWS_WITH(t.validate(1), Catch::Contains("global_batch_size"));
 }
+
+TEST_CASE("--freeze globs select tensors by GPT-2 name; typos and freezing everything are errors", "[model]") {
+  ModelConfig c = model_preset("tiny");
+  c.n_layer = 12;  // h.1* must not reach h.10, h.11 unless the glob says so
+  ParamTable t(c);
+  auto names = [&](const std::vector<bool>& f) {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < f.size(); ++i)
+      if (f[i]) out.push_back(t.tensors()[i].name);
+    return out;
+  };
+  REQUIRE(names(match_frozen(t, {"wte", "wpe"})) == std::vector<std::string>{"wte", "wpe"});
+  // fnmatch without FNM_PATHNAME: '*' crosses dots, so h.[0-9].* is every tensor of blocks 0-9 and no other.
+  const std::vector<bool> f = match_frozen(t, {"h.[0-9].*"});
+  REQUIRE(names(f).size() == 10 * 12);
+  REQUIRE(f[size_t(t.find("h.9.mlp.c_proj.bias"))]);
+  REQUIRE_FALSE(f[size_t(t.find("h.10.ln_1.weight"))]);
+  REQUIRE(names(match_frozen(t, {" h.?.attn.c_attn.weight "})).size() == 10);  // spaces around a pattern ignored
+  REQUIRE(match_frozen(t, {"*.bias", "wte"})[size_t(t.find("ln_f.bias"))]);
+  REQUIRE_THROWS_WITH(match_frozen(t, {"wte", "h.0.attn.weight"}),
+                      Catch::Contains("--freeze pattern 'h.0.attn.weight' matches no tensor") &&
+                          Catch::Contains("h.0.attn.c_attn.weight"));
+  REQUIRE_THROWS_WITH(match_frozen(t, {"wte", ""}), Catch::Contains("--freeze has an empty pattern"));
+  REQUIRE_THROWS_WITH(match_frozen(t, {"*"}), Catch::Contains("--freeze * freezes every tensor"));
+  REQUIRE_THROWS_WITH(match_frozen(t, {"wte", "wpe", "h.*", "ln_f.*"}), Catch::Contains("freezes every tensor"));
+}
