@@ -19,6 +19,7 @@ peers=${PEERS:-eager compile llmc}
 presets=(small gpt2)
 thread_list="1,$(nproc)"
 while (($#)); do
+  [[ $1 != --* || $# -ge 2 ]] || { echo "throughput.sh: $1 needs a value (see the usage at the top of $0)" >&2; exit 2; }
   case $1 in
     --preset) [[ $2 == all ]] && presets=(small gpt2) || presets=("$2"); shift 2 ;;
     --threads) thread_list=$2; shift 2 ;;
