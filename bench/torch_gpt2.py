@@ -3,7 +3,8 @@
 
 Imported by test/e2e/torch_crosscheck.py, so the model the benchmark times is the one checked against zerotrain.
 Run directly: torch_gpt2.py --n_layer 4 --n_head 4 --d_model 256 --vocab 256 --seq_len 128 --batch 8 --threads 2
-prints one line per step and a final `torch_tokens_per_s=<median>` line.
+[--compile] [--adamw auto|fused|foreach|for-loop] prints one line per step and `key=value` lines last, the rate
+(`torch_tokens_per_s=<median>`, of the steps after --warmup) on the very last.
 """
 import argparse
 import math
@@ -111,7 +112,37 @@ def adamw_param_groups(model, weight_decay):
             {"params": [p for p in params if p.dim() != 2], "weight_decay": 0.0}]
 
 
-def main():
+def make_optimizer(model, args):
+    """AdamW as zerotrain runs it, in the fastest CPU form the installed torch has: fused, else foreach, else loop."""
+    groups = adamw_param_groups(model, args.weight_decay)
+    kw = dict(lr=args.learning_rate, betas=(0.9, 0.95), eps=1e-8)
+    kinds = ["fused", "foreach", "for-loop"] if args.adamw == "auto" else [args.adamw]
+    for kind in kinds:
+        extra = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {}}[kind]
+        try:
+            opt = torch.optim.AdamW(groups, **kw, **extra)
+            if kind == "fused":  # torch < 2.4 accepts fused=True on CPU tensors and fails only in step()
+                probe = torch.nn.Parameter(torch.zeros(1))
+                probe.grad = torch.zeros(1)
+                torch.optim.AdamW([probe], fused=True).step()
+            return opt, kind
+        except (RuntimeError, TypeError, ValueError) as e:
+            if args.adamw != "auto":
+                raise SystemExit(f"torch_gpt2.py: --adamw {kind} is not supported by torch {torch.__version__}: {e}")
+    raise AssertionError("the plain AdamW loop always constructs")
+
+
+def train_step(model, opt, x, y, grad_clip):
+    """One training step as zerotrain does it: forward, backward, global-norm clip, AdamW."""
+    loss = model(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n_layer", type=int, default=4)
     ap.add_argument("--n_head", type=int, default=4)
@@ -126,34 +157,61 @@ def main():
     ap.add_argument("--weight_decay", type=float, default=0.1)
     ap.add_argument("--grad_clip", type=float, default=1.0)
     ap.add_argument("--no_sdpa", action="store_true", help="explicit masked softmax even where SDPA exists")
-    args = ap.parse_args()
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (default mode); its compile time is reported, not timed")
+    ap.add_argument("--adamw", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
+                    help="AdamW implementation (auto: fused where this torch has it on CPU, else foreach)")
+    ap.add_argument("--profile_steps", type=int, default=0,
+                    help="after the timed steps, profile this many more and print the ops by self CPU time")
+    return ap.parse_args()
 
+
+def print_profile(step_model, opt, data, args):
+    """torch.profiler's per-op table for a few more steps: the counterpart of `zerotrain train --profile_steps`."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for step in range(args.profile_steps):
+            x, y = data[step % args.steps, :, :-1], data[step % args.steps, :, 1:]
+            train_step(step_model, opt, x, y, args.grad_clip)
+    print(f"profile of {args.profile_steps} step(s), ops by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), flush=True)
+
+
+def main():
+    args = parse_args()
+    # Intra-op threads as asked, one inter-op thread: the step is one chain of ops, as zerotrain's is.
     torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
     torch.manual_seed(0)
     model = Gpt2(args.n_layer, args.n_head, args.d_model, args.vocab, args.seq_len, use_sdpa=not args.no_sdpa)
-    opt = torch.optim.AdamW(adamw_param_groups(model, args.weight_decay), lr=args.learning_rate,
-                            betas=(0.9, 0.95), eps=1e-8)
+    opt, adamw_kind = make_optimizer(model, args)
+    step_model = torch.compile(model) if args.compile else model
     gen = torch.Generator().manual_seed(1)
     data = torch.randint(0, args.vocab, (args.steps, args.batch, args.seq_len + 1), generator=gen)
     n_params = sum(p.numel() for p in model.parameters())
     attn = "sdpa" if model.h[0].attn.use_sdpa else "masked-softmax"
     print(f"torch {torch.__version__} | {n_params} params | B={args.batch} T={args.seq_len} | "
-          f"threads {torch.get_num_threads()} | attention {attn}", flush=True)
-    rates = []
+          f"threads {torch.get_num_threads()} | attention {attn} | adamw {adamw_kind} | "
+          f"{'torch.compile' if args.compile else 'eager'}", flush=True)
+    times = []
     for step in range(args.steps):
         x, y = data[step, :, :-1], data[step, :, 1:]
         t0 = time.perf_counter()
-        # One training step as zerotrain does it: forward, backward, global-norm clip, AdamW.
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        dt = time.perf_counter() - t0
-        rates.append(args.batch * args.seq_len / dt)
-        print(f"step {step + 1} loss {loss.item():.4f} {rates[-1]:.0f} tok/s", flush=True)
-    steady = rates[args.warmup:] if len(rates) > args.warmup else rates
-    print(f"torch_tokens_per_s={statistics.median(steady):.1f}")
+        loss = train_step(step_model, opt, x, y, args.grad_clip)
+        times.append(time.perf_counter() - t0)
+        print(f"step {step + 1} loss {loss.item():.4f} {args.batch * args.seq_len / times[-1]:.0f} tok/s "
+              f"({times[-1]:.2f} s)", flush=True)
+    if args.profile_steps:
+        print_profile(step_model, opt, data, args)
+    steady = times[args.warmup:] if len(times) > args.warmup else times
+    median_s = statistics.median(steady)
+    # The warm-up steps hold torch.compile's tracing and code generation (first step) and any recompile: a user
+    # pays them once per run, so they are reported beside the rate rather than in it.
+    print(f"torch_warmup_s={sum(times[:len(times) - len(steady)]):.1f}")
+    print(f"torch_first_step_s={times[0]:.1f}")
+    print(f"torch_adamw={adamw_kind}")
+    print(f"torch_version={torch.__version__}")
+    print(f"torch_tokens_per_s={args.batch * args.seq_len / median_s:.1f}")
     return 0
 
 
