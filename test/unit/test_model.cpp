@@ -78,7 +78,7 @@ TEST_CASE("the default global batch splits over any number of ranks", "[config]"
   REQUIRE_THROWS_WITH(t.validate(1), Catch::Contains("global_batch_size"));
 }
 
-TEST_CASE("--freeze globs select tensors by GPT-2 name; typos and freezing everything are errors", "[model]") {
+TEST_CASE("freeze patterns select tensors by GPT-2 name, and a typo or freezing everything is an error", "[model]") {
   ModelConfig c = model_preset("tiny");
   c.n_layer = 12;  // h.1* must not reach h.10, h.11 unless the glob says so
   ParamTable t(c);
