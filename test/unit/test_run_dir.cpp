@@ -55,7 +55,7 @@ std::set<std::string> names_in(const std::string& dir) {
 
 }  // namespace
 
-TEST_CASE("run dir lock: one holder; a second taker fails naming the directory and the holder") {
+TEST_CASE("run dir lock: one holder, and a second taker fails naming the directory and the holder") {
   zt::test::ScratchDir scratch;
   const std::string out = scratch.path + "/run";  // taking the lock creates the directory
   ::setenv("SLURM_JOB_ID", "4242", 1);
