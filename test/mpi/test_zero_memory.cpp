@@ -29,6 +29,14 @@ ModelConfig small_model() {
   return m;
 }
 
+// What each test here builds on: the MPI world, small_model()'s table and a one-thread CPU backend.
+struct ZeroWorld {
+  MpiComm comm{MPI_COMM_WORLD};
+  int world = comm.world_size();
+  const ParamTable table{small_model()};
+  std::unique_ptr<Backend> backend = make_cpu_backend(1);
+};
+
 // Cuts each block of small_model() into three parts and the embedding into two (see test_zero.cpp).
 constexpr size_t kSmallBucketBytes = size_t(0.02 * (1 << 20));
 
@@ -57,13 +65,9 @@ void train_steps(ZeroEngine& engine, Gpt2& model, int steps, int micro) {
 
 }  // namespace
 
-TEST_CASE("per-rank memory equals the ZeRO formula; the pool bounds the live buffers", "[zero][memory]") {
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+TEST_CASE_METHOD(ZeroWorld, "per-rank memory equals the ZeRO formula; the pool bounds the live buffers",
+                 "[zero][memory]") {
   const size_t N = size_t(world);
-  const ParamTable table(small_model());
-  auto backend = make_cpu_backend(1);
-  MpiComm comm(MPI_COMM_WORLD);
   for (size_t bucket : {ZeroEngine::kDefaultBucketBytes, kSmallBucketBytes}) {
     for (int stage = 0; stage <= 3; ++stage) {
       INFO("stage " << stage << " world " << world << " bucket " << bucket << " bytes");
@@ -121,13 +125,9 @@ TEST_CASE("per-rank memory equals the ZeRO formula; the pool bounds the live buf
   }
 }
 
-TEST_CASE("bytes sent per step follow the ZeRO traffic theory, with and without accumulation", "[zero][traffic]") {
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+TEST_CASE_METHOD(ZeroWorld, "bytes sent per step follow the ZeRO traffic theory, with and without accumulation",
+                 "[zero][traffic]") {
   const double N = world;
-  const ParamTable table(small_model());
-  auto backend = make_cpu_backend(1);
-  MpiComm comm(MPI_COMM_WORLD);
   for (size_t bucket : {ZeroEngine::kDefaultBucketBytes, kSmallBucketBytes}) {
     for (int stage = 0; stage <= 3; ++stage) {
       for (int micro : {1, 4}) {
@@ -163,13 +163,9 @@ TEST_CASE("bytes sent per step follow the ZeRO traffic theory, with and without 
   }
 }
 
-TEST_CASE("with --freeze, gradients and Adam state count Ψ_t; frozen parts send no reduction", "[zero][freeze]") {
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+TEST_CASE_METHOD(ZeroWorld, "with --freeze, gradients and Adam state count Ψ_t; frozen parts send no reduction",
+                 "[zero][freeze]") {
   const size_t N = size_t(world);
-  const ParamTable table(small_model());
-  auto backend = make_cpu_backend(1);
-  MpiComm comm(MPI_COMM_WORLD);
   // Block 0 whole and block 1's MLP (whole parts with the small bucket, inside a training part with the default).
   const std::vector<bool> frozen = match_frozen(table, {"h.0.*", "h.1.mlp.*"});
   for (size_t bucket : {ZeroEngine::kDefaultBucketBytes, kSmallBucketBytes}) {
