@@ -105,11 +105,14 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
     snap.storage = std::move(reuse);
     snap.storage.resize(3 * total);
   }
-  // Parts with every tensor frozen hold no Adam state: their m and v are written as zeros (docs/usage.md, --freeze).
-  size_t max_frozen = 0;
-  for (const ZeroEngine::OwnedSlice& s : slices)
-    if (s.m == nullptr) max_frozen = std::max(max_frozen, s.end - s.begin);
-  snap.zeros.assign(max_frozen, 0.0f);
+  // Parts with every tensor frozen hold no Adam state: their m and v are written as zeros (docs/usage.md, --freeze),
+  // filled into the copy, or viewed from one zero buffer (as long as the largest such part) when nothing is copied.
+  if (!copy) {
+    size_t max_frozen = 0;
+    for (const ZeroEngine::OwnedSlice& s : slices)
+      if (s.m == nullptr) max_frozen = std::max(max_frozen, s.end - s.begin);
+    snap.zeros.assign(max_frozen, 0.0f);
+  }
   size_t at = 0;
   for (size_t p = 0; p < slices.size(); ++p) {
     const ZeroEngine::OwnedSlice& s = slices[p];
