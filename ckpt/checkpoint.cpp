@@ -87,6 +87,8 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
   snap.adam_step = engine.adam_step();
   snap.zero_stage = engine.stage();
   snap.pieces.resize(table.tensors().size());
+  for (size_t t = 0; t < table.tensors().size(); ++t)
+    if (engine.frozen(int(t))) snap.stateless.resize(table.tensors().size()), snap.stateless[t] = true;
   copy = copy || !engine.backend().host_memory();
   size_t total = 0;
   std::vector<ZeroEngine::OwnedSlice> slices;
@@ -105,35 +107,27 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
     snap.storage = std::move(reuse);
     snap.storage.resize(3 * total);
   }
-  // Parts with every tensor frozen hold no Adam state: their m and v are written as zeros (docs/usage.md, --freeze),
-  // filled into the copy, or viewed from one zero buffer (as long as the largest such part) when nothing is copied.
-  if (!copy) {
-    size_t max_frozen = 0;
-    for (const ZeroEngine::OwnedSlice& s : slices)
-      if (s.m == nullptr) max_frozen = std::max(max_frozen, s.end - s.begin);
-    snap.zeros.assign(max_frozen, 0.0f);
-  }
   size_t at = 0;
   for (size_t p = 0; p < slices.size(); ++p) {
     const ZeroEngine::OwnedSlice& s = slices[p];
     const size_t n = s.end - s.begin;
-    const float* base[3] = {s.params, s.m != nullptr ? s.m : snap.zeros.data(),
-                            s.v != nullptr ? s.v : snap.zeros.data()};
+    // A part without Adam state (every tensor frozen) has nothing to save of it: frozen tensors' optim datasets are
+    // not written (format version 3).
+    const float* base[3] = {s.params, s.m, s.v};
     if (copy) {
       for (int k = 0; k < 3; ++k) {
-        if (k > 0 && s.m == nullptr)
-          std::fill_n(snap.storage.data() + at + size_t(k) * n, n, 0.0f);
-        else
-          engine.backend().to_host(snap.storage.data() + at + size_t(k) * n, base[k], n);
+        if (base[k] == nullptr) continue;
+        engine.backend().to_host(snap.storage.data() + at + size_t(k) * n, base[k], n);
         base[k] = snap.storage.data() + at + size_t(k) * n;
       }
       at += 3 * n;
     }
     for (const Piece& pc : engine.owned_pieces(p)) {
       ShardSnapshot::TensorPiece& tp = snap.pieces[size_t(pc.tensor)];
+      ZT_ASSERT(s.m != nullptr || (!snap.stateless.empty() && snap.stateless[size_t(pc.tensor)]));
       tp.a = pc.tensor_offset;
       tp.b = pc.tensor_offset + pc.count;
-      for (int k = 0; k < 3; ++k) tp.data[k] = base[k] + (pc.flat_offset - s.begin);
+      for (int k = 0; k < 3; ++k) tp.data[k] = base[k] != nullptr ? base[k] + (pc.flat_offset - s.begin) : nullptr;
     }
   }
   return snap;
@@ -163,8 +157,11 @@ std::string save_checkpoint(const std::string& output_dir, const ModelConfig& mo
     err = prepare_temp_dir(output_dir, tmp_dir);
     // Refuse up front when the file system cannot hold the checkpoint: nothing gets written.
     uint64_t need = 1 << 20;
-    for (const auto& t : table.tensors())
-      need += 3 * t.numel() * sizeof(float) + 64 * (t.numel() / kChecksumChunkElems + 4);
+    for (size_t ti = 0; ti < table.tensors().size(); ++ti) {
+      const size_t numel = table.tensors()[ti].numel();
+      const size_t kinds = dataset_absent(snap.stateless, ti + table.tensors().size()) ? 1 : 3;
+      need += kinds * numel * sizeof(float) + 64 * (numel / kChecksumChunkElems + 4);
+    }
     const uint64_t avail = free_bytes(output_dir);
     if (err.empty() && avail < need) {
       std::error_code ec;
@@ -210,7 +207,7 @@ void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::st
     const int kind = int(d / n_t);
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
-    if (p.a >= p.b) continue;
+    if (p.a >= p.b || dataset_absent(snap.stateless, d)) continue;
     if (p.a % K != 0) {  // the chunk holding our first element starts on a lower rank
       const size_t c_end = std::min(t.numel(), (p.a / K + 1) * K);
       const size_t n = std::min(p.b, c_end) - p.a;
@@ -241,11 +238,9 @@ void post_fragment_exchange(const ShardSnapshot& snap, const std::vector<std::st
 
 namespace detail {
 
-/// Creates every dataset (collectively, space allocated at once) before any byte is written, except those with a
-/// link in `links` (an external link to that file's dataset of the same name instead; no dataset handle); `offsets`
-/// receives each dataset's address in the file (HADDR_UNDEF where HDF5 gives none, and for a link).
 std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std::vector<std::string>& names,
-                                  const std::vector<std::string>& links, std::vector<haddr_t>& offsets) {
+                                  const std::vector<std::string>& links, const std::vector<bool>& stateless,
+                                  std::vector<haddr_t>& offsets) {
   for (const char* g : {"params", "optim", "optim/exp_avg", "optim/exp_avg_sq"}) {
     H5Id grp(H5Gcreate2(file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
     ZT_H5_CHECK(grp.get());
@@ -257,6 +252,11 @@ std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std
   std::vector<H5Id> dsets;
   for (size_t d = 0; d < names.size(); ++d) {
     const TensorSpec& t = table.tensors()[d % n_t];
+    if (dataset_absent(stateless, d)) {
+      dsets.emplace_back();
+      offsets.push_back(HADDR_UNDEF);
+      continue;
+    }
     if (!links[d].empty()) {
       ZT_H5_CHECK(H5Lcreate_external(links[d].c_str(), ("/" + names[d]).c_str(), file, names[d].c_str(), H5P_DEFAULT,
                                      H5P_DEFAULT));
@@ -323,7 +323,7 @@ std::string write_direct(const std::string& h5_path, const ShardSnapshot& snap, 
   const size_t n_t = table.tensors().size();
   std::vector<SliceWrite> writes;
   for (size_t d = 0; d < names.size(); ++d) {
-    if (!links[d].empty()) continue;
+    if (!links[d].empty() || dataset_absent(snap.stateless, d)) continue;
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
     writes.push_back({d, names[d], uint64_t(offsets[d]), t.numel(), p.a, p.b, p.data[d / n_t]});
@@ -349,7 +349,7 @@ void digest_own_chunks(const ShardSnapshot& snap, const std::vector<std::string>
   for (size_t d = 0; d < links.size(); ++d) {
     const TensorSpec& t = table.tensors()[d % n_t];
     const ShardSnapshot::TensorPiece& p = snap.pieces[d % n_t];
-    if (p.a >= p.b || !links[d].empty()) continue;
+    if (p.a >= p.b || !links[d].empty() || dataset_absent(snap.stateless, d)) continue;
     for (size_t c = (p.a + K - 1) / K; c * K < p.b; ++c) {
       if (skip_whole && std::min(t.numel(), c * K + K) <= p.b) continue;
       digests.insert(digests.end(),
@@ -402,11 +402,12 @@ std::vector<uint64_t> write_tensors(const std::string& h5_path, hid_t file, cons
     links = unchanged_links(inc, snap, recv_frag, detail::threads_per_rank(comm, kWritersPerNode), comm);
   }
   std::vector<haddr_t> offsets;
-  std::vector<H5Id> dsets = detail::create_datasets(file, *snap.table, names, links, offsets);
+  std::vector<H5Id> dsets = detail::create_datasets(file, *snap.table, names, links, snap.stateless, offsets);
   const char* legacy = ckpt_write == "auto" ? std::getenv("ZT_CKPT_WRITE") : nullptr;
   const bool via_hdf5 = ckpt_write == "hdf5" || (legacy != nullptr && std::string(legacy) == "hdf5");
   bool addressed = true;
-  for (size_t d = 0; d < names.size(); ++d) addressed = addressed && (!links[d].empty() || offsets[d] != HADDR_UNDEF);
+  for (size_t d = 0; d < names.size(); ++d)
+    addressed = addressed && (!links[d].empty() || dataset_absent(snap.stateless, d) || offsets[d] != HADDR_UNDEF);
   const bool direct = detail::all_ranks_posix_io(h5_path, W_OK, comm, !via_hdf5) && addressed;
   std::vector<uint64_t> my_digests;  // triples: dataset index, chunk index, digest
   std::string write_problem;
@@ -435,7 +436,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
   const int rank = comm.rank(), N = comm.world_size();
   const std::string h5_path = tmp_dir + "/" + kCheckpointFile;
   std::string err, summary;
-  const IncrementalPlan inc = plan_incremental(incremental, output_dir, name, table, comm);
+  const IncrementalPlan inc = plan_incremental(incremental, output_dir, name, table, snap.stateless, comm);
 
   const size_t n_t = table.tensors().size();
   const size_t K = kChecksumChunkElems;
@@ -461,6 +462,7 @@ std::string save_prepared(const std::string& output_dir, const std::string& name
       for (size_t d = 0; d < names.size(); ++d) {
         const size_t numel = table.tensors()[d % n_t].numel();
         // A linked tensor equals the base's, chunk for chunk: that is what made it a link.
+        if (dataset_absent(snap.stateless, d)) continue;  // no dataset, no manifest entry
         digests[d] = links[d].empty() ? std::vector<uint64_t>((numel + K - 1) / K, 0) : inc.base_chunks[d];
       }
       for (size_t i = 0; i + 2 < all.size(); i += 3) digests[all[i]][all[i + 1]] = all[i + 2];

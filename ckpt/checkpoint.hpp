@@ -20,8 +20,9 @@ class ZeroEngine;
 
 /// Version of the on-disk layout written by this build; a reader refuses a newer one and reads every older one.
 /// 2: the manifest's own digest (kManifestDigestDataset), and the external links of incremental checkpoints.
+/// 3: tensors frozen by the writer have no optim/ datasets; the manifest's `optimizer.frozen` names them.
 /// docs/checkpoint-format.md, section 7, keeps the history.
-constexpr int kCheckpointFormatVersion = 2;
+constexpr int kCheckpointFormatVersion = 3;
 /// Dataset beside `manifest` holding the xxh64 of the manifest's bytes (16 lowercase hex digits); from version 2.
 constexpr const char* kManifestDigestDataset = "manifest_xxh64";
 /// Elements per checksum chunk (in a tensor's row-major order; independent of world size).
@@ -67,10 +68,11 @@ struct ShardSnapshot {
   std::vector<PartLayout> parts;    ///< the writer's parts (how its ranks split each unit)
   std::vector<size_t> tensor_part;  ///< per tensor: the part holding it
   std::vector<TensorPiece> pieces;  ///< per tensor (a == b: nothing on this rank)
+  /// Per tensor: frozen, so it has no Adam state and its optim datasets are not written (empty: none frozen).
+  std::vector<bool> stateless;
   int64_t adam_step = 0;
   int zero_stage = 0;
   std::vector<float> storage;  ///< owns the values for a copied snapshot
-  std::vector<float> zeros;    ///< the Adam state of parts that hold none (every tensor frozen)
 };
 
 /// Views the engine's owned slices in place (copies only when the backend's memory is not host memory). Valid
@@ -100,6 +102,15 @@ class CheckpointWriteError : public Error {
 /// The dataset names of a table: params/<name>, optim/exp_avg/<name>, optim/exp_avg_sq/<name>, in that order per
 /// kind, tensors in table order.
 std::vector<std::string> checkpoint_dataset_names(const ParamTable& table);
+/// Whether dataset `d` (checkpoint_dataset_names order) is absent from a file whose stateless tensors are
+/// `stateless` (per tensor; empty: none): the optim datasets of a tensor without Adam state (format version 3).
+inline bool dataset_absent(const std::vector<bool>& stateless, size_t d) {
+  return !stateless.empty() && d >= stateless.size() && stateless[d % stateless.size()];
+}
+/// Per tensor of `table`: whether the manifest declares it without Adam state (`optimizer.frozen`, version 3; none in
+/// versions 1-2); empty when it declares none. Readers take that state as zeros; any other missing dataset is
+/// damage. Throws CheckpointError on a malformed list or a name that is not a tensor of the table.
+std::vector<bool> manifest_stateless(const nlohmann::json& manifest, const ParamTable& table, const std::string& path);
 
 /// Incremental saves (docs/checkpoint-format.md, section 9): a tensor whose every checksum chunk equals the base's
 /// is not written but linked (an HDF5 external link) to the checkpoint that holds its bytes.

@@ -31,10 +31,12 @@ H5Id open_parallel(const std::string& path, MpiComm& comm, bool create);
 /// rank 0 writes its bytes, the other ranks select nothing.
 void write_string_dataset(hid_t file, const char* name, const std::string& text, int rank, hid_t dxpl);
 /// Creates every tensor dataset (collectively, space allocated at once) before any byte is written, except those
-/// with a link in `links` (an external link to that file's dataset of the same name instead; no dataset handle);
-/// `offsets` receives each dataset's address in the file (HADDR_UNDEF where HDF5 gives none, and for a link).
+/// with a link in `links` (an external link to that file's dataset of the same name instead; no dataset handle) and
+/// the optim datasets of `stateless` tensors (nothing); `offsets` receives each dataset's address in the file
+/// (HADDR_UNDEF where HDF5 gives none, and for a link or an absent dataset).
 std::vector<H5Id> create_datasets(hid_t file, const ParamTable& table, const std::vector<std::string>& names,
-                                  const std::vector<std::string>& links, std::vector<haddr_t>& offsets);
+                                  const std::vector<std::string>& links, const std::vector<bool>& stateless,
+                                  std::vector<haddr_t>& offsets);
 
 }  // namespace detail
 }  // namespace zt

@@ -359,8 +359,12 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
   }
   nlohmann::json datasets = nlohmann::json::object();
   const std::vector<std::string> names = checkpoint_dataset_names(table);
+  nlohmann::json frozen = nlohmann::json::array();  // their optim datasets are absent (version 3)
   for (size_t d = 0; d < names.size(); ++d) {
     const TensorSpec& t = table.tensors()[d % table.tensors().size()];
+    const bool first_of_tensor = d < table.tensors().size();
+    if (first_of_tensor && dataset_absent(snap.stateless, d + table.tensors().size())) frozen.push_back(t.name);
+    if (dataset_absent(snap.stateless, d)) continue;
     nlohmann::json chunks = nlohmann::json::array();
     for (uint64_t c : chunk_digests[d]) chunks.push_back(hex64(c));
     datasets[names[d]] = {{"shape", t.shape},
@@ -398,7 +402,8 @@ nlohmann::json build_manifest(const ModelConfig& model, const TrainConfig& train
         {"beta1", train.beta1},
         {"beta2", train.beta2},
         {"eps", train.adam_eps},
-        {"weight_decay", train.weight_decay}}},
+        {"weight_decay", train.weight_decay},
+        {"frozen", frozen}}},
       {"world_size", world_size},
       {"zero_stage", snap.zero_stage},
       {"partition", {{"align", 16}, {"units", units}}},

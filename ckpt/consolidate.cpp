@@ -50,8 +50,9 @@ std::vector<std::string> copy_tensors(const std::string& src, const nlohmann::js
                                       hid_t file, MpiComm& comm) {
   const std::vector<std::string> names = checkpoint_dataset_names(table);
   std::vector<haddr_t> offsets;
-  std::vector<H5Id> dsets =
-      detail::create_datasets(file, table, names, std::vector<std::string>(names.size()), offsets);
+  // A frozen tensor without Adam state stays without: the copy keeps the manifest's optimizer.frozen.
+  std::vector<H5Id> dsets = detail::create_datasets(file, table, names, std::vector<std::string>(names.size()),
+                                                    manifest_stateless(manifest, table, src), offsets);
   H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
   ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT));
   const size_t n_t = table.tensors().size();

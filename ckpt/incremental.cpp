@@ -34,7 +34,7 @@ std::string sibling_name(const std::string& dir, const std::string& output_dir) 
 
 /// The plan as rank 0 makes it; `why_full` receives the reason a base given cannot be compared with.
 IncrementalPlan plan_on_rank0(const IncrementalPolicy& policy, const std::string& output_dir, const std::string& name,
-                              const ParamTable& table, std::string& why_full) {
+                              const ParamTable& table, const std::vector<bool>& stateless, std::string& why_full) {
   IncrementalPlan plan;
   plan.enabled = true;
   plan.full_interval = policy.full_interval;
@@ -50,9 +50,11 @@ IncrementalPlan plan_on_rank0(const IncrementalPolicy& policy, const std::string
   }
   nlohmann::json manifest;
   std::map<std::string, std::string> base_links;
+  std::vector<bool> base_stateless;
   try {
     manifest = read_manifest(policy.base);
     check_format_version(manifest, policy.base);
+    base_stateless = manifest_stateless(manifest, table, policy.base);
     base_links = read_links(policy.base);
   } catch (const Error& e) {
     why_full = fmt::format("its base cannot be read: {}", e.what());
@@ -67,6 +69,8 @@ IncrementalPlan plan_on_rank0(const IncrementalPolicy& policy, const std::string
   plan.targets.assign(names.size(), std::string());
   for (size_t d = 0; d < names.size(); ++d) {
     const TensorSpec& t = table.tensors()[d % n_t];
+    // Not written now (frozen: no Adam state), or absent from the base (frozen there, trains now): nothing to link.
+    if (dataset_absent(stateless, d) || dataset_absent(base_stateless, d)) continue;
     std::string problem = detail::manifest_chunks(manifest, names[d], t.numel(), plan.base_chunks[d]);
     if (problem.empty() && manifest["datasets"][names[d]].value("shape", nlohmann::json()) != nlohmann::json(t.shape))
       problem = fmt::format("dataset {} has another shape", names[d]);
@@ -111,12 +115,13 @@ IncrementalPlan plan_from_json(const nlohmann::json& j) {
 }  // namespace
 
 IncrementalPlan plan_incremental(const IncrementalPolicy& policy, const std::string& output_dir,
-                                 const std::string& name, const ParamTable& table, MpiComm& comm) {
+                                 const std::string& name, const ParamTable& table, const std::vector<bool>& stateless,
+                                 MpiComm& comm) {
   if (!policy.enabled) return IncrementalPlan();
   std::string text;
   if (comm.rank() == 0) {
     std::string why_full;
-    text = plan_to_json(plan_on_rank0(policy, output_dir, name, table, why_full)).dump();
+    text = plan_to_json(plan_on_rank0(policy, output_dir, name, table, stateless, why_full)).dump();
     if (!why_full.empty())
       fmt::print(stderr, "zerotrain: warning: {} is written in full (--incremental_checkpoints): {}\n", name, why_full);
   }
@@ -171,9 +176,11 @@ std::string record_incremental(nlohmann::json& manifest, const IncrementalPlan& 
                              {"saves_since_full", any ? plan.base_saves_since_full + 1 : 0},
                              {"full_checkpoint_interval", plan.full_interval},
                              {"links_to", holders}};
-  return any ? fmt::format("{} of {} tensors written, {} linked to {}", links.size() - n_linked, links.size(), n_linked,
+  // Frozen tensors' absent optim datasets are neither written nor linked: the counts are of the file's datasets.
+  const size_t n_datasets = manifest["datasets"].size();
+  return any ? fmt::format("{} of {} tensors written, {} linked to {}", n_datasets - n_linked, n_datasets, n_linked,
                            fmt::join(holders, ", "))
-             : fmt::format("all {} tensors written (a full checkpoint)", links.size());
+             : fmt::format("all {} tensors written (a full checkpoint)", n_datasets);
 }
 
 }  // namespace zt

@@ -26,9 +26,11 @@ struct IncrementalPlan {
 
 /// Rank 0 reads the base (its manifest, its links, whether the files it links to exist) and every rank receives the
 /// plan. A base that cannot be used (unreadable, outside output_dir, the checkpoint being replaced) makes a full
-/// save, with a warning saying why; so does --full_checkpoint_interval. Collective.
+/// save, with a warning saying why; so does --full_checkpoint_interval. `stateless`: the save's tensors without Adam
+/// state (ShardSnapshot::stateless), whose optim datasets are neither written nor linked. Collective.
 IncrementalPlan plan_incremental(const IncrementalPolicy& policy, const std::string& output_dir,
-                                 const std::string& name, const ParamTable& table, MpiComm& comm);
+                                 const std::string& name, const ParamTable& table, const std::vector<bool>& stateless,
+                                 MpiComm& comm);
 
 /// Per dataset, the link file name when every chunk of the tensor equals the base's, on every rank; "" when it is
 /// written. Each rank digests the chunks that start in its pieces (`frag`: the tails of its last chunks, received

@@ -39,6 +39,25 @@ std::string detail::manifest_chunks(const nlohmann::json& manifest, const std::s
   return std::string();
 }
 
+std::vector<bool> manifest_stateless(const nlohmann::json& manifest, const ParamTable& table, const std::string& path) {
+  const nlohmann::json& opt = manifest.contains("optimizer") ? manifest["optimizer"] : nlohmann::json();
+  if (!opt.is_object() || !opt.contains("frozen")) return {};  // versions 1-2: every tensor has its optim datasets
+  const nlohmann::json& listed = opt["frozen"];
+  if (!listed.is_array())
+    throw CheckpointError(fmt::format("checkpoint {}: the manifest's optimizer.frozen is not a list", path));
+  std::vector<bool> stateless(table.tensors().size(), false);
+  for (const nlohmann::json& name : listed) {
+    const auto& ts = table.tensors();
+    const auto it = std::find_if(ts.begin(), ts.end(), [&](const TensorSpec& t) { return name == t.name; });
+    if (it == ts.end())
+      throw CheckpointError(fmt::format(
+          "checkpoint {}: the manifest's optimizer.frozen names {}, not a tensor of the model", path, name.dump()));
+    stateless[size_t(it - ts.begin())] = true;
+  }
+  if (std::find(stateless.begin(), stateless.end(), true) == stateless.end()) return {};
+  return stateless;
+}
+
 namespace {
 
 using detail::manifest_chunks;
@@ -47,6 +66,10 @@ using detail::manifest_chunks;
 std::string open_checked(LinkedFile& file, const std::string& name, const std::vector<int64_t>& shape,
                          LinkedFile::Found& found) {
   std::string problem = file.open(name, found);
+  // Only optimizer.frozen makes an optim dataset optional (callers skip those): any other absence is damage.
+  if (name.rfind("optim/", 0) == 0 && problem == fmt::format("dataset {} is missing", name))
+    problem += fmt::format(" (its tensor {} has Adam state: the manifest's optimizer.frozen does not name it)",
+                           name.substr(name.rfind('/') + 1));
   if (!problem.empty()) return problem;
   H5Id space(H5Dget_space(found.dset), H5Sclose);
   const int nd = H5Sget_simple_extent_ndims(space);
@@ -263,6 +286,8 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
   const std::vector<std::string> names = checkpoint_dataset_names(table);
   std::vector<LoadProblem> problems;
   const ShardTargets targets = shard_targets(engine);
+  // Tensors the writer kept no Adam state for (frozen there) have no optim datasets: their m and v load as zeros.
+  const std::vector<bool> stateless = manifest_stateless(manifest, table, path);
   // Tensor bytes are read straight from the file (read_slices: several reads in flight, O_DIRECT, hashing on the
   // reader threads, no collective per dataset) wherever the dataset is what the format prescribes: contiguous
   // float32-LE. Under HDF5 the same bytes would move by independent MPI-IO reads anyway (shard_transfer_props);
@@ -282,6 +307,11 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
     for (size_t d = 0; d < names.size(); ++d) {
       const size_t ti = d % n_t;
       const TensorSpec& t = table.tensors()[ti];
+      float* dst = targets.dst[ti][d / n_t];
+      if (dataset_absent(stateless, d)) {
+        if (dst != nullptr) engine.backend().zero(dst, targets.b[ti] - targets.a[ti]);
+        continue;
+      }
       LinkedFile::Found found;
       // The structure is the same for every rank (same files), so skipping a broken dataset stays collective.
       std::string p = open_checked(file, names[d], t.shape, found);
@@ -290,7 +320,6 @@ LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir, const ModelConfig&
         problems.push_back({d, fmt::format("checkpoint {}: {}", path, p)});
         continue;
       }
-      float* dst = targets.dst[ti][d / n_t];
       // No destination (frozen Adam state): the rank still takes part in the collective read, of nothing.
       const size_t a = dst != nullptr ? targets.a[ti] : 0, b = dst != nullptr ? targets.b[ti] : 0;
       if (!direct.count(found.holder))
@@ -336,9 +365,21 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, MpiComm&
   const std::vector<std::string> names = checkpoint_dataset_names(table);
   std::vector<std::string> problems;
   const auto& listed = manifest["datasets"];
-  for (auto it = listed.begin(); it != listed.end(); ++it)
-    if (comm.rank() == 0 && std::find(names.begin(), names.end(), it.key()) == names.end())
+  std::vector<bool> stateless;
+  try {
+    stateless = manifest_stateless(manifest, table, path);
+  } catch (const Error& e) {
+    return {e.what()};  // every rank reads the same manifest: the same answer everywhere
+  }
+  for (auto it = listed.begin(); it != listed.end(); ++it) {
+    const auto at = std::find(names.begin(), names.end(), it.key());
+    if (comm.rank() == 0 && at == names.end())
       problems.push_back(fmt::format("checkpoint {}: manifest lists unknown dataset {}", path, it.key()));
+    else if (comm.rank() == 0 && dataset_absent(stateless, size_t(at - names.begin())))
+      problems.push_back(fmt::format(
+          "checkpoint {}: manifest lists dataset {} of a tensor its optimizer.frozen declares without Adam state", path,
+          it.key()));
+  }
   for (std::string& p : detail::visit_chunks(ckpt_dir, manifest, table, comm, nullptr))
     problems.push_back(std::move(p));
   return detail::all_problems(problems, comm);
@@ -353,6 +394,7 @@ std::vector<std::string> detail::visit_chunks(const std::string& ckpt_dir, const
   std::vector<std::string> problems;
   size_t chunk_counter = 0;
   try {
+    const std::vector<bool> stateless = manifest_stateless(manifest, table, path);
     LinkedFile file(ckpt_dir, comm);
     H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
     ZT_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT));
@@ -360,6 +402,7 @@ std::vector<std::string> detail::visit_chunks(const std::string& ckpt_dir, const
     std::vector<uint64_t> want;
     for (size_t d = 0; d < names.size(); ++d) {
       const TensorSpec& t = table.tensors()[d % n_t];
+      if (dataset_absent(stateless, d)) continue;  // declared absent (no Adam state): zeros, nothing to check
       LinkedFile::Found found;
       std::string p = open_checked(file, names[d], t.shape, found);
       if (p.empty()) p = manifest_chunks(manifest, names[d], t.numel(), want);

@@ -95,9 +95,13 @@ int inspect_checkpoint(const CkptCommand& cmd, int rank) {
       m.value("world_size", -1), m.value("zero_stage", -1), m["optimizer"].value("step", -1), m["model"].dump(),
       m["train"].dump());
   const nlohmann::json frozen = m["train"].value("freeze", nlohmann::json::array());
+  // From format version 3 the frozen tensors' optim/ datasets are absent (optimizer.frozen names them); before, zeros.
+  const nlohmann::json stateless = m["optimizer"].value("frozen", nlohmann::json());
   if (frozen.is_array() && !frozen.empty())
-    fmt::print("frozen (--freeze): {} (no gradients, no Adam state: their optim/ datasets hold zeros)\n",
-               fmt::join(frozen.get<std::vector<std::string>>(), ","));
+    fmt::print("frozen (--freeze): {} (no gradients, no Adam state: {})\n",
+               fmt::join(frozen.get<std::vector<std::string>>(), ","),
+               stateless.is_array() ? fmt::format("{} tensor(s) without optim/ datasets", stateless.size())
+                                    : std::string("their optim/ datasets hold zeros"));
   if (m.contains("incremental"))
     fmt::print("incremental: {} save(s) since a full one; links to {}\n", m["incremental"].value("saves_since_full", 0),
                m["incremental"].value("links_to", nlohmann::json()).dump());

@@ -49,7 +49,7 @@ def main():
     C.rewrite_manifest(newer, bump)
     rc, log = resume(2, os.path.join(work, "o2"), newer)
     C.check(rc != 0 and "format version 99" in log and "upgrade zerotrain" in log and "9.9.9" in log
-            and "reads versions 1..2" in log,
+            and "reads versions 1..3" in log,
             "resume refuses format version 99, names the writer's version and says to upgrade", log[-1500:])
     rc, log = C.run(2, ["ckpt", "verify", newer], expect=None)
     C.check(rc == 1 and "format version 99" in log, "ckpt verify refuses format version 99", log[-1500:])

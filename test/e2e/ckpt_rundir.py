@@ -4,7 +4,7 @@
 #     cannot make an older checkpoint outrank the newest, and a checkpoint whose manifest cannot be read is tried
 #     only after the readable ones, with a warning naming it.
 #  2. The manifest protects itself: one flipped bit in its step, data cursor or Adam step (or in the digest) fails
-#     `ckpt verify`, an explicit resume and `latest` naming the digest; a version-2 file without a digest is refused.
+#     `ckpt verify`, an explicit resume and `latest` naming the digest; a version-3 file without a digest is refused.
 #  3. A genuine format-version-1 checkpoint (test/fixtures/ckpt-v1-l1-d32, no digest) verifies with a note and
 #     resumes to exactly the losses and tensors the version-1 build computed.
 #  4. A dot-named directory (a save or prune that did not finish) is never loaded, even when named explicitly.
@@ -103,15 +103,15 @@ def check_digest(work, good):
     with h5py.File(f"{d}/model.h5", "r+") as f:
         del f["manifest_xxh64"]
     rc, log = C.run(1, ["ckpt", "verify", d], expect=None)
-    C.check(rc == 1 and "has format version 2 but no manifest digest (dataset /manifest_xxh64 is missing)" in log,
-            "a version-2 file without its digest is refused, naming the missing dataset", log[-1500:])
+    C.check(rc == 1 and "has format version 3 but no manifest digest (dataset /manifest_xxh64 is missing)" in log,
+            "a version-3 file without its digest is refused, naming the missing dataset", log[-1500:])
     rc, log = resume(1, os.path.join(work, "o_no_digest"), d)
     C.check(rc != 0 and "no manifest digest" in log, "... and so is a resume from it", log[-1500:])
 
     with h5py.File(f"{good}/model.h5", "r") as f:
         text, stored = f["manifest"][()], f["manifest_xxh64"][()].decode()
-    C.check(stored == C.manifest_digest(text) and C.manifest(good)["format_version"] == 2,
-            "a version-2 save stores xxh64(manifest bytes) as the spec says, recomputed independently")
+    C.check(stored == C.manifest_digest(text) and C.manifest(good)["format_version"] == 3,
+            "a version-3 save stores xxh64(manifest bytes) as the spec says, recomputed independently")
     rc, log = C.run(1, ["ckpt", "verify", good], expect=None)
     C.check(rc == 0 and "OK (structure and every checksum); the manifest matches its digest" in log, "ckpt verify reports the digest checked",
             log[-800:])
@@ -139,7 +139,7 @@ def check_version1(work):
         want4 = json.load(f)["datasets"]
     got4 = {k: v["xxh64"] for k, v in C.manifest(f"{out}/checkpoint-4")["datasets"].items()}
     C.check(got4 == want4, f"checkpoint-4: all {len(want4)} tensors bitwise the version-1 build's (xxh64)")
-    C.check(C.manifest(f"{out}/checkpoint-4")["format_version"] == 2, "the new checkpoint is written as version 2")
+    C.check(C.manifest(f"{out}/checkpoint-4")["format_version"] == 3, "the new checkpoint is written as version 3")
 
 
 def check_dot_names(work, good):
