@@ -21,10 +21,10 @@ def accumulation(expected, n):
     return int(a[a.index("--global_batch_size") + 1]) // (int(a[a.index("--micro_batch_size") + 1]) * n)
 
 
-def resume(work, expected, n, stage, tag):
+def resume(work, expected, n, stage, tag, fixture=FIXTURE):
     """Resumes a copy of the fixture (which stays untouched) on n ranks at a stage; returns its output directory."""
     ckpt = os.path.join(work, f"fixture_{n}_{stage}")
-    shutil.copytree(os.path.join(FIXTURE, "checkpoint-3"), ckpt)
+    shutil.copytree(os.path.join(fixture, "checkpoint-3"), ckpt)
     out = os.path.join(work, f"out_{n}_{stage}")
     args = (["train"] + expected["model_args"] + expected["run_args"] +
             ["--zero_stage", stage, "--save_interval", 6, "--output_dir", out, "--resume_from_checkpoint", ckpt])
