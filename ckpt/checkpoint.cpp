@@ -111,24 +111,29 @@ ShardSnapshot make_snapshot(ZeroEngine& engine, bool copy, std::vector<float> re
   for (size_t p = 0; p < slices.size(); ++p) {
     const ZeroEngine::OwnedSlice& s = slices[p];
     const size_t n = s.end - s.begin;
-    // A part without Adam state (every tensor frozen) has nothing to save of it: frozen tensors' optim datasets are
-    // not written (format version 3).
-    const float* base[3] = {s.params, s.m, s.v};
+    const float* params = s.params;
     if (copy) {
-      for (int k = 0; k < 3; ++k) {
-        if (base[k] == nullptr) continue;
-        engine.backend().to_host(snap.storage.data() + at + size_t(k) * n, base[k], n);
-        base[k] = snap.storage.data() + at + size_t(k) * n;
-      }
-      at += 3 * n;
+      engine.backend().to_host(snap.storage.data() + at, params, n);
+      params = snap.storage.data() + at;
     }
     for (const Piece& pc : engine.owned_pieces(p)) {
       ShardSnapshot::TensorPiece& tp = snap.pieces[size_t(pc.tensor)];
-      ZT_ASSERT(s.m != nullptr || (!snap.stateless.empty() && snap.stateless[size_t(pc.tensor)]));
       tp.a = pc.tensor_offset;
       tp.b = pc.tensor_offset + pc.count;
-      for (int k = 0; k < 3; ++k) tp.data[k] = base[k] != nullptr ? base[k] + (pc.flat_offset - s.begin) : nullptr;
+      tp.data[0] = params + (pc.flat_offset - s.begin);
+      // Frozen tensors have no Adam state: their optim datasets are not written (format version 3).
+      for (int k = 1; k < 3; ++k) {
+        const float* moment = engine.owned_moment(p, k - 1, pc.flat_offset);
+        ZT_ASSERT(moment != nullptr || (!snap.stateless.empty() && snap.stateless[size_t(pc.tensor)]));
+        if (moment != nullptr && copy) {
+          float* host = snap.storage.data() + at + size_t(k) * n + (pc.flat_offset - s.begin);
+          engine.backend().to_host(host, moment, pc.count);
+          moment = host;
+        }
+        tp.data[k] = moment;
+      }
     }
+    at += copy ? 3 * n : 0;
   }
   return snap;
 }

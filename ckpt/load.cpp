@@ -155,10 +155,9 @@ ShardTargets shard_targets(ZeroEngine& engine) {
     for (const Piece& pc : engine.owned_pieces(p)) {
       out.a[size_t(pc.tensor)] = pc.tensor_offset;
       out.b[size_t(pc.tensor)] = pc.tensor_offset + pc.count;
-      const size_t off = pc.flat_offset - s.begin;
-      // A part that holds no Adam state (all its tensors frozen) reads none.
-      out.dst[size_t(pc.tensor)] = {s.params + off, s.m != nullptr ? s.m + off : nullptr,
-                                    s.v != nullptr ? s.v + off : nullptr};
+      // A tensor without Adam state here (frozen now) reads none.
+      out.dst[size_t(pc.tensor)] = {s.params + (pc.flat_offset - s.begin), engine.owned_moment(p, 0, pc.flat_offset),
+                                    engine.owned_moment(p, 1, pc.flat_offset)};
     }
   }
   return out;

@@ -54,12 +54,15 @@ void init_params_from(const ModelSource& src, ZeroEngine& engine, MpiComm& comm)
     std::vector<float> staging;
     for (size_t part = 0; part < engine.n_parts(); ++part) {
       const ZeroEngine::OwnedSlice s = engine.owned_slice(part);
-      // Padding (wte's rows past vocab, ZeRO's tail) stays zero; so does the fresh optimizer state.
-      for (float* p : {s.params, s.m, s.v})
-        if (p != nullptr) be.zero(p, s.end - s.begin);  // m, v: none where every tensor is frozen
-      for (const Piece& pc : engine.owned_pieces(part))
+      // Padding (wte's rows past vocab, ZeRO's tail) stays zero; so does the fresh optimizer state (none for a
+      // frozen tensor).
+      be.zero(s.params, s.end - s.begin);
+      for (const Piece& pc : engine.owned_pieces(part)) {
         read_into(src, table.tensors()[size_t(pc.tensor)], pc.tensor_offset, pc.tensor_offset + pc.count,
                   s.params + (pc.flat_offset - s.begin), be, staging);
+        for (int k = 0; k < 2; ++k)
+          if (float* moment = engine.owned_moment(part, k, pc.flat_offset)) be.zero(moment, pc.count);
+      }
     }
   } catch (const Error& e) {
     err = e.what();

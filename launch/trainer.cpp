@@ -271,7 +271,9 @@ void Trainer::print_banner() const {
       human_bytes(double(mem.formula_optim)),
       mem.param_copy_bytes > 0 ? fmt::format(", bf16 parameter copy {}", human_bytes(double(mem.param_copy_bytes)))
                                : std::string(),
-      mem.pool_summary(), mem.psi, mem.psi_t != mem.psi ? fmt::format(" Ψ_t={}", mem.psi_t) : std::string(),
+      mem.pool_summary(), mem.psi,
+      (mem.psi_t != mem.psi ? fmt::format(" Ψ_t={}", mem.psi_t) : std::string()) +
+          (mem.psi_a != mem.psi_t ? fmt::format(" Ψ_a={}", mem.psi_a) : std::string()),
       mem.formula_text);
   if (!tcfg_.freeze.empty()) {
     size_t n_frozen = 0, n_elems = 0;

@@ -56,6 +56,21 @@ void ZeroEngine::discard_frozen_grads(size_t p, float* grads) {
     if (frozen(e.tensor)) be_.zero(grads + e.unit_offset, e.numel);
 }
 
+std::pair<size_t, size_t> ZeroEngine::optim_range(size_t p) const {
+  const ShardLayout& L = parts_[p].layout;
+  if (stage_ == 0) return {0, L.padded_numel};
+  return {L.begin(comm_.rank()), L.end(comm_.rank())};
+}
+
+size_t ZeroEngine::frozen_before(size_t p, size_t rel) const {
+  const size_t ob = optim_range(p).first;
+  size_t n = 0;
+  if (rel <= ob) return 0;
+  for (const Piece& pc : pieces_in_range(extents_[p], ob, rel))
+    if (frozen(pc.tensor)) n += pc.count;
+  return n;
+}
+
 void ZeroEngine::cut_parts(size_t bucket_elems, size_t align) {
   const int N = comm_.world_size();
   for (size_t u = 0; u < table_.units().size(); ++u) {
@@ -95,10 +110,14 @@ void ZeroEngine::allocate() {
       s->params_full = be_.alloc(L.padded_numel);
     else
       s->params_shard = be_.alloc(L.shard_numel);
-    const size_t opt_n = stage_ == 0 ? L.padded_numel : L.shard_numel;
     if (part_trains_[p]) {
-      s->m = be_.alloc(opt_n);
-      s->v = be_.alloc(opt_n);
+      // Adam state only for elements that train: a frozen tensor inside a training part has none.
+      const auto [ob, oe] = optim_range(p);
+      s->moment_elems = (oe - ob) - frozen_before(p, oe);
+      if (s->moment_elems > 0) {
+        s->m = be_.alloc(s->moment_elems);
+        s->v = be_.alloc(s->moment_elems);
+      }
       s->grad_shard = be_.alloc(L.shard_numel);
       if (stage_ <= 1) s->grad_local = be_.alloc(L.padded_numel);
     }
@@ -168,10 +187,9 @@ void ZeroEngine::init_params(uint64_t seed) {
     } else {
       be_.from_host(s.params_shard, host.data(), host.size());
     }
-    const size_t opt_n = stage_ == 0 ? L.padded_numel : L.shard_numel;
     if (s.m != nullptr) {
-      be_.zero(s.m, opt_n);
-      be_.zero(s.v, opt_n);
+      be_.zero(s.m, s.moment_elems);
+      be_.zero(s.v, s.moment_elems);
     }
   }
   forget_gathered();
@@ -207,12 +225,16 @@ void ZeroEngine::optimizer_step(const AdamwStep& hp) {
     ZT_CHECK(!s.unreduced, "optimizer_step before the gradients of {} were reduced (see grad_norm_squared)",
              table_.units()[size_t(parts_[p].unit)].name);
     auto adamw = [&](float* param, const float* grad, float* m, float* v, size_t begin, size_t end) {
+      size_t skipped = 0;  // frozen elements so far: m and v hold none of them
       for (const Piece& pc : pieces_in_range(extents_[p], begin, end)) {
         const size_t o = pc.flat_offset - begin;
-        if (frozen(pc.tensor)) continue;  // no update, no weight decay; its m, v stay zero
+        if (frozen(pc.tensor)) {  // no update, no weight decay, no Adam state
+          skipped += pc.count;
+          continue;
+        }
         const bool decay = table_.tensors()[size_t(pc.tensor)].decay;
-        be_.adamw_update(param + o, grad + o, m + o, v + o, pc.count, hp.lr, hp.beta1, hp.beta2, hp.eps,
-                         decay ? hp.weight_decay : 0.0f, hp.grad_scale, adam_step_);
+        be_.adamw_update(param + o, grad + o, m + (o - skipped), v + (o - skipped), pc.count, hp.lr, hp.beta1, hp.beta2,
+                         hp.eps, decay ? hp.weight_decay : 0.0f, hp.grad_scale, adam_step_);
       }
     };
     if (stage_ == 0) {
@@ -251,15 +273,21 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
 }
 
 ZeroEngine::OwnedSlice ZeroEngine::owned_slice(size_t p) {
-  PartState& s = *state_[p];
-  const Part& P = parts_[p];
   OwnedSlice o;
   std::tie(o.begin, o.end) = owned_range(p);
   o.params = owned_params(p);
-  const size_t opt_off = stage_ == 0 ? P.layout.begin(comm_.rank()) : 0;
-  o.m = s.m != nullptr ? s.m + opt_off : nullptr;
-  o.v = s.v != nullptr ? s.v + opt_off : nullptr;
   return o;
+}
+
+float* ZeroEngine::owned_moment(size_t p, int k, size_t flat) {
+  PartState& s = *state_[p];
+  const size_t rel = flat - parts_[p].begin;
+  if (s.m == nullptr) return nullptr;
+  for (const TensorExtent& e : extents_[p])
+    if (rel >= e.unit_offset && rel < e.unit_offset + e.numel && frozen(e.tensor)) return nullptr;
+  const size_t at = rel - optim_range(p).first - frozen_before(p, rel);
+  ZT_ASSERT(at < s.moment_elems);
+  return (k == 0 ? s.m : s.v) + at;
 }
 
 std::vector<Piece> ZeroEngine::owned_pieces(size_t p) const {
@@ -293,20 +321,40 @@ void ZeroEngine::finish_load(int64_t adam_step) {
       comm_.all_gather(s.params_full + b, s.params_full, L.shard_numel);
       if (param_copies_) be_.refresh_param_copy(s.params_full, L.padded_numel);
     }
-    if (s.m == nullptr) continue;
-    // A tensor frozen now drops the Adam state the checkpoint held for it (the trainer warns).
-    const size_t ob = owned_range(p).first;
-    for (const Piece& pc : owned_pieces(p))
+    // A tensor frozen now has no Adam state to load: what the checkpoint held for it is dropped (the trainer warns).
+    if (s.m != nullptr && stage_ == 0) share_loaded_moments(p);
+  }
+}
+
+void ZeroEngine::share_loaded_moments(size_t p) {
+  // m and v skip the frozen elements, so the ranks' slices of them differ in size: they travel through a padded
+  // buffer of the part, which one all_gather fills as it does the parameters.
+  PartState& s = *state_[p];
+  const ShardLayout& L = parts_[p].layout;
+  const size_t b = L.begin(comm_.rank());
+  float* full = be_.alloc(L.padded_numel);
+  for (float* moment : {s.m, s.v}) {
+    size_t skipped = 0;
+    const std::vector<Piece> pieces = pieces_in_range(extents_[p], 0, L.padded_numel);
+    for (const Piece& pc : pieces) {
       if (frozen(pc.tensor)) {
-        const size_t at = (stage_ == 0 ? b : 0) + (pc.flat_offset - ob);
-        be_.zero(s.m + at, pc.count);
-        be_.zero(s.v + at, pc.count);
+        skipped += pc.count;
+        continue;
       }
-    if (stage_ == 0) {
-      comm_.all_gather(s.m + b, s.m, L.shard_numel);
-      comm_.all_gather(s.v + b, s.v, L.shard_numel);
+      // This rank's slice of the piece, the elements it loaded.
+      const size_t x0 = std::max(pc.flat_offset, b), x1 = std::min(pc.flat_offset + pc.count, b + L.shard_numel);
+      if (x0 < x1) be_.copy(full + x0, moment + (x0 - skipped), x1 - x0);
+    }
+    comm_.all_gather(full + b, full, L.shard_numel);
+    skipped = 0;
+    for (const Piece& pc : pieces) {
+      if (frozen(pc.tensor))
+        skipped += pc.count;
+      else
+        be_.copy(moment + (pc.flat_offset - skipped), full + pc.flat_offset, pc.count);
     }
   }
+  be_.release(full);
 }
 
 std::string MemoryReport::pool_summary() const {
@@ -319,20 +367,26 @@ std::string MemoryReport::pool_summary() const {
 MemoryReport ZeroEngine::memory_report() const {
   MemoryReport r;
   const size_t N = size_t(comm_.world_size()), f = sizeof(float);
-  // Ψ counts every parameter; Ψ_t (psi_t) only the parts that train, which alone hold gradients and Adam state.
-  size_t psi = 0, shards = 0, psi_t = 0, shards_t = 0;
+  // Ψ counts every parameter; Ψ_t (psi_t) only the parts that train, which alone hold gradients; Ψ_a (psi_a) those
+  // parts less their frozen tensors, which hold no Adam state.
+  size_t psi = 0, shards = 0, psi_t = 0, shards_t = 0, psi_a = 0, moments = 0;
   for (size_t p = 0; p < parts_.size(); ++p) {
     const ShardLayout& L = parts_[p].layout;
     psi += L.padded_numel;
     shards += L.shard_numel;
     psi_t += part_trains_[p] ? L.padded_numel : 0;
     shards_t += part_trains_[p] ? L.shard_numel : 0;
+    moments += state_[p]->moment_elems;
+    if (!part_trains_[p]) continue;
+    psi_a += L.padded_numel;
+    for (const TensorExtent& e : extents_[p]) psi_a -= frozen(e.tensor) ? e.numel : 0;
   }
   r.psi = psi;
   r.psi_t = psi_t;
+  r.psi_a = psi_a;
   r.params_bytes = (stage_ <= 2 ? psi : shards) * f;
   r.grads_bytes = (shards_t + (stage_ <= 1 ? psi_t : 0)) * f;
-  r.optim_bytes = 2 * (stage_ == 0 ? psi_t : shards_t) * f;
+  r.optim_bytes = 2 * moments * f;
   r.pool_bytes = pool_elems_ * f;
   r.pool_part_bytes = stage_ >= 2 ? slot_elems_ * f : 0;
   r.pool_whole_bytes = stage_ >= 2 ? whole_elems_ * f : 0;
@@ -342,19 +396,26 @@ MemoryReport ZeroEngine::memory_report() const {
   // the pool: P = max(k·b, E), k = 4 regions (2 at stage 2) of the largest part b, E the embedding unit.
   r.formula_params = stage_ <= 2 ? 4 * psi : 4 * psi / N;
   r.formula_grads = stage_ <= 1 ? 4 * psi_t + 4 * psi_t / N : 4 * psi_t / N;
-  r.formula_optim = stage_ == 0 ? 8 * psi_t : 8 * psi_t / N;
+  // Stages 1-3: the ranks' shares of Ψ_a differ by where the frozen tensors fall; they sum to Ψ_a exactly.
+  r.formula_optim = stage_ == 0 ? 8 * psi_a : 8 * psi_a / N;
   r.formula_pool = std::max(r.pool_regions * r.pool_part_bytes, r.pool_whole_bytes);
   r.formula_text = stage_ == 0   ? "params 4Ψ, grads 4Ψ + 4Ψ/N, optimizer 8Ψ"
                    : stage_ == 1 ? "params 4Ψ, grads 4Ψ + 4Ψ/N, optimizer 8Ψ/N"
                    : stage_ == 2 ? "params 4Ψ, grads 4Ψ/N, optimizer 8Ψ/N, pool max(2b, E)"
                                  : "params 4Ψ/N, grads 4Ψ/N, optimizer 8Ψ/N, pool max(4b, E)";
-  if (psi_t != psi) {
-    // Frozen parts hold no gradients or Adam state: those terms count the trainable Ψ_t.
+  if (psi_t != psi || psi_a != psi) {
+    // Frozen parts hold no gradients or Adam state: those terms count the trainable Ψ_t; frozen tensors inside
+    // parts that train hold no Adam state either: the optimizer term counts Ψ_a.
     std::string t = r.formula_text;
     for (const char* term : {"grads 4Ψ", "+ 4Ψ", "optimizer 8Ψ"}) {
       const size_t at = t.find(term);
-      if (at != std::string::npos) t.insert(at + std::char_traits<char>::length(term), "_t");
+      const char* sub = term[0] == 'o' && psi_a != psi_t ? "_a" : psi_t != psi ? "_t" : "";
+      if (at != std::string::npos) t.insert(at + std::char_traits<char>::length(term), sub);
     }
+    // Where frozen tensors fall decides each rank's share of Ψ_a: 8Ψ_a/N is the ranks' mean, exact in their sum.
+    const std::string term = "optimizer 8Ψ_a/N";
+    const size_t at = t.find(term);
+    if (at != std::string::npos) t.insert(at + term.size(), " (mean over ranks)");
     r.formula_text = t;
   }
   return r;

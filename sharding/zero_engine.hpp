@@ -23,7 +23,8 @@ struct MemoryReport {
   size_t pool_regions = 0;      ///< parts the pool holds at once: 2 gathered + 2 being reduced (stage 3), 2 (stage 2)
   size_t pool_whole_bytes = 0;  ///< the embedding unit, which the model reads whole (the pool holds at least that)
   size_t psi = 0;               ///< padded parameter count Ψ (sum over parts)
-  size_t psi_t = 0;  ///< Ψ_t: Ψ of the parts that train (hold gradients and Adam state; Ψ without --freeze)
+  size_t psi_t = 0;             ///< Ψ_t: Ψ of the parts that train (hold gradients; Ψ without --freeze)
+  size_t psi_a = 0;             ///< Ψ_a: Ψ_t less the frozen tensors inside those parts (elements with Adam state)
   size_t param_copy_bytes = 0;  ///< the backend's low-precision parameter copies (bf16 on CUDA), not in params_bytes
   size_t formula_params = 0, formula_grads = 0, formula_optim = 0, formula_pool = 0;
   std::string formula_text;
@@ -89,13 +90,17 @@ class ZeroEngine final : public UnitProvider {
   void gather_unit(int unit, bool grads, float* out);
 
   /// This rank's slice of a part, as checkpoints write and read it: flat range [begin, end) of the unit (inside the
-  /// part; empty when the rank's shard is all padding) and pointers (backend memory) to the parameters and Adam m, v
-  /// of that range (m, v null for a part that does not hold grads). Ranks' slices partition the part.
+  /// part; empty when the rank's shard is all padding) and a pointer (backend memory) to the parameters of that
+  /// range. Ranks' slices partition the part.
   struct OwnedSlice {
     size_t begin = 0, end = 0;
-    float *params = nullptr, *m = nullptr, *v = nullptr;
+    float* params = nullptr;
   };
   OwnedSlice owned_slice(size_t part);
+  /// Adam's m (`k` 0) or v (`k` 1) of unit flat element `flat`, which lies in this rank's slice of part `part`
+  /// (backend memory; a tensor's elements there follow each other), or null when its tensor has no Adam state
+  /// (frozen, or a part that does not train): only trainable elements hold m and v.
+  float* owned_moment(size_t part, int k, size_t flat);
   /// The tensors' logical elements (padding excluded) inside this rank's slice of a part, in flat order: what a
   /// rank reads or writes of each tensor when it loads its slice.
   std::vector<Piece> owned_pieces(size_t part) const;
@@ -133,6 +138,12 @@ class ZeroEngine final : public UnitProvider {
   void mark_trainable_parts();
   /// Zeroes the frozen tensors' gradients in part p's buffer `grads` (padded, part-relative): they are discarded.
   void discard_frozen_grads(size_t p, float* grads);
+  /// Part-relative [begin, end) whose Adam state this rank keeps: the padded part at stage 0, its shard otherwise.
+  std::pair<size_t, size_t> optim_range(size_t p) const;
+  /// Frozen elements of part p inside optim_range(p) before part-relative element `rel`: m and v leave them out.
+  size_t frozen_before(size_t p, size_t rel) const;
+  /// Stage 0 after a load: every rank's slice of m and v (compact: frozen elements left out) to every rank.
+  void share_loaded_moments(size_t p);
   void allocate();
   float* owned_params(size_t p);
   /// [begin, end) of this rank's slice of part p in its unit's flat order (the shard clipped to the part).

@@ -12,8 +12,9 @@ namespace zt {
 struct ZeroEngine::PartState {
   float* params_full = nullptr;   // stages 0-2: padded
   float* params_shard = nullptr;  // stage 3: shard
-  float* m = nullptr;             // stage 0: padded, else shard
+  float* m = nullptr;             // optim_range (stage 0: padded part, else shard) less its frozen elements; null: none
   float* v = nullptr;
+  size_t moment_elems = 0;         // elements of m (and of v)
   float* grad_shard = nullptr;     // shard: reduced gradients accumulated over the step
   float* grad_local = nullptr;     // stages 0-1: padded, this rank's gradients until they are reduced
   float* grads_now = nullptr;      // the buffer handed to the model this micro-step
