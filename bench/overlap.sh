@@ -14,7 +14,7 @@
 #                  Open MPI's TCP progress thread off) or blocking (ZT_TEST_BLOCKING_PARAMS_GATHER=1: stages 1-2 wait
 #                  for the optimizer step's parameter all-gather at once instead of in the next forward)
 #   --out          where overlap.csv, overlap.json and overlap.png go (default docs/)
-#   --quick        one stage (2), one rate (1gbit), micro-batch 8, 5 steps after 1, no plot: the CTest `overlap`
+#   --quick        one stage (2), one rate (400mbit), micro-batch 8, 5 steps after 1, no plot: the CTest `overlap`
 #                  (later arguments override these)
 # Env: ZT_BUILD_DIR (default <repo>/build: zerotrain, bench/overlap_comm), ZT_MPIEXEC (mpirun), ZT_PYTHON.
 #
@@ -40,7 +40,7 @@ variants=overlap bucket_mb=32
 plot=1
 while (($#)); do
   case $1 in
-    --quick) rates=1gbit stages=2 steps=5 warmup=1 micro_batch=8 plot=0; shift; continue ;;
+    --quick) rates=400mbit stages=2 steps=5 warmup=1 micro_batch=8 plot=0; shift; continue ;;
   esac
   [[ $1 == --* && $# -ge 2 ]] || { echo "overlap.sh: bad argument '$1' (see the usage at the top of $0)" >&2; exit 2; }
   case $1 in
