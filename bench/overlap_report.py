@@ -21,7 +21,8 @@ def median_step_s(metrics, log, warmup, key=None):
     """Median step seconds after the warm-up: tokens per step (the run's banner) / tokens_per_s of each row; or with
     `key`, the median of that field (rank 0's comm_wait_s)."""
     banner = open(log).read()
-    tokens = int(re.search(r"global batch (\d+) seq", banner).group(1)) * int(re.search(r"seq_len=(\d+)", banner).group(1))
+    tokens = int(re.search(r"global batch (\d+) seq", banner).group(1))
+    tokens *= int(re.search(r"seq_len=(\d+)", banner).group(1))
     rows = [json.loads(line) for line in open(metrics)][warmup:]
     return statistics.median(r[key] if key else tokens / r["tokens_per_s"] for r in rows)
 
@@ -35,8 +36,9 @@ def collect(records, warmup):
         elif r["kind"] == "comm":
             comm[(r["rate"], r["stage"])] = r["result"]
         elif r["kind"] == "train":
-            train[(r["rate"], r["stage"], r.get("variant", "overlap"))] = (median_step_s(r["metrics"][0], r["log"], warmup),
-                                              median_step_s(r["metrics"][0], r["log"], warmup, "comm_wait_s"))
+            key = (r["rate"], r["stage"], r.get("variant", "overlap"))
+            train[key] = (median_step_s(r["metrics"][0], r["log"], warmup),
+                          median_step_s(r["metrics"][0], r["log"], warmup, "comm_wait_s"))
         elif r["kind"] == "compute":
             # The two nodes' 1-rank runs ran at once; the slower one is what a 2-rank step waits for.
             compute[(r["rate"], r["stage"])] = max(median_step_s(m, r["log"], warmup) for m in r["metrics"])
@@ -61,11 +63,12 @@ def collect(records, warmup):
 
 def print_table(rows, load):
     print(f"machine load: {load}")
-    print("| stage | engine | tc rate | one-way MB/s | all-gather MB/s | α ms | step s | compute-only s | comm-only s | hidden "
-          "| comm wait s | 1 − wait/comm |")
+    print("| stage | engine | tc rate | one-way MB/s | all-gather MB/s | α ms | step s | compute-only s | comm-only s "
+          "| hidden | comm wait s | 1 − wait/comm |")
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['stage']} | {r['variant']} | {r['rate']} | {r['achieved_Bps'] / 1e6:,.1f} | {r['collective_Bps'] / 1e6:,.1f} "
+        print(f"| {r['stage']} | {r['variant']} | {r['rate']} | {r['achieved_Bps'] / 1e6:,.1f} "
+              f"| {r['collective_Bps'] / 1e6:,.1f} "
               f"| {r['alpha_s'] * 1e3:.2f} "
               f"| {r['step_s']:.3f} | {r['compute_s']:.3f} | {r['comm_s']:.3f} | {r['hidden']:.2f} "
               f"| {r['wait_s']:.3f} | {r['hidden_wait']:.2f} |")

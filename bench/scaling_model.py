@@ -208,7 +208,8 @@ def parse_args(argv=None):
     a("--models", default="gpt2,gpt2-medium,gpt2-large,gpt2-xl")
     a("--ranks", default="8,64,256,1024")
     a("--cpu_check", action="store_true", help="print the CPU cases docs/performance.md measured, predicted")
-    a("--measured", metavar="OVERLAP_JSON", help="predict the 2-node steps bench/overlap.sh measured (docs/overlap.json)")
+    a("--measured", metavar="OVERLAP_JSON",
+      help="predict the 2-node steps bench/overlap.sh measured (docs/overlap.json) beside the measurements")
     return p.parse_args(argv)
 
 
