@@ -120,11 +120,19 @@ def traffic_elems(psi, stage, N, micro_steps):
 def collectives(stage, micro_steps):
     """(overlappable, exposed) collectives per step, each over every part: Ψ(N-1)/N elements; their sum is the
     traffic formula's multiplier of Ψ(N-1)/N."""
-    if stage <= 1:
-        return 1, 1  # reduce-scatter in the last backward; the all-gather after it waits for every part
+    if stage == 0:
+        return 1, 1  # reduce-scatter in the last backward; the gradient all-gather before AdamW waits for every part
+    if stage == 1:
+        return 2, 0  # reduce-scatter in the last backward; the parameter all-gather waited in the next forward
     if stage == 2:
-        return micro_steps, 1  # a reduce-scatter per micro-step's backward; the parameter all-gather after AdamW
+        return micro_steps + 1, 0  # a reduce-scatter per micro-step's backward; the parameter all-gather likewise
     return 3 * micro_steps, 0  # forward and backward gathers prefetched, reduce-scatter in the backward
+
+
+def overlap_window(stage, micro_steps):
+    """Share of a step's compute that overlappable collectives can hide behind: a backward is about 2/3 of a
+    micro-step, a forward 1/3; stages 1-2's parameter all-gather runs behind the next step's first forward."""
+    return {0: 2 / 3 / micro_steps, 1: 1 / micro_steps, 2: 2 / 3 + 1 / 3 / micro_steps, 3: 1.0}[stage]
 
 
 def link(N, args):
@@ -146,10 +154,7 @@ def step_time(model, lay, stage, N, args):
     latency = lay.n_parts * (N - 1) * alpha
     t_coll = latency + (N - 1) / N * 4 * lay.psi / beta
     comm = (overlappable + exposed) * t_coll
-    # A reduce-scatter hides behind the backward (about 2/3 of the compute): stages 0-1 reduce in the last micro-step
-    # only, stage 2 in every one; stage 3's gathers also run behind the forward.
-    window = {0: 2 / 3 / args.micro_steps, 1: 2 / 3 / args.micro_steps, 2: 2 / 3, 3: 1.0}[stage] * compute
-    hidden = min(args.overlap * overlappable * t_coll, window)
+    hidden = min(args.overlap * overlappable * t_coll, overlap_window(stage, args.micro_steps) * compute)
     return compute, comm, (overlappable + exposed) * latency, max(0.0, comm - hidden)
 
 
@@ -203,6 +208,8 @@ def parse_args(argv=None):
     a("--models", default="gpt2,gpt2-medium,gpt2-large,gpt2-xl")
     a("--ranks", default="8,64,256,1024")
     a("--cpu_check", action="store_true", help="print the CPU cases docs/performance.md measured, predicted")
+    a("--measured", metavar="OVERLAP_JSON",
+      help="predict the 2-node steps bench/overlap.sh measured (docs/overlap.json) beside the measurements")
     return p.parse_args(argv)
 
 
@@ -286,10 +293,55 @@ def cpu_check():
           f"{checkpoint_bytes(model):,} with metadata |")
 
 
+def measured_check(path, f):
+    """Predicted step time of the 2-node runs bench/overlap.sh measured (its overlap.json) beside what was measured:
+    one op rate for the machine (the median of the compute-only runs), and per link rate an α-β fit: α the 1 KiB
+    all-gather's time (bench/overlap_comm link), β the comm-only steps' bytes over their time less n·α."""
+    import json
+    import statistics
+    rows = [r for r in json.load(open(path))["rows"] if r["variant"] == "overlap"]
+    N = 2
+    lays = {r["preset"]: Layout(Model(*PRESETS[r["preset"]]), N, 32 << 20) for r in rows}
+    def n_latencies(r):  # α terms of a comm-only step: every collective over every part, N-1 ring steps
+        return sum(collectives(r["stage"], 1)) * lays[r["preset"]].n_parts * (N - 1)
+    def flops(r):
+        model = Model(*PRESETS[r["preset"]])
+        return r["micro_batch"] * model.T * model.flops_per_token()
+    rate = statistics.median(flops(r) / r["compute_s"] for r in rows)
+    link = {}
+    for name in dict.fromkeys(r["rate"] for r in rows):
+        at = [r for r in rows if r["rate"] == name]
+        alpha = at[0]["link_points"][0][1]
+        beta = sum(r["comm_bytes"] for r in at) / sum(r["comm_s"] - n_latencies(r) * alpha for r in at)
+        link[name] = (alpha, beta)
+    print(f"Measured: 2 namespace nodes x 1 rank ({path}); op rate {rate / 1e9:.1f} GFLOP/s (median of the "
+          f"compute-only runs); overlap f = {f:g}\n")
+    print("| stage | tc rate | α ms | β MB/s | compute s | comm s | step f=0 s | step f s | step f=1 s | measured s "
+          "| off | f fit |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        stage, (alpha, beta), lay = r["stage"], link[r["rate"]], lays[r["preset"]]
+        compute = flops(r) / rate
+        overlappable, exposed = collectives(stage, 1)
+        t_coll = lay.n_parts * (N - 1) * alpha + (N - 1) / N * 4 * lay.psi / beta
+        comm = (overlappable + exposed) * t_coll
+        window = overlap_window(stage, 1) * compute
+        step = {x: compute + comm - min(x * overlappable * t_coll, window) for x in (0.0, f, 1.0)}
+        # The f that reproduces the measured step, where the overlappable time (not the window) binds.
+        fit = (compute + comm - r["step_s"]) / (overlappable * t_coll)
+        fit_text = f"{min(max(fit, 0.0), 1.0):.2f}" if overlappable * t_coll <= window else "window"
+        print(f"| {stage} | {r['rate']} | {alpha * 1e3:.2f} | {beta / 1e6:,.0f} | {compute:.3f} | {comm:.3f} "
+              f"| {step[0.0]:.3f} | {step[f]:.3f} | {step[1.0]:.3f} | {r['step_s']:.3f} "
+              f"| {step[f] / r['step_s'] - 1:+.0%} | {fit_text} |")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.cpu_check:
         cpu_check()
+        return
+    if args.measured:
+        measured_check(args.measured, args.overlap)
         return
     print(f"Assumptions: {args.gpu_tflops:g} TFLOP/s x MFU {args.mfu:g}; micro-batch {args.micro_batch} x T 1024, "
           f"{args.micro_steps} micro-step(s)/step, --recompute {args.recompute}, bucket {args.bucket_mb:g} MiB; "

@@ -51,6 +51,7 @@ int save_delay_ms() { return int(integer("ZT_TEST_SAVE_DELAY_MS").value_or(0)); 
 
 int fail_rank() { return int(integer("ZT_TEST_FAIL_RANK").value_or(-1)); }
 bool freeze_compute_grads() { return integer("ZT_TEST_FREEZE_COMPUTE_GRADS").value_or(0) != 0; }
+bool blocking_params_gather() { return integer("ZT_TEST_BLOCKING_PARAMS_GATHER").value_or(0) != 0; }
 
 int fail_step() { return int(integer("ZT_TEST_FAIL_STEP").value_or(0)); }
 

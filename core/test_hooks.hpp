@@ -27,5 +27,8 @@ int fail_step();
 /// ZT_TEST_FREEZE_COMPUTE_GRADS=1: --freeze computes every gradient (and reduces it) and discards the frozen ones
 /// before the reduction, instead of skipping them: the reference the frozen tests compare with.
 bool freeze_compute_grads();
+/// ZT_TEST_BLOCKING_PARAMS_GATHER=1: stages 1-2 wait for the optimizer step's parameter all-gather at once instead of
+/// in the next forward (the engine before the overlap): the reference the overlap bench and the bitwise tests use.
+bool blocking_params_gather();
 
 }  // namespace zt::test_hooks

@@ -215,9 +215,13 @@ void Trainer::record(int step, int64_t batch_index, const StepResult& r) {
     summary_.last_val_loss = val_loss;
   }
   if (lead_) {
-    nlohmann::json row = {
-        {"step", step + 1},         {"loss", r.loss},        {"lr", r.lr},
-        {"grad_norm", r.grad_norm}, {"tokens_per_s", tok_s}, {"epoch", loader_.epoch_of(batch_index, G_)}};
+    nlohmann::json row = {{"step", step + 1},
+                          {"loss", r.loss},
+                          {"lr", r.lr},
+                          {"grad_norm", r.grad_norm},
+                          {"tokens_per_s", tok_s},
+                          {"epoch", loader_.epoch_of(batch_index, G_)},
+                          {"comm_wait_s", summary_.comm_wait_s.back()}};
     if (do_eval) row["val_loss"] = val_loss;
     metrics_->write(row);
   }

@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -97,6 +98,11 @@ int mpi_init_once(int* argc, char*** argv) {
   int initialized = 0;
   ZT_MPI_CHECK(MPI_Initialized(&initialized));
   if (!initialized) {
+    // Without its own progress thread, Open MPI's TCP transport moves a non-blocking collective's bytes only inside
+    // MPI calls (a few hundred KB per call), so the engine's reduce-scatters and gathers between nodes barely
+    // overlap compute: measured in docs/performance.md, "Overlap on a shaped link". The thread sleeps in epoll when
+    // idle. A value the user set (mpirun --mca, the environment) wins; other MPIs ignore the variable.
+    setenv("OMPI_MCA_btl_tcp_progress_thread", "1", 0);
     int provided = 0;
     ZT_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
     // OpenMP threads compute, only the main thread calls MPI: FUNNELED is all we need.

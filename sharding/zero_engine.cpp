@@ -29,6 +29,7 @@ ZeroEngine::ZeroEngine(const ParamTable& table, Backend& backend, Comm& comm, in
 
 void ZeroEngine::mark_trainable_parts() {
   compute_frozen_ = test_hooks::freeze_compute_grads();
+  blocking_gather_ = test_hooks::blocking_params_gather();
   part_trains_.assign(parts_.size(), true);
   for (size_t p = 0; p < parts_.size() && !compute_frozen_; ++p) {
     // The embedding unit trains whole or not at all: its backward writes wte and wpe from one buffer.
@@ -156,6 +157,9 @@ void ZeroEngine::allocate() {
 }
 
 ZeroEngine::~ZeroEngine() {
+  // Every rank destroys its engine at the same point of the program, so the gathers still in flight complete;
+  // while an exception unwinds, the comm abandons them instead (sharding/comm.hpp).
+  if (std::uncaught_exceptions() == 0) finish_params_gathers();
   for (auto& s : state_) {
     for (float* p : {s->params_full, s->params_shard, s->m, s->v, s->grad_shard, s->grad_local})
       if (p) be_.release(p);
@@ -169,7 +173,19 @@ float* ZeroEngine::owned_params(size_t p) {
   return s.params_full + parts_[p].layout.begin(comm_.rank());
 }
 
+void ZeroEngine::finish_params_gather(size_t p) {
+  PartState& s = *state_[p];
+  if (!s.params_gather.pending()) return;
+  comm_.wait(s.params_gather);
+  if (param_copies_) be_.refresh_param_copy(s.params_full, parts_[p].layout.padded_numel);
+}
+
+void ZeroEngine::finish_params_gathers() {
+  for (size_t p = 0; p < parts_.size(); ++p) finish_params_gather(p);
+}
+
 void ZeroEngine::init_params(uint64_t seed) {
+  finish_params_gathers();
   std::vector<float> host;
   for (size_t p = 0; p < parts_.size(); ++p) {
     const Part& P = parts_[p];
@@ -224,6 +240,7 @@ void ZeroEngine::optimizer_step(const AdamwStep& hp) {
     const ShardLayout& L = parts_[p].layout;
     ZT_CHECK(!s.unreduced, "optimizer_step before the gradients of {} were reduced (see grad_norm_squared)",
              table_.units()[size_t(parts_[p].unit)].name);
+    finish_params_gather(p);  // the last step's, when no forward ran since (its send buffer is what AdamW updates)
     auto adamw = [&](float* param, const float* grad, float* m, float* v, size_t begin, size_t end) {
       size_t skipped = 0;  // frozen elements so far: m and v hold none of them
       for (const Piece& pc : pieces_in_range(extents_[p], begin, end)) {
@@ -245,15 +262,15 @@ void ZeroEngine::optimizer_step(const AdamwStep& hp) {
     }
     float* owned = owned_params(p);
     adamw(owned, s.grad_shard, s.m, s.v, L.begin(r), L.end(r));
-    if (stage_ <= 2) {
-      comm_.all_gather(owned, s.params_full, L.shard_numel);  // in place: owned is this rank's slot
-      if (param_copies_) be_.refresh_param_copy(s.params_full, L.padded_numel);
-    }
+    // In place (owned is this rank's slot); the copy for low-precision matmuls is refreshed when it is waited.
+    if (stage_ <= 2) s.params_gather = comm_.iall_gather(owned, s.params_full, L.shard_numel);
+    if (blocking_gather_) finish_params_gather(p);
   }
 }
 
 void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
   for (size_t p = first_part(unit); p < first_part(unit) + unit_count_[size_t(unit)]; ++p) {
+    finish_params_gather(p);
     PartState& s = *state_[p];
     const Part& P = parts_[p];
     const size_t n = P.end - P.begin;
@@ -273,6 +290,7 @@ void ZeroEngine::gather_unit(int unit, bool grads, float* out) {
 }
 
 ZeroEngine::OwnedSlice ZeroEngine::owned_slice(size_t p) {
+  finish_params_gather(p);  // a checkpoint reads (or a resume writes) the slot the gather sends from
   OwnedSlice o;
   std::tie(o.begin, o.end) = owned_range(p);
   o.params = owned_params(p);
@@ -310,6 +328,7 @@ std::pair<size_t, size_t> ZeroEngine::owned_range(size_t p) const {
 }
 
 void ZeroEngine::finish_load(int64_t adam_step) {
+  finish_params_gathers();
   adam_step_ = adam_step;
   forget_gathered();
   const int r = comm_.rank();

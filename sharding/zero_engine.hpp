@@ -81,7 +81,9 @@ class ZeroEngine final : public UnitProvider {
   void end_micro_step();
   /// Global squared gradient norm (deterministic, identical on every rank and every stage).
   double grad_norm_squared();
-  /// AdamW on the owned part, then re-replicates parameters where the stage keeps them whole.
+  /// AdamW on the owned part, then re-replicates parameters where the stage keeps them whole. At stages 1-2 that
+  /// all-gather is started per part and left in flight: the next forward waits for each part where it first reads
+  /// it, so the gather overlaps that forward (every other reader of the parameters waits for it first).
   void optimizer_step(const AdamwStep& hp);
   int64_t adam_step() const { return adam_step_; }
 
@@ -146,6 +148,9 @@ class ZeroEngine final : public UnitProvider {
   void share_loaded_moments(size_t p);
   void allocate();
   float* owned_params(size_t p);
+  /// Stages 1-2: completes part p's parameter all-gather started by optimizer_step (no-op when none is pending).
+  void finish_params_gather(size_t p);
+  void finish_params_gathers();
   /// [begin, end) of this rank's slice of part p in its unit's flat order (the shard clipped to the part).
   std::pair<size_t, size_t> owned_range(size_t p) const;
   // The working pool (pool.cpp): stage-3 gather slots, stage 2-3 gradient work buffers, the embedding whole.
@@ -174,6 +179,7 @@ class ZeroEngine final : public UnitProvider {
   std::vector<bool> frozen_;       // per tensor (empty: nothing frozen)
   std::vector<bool> part_trains_;  // per part: holds gradients and Adam state
   bool compute_frozen_ = false;    // test hook: the backward computes frozen gradients too, discarded before reducing
+  bool blocking_gather_ = false;   // test hook: optimizer_step waits for its parameter all-gathers (no overlap)
   // Working pool (stages 2-3): one allocation; regions of it hold gathered parts and gradient work buffers.
   float* pool_ = nullptr;
   size_t pool_elems_ = 0, slot_elems_ = 0, whole_elems_ = 0;

@@ -22,6 +22,7 @@ struct ZeroEngine::PartState {
   bool grads_started = false;      // handed out this micro-step
   bool local_fresh = true;         // stages 0-1: grad_local is zeroed at its next first use (it was reduced)
   bool unreduced = false;          // stages 0-1: grad_local holds gradients no reduction has taken yet
+  CommHandle params_gather;        // stages 1-2: AdamW's all-gather into params_full, waited where first needed
 };
 
 // A range of the working pool: a gather slot (one part's parameters), a gradient work buffer (one part's

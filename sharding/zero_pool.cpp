@@ -197,7 +197,10 @@ const float* ZeroEngine::part_params(int unit, size_t part) {
       prefetch(cursor_);  // the next visit's part goes into the other slot while this one computes
     }
   }
-  if (stage_ <= 2) return state_[p]->params_full;
+  if (stage_ <= 2) {
+    finish_params_gather(p);  // the last optimizer step's gather of this part, overlapped with the forward so far
+    return state_[p]->params_full;
+  }
   if (visits_[cursor_ - 1].whole) {
     size_t at = 0;
     for (size_t q = first_part(unit); q < p; ++q) at += parts_[q].layout.padded_numel;

@@ -12,59 +12,33 @@ WRAPPER=$SRC/launch/zerotrain-mpirun.sh
 t0=$SECONDS
 log() { echo "[multihost +$((SECONDS - t0))s] $*"; }
 
-# Unique names so parallel runs and anything else on the machine are never touched. The 10.250.77.0/24 addresses
-# exist only on the veth ends inside these namespaces: no traffic leaves them.
-tag=zt$$
-ns1=${tag}n1 ns2=${tag}n2 veth1=${tag}a veth2=${tag}b
-ip1=10.250.77.1 ip2=10.250.77.2 subnet=10.250.77.0/24
+# Unique names (zt$$) so parallel runs and anything else on the machine are never touched.
+source "$SRC/test/e2e/multihost/netns.sh"
+ip1=$ZT_NETNS_IP1 ip2=$ZT_NETNS_IP2
 work=$(mktemp -d /tmp/zt-multihost.XXXXXX)
 
 cleanup() {
-  for ns in "$ns1" "$ns2"; do
-    if ip netns list 2>/dev/null | grep -qw "$ns"; then
-      # Anything still running inside (a hung orted or rank) goes first, or the namespace would linger.
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-      ip netns del "$ns" 2>/dev/null || echo "warning: could not delete netns $ns"
-    fi
-  done
-  ip link del "$veth1" 2>/dev/null  # only exists if setup failed before moving it
+  zt_netns_cleanup
   [ -n "${ZT_KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-skip() { echo "SKIPPED: $*"; exit 77; }
-command -v ip >/dev/null || skip "the ip command (iproute2) is missing"
-command -v unshare >/dev/null || skip "unshare (util-linux) is missing"
-ip netns add "$ns1" 2>"$work/err" || skip "cannot create network namespaces here: $(cat "$work/err")"
-ip netns add "$ns2" || skip "cannot create a second network namespace"
-set -e
-ip link add "$veth1" type veth peer name "$veth2"
-ip link set "$veth1" netns "$ns1"
-ip link set "$veth2" netns "$ns2"
-ip -n "$ns1" addr add "$ip1/24" dev "$veth1"
-ip -n "$ns2" addr add "$ip2/24" dev "$veth2"
-for ns in "$ns1" "$ns2"; do ip -n "$ns" link set lo up; done
-ip -n "$ns1" link set "$veth1" up
-ip -n "$ns2" link set "$veth2" up
-set +e
-log "namespaces node1=$ns1 ($ip1), node2=$ns2 ($ip2) joined by $veth1<->$veth2"
+zt_netns_setup "zt$$"
+case $? in
+  0) ;;
+  77) echo "SKIPPED: $ZT_NETNS_ERROR"; exit 77 ;;
+  *) echo "FAIL: $ZT_NETNS_ERROR"; exit 1 ;;
+esac
+log "namespaces node1=$ZT_NETNS_NS1 ($ip1), node2=$ZT_NETNS_NS2 ($ip2) joined by $ZT_NETNS_VETH1<->$ZT_NETNS_VETH2"
 
 fails=0
 pass() { echo "ok: $1"; }
 fail() { echo "FAIL: $1"; fails=$((fails + 1)); }
 
-# The launch environment: Open MPI starts orteds through the agent and talks TCP over the veth subnet only.
-export ZT_NETNS_MAP="node1=$ns1 node2=$ns2"
-export OMPI_MCA_plm_rsh_agent=$AGENT
-export OMPI_MCA_btl=self,tcp
-export OMPI_MCA_btl_tcp_if_include=$subnet
-export OMPI_MCA_oob_tcp_if_include=$subnet
-export OMPI_MCA_pml=ob1
-# The hostfiles claim 2 + 2 (and 3) slots on a machine that may have 2 cores: without yielding, ranks spinning in
-# MPI starve the TCP stack and every collective crawls.
-export OMPI_MCA_mpi_yield_when_idle=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The launch environment: Open MPI starts orteds through the agent and talks TCP over the veth subnet only. The
+# hostfiles claim 2 + 2 (and 3) slots on a machine that may have 2 cores (the helper sets yield_when_idle).
+zt_netns_mpi_env
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export MPIRUN=$MPIEXEC ZT_BIN=$ZT
 printf 'node1 slots=2\nnode2 slots=2\n' >"$work/hosts2"
