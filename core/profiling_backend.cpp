@@ -95,6 +95,24 @@ void ProfilingBackend::matmul_backward(float* dinp, float* dweight, float* dbias
   timed("matmul_backward", products * 2 * n * c * oc, kF32 * elems,
         [&] { inner_.matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, weight_transposed); });
 }
+void ProfilingBackend::matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                                           const float* bias, int N, int C, int OC) {
+  // The product's operands and bias read, the pre-activation and GELU's output written: the least either way
+  // (the two ops apart also read the pre-activation back).
+  const double n = N, c = C, oc = OC;
+  timed("matmul_gelu_forward", 2 * n * c * oc, kF32 * (n * c + c * oc + oc + 2 * n * oc),
+        [&] { inner_.matmul_gelu_forward(pre, out, inp, weight, bias, N, C, OC); });
+}
+void ProfilingBackend::matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout,
+                                            const float* inp, const float* weight, const float* pre, int N, int C,
+                                            int OC) {
+  // matmul_backward's least bytes with dinp, plus the pre-activation read (dact never needs to exist).
+  const double n = N, c = C, oc = OC;
+  const double products = dweight != nullptr ? 2 : 1;
+  const double elems = n * oc + (dweight ? n * c + 2 * c * oc : 0) + c * oc + 2 * n * c + (dbias ? 2 * oc : 0);
+  timed("matmul_gelu_backward", products * 2 * n * c * oc, kF32 * elems,
+        [&] { inner_.matmul_gelu_backward(dpre, dact, dweight, dbias, dout, inp, weight, pre, N, C, OC); });
+}
 void ProfilingBackend::attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
   // Q K^T and P V, 2 T^2 hs flops each per (batch, head), halved by the causal mask.
   const double flops = 2.0 * B * NH * double(T) * T * (double(C) / NH);

@@ -60,6 +60,10 @@ class ProfilingBackend final : public ForwardingBackend {
                           int NH) override;
   void attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new, int pos,
                         int max_T, int C, int NH) override;
+  void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
+                           int C, int OC) override;
+  void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, const float* pre, int N, int C, int OC) override;
   void gelu_forward(float* out, const float* inp, size_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override;
   void residual_forward(float* out, const float* a, const float* b, size_t n) override;
