@@ -46,12 +46,13 @@ class Backend {
   /// Keeps a low-precision copy of the activation (or activation-gradient) buffer [act, act + n), memory from
   /// alloc, for a matmul to read instead of rounding it per call: matmul_forward's and matmul_backward's inp, and
   /// matmul_backward's dout. These writes of a kept range write its copy too: zero; layernorm_forward's and
-  /// residual_layernorm_forward's out; attention_forward's out; gelu_forward's out; layernorm_backward's dinp;
-  /// gelu_backward's dinp; attention_backward's dqkv; softmax_cross_entropy's logits (their gradient). Any other
-  /// write (a matmul's output, copy, from_host) leaves the copy stale, so a kept range that a matmul reads must
-  /// have been written last by one of those. With `fp32_read` false, nothing but matmuls reads the range after
-  /// those writes, and a backend that keeps the copy may skip the forward ops' and softmax_cross_entropy's fp32
-  /// writes into it (its fp32 contents are then unspecified; a backend without a copy writes them as always).
+  /// residual_layernorm_forward's out; attention_forward's out; gelu_forward's and matmul_gelu_forward's out;
+  /// layernorm_backward's dinp; gelu_backward's and matmul_gelu_backward's dpre; attention_backward's dqkv;
+  /// softmax_cross_entropy's logits (their gradient). Any other write (a matmul's output, copy, from_host) leaves the
+  /// copy stale, so a kept range that a matmul reads must have been written last by one of those. With `fp32_read`
+  /// false, nothing but matmuls reads the range after those writes, and a backend that keeps the copy may skip the
+  /// forward ops' and softmax_cross_entropy's fp32 writes into it (its fp32 contents are then unspecified; a backend
+  /// without a copy writes them as always).
   virtual void keep_activation_copy(const float* act, size_t n, bool fp32_read) {
     (void)act;
     (void)n;
@@ -100,6 +101,22 @@ class Backend {
   virtual bool supports_attention_cached() const { return true; }
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+  /// matmul_forward(pre, inp, weight, bias, N, C, OC, false), then gelu_forward(out, pre, N * OC): the MLP's
+  /// expansion, which a backend may run as one product with GELU in its epilogue (the CUDA backend's
+  /// --cuda_epilogues on; out is then within its GELU tolerance of the two ops, pre the same product).
+  virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias,
+                                   int N, int C, int OC) {
+    matmul_forward(pre, inp, weight, bias, N, C, OC, false);
+    gelu_forward(out, pre, size_t(N) * size_t(OC));
+  }
+  /// matmul_backward(dact, dweight, dbias, dout, inp, weight, N, C, OC, false), then gelu_backward(dpre, pre, dact,
+  /// N * C): the gradient through the MLP's projection into its GELU's input. dact [N, C] is scratch: a backend
+  /// that folds GELU's derivative into the product does not write it.
+  virtual void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout,
+                                    const float* inp, const float* weight, const float* pre, int N, int C, int OC) {
+    matmul_backward(dact, dweight, dbias, dout, inp, weight, N, C, OC, false);
+    gelu_backward(dpre, pre, dact, size_t(N) * size_t(C));
+  }
   virtual void residual_forward(float* out, const float* a, const float* b, size_t n) = 0;
   virtual void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
                                      float dloss) = 0;

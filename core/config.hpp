@@ -146,7 +146,10 @@ using StringList = std::vector<std::string>;
     "deprecated ZT_CUDA_ATTENTION_DKV_BLOCKS when set)")                                                               \
   X(std::string, cuda_param_copy, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                            \
     "CUDA bf16 mode: keep bf16 copies of parameters and activations (on) or round per matmul (off; the same bits); "   \
-    "auto: on, or the deprecated ZT_CUDA_PARAM_COPY=0 when set")
+    "auto: on, or the deprecated ZT_CUDA_PARAM_COPY=0 when set")                                                      \
+  X(std::string, cuda_epilogues, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                             \
+    "CUDA: fold GELU, its derivative and the bias gradients into the cuBLASLt products (on) or run them as separate "  \
+    "kernels (off); auto: off until a GPU run shows the fused form faster")
 // clang-format on
 
 #define ZT_CONFIG_DECLARE_FIELD(type, name, def, manifest, on_resume, check, help) type name = def;

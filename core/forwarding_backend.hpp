@@ -75,6 +75,14 @@ class ForwardingBackend : public Backend {
                         int max_T, int C, int NH) override {
     inner_.attention_cached(out, k_cache, v_cache, qkv, B, n_new, pos, max_T, C, NH);
   }
+  void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
+                           int C, int OC) override {
+    inner_.matmul_gelu_forward(pre, out, inp, weight, bias, N, C, OC);
+  }
+  void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, const float* pre, int N, int C, int OC) override {
+    inner_.matmul_gelu_backward(dpre, dact, dweight, dbias, dout, inp, weight, pre, N, C, OC);
+  }
   void gelu_forward(float* out, const float* inp, size_t n) override { inner_.gelu_forward(out, inp, n); }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
     inner_.gelu_backward(dinp, inp, dout, n);

@@ -309,8 +309,7 @@ void Gpt2::block_forward(Pass& p, LayerActs& A, const float* x_in, LayerActs* pr
   be_.residual_layernorm_forward(A.res2, A.ln2, A.ln2_mean, A.ln2_rstd, x_in, A.attproj, p.p(o.ln_2_w), p.p(o.ln_2_b),
                                  BT, C);
   p.progress();
-  be_.matmul_forward(A.fch, A.ln2, p.p(o.fc_w), p.p(o.fc_b), BT, C, 4 * C, false);
-  be_.gelu_forward(A.fch_gelu, A.fch, size_t(BT) * 4 * C);
+  be_.matmul_gelu_forward(A.fch, A.fch_gelu, A.ln2, p.p(o.fc_w), p.p(o.fc_b), BT, C, 4 * C);
   p.progress();
   if (project) be_.matmul_forward(A.fcproj, A.fch_gelu, p.p(o.fc_proj_w), p.p(o.fc_proj_b), BT, 4 * C, C, false);
 }
@@ -320,12 +319,11 @@ void Gpt2::block_backward(Pass& p, LayerActs& A, const float* x_in) {
   const int B = B_, T = T_, C = c.d_model, NH = c.n_head, BT = B * T;
   const BlockOffsets& o = table_.block_offsets();
   // d_res holds d(res3); the skip path passes it on unchanged, the MLP path adds into it -> d(res2).
-  be_.matmul_backward(d_fch_gelu_, p.g(o.fc_proj_w), p.g(o.fc_proj_b), d_res_, A.fch_gelu, p.p(o.fc_proj_w), BT, 4 * C,
-                      C, false);
-  be_.gelu_backward(d_fch_, A.fch, d_fch_gelu_, size_t(BT) * 4 * C);
+  be_.matmul_gelu_backward(d_fch_, d_fch_gelu_, p.g(o.fc_proj_w), p.g(o.fc_proj_b), d_res_, A.fch_gelu,
+                           p.p(o.fc_proj_w), A.fch, BT, 4 * C, C);
   p.progress();
   be_.matmul_backward(d_ln_, p.g(o.fc_w), p.g(o.fc_b), d_fch_, A.ln2, p.p(o.fc_w), BT, C, 4 * C, false);
-  // A frozen LayerNorm's weight gradients land in d_fch_gelu_, free once gelu_backward has read it.
+  // A frozen LayerNorm's weight gradients land in d_fch_gelu_, scratch of matmul_gelu_backward, free after it.
   float* ln_scratch = d_fch_gelu_;
   be_.layernorm_backward(d_res_, p.g_or(o.ln_2_w, ln_scratch), p.g_or(o.ln_2_b, ln_scratch + C), d_ln_, A.res2,
                          p.p(o.ln_2_w), A.ln2_mean, A.ln2_rstd, BT, C);

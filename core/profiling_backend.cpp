@@ -95,6 +95,24 @@ void ProfilingBackend::matmul_backward(float* dinp, float* dweight, float* dbias
   timed("matmul_backward", products * 2 * n * c * oc, kF32 * elems,
         [&] { inner_.matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, weight_transposed); });
 }
+void ProfilingBackend::matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                                           const float* bias, int N, int C, int OC) {
+  // The product's operands and bias read, the pre-activation and GELU's output written: the least either way
+  // (the two ops apart also read the pre-activation back).
+  const double n = N, c = C, oc = OC;
+  timed("matmul_gelu_forward", 2 * n * c * oc, kF32 * (n * c + c * oc + oc + 2 * n * oc),
+        [&] { inner_.matmul_gelu_forward(pre, out, inp, weight, bias, N, C, OC); });
+}
+void ProfilingBackend::matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout,
+                                            const float* inp, const float* weight, const float* pre, int N, int C,
+                                            int OC) {
+  // matmul_backward's least bytes with dinp, plus the pre-activation read (dact never needs to exist).
+  const double n = N, c = C, oc = OC;
+  const double products = dweight != nullptr ? 2 : 1;
+  const double elems = n * oc + (dweight ? n * c + 2 * c * oc : 0) + c * oc + 2 * n * c + (dbias ? 2 * oc : 0);
+  timed("matmul_gelu_backward", products * 2 * n * c * oc, kF32 * elems,
+        [&] { inner_.matmul_gelu_backward(dpre, dact, dweight, dbias, dout, inp, weight, pre, N, C, OC); });
+}
 void ProfilingBackend::attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
   // Q K^T and P V, 2 T^2 hs flops each per (batch, head), halved by the causal mask.
   const double flops = 2.0 * B * NH * double(T) * T * (double(C) / NH);
@@ -148,7 +166,7 @@ void ProfilingBackend::accumulate(float* x, const float* y, size_t n) {
   timed("accumulate", double(n), 3 * kF32 * double(n), [&] { inner_.accumulate(x, y, n); });
 }
 
-std::string ProfilingBackend::report(int n_steps) const {
+std::string ProfilingBackend::report(int n_steps, double peak_tflops, double peak_gbs) const {
   std::vector<std::pair<std::string, OpProfile>> rows(ops_.begin(), ops_.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
   OpProfile total;
@@ -160,15 +178,24 @@ std::string ProfilingBackend::report(int n_steps) const {
   }
   const double total_s = total.seconds;
   const double steps = n_steps > 0 ? n_steps : 1;
+  const bool predict = peak_tflops > 0 && peak_gbs > 0;
   size_t width = 24;  // the op column fits the longest name (residual_layernorm_forward is 26)
   for (const auto& row : rows) width = std::max(width, row.first.size());
-  std::string out = fmt::format("{:<{}} {:>10} {:>10} {:>7} {:>9} {:>9}\n", "op", width, "calls/step", "ms/step",
-                                "share", "TFLOP/s", "GB/s");
+  std::string out = fmt::format("{:<{}} {:>10} {:>10} {:>7} {:>9} {:>9}", "op", width, "calls/step", "ms/step", "share",
+                                "TFLOP/s", "GB/s");
+  out += predict ? fmt::format(" {:>9} {:>9}\n", "pred ms", "meas/pred") : "\n";
   auto line = [&](const std::string& name, const OpProfile& p) {
     const double s = p.seconds > 0 ? p.seconds : 1e-30;
-    out += fmt::format("{:<{}} {:>10.1f} {:>10.3f} {:>6.1f}% {:>9.2f} {:>9.1f}\n", name, width, double(p.calls) / steps,
+    out += fmt::format("{:<{}} {:>10.1f} {:>10.3f} {:>6.1f}% {:>9.2f} {:>9.1f}", name, width, double(p.calls) / steps,
                        p.seconds * 1e3 / steps, total_s > 0 ? 100.0 * p.seconds / total_s : 0.0, p.flops / s / 1e12,
                        p.bytes / s / 1e9);
+    if (!predict) {
+      out += "\n";
+      return;
+    }
+    const double predicted_s = std::max(p.flops / (peak_tflops * 1e12), p.bytes / (peak_gbs * 1e9));
+    out +=
+        fmt::format(" {:>9.3f} {:>9.2f}\n", predicted_s * 1e3 / steps, predicted_s > 0 ? p.seconds / predicted_s : 0.0);
   };
   for (const auto& row : rows) line(row.first, row.second);
   line("total", total);

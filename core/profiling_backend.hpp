@@ -34,8 +34,10 @@ class ProfilingBackend final : public ForwardingBackend {
   const std::map<std::string, OpProfile>& ops() const { return ops_; }
   void reset() { ops_.clear(); }
   /// A table, one line per op, slowest first: calls and milliseconds per step, share of the profiled time,
-  /// TFLOP/s and GB/s achieved. `n_steps` divides the totals.
-  std::string report(int n_steps) const;
+  /// TFLOP/s and GB/s achieved. `n_steps` divides the totals. With a card's peak rates (both > 0), two more
+  /// columns: the milliseconds per step the op's flops and bytes would take at those rates (the slower of the
+  /// two, a roofline), and measured over predicted.
+  std::string report(int n_steps, double peak_tflops = 0, double peak_gbs = 0) const;
 
   void zero(float* p, size_t n) override;
   void copy(float* dst, const float* src, size_t n) override;
@@ -60,6 +62,10 @@ class ProfilingBackend final : public ForwardingBackend {
                           int NH) override;
   void attention_cached(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int n_new, int pos,
                         int max_T, int C, int NH) override;
+  void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
+                           int C, int OC) override;
+  void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, const float* pre, int N, int C, int OC) override;
   void gelu_forward(float* out, const float* inp, size_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override;
   void residual_forward(float* out, const float* a, const float* b, size_t n) override;

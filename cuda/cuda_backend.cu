@@ -51,7 +51,11 @@ class CudaBackend final : public Backend {
     *error_flag_host_ = 0;
     ZT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_flag_device_), error_flag_host_, 0));
     ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
-    matmul_ = std::make_unique<cuda::MatmulContext>(bf16);
+    // --cuda_epilogues on folds GELU, its derivative and the bias gradients into the cuBLASLt products; auto is off
+    // until a GPU run shows it right and faster (docs/performance.md).
+    ZT_CHECK(variants.epilogues == "auto" || variants.epilogues == "on" || variants.epilogues == "off",
+             "--cuda_epilogues {}: expected auto, on or off", variants.epilogues);
+    matmul_ = std::make_unique<cuda::MatmulContext>(bf16, variants.epilogues == "on");
     // bf16 mode runs attention on the tensor cores; --cuda_attention fp32 keeps the fp32 kernels (to compare).
     attention_tensor_cores_ = bf16 && !variant_choice(variants.attention, "fp32", "ZT_CUDA_ATTENTION", "auto", "fp32",
                                                       "auto (tensor cores in bf16 mode) or fp32");
@@ -193,6 +197,18 @@ class CudaBackend final : public Backend {
     cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, bf16_copy_of(dout, size_t(N) * OC), inp,
                           bf16_copy_of(inp, size_t(N) * C), weight, bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt,
                           stream_);
+  }
+  void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
+                           int C, int OC) override {
+    const OutputTargets o = output_targets(out, size_t(N) * OC);
+    cuda::matmul_gelu_forward(*matmul_, pre, out, o.fp32 != nullptr, o.copy, inp, bf16_copy_of(inp, size_t(N) * C),
+                              weight, bf16_copy_of(weight, size_t(C) * OC), bias, N, C, OC, stream_);
+  }
+  void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, const float* pre, int N, int C, int OC) override {
+    cuda::matmul_gelu_backward(*matmul_, dpre, bf16_copy_of(dpre, size_t(N) * C), dact, dweight, dbias, dout,
+                               bf16_copy_of(dout, size_t(N) * OC), inp, bf16_copy_of(inp, size_t(N) * C), weight,
+                               bf16_copy_of(weight, size_t(C) * OC), pre, N, C, OC, stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);

@@ -23,6 +23,7 @@ struct CudaVariants {
   std::string attention = "auto";             ///< auto or fp32
   std::string attention_dkv_blocks = "auto";  ///< auto or 3
   std::string param_copy = "auto";            ///< auto, on or off
+  std::string epilogues = "auto";             ///< auto (off for now), on or off: --cuda_epilogues
 };
 
 /// The CUDA backend on `device` (the calling thread's current device from then on; use the backend from that thread).

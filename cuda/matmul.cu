@@ -1,5 +1,6 @@
 // Dense layers on the GPU: cuBLASLt products (fp32, or bf16 operands with fp32 accumulation), bias gradients by a
-// deterministic two-stage column sum.
+// deterministic two-stage column sum; with the epilogue variant, GELU, its derivative and the bias gradients folded
+// into the products (cuBLASLt epilogues), each falling back to the separate kernels where cuBLASLt has none.
 //
 // Row-major to cuBLAS's column-major: a row-major [r, c] matrix is the column-major [c, r] one with the same
 // leading dimension, so the row-major product C[M,N] = op(A) op(B) is computed as the column-major
@@ -7,14 +8,17 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <tuple>
 
 #include "cuda/cast.cuh"
 #include "cuda/cuda_common.cuh"
 #include "cuda/device_memory.cuh"
+#include "cuda/gelu.cuh"
 #include "cuda/matmul.cuh"
 #include "cuda/reduce.cuh"
+#include "cuda/residual.cuh"
 
 namespace zt::cuda {
 namespace {
@@ -70,6 +74,44 @@ uint32_t alignment_of(const void* p) {
   return align;
 }
 
+// cuBLASLt reads the bias and aux pointers' values (not what they point at) when it chooses a kernel, as a promise
+// of their alignment: a plan is keyed on the alignment it was chosen for, up to cuBLASLt's default of 256 bytes.
+uint32_t pointer_alignment(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
+// What a product does after the multiply-add: the cuBLASLt epilogues this file uses.
+enum class Epilogue { none, bias, gelu_aux_bias, dgelu, bgrad_a, bgrad_b };
+const char* const kEpilogueNames[] = {"DEFAULT", "BIAS", "GELU_AUX_BIAS", "DGELU", "BGRADA", "BGRADB"};
+
+cublasLtEpilogue_t cublaslt_epilogue(Epilogue e) {
+  switch (e) {
+    case Epilogue::bias:
+      return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::gelu_aux_bias:
+      return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epilogue::dgelu:
+      return CUBLASLT_EPILOGUE_DGELU;
+    case Epilogue::bgrad_a:
+      return CUBLASLT_EPILOGUE_BGRADA;
+    case Epilogue::bgrad_b:
+      return CUBLASLT_EPILOGUE_BGRADB;
+    default:
+      return CUBLASLT_EPILOGUE_DEFAULT;
+  }
+}
+
+// The pointers an epilogue reads or writes: the bias (or bias gradient) vector and GELU's auxiliary matrix (the
+// pre-activation, laid out as D).
+struct EpilogueArgs {
+  Epilogue kind = Epilogue::none;
+  const float* bias = nullptr;
+  const float* aux = nullptr;
+};
+
 // One cached product shape: its descriptors and the algorithm the heuristics chose.
 struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
@@ -78,13 +120,16 @@ struct Plan {
   bool found = false;
 };
 
-// trans_a, trans_b, M, N, K, lda, ldb, ldc, alignments of A, B, C, bias epilogue.
-using PlanKey = std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t, bool>;
+// trans_a, trans_b, M, N, K, lda, ldb, ldc, alignments of A, B, C, the epilogue, alignments of its bias and aux.
+using PlanKey =
+    std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t, int, uint32_t, uint32_t>;
 
 }  // namespace
 
 struct MatmulContext::Impl {
   bool bf16 = false;
+  bool epilogues = false;
+  bool warned[6] = {};  // an epilogue cuBLASLt refused, said once
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   std::map<PlanKey, Plan> plans;
@@ -102,11 +147,23 @@ struct MatmulContext::Impl {
     if (handle) cublasLtDestroy(handle);
   }
 
-  // The plan for row-major C[M,N] (+)= op(A) op(B) (+ bias), built and cached on first use.
+  // The plan for row-major C[M,N] (+)= op(A) op(B), then the epilogue, built and cached on first use.
   Plan& plan(bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
-             const float* C, int ldc, bool with_bias) {
-    const PlanKey key{trans_a,         trans_b,         M,        N, K, lda, ldb, ldc, alignment_of(A),
-                      alignment_of(B), alignment_of(C), with_bias};
+             const float* C, int ldc, const EpilogueArgs& e) {
+    const PlanKey key{trans_a,
+                      trans_b,
+                      M,
+                      N,
+                      K,
+                      lda,
+                      ldb,
+                      ldc,
+                      alignment_of(A),
+                      alignment_of(B),
+                      alignment_of(C),
+                      int(e.kind),
+                      e.bias != nullptr ? pointer_alignment(e.bias) : 0,
+                      e.aux != nullptr ? pointer_alignment(e.aux) : 0};
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan& p = plans[key];
@@ -116,13 +173,7 @@ struct MatmulContext::Impl {
     ZT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
     ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    if (with_bias) {
-      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-      const cudaDataType_t bias_type = CUDA_R_32F;
-      ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-      ZT_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-    }
+    set_epilogue(p.op, e, ldc);
     // Column-major shapes as stored (before the op): cuBLASLt computes D[m=N, n=M] with k=K.
     ZT_CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&p.a, operand_type, op_a == CUBLAS_OP_N ? N : K, op_a == CUBLAS_OP_N ? K : N, ldb));
@@ -150,19 +201,51 @@ struct MatmulContext::Impl {
     return p;
   }
 
-  // Row-major C[M,N] = op(A) op(B) + beta * C (+ bias). Returns false, doing nothing, when cuBLASLt has no
-  // algorithm for a bias epilogue here (the caller then adds the bias itself); fails loudly otherwise.
+  // The epilogue's attributes; its pointers are set here too, before the heuristic reads them (their alignment).
+  static void set_epilogue(cublasLtMatmulDesc_t op, const EpilogueArgs& e, int ldc) {
+    if (e.kind == Epilogue::none) return;
+    const cublasLtEpilogue_t epilogue = cublaslt_epilogue(e.kind);
+    ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    if (e.bias != nullptr) {
+      const cudaDataType_t bias_type = CUDA_R_32F;
+      ZT_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    }
+    if (e.aux != nullptr) {
+      const int64_t aux_ld = ldc;  // the pre-activation is laid out as D
+      ZT_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+    }
+    set_epilogue_pointers(op, e);
+  }
+  static void set_epilogue_pointers(cublasLtMatmulDesc_t op, const EpilogueArgs& e) {
+    if (e.bias != nullptr)
+      ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias, sizeof(e.bias)));
+    if (e.aux != nullptr)
+      ZT_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux, sizeof(e.aux)));
+  }
+
+  // Row-major C[M,N] = op(A) op(B) + beta * C, then the epilogue. Returns false, doing nothing, when cuBLASLt has no
+  // algorithm for the epilogue here (the caller then runs the separate kernels; the first refusal of each epilogue
+  // is said on stderr, so a GPU run shows it); a product without an epilogue that has none fails loudly.
   bool gemm(bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B, int ldb, float* C,
-            int ldc, float beta, const float* bias, cudaStream_t stream) {
-    Plan& p = plan(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, bias != nullptr);
+            int ldc, float beta, const EpilogueArgs& e, cudaStream_t stream) {
+    Plan& p = plan(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, e);
     if (!p.found) {
-      ZT_CHECK(bias != nullptr,
+      ZT_CHECK(e.kind != Epilogue::none,
                "cuBLASLt has no algorithm for the {}x{}x{} product (trans_a={}, trans_b={}, lda={}, ldb={}, ldc={})", M,
                N, K, trans_a, trans_b, lda, ldb, ldc);
+      if (e.kind != Epilogue::bias && !warned[int(e.kind)]) {
+        warned[int(e.kind)] = true;
+        std::fprintf(stderr,
+                     "zerotrain: cuBLASLt has no algorithm for the %s epilogue on the %dx%dx%d product; running the "
+                     "separate kernels instead\n",
+                     kEpilogueNames[int(e.kind)], M, N, K);
+      }
       return false;
     }
-    if (bias != nullptr)
-      ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    set_epilogue_pointers(p.op, e);
     const float alpha = 1.0f;
     ZT_CUBLAS_CHECK(cublasLtMatmul(handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo, workspace,
                                    kWorkspaceBytes, stream));
@@ -170,8 +253,9 @@ struct MatmulContext::Impl {
   }
 };
 
-MatmulContext::MatmulContext(bool bf16) : impl_(std::make_unique<Impl>()) {
+MatmulContext::MatmulContext(bool bf16, bool epilogues) : impl_(std::make_unique<Impl>()) {
   impl_->bf16 = bf16;
+  impl_->epilogues = epilogues;
   ZT_CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
   ZT_CUDA_CHECK(cudaMalloc(&impl_->workspace, kWorkspaceBytes));
 }
@@ -179,6 +263,29 @@ MatmulContext::MatmulContext(bool bf16) : impl_(std::make_unique<Impl>()) {
 MatmulContext::~MatmulContext() = default;
 
 bool MatmulContext::bf16() const { return impl_->bf16; }
+bool MatmulContext::epilogues() const { return impl_->epilogues; }
+
+namespace {
+
+// The operands of a forward product: inp and W, or their bf16 copies (kept, or rounded now into scratch).
+struct ForwardOperands {
+  const void* a;
+  const void* w;
+};
+ForwardOperands forward_operands(MatmulContext::Impl& m, const float* inp, const void* inp_bf16, const float* weight,
+                                 const void* weight_bf16, int N, int C, int OC, cudaStream_t stream) {
+  if (!m.bf16) return {inp, weight};
+  const size_t n_inp = size_t(N) * C, n_w = size_t(C) * OC;
+  ScratchCarver carve(
+      m.scratch.get(bf16_scratch_bytes(inp_bf16, n_inp, true) + bf16_scratch_bytes(weight_bf16, n_w, true) + 256));
+  const void* a = bf16_operand(carve, inp, inp_bf16, n_inp, true, stream);
+  return {a, bf16_operand(carve, weight, weight_bf16, n_w, true, stream)};
+}
+
+// Whether an epilogue may be offered these vectors: cuBLASLt's epilogues read them 16 bytes at a time.
+bool epilogue_aligned(const void* p) { return p == nullptr || alignment_of(p) >= 16; }
+
+}  // namespace
 
 void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void* inp_bf16, const float* weight,
                     const void* weight_bf16, const float* bias, int N, int C, int OC, bool weight_transposed,
@@ -190,35 +297,51 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void
     ZT_CUDA_LAUNCH_CHECK();
     return;
   }
-  const void* a = inp;
-  const void* w = weight;
-  if (m.bf16) {
-    const size_t n_inp = size_t(N) * C, n_w = size_t(C) * OC;
-    ScratchCarver carve(
-        m.scratch.get(bf16_scratch_bytes(inp_bf16, n_inp, true) + bf16_scratch_bytes(weight_bf16, n_w, true) + 256));
-    a = bf16_operand(carve, inp, inp_bf16, n_inp, true, stream);
-    w = bf16_operand(carve, weight, weight_bf16, n_w, true, stream);
-  }
+  const ForwardOperands op = forward_operands(m, inp, inp_bf16, weight, weight_bf16, N, C, OC, stream);
   // W [C,OC]: out = inp · W; W [OC,C]: out = inp · W^T.
   const int ldw = weight_transposed ? C : OC;
   if (bias == nullptr) {
-    m.gemm(false, weight_transposed, N, OC, C, a, C, w, ldw, out, OC, 0.0f, nullptr, stream);
+    m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, OC, 0.0f, {}, stream);
     return;
   }
-  // The bias epilogue reads the bias vectorised: offered only a 16-byte-aligned bias.
-  if (alignment_of(bias) >= 16 && m.gemm(false, weight_transposed, N, OC, C, a, C, w, ldw, out, OC, 0.0f, bias, stream))
+  if (epilogue_aligned(bias) && m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, OC, 0.0f,
+                                       {Epilogue::bias, bias, nullptr}, stream))
     return;
   // No fused-bias algorithm here: seed out with the bias and accumulate the product onto it.
   ZT_LAUNCH(bias_broadcast_kernel, grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream)(out, bias, N, OC);
   ZT_CUDA_LAUNCH_CHECK();
-  m.gemm(false, weight_transposed, N, OC, C, a, C, w, ldw, out, OC, 1.0f, nullptr, stream);
+  m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, OC, 1.0f, {}, stream);
 }
 
-void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
-                     const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
-                     const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
-  if (N == 0 || OC == 0 || C == 0) return;
+void matmul_gelu_forward(MatmulContext& ctx, float* pre, float* out, bool out_fp32, __nv_bfloat16* out16,
+                         const float* inp, const void* inp_bf16, const float* weight, const void* weight_bf16,
+                         const float* bias, int N, int C, int OC, cudaStream_t stream) {
+  const size_t n = size_t(N) * OC;
   MatmulContext::Impl& m = ctx.impl();
+  // GELU_AUX_BIAS: out = GELU(x) and pre = x = inp · W + bias, in one product (GELU_AUX without a bias is
+  // another epilogue, not used: the MLP's expansion always has one).
+  if (m.epilogues && n > 0 && C > 0 && bias != nullptr && epilogue_aligned(bias) && epilogue_aligned(pre)) {
+    const ForwardOperands op = forward_operands(m, inp, inp_bf16, weight, weight_bf16, N, C, OC, stream);
+    if (m.gemm(false, false, N, OC, C, op.a, C, op.w, OC, out, OC, 0.0f, {Epilogue::gelu_aux_bias, bias, pre},
+               stream)) {
+      if (out16 != nullptr) cast_to_bf16(out16, out, n, stream);
+      return;
+    }
+  }
+  matmul_forward(ctx, pre, inp, inp_bf16, weight, weight_bf16, bias, N, C, OC, false, stream);
+  gelu_forward(out_fp32 ? out : nullptr, out16, pre, n, stream);
+}
+
+namespace {
+
+// The products of a dense layer's backward. dinp = dout · W^T, with GELU's derivative at dgelu_aux folded in when
+// that is given and cuBLASLt has the epilogue (returns whether it was folded; if not, dinp holds the plain product).
+// dweight += the weight-gradient product, with dbias += its bias gradient folded in where the variant is on and
+// cuBLASLt has the epilogue, else by the two-stage column sum.
+bool backward_products(MatmulContext::Impl& m, float* dinp, const float* dgelu_aux, float* dweight, float* dbias,
+                       const float* dout, const void* dout_bf16, const float* inp, const void* inp_bf16,
+                       const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
+                       cudaStream_t stream) {
   const RowChunks chunks = row_chunks(N);
   const size_t n_dout = size_t(N) * OC, n_inp = size_t(N) * C, n_w = size_t(C) * OC;
   const bool w_used = dinp != nullptr;     // the weight enters the dinp product only
@@ -238,24 +361,74 @@ void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbi
     x = bf16_operand(carve, inp, inp_bf16, n_inp, x_used, stream);
     w = bf16_operand(carve, weight, weight_bf16, n_w, w_used, stream);
   }
-  if (weight_transposed) {
-    if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[OC,C]
-      m.gemm(false, false, N, C, OC, d, OC, w, C, dinp, C, 0.0f, nullptr, stream);
-    if (dweight != nullptr)  // dW[OC,C] += dout^T · inp
-      m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, nullptr, stream);
-  } else {
-    if (dinp != nullptr)  // dinp[N,C] = dout[N,OC] · W[C,OC]^T
-      m.gemm(false, true, N, C, OC, d, OC, w, OC, dinp, C, 0.0f, nullptr, stream);
-    if (dweight != nullptr)  // dW[C,OC] += inp^T · dout
-      m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, nullptr, stream);
+  // dinp[N,C] = dout[N,OC] · W^T (W [C,OC]) or dout · W (W [OC,C]).
+  bool dgelu_folded = false;
+  if (dinp != nullptr) {
+    if (dgelu_aux != nullptr && epilogue_aligned(dgelu_aux))
+      dgelu_folded = m.gemm(false, !weight_transposed, N, C, OC, d, OC, w, weight_transposed ? C : OC, dinp, C, 0.0f,
+                            {Epilogue::dgelu, nullptr, dgelu_aux}, stream);
+    if (!dgelu_folded)
+      m.gemm(false, !weight_transposed, N, C, OC, d, OC, w, weight_transposed ? C : OC, dinp, C, 0.0f, {}, stream);
   }
-  if (dbias != nullptr) {
-    float* partials = carve.take<float>(size_t(chunks.n_chunks) * OC);
+  // The bias gradient, dout's column sums: with the weight-gradient product, whose cuBLASLt A (BGRADA, W [C,OC]) or
+  // B (BGRADB, W [OC,C]) is dout, into the partials' scratch, then added (the epilogue writes; dbias accumulates).
+  float* partials = dbias != nullptr ? carve.take<float>(size_t(chunks.n_chunks) * OC) : nullptr;
+  bool bgrad_folded = false;
+  if (dweight != nullptr) {
+    const EpilogueArgs bgrad{weight_transposed ? Epilogue::bgrad_b : Epilogue::bgrad_a, partials, nullptr};
+    const bool try_bgrad = m.epilogues && dbias != nullptr;
+    if (weight_transposed) {  // dW[OC,C] += dout^T · inp
+      bgrad_folded = try_bgrad && m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, bgrad, stream);
+      if (!bgrad_folded) m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, {}, stream);
+    } else {  // dW[C,OC] += inp^T · dout
+      bgrad_folded = try_bgrad && m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, bgrad, stream);
+      if (!bgrad_folded) m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, {}, stream);
+    }
+  }
+  if (bgrad_folded) {
+    residual_forward(dbias, dbias, partials, size_t(OC), stream);
+  } else if (dbias != nullptr) {
     const dim3 grid(unsigned(ceil_div(size_t(OC), kBlock)), unsigned(chunks.n_chunks));
     ZT_LAUNCH(bias_grad_partials_kernel, grid, kBlock, 0, stream)(partials, dout, N, OC, chunks.rows_per_chunk);
     ZT_CUDA_LAUNCH_CHECK();
     sum_column_partials(dbias, partials, chunks.n_chunks, OC, OC, stream);
   }
+  return dgelu_folded;
+}
+
+}  // namespace
+
+void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
+                     const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
+  if (N == 0 || OC == 0 || C == 0) return;
+  backward_products(ctx.impl(), dinp, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N,
+                    C, OC, weight_transposed, stream);
+}
+
+void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16, float* dact, float* dweight,
+                          float* dbias, const float* dout, const void* dout_bf16, const float* inp,
+                          const void* inp_bf16, const float* weight, const void* weight_bf16, const float* pre, int N,
+                          int C, int OC, cudaStream_t stream) {
+  const size_t n = size_t(N) * C;
+  if (n == 0) return;
+  MatmulContext::Impl& m = ctx.impl();
+  if (OC == 0) {  // an empty product: dact = 0, so dpre = 0
+    ZT_CUDA_CHECK(cudaMemsetAsync(dact, 0, n * sizeof(float), stream));
+  } else if (m.epilogues) {
+    // DGELU: dpre = (dout · W^T) * GELU'(pre) in one product; where cuBLASLt refuses it, the product went to dpre
+    // and is moved to dact for the separate kernel (an unlikely path: the copy is not worth avoiding).
+    if (backward_products(m, dpre, pre, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C, OC,
+                          false, stream)) {
+      if (dpre16 != nullptr) cast_to_bf16(dpre16, dpre, n, stream);
+      return;
+    }
+    ZT_CUDA_CHECK(cudaMemcpyAsync(dact, dpre, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  } else {
+    backward_products(m, dact, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C, OC,
+                      false, stream);
+  }
+  gelu_backward(dpre, dpre16, pre, dact, n, stream);
 }
 
 }  // namespace zt::cuda

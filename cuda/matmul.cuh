@@ -1,6 +1,7 @@
 // Dense layer out = inp · W (+ bias) and its backward on the GPU, through cuBLASLt.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <memory>
@@ -10,14 +11,16 @@ namespace zt::cuda {
 /// What the matmuls of one backend share: the cuBLASLt handle, its workspace, the algorithm cache, the bf16 operand
 /// copies and the bias-gradient partials. fp32 mode multiplies in true fp32 (CUBLAS_COMPUTE_32F, no TF32): the mode
 /// the tests compare with the CPU. bf16 mode rounds the operands to bf16 copies and accumulates in fp32 into fp32
-/// outputs (CUBLAS_COMPUTE_32F again), so accumulation (beta = 1) into fp32 gradients loses nothing.
+/// outputs (CUBLAS_COMPUTE_32F again), so accumulation (beta = 1) into fp32 gradients loses nothing. epilogues: fold
+/// GELU, its derivative and the bias gradients into the products (--cuda_epilogues on; the forward bias always is).
 class MatmulContext {
  public:
-  explicit MatmulContext(bool bf16);
+  MatmulContext(bool bf16, bool epilogues);
   ~MatmulContext();
   MatmulContext(const MatmulContext&) = delete;
   MatmulContext& operator=(const MatmulContext&) = delete;
   bool bf16() const;
+  bool epilogues() const;
 
   struct Impl;
   Impl& impl() { return *impl_; }
@@ -32,10 +35,23 @@ class MatmulContext {
 void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void* inp_bf16, const float* weight,
                     const void* weight_bf16, const float* bias, int N, int C, int OC, bool weight_transposed,
                     cudaStream_t stream);
-/// Writes dinp (may be null); accumulates dweight, dbias (may be null; a deterministic two-stage column sum).
-/// dout_bf16, inp_bf16, weight_bf16 (bf16 mode; each may be null): kept bf16 copies read instead of rounding.
+/// Writes dinp (may be null); accumulates dweight, dbias (may be null; a deterministic two-stage column sum, or with
+/// the epilogues the BGRAD epilogue of the dweight product, summing dout as that product reads it: bf16 in bf16
+/// mode). dout_bf16, inp_bf16, weight_bf16 (bf16 mode; each may be null): kept bf16 copies read instead of rounding.
 void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
                      const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
                      const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream);
+/// matmul_forward(pre, ...; W [C,OC]), then out = GELU(pre): with the epilogues one product (GELU_AUX_BIAS: out is
+/// written in fp32, then rounded into out16 when given), else the two kernels (out written when out_fp32, out16 when
+/// given). out is always valid memory for [N,OC] floats.
+void matmul_gelu_forward(MatmulContext& ctx, float* pre, float* out, bool out_fp32, __nv_bfloat16* out16,
+                         const float* inp, const void* inp_bf16, const float* weight, const void* weight_bf16,
+                         const float* bias, int N, int C, int OC, cudaStream_t stream);
+/// matmul_backward(dact, dweight, dbias, dout, ...; W [C,OC]), then dpre = GELU'(pre) * dact (rounded into dpre16
+/// too when given): with the epilogues one product (DGELU; dact is then not written), else the two kernels.
+void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16, float* dact, float* dweight,
+                          float* dbias, const float* dout, const void* dout_bf16, const float* inp,
+                          const void* inp_bf16, const float* weight, const void* weight_bf16, const float* pre, int N,
+                          int C, int OC, cudaStream_t stream);
 
 }  // namespace zt::cuda

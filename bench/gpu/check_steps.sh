@@ -19,6 +19,7 @@ register_rows() {
   zt_row torch_compile torch "PyTorch torch.compile, same model and step, bf16"
   zt_row target torch "target: >= 1.1x torch.compile and MFU >= 0.55"
   zt_row memcheck sanitizer "compute-sanitizer memcheck on the op tests (subset)"
+  zt_row var_epilogues variants "variant: --cuda_epilogues on (GELU, bias grads in cuBLASLt)"
   zt_row var_copies variants "variant: ZT_CUDA_PARAM_COPY=0 (round per matmul)"
   zt_row var_fp32attn variants "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)"
   zt_row var_dkv3 variants "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks/SM)"
@@ -281,16 +282,23 @@ row_target() {
   fi
 }
 
-# ---- what the bf16 mode's choices buy, with whatever budget is left: the throughput step again without the bf16
-# operand copies, with the fp32 attention kernels, and with the dK/dV kernel capped at 3 blocks an SM (if that row
-# is faster, make it the default): tokens/s and the main run's ratio to each ----
+# ---- what the bf16 mode's choices buy, with whatever budget is left: the throughput step again with the cuBLASLt
+# epilogues folded in (first: the switch still off by default, with its own per-op table beside the main run's),
+# without the bf16 operand copies, with the fp32 attention kernels, and with the dK/dV kernel capped at 3 blocks an
+# SM (if a row is faster, make it the default): tokens/s and the main run's ratio to each ----
 step_variants() {
+  variant var_epilogues zt_throughput_epilogues.log --cuda_epilogues=on --profile_steps=1
   variant var_copies zt_throughput_no_copies.log ZT_CUDA_PARAM_COPY=0
   variant var_fp32attn zt_throughput_fp32_attention.log ZT_CUDA_ATTENTION=fp32
   variant var_dkv3 zt_throughput_dkv3.log ZT_CUDA_ATTENTION_DKV_BLOCKS=3
 }
-variant() {  # KEY LOG VAR=VALUE
-  zt_run_step "$1" 45 "$2" env "$3" "${run[@]}" "${bench_args[@]}" --batch "$batch" --steps 5 --warmup 2
+variant() {  # KEY LOG SETTING...: each VAR=VALUE (the environment) or --flag=value (a gpt2_cuda_bench flag)
+  local setting env_args=() flag_args=()
+  for setting in "${@:3}"; do
+    if [[ $setting == --* ]]; then flag_args+=("${setting%%=*}" "${setting#*=}"); else env_args+=("$setting"); fi
+  done
+  zt_run_step "$1" 45 "$2" env "${env_args[@]}" "${run[@]}" "${bench_args[@]}" "${flag_args[@]}" --batch "$batch" \
+    --steps 5 --warmup 2
   local tps mem ratio
   tps=$(sed -n 's/^zt_tokens_per_s=//p' "$step_log")
   mem=$(sed -n 's/^device memory in use after one step: //p' "$step_log")

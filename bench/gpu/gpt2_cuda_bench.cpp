@@ -2,9 +2,10 @@
 // unsharded buffers (no trainer, no ZeRO, no comm). Prints tokens/s and MFU as docs/gpu-results.md defines them.
 //
 // Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
-//                        [--peak_tflops F] [--profile_steps K]
+//                        [--peak_tflops F] [--peak_gbs G] [--profile_steps K] [--cuda_epilogues auto|on|off]
 // --profile_steps K: after the timed steps, K more steps with every op timed (core/profiling_backend.hpp), and a
-// table of where the step's time goes.
+// table of where the step's time goes, each op beside what its flops and bytes would take at the card's peak
+// rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues: as zerotrain's flag.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -33,7 +34,9 @@ struct Options {
   int warmup = 3;
   bool bf16 = true;
   double peak_tflops = 0;  // 0: from the device name
+  double peak_gbs = 0;     // 0: from the device name
   int profile_steps = 0;
+  std::string epilogues = "auto";
 };
 
 Options parse(int argc, char** argv) {
@@ -58,8 +61,12 @@ Options parse(int argc, char** argv) {
       o.bf16 = false;
     else if (a == "--peak_tflops")
       o.peak_tflops = std::stod(value());
+    else if (a == "--peak_gbs")
+      o.peak_gbs = std::stod(value());
     else if (a == "--profile_steps")
       o.profile_steps = std::stoi(value());
+    else if (a == "--cuda_epilogues")
+      o.epilogues = value();
     else
       ZT_FAIL("unknown argument {} (see the usage at the top of bench/gpu/gpt2_cuda_bench.cpp)", a);
   }
@@ -76,6 +83,15 @@ double default_peak_tflops(const std::string& device) {
   return 0.0;
 }
 
+// HBM bandwidth of the card, GB/s (vendor datasheets); 0 when unknown (no predicted column then).
+double default_peak_gbs(const std::string& device) {
+  if (device.find("H200") != std::string::npos) return 4800.0;
+  if (device.find("H100 PCIe") != std::string::npos) return 2000.0;
+  if (device.find("H100") != std::string::npos) return 3350.0;
+  if (device.find("A100") != std::string::npos) return 2039.0;
+  return 0.0;
+}
+
 int run(const Options& o) {
   if (zt::cuda_device_count() == 0) {
     std::printf("no device: cuda_device_count() = 0\n");
@@ -85,7 +101,7 @@ int run(const Options& o) {
   zt::ModelConfig cfg = zt::model_preset(o.preset);
   ZT_CHECK(o.seq_len <= cfg.seq_len, "--seq_len {} exceeds the preset's {}", o.seq_len, cfg.seq_len);
   const zt::ParamTable table(cfg);
-  auto cuda = zt::make_cuda_backend(0, o.bf16);
+  auto cuda = zt::make_cuda_backend(0, o.bf16, {"auto", "auto", "auto", o.epilogues});
   zt::ProfilingBackend profiler(*cuda, false);  // forwards only, until the profiled steps
   zt::Backend* be = &profiler;
   zt::FlatUnits units(*be, table, 1234);
@@ -101,10 +117,13 @@ int run(const Options& o) {
   // Q K^T and P V (12 L C T forward + backward, halved by the causal mask); llm.c and nanoGPT count the same way.
   const double flops_per_token = 6.0 * n_params + 6.0 * cfg.n_layer * double(cfg.d_model) * o.seq_len;
   const double peak = o.peak_tflops > 0 ? o.peak_tflops : default_peak_tflops(device);
+  const double peak_gbs = o.peak_gbs > 0 ? o.peak_gbs : default_peak_gbs(device);
   const double gib = double(1ull << 30);
-  std::printf("device %s | preset %s (%.1fM params) | B=%d T=%d | %s | activations %.2f GiB + bf16 copies %.2f GiB\n",
-              device.c_str(), o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
-              double(model.activation_bytes()) / gib, double(model.activation_copy_bytes()) / gib);
+  std::printf(
+      "device %s | preset %s (%.1fM params) | B=%d T=%d | %s | epilogues %s | activations %.2f GiB + bf16 copies "
+      "%.2f GiB\n",
+      device.c_str(), o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
+      o.epilogues.c_str(), double(model.activation_bytes()) / gib, double(model.activation_copy_bytes()) / gib);
   std::fflush(stdout);
 
   std::mt19937 rng(42);
@@ -151,8 +170,10 @@ int run(const Options& o) {
   else
     std::printf("zt_mfu=unknown (no peak for this card: pass --peak_tflops)\n");
   if (o.profile_steps > 0)
-    std::printf("\nwhere a step's time goes (%d profiled steps; each op timed between synchronizations):\n%s",
-                o.profile_steps, profiler.report(o.profile_steps).c_str());
+    std::printf(
+        "\nwhere a step's time goes (%d profiled steps; each op timed between synchronizations; pred ms: its flops "
+        "at %.0f TFLOP/s or its fp32 bytes at %.0f GB/s, the slower):\n%s",
+        o.profile_steps, peak, peak_gbs, profiler.report(o.profile_steps, peak, peak_gbs).c_str());
   for (size_t u = 0; u < m.size(); ++u) {
     be->release(m[u]);
     be->release(v[u]);

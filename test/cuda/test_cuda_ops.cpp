@@ -40,14 +40,21 @@ using zt::test::uniform;
 namespace {
 
 std::unique_ptr<zt::Backend> cuda_backend(bool bf16) { return zt::make_cuda_backend(0, bf16); }
+std::unique_ptr<zt::Backend> cuda_backend_epilogues(bool bf16, const char* epilogues) {
+  return zt::make_cuda_backend(0, bf16, {"auto", "auto", "auto", epilogues});
+}
 
 // fp32 mode: every op in fp32, matmuls in true fp32 (no TF32); the elementwise ops, the embedding and AdamW
 // reproduce the CPU's arithmetic exactly. bf16 mode differs in the matmuls' operands and the tensor-core attention.
-zt::test::OpTolerances cuda_tolerances(bool bf16) {
+// epilogues (--cuda_epilogues on): GELU evaluated by cuBLASLt's epilogue (the tanh form, a few ulp from the CPU's
+// sigmoid form: within kF32 and the product's own tolerance), and the bias gradient summed by the BGRAD epilogue
+// from dout as the weight-gradient product reads it: in bf16 mode dout rounded to bf16 (2^-9 relative each), which
+// puts dbias within kBf16Matmul like any bf16 product's output; in fp32 mode only the order of the sum changes.
+zt::test::OpTolerances cuda_tolerances(bool bf16, bool epilogues = false) {
   zt::test::OpTolerances tol;
   tol.layernorm = kF32;
   tol.matmul = bf16 ? zt::test::kBf16Matmul : kF32;
-  tol.matmul_dbias = kF32;  // a column sum of the fp32 dout in both modes
+  tol.matmul_dbias = bf16 && epilogues ? zt::test::kBf16Matmul : kF32;  // else a column sum of the fp32 dout
   tol.attention = kF32;
   if (bf16) {
     tol.reduced_attention_head_sizes = {32, 64};
@@ -62,6 +69,10 @@ zt::test::OpTolerances cuda_tolerances(bool bf16) {
 
 const zt::test::RegisterBackend cuda_fp32{{"cuda fp32", [] { return cuda_backend(false); }, cuda_tolerances(false)}};
 const zt::test::RegisterBackend cuda_bf16{{"cuda bf16", [] { return cuda_backend(true); }, cuda_tolerances(true)}};
+const zt::test::RegisterBackend cuda_fp32_epilogues{
+    {"cuda fp32 epilogues", [] { return cuda_backend_epilogues(false, "on"); }, cuda_tolerances(false, true)}};
+const zt::test::RegisterBackend cuda_bf16_epilogues{
+    {"cuda bf16 epilogues", [] { return cuda_backend_epilogues(true, "on"); }, cuda_tolerances(true, true)}};
 
 // A bf16 backend made with the environment variable `name` set to `value`, and the error that making one with it
 // set to `bad_value` gives. The backend reads the variable when it is made; it is unset before anything can fail.
@@ -121,7 +132,7 @@ TEST_CASE(
   // The flag (--cuda_attention fp32, as CudaVariants) picks the same kernels, and once given the variable is not read.
   ::setenv("ZT_CUDA_ATTENTION", "tensor", 1);
   std::unique_ptr<zt::Backend> flag_fp32;
-  CHECK_NOTHROW(flag_fp32 = zt::make_cuda_backend(0, true, {"fp32", "auto", "auto"}));
+  CHECK_NOTHROW(flag_fp32 = zt::make_cuda_backend(0, true, {"fp32", "auto", "auto", "auto"}));
   ::unsetenv("ZT_CUDA_ATTENTION");
   REQUIRE(flag_fp32 != nullptr);
   const auto flag_forced_fp32 = run(*flag_fp32);
@@ -182,9 +193,9 @@ TEST_CASE(
   CHECK_THAT(per_call.bad_value_error, Catch::Contains("ZT_CUDA_PARAM_COPY=yes: expected 1 (default) or 0"));
   CHECK(cuda_backend(false)->param_copy_bytes() == 0);  // fp32 mode reads the fp32 weights
   // --cuda_param_copy (CudaVariants) decides when given: off without the variable, on against ZT_CUDA_PARAM_COPY=0.
-  CHECK(zt::make_cuda_backend(0, true, {"auto", "auto", "off"})->param_copy_bytes() == 0);
+  CHECK(zt::make_cuda_backend(0, true, {"auto", "auto", "off", "auto"})->param_copy_bytes() == 0);
   ::setenv("ZT_CUDA_PARAM_COPY", "0", 1);
-  const size_t flag_on_bytes = zt::make_cuda_backend(0, true, {"auto", "auto", "on"})->param_copy_bytes();
+  const size_t flag_on_bytes = zt::make_cuda_backend(0, true, {"auto", "auto", "on", "auto"})->param_copy_bytes();
   ::unsetenv("ZT_CUDA_PARAM_COPY");
   CHECK(flag_on_bytes == 2);
 
@@ -273,6 +284,86 @@ TEST_CASE(
                     Catch::Contains("is not inside a kept range"));
   CHECK_THROWS_WITH(with_copies->refresh_param_copy(d.get() + 16, 32), Catch::Contains("is not inside a kept range"));
   with_copies->refresh_param_copy(d.get() + 8, 24);
+}
+
+namespace {
+
+// What the MLP's fused ops produce from one set of inputs: the forward's pre-activation and GELU output, then the
+// backward's (from a given GELU output) dpre, its dact scratch (poisoned before), and the projection's dweight and
+// dbias accumulated from zero.
+struct MlpResult {
+  VecF pre, out, dpre, dact, dweight, dbias;
+};
+MlpResult run_mlp(zt::Backend& be, int N, int C, int H, uint32_t seed) {
+  std::mt19937_64 rng(seed);
+  const VecF x = uniform(rng, size_t(N) * C, -1, 1), w_fc = uniform(rng, size_t(C) * H, -0.5f, 0.5f),
+             b_fc = uniform(rng, size_t(H), -1, 1), w_proj = uniform(rng, size_t(H) * C, -0.5f, 0.5f),
+             dout = uniform(rng, size_t(N) * C, -1, 1), act = uniform(rng, size_t(N) * H, -0.2f, 1);
+  BackendArray d_x(be, x.size()), d_wfc(be, w_fc.size()), d_bfc(be, b_fc.size()), d_wproj(be, w_proj.size());
+  BackendArray d_pre(be, size_t(N) * H), d_out(be, size_t(N) * H), d_dout(be, dout.size());
+  BackendArray d_dpre(be, size_t(N) * H), d_dact(be, size_t(N) * H), d_dw(be, w_proj.size()), d_db(be, size_t(C));
+  d_x.upload(x);
+  d_wfc.upload(w_fc);
+  d_bfc.upload(b_fc);
+  d_wproj.upload(w_proj);
+  d_dout.upload(dout);
+  be.zero(d_dw.get(), w_proj.size());
+  be.zero(d_db.get(), size_t(C));
+  be.matmul_gelu_forward(d_pre.get(), d_out.get(), d_x.get(), d_wfc.get(), d_bfc.get(), N, C, H);
+  const VecF out = d_out.download();
+  d_out.upload(act);  // the backward's input the same in every run, so its products can be compared bit for bit
+  be.matmul_gelu_backward(d_dpre.get(), d_dact.get(), d_dw.get(), d_db.get(), d_dout.get(), d_out.get(), d_wproj.get(),
+                          d_pre.get(), N, H, C);
+  return {d_pre.download(), out, d_dpre.download(), d_dact.download(), d_dw.download(), d_db.download()};
+}
+
+bool all_nan(const VecF& v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
+}
+bool same_bits(const VecF& a, const VecF& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+// The switch itself: which epilogue ran is seen in what it leaves (dact unwritten, GELU computed by another formula);
+// the products it does not change give the same bits on the simulator, whose cuBLASLt computes every epilogue's
+// product alike (on a GPU another kernel may sum in another order: there, within kF32). A width cuBLASLt cannot
+// fold (its GELU aux matrix needs a leading dimension that is a multiple of 8) falls back to the separate kernels.
+TEST_CASE("--cuda_epilogues on folds GELU, GELU' and the bias gradients into the products; falls back where it cannot",
+          "[cuda][epilogues]") {
+  CHECK_THROWS_WITH(cuda_backend_epilogues(true, "yes"), Catch::Contains("--cuda_epilogues yes: expected auto, on"));
+  const int N = 48, C = 40;
+  for (const bool bf16 : {false, true}) {
+    INFO((bf16 ? "bf16 mode" : "fp32 mode"));
+    auto off = cuda_backend_epilogues(bf16, "off"), on = cuda_backend_epilogues(bf16, "on");
+    const MlpResult a = run_mlp(*off, N, C, 160, 7), b = run_mlp(*on, N, C, 160, 7);
+    CHECK(!all_nan(a.dact));
+    CHECK(all_nan(b.dact));           // DGELU: the plain product was never written
+    CHECK(!same_bits(a.out, b.out));  // cuBLASLt's GELU, not gelu.cu's
+    // The same fp32 pre-activation goes into both GELUs (and GELU'): only the formula differs.
+    expect_close("out", b.out, a.out, kF32);
+    expect_close("dpre", b.dpre, a.dpre, kF32);
+    expect_close("dbias", b.dbias, a.dbias, bf16 ? zt::test::kBf16Matmul : kF32);
+#ifdef ZT_CUDA_SIM
+    CHECK(same_bits(a.pre, b.pre));
+    CHECK(same_bits(a.dweight, b.dweight));
+#else
+    expect_close("pre", b.pre, a.pre, kF32);
+    expect_close("dweight", b.dweight, a.dweight, kF32);
+#endif
+    // Width 164: no GELU epilogue (the simulator refuses the aux leading dimension; a GPU may not), so the separate
+    // kernels run and give their bits; the bias gradient is still folded into the weight-gradient product.
+    const MlpResult c = run_mlp(*off, N, C, 164, 8), d = run_mlp(*on, N, C, 164, 8);
+#ifdef ZT_CUDA_SIM
+    CHECK(!all_nan(d.dact));
+    const std::pair<const VecF*, const VecF*> unfused[] = {
+        {&c.pre, &d.pre}, {&c.out, &d.out}, {&c.dpre, &d.dpre}, {&c.dweight, &d.dweight}};
+    for (const auto& [x, y] : unfused) CHECK(same_bits(*x, *y));
+#endif
+    expect_close("fallback out", d.out, c.out, kF32);
+    expect_close("fallback dbias", d.dbias, c.dbias, bf16 ? zt::test::kBf16Matmul : kF32);
+  }
 }
 
 namespace {

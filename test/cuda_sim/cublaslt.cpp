@@ -1,13 +1,20 @@
 // The CUDA simulator's cuBLASLt: the calls matmul.cu makes, with cuBLASLt's column-major semantics,
-//   D = alpha op(A) op(B) + beta C (+ bias[i] on row i of D with CUBLASLT_EPILOGUE_BIAS),
-// fp32 or bf16 operands, fp32 C/D and compute (OpenBLAS's sgemm on the widened operands). The checks cuBLASLt makes are
-// made here too, so a plan that would be refused on a GPU is refused on the CPU: layouts whose shapes do not chain
-// (op(A) m x k, op(B) k x n, C and D m x n), leading dimensions below the rows, operands of another type than the
-// plan's, and pointers less aligned than the alignment the heuristic was promised. Anything else matmul.cu does not
-// use is CUBLAS_STATUS_NOT_SUPPORTED.
+//   D = epilogue(alpha op(A) op(B) + beta C)
+// fp32 or bf16 operands, fp32 C/D and compute (OpenBLAS's sgemm on the widened operands), and the epilogues
+// matmul.cu uses: BIAS (+ bias[i] on row i of D); GELU_AUX_BIAS (the biased value x goes to the auxiliary matrix, D
+// gets GELU(x), the tanh form); DGELU (D = x * GELU'(aux)); BGRADA / BGRADB (the bias pointer receives the sum over
+// k of op(A)'s row i / op(B)'s column j, of the operand as the product reads it: bf16 where it is bf16). The checks
+// cuBLASLt makes are made here too, so a plan that would be refused on a GPU is refused on the CPU: layouts whose
+// shapes do not chain (op(A) m x k, op(B) k x n, C and D m x n), leading dimensions below the rows, operands of
+// another type than the plan's, a bias or auxiliary matrix of another type than D (fp32), an auxiliary leading
+// dimension that is not a multiple of 8 or is below D's rows, and pointers (A, B, C, D, bias, aux) less aligned than
+// the heuristic was promised. Every other epilogue is CUBLAS_STATUS_NOT_SUPPORTED. What it cannot say: which
+// combinations the real library has kernels for on a given GPU (here every one above has one), and the library's
+// own GELU rounding (here the host's tanhf).
 #include <cblas.h>
 #include <cublasLt.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -24,7 +31,15 @@ struct Desc {
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   cudaDataType_t bias_type = CUDA_R_32F;
   const void* bias = nullptr;
+  const void* aux = nullptr;
+  int64_t aux_ld = 0;
+  cudaDataType_t aux_type = CUDA_R_32F;
 };
+
+// What an epilogue needs: a bias vector to add, a bias gradient to write, an auxiliary matrix (GELU's input).
+bool reads_bias(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS; }
+bool writes_bgrad(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB; }
+bool uses_aux(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU; }
 
 struct Layout {
   cudaDataType_t type;
@@ -37,10 +52,12 @@ struct Pref {
   uint32_t align[4] = {1, 1, 1, 1};  // A, B, C, D
 };
 
-// What the heuristic promised, kept in the algorithm's opaque words.
+// What the heuristic promised, kept in the algorithm's opaque words: the alignment of A, B, C, D (the preference's),
+// then of the bias and aux pointers as the descriptor held them (cuBLASLt reads their values, not what they point
+// at, to choose a kernel).
 struct Algo {
   uint32_t magic;
-  uint32_t align[4];
+  uint32_t align[6];
 };
 constexpr uint32_t kMagic = 0x5a54534d;  // "ZTSM"
 
@@ -63,11 +80,22 @@ void op_shape(const Layout& l, cublasOperation_t op, uint64_t& rows, uint64_t& c
   cols = op == CUBLAS_OP_N ? l.cols : l.rows;
 }
 
+cublasStatus_t validate_epilogue(const Desc& d, const Layout& dd) {
+  const cublasLtEpilogue_t e = d.epilogue;
+  if (e != CUBLASLT_EPILOGUE_DEFAULT && !reads_bias(e) && !writes_bgrad(e) && !uses_aux(e))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  if ((reads_bias(e) || writes_bgrad(e)) && d.bias_type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (uses_aux(e)) {
+    if (d.aux_type != dd.type) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (d.aux_ld % 8 != 0 || d.aux_ld < int64_t(dd.rows)) return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t validate(const Desc& d, const Layout& a, const Layout& b, const Layout& c, const Layout& dd) {
   if (d.compute != CUBLAS_COMPUTE_32F || d.scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (d.epilogue != CUBLASLT_EPILOGUE_DEFAULT && d.epilogue != CUBLASLT_EPILOGUE_BIAS)
-    return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && d.bias_type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  const cublasStatus_t epilogue_rc = validate_epilogue(d, dd);
+  if (epilogue_rc != CUBLAS_STATUS_SUCCESS) return epilogue_rc;
   if (!supported_operand(a.type) || a.type != b.type) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (c.type != CUDA_R_32F || dd.type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
   uint64_t am, ak, bk, bn;
@@ -96,15 +124,32 @@ float element(const void* base, cudaDataType_t type, uint64_t i) {
   return zt_sim::bf16_bits_to_float(bits);
 }
 
+// GELU in the tanh form (what cuBLASLt's GELU epilogues compute) and its derivative, in fp32.
+constexpr float kSqrt2OverPi = 0.7978845608f, kCubic = 0.044715f;
+float gelu(float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kCubic * x * x * x))); }
+float gelu_grad(float x) {
+  const float t = std::tanh(kSqrt2OverPi * (x + kCubic * x * x * x));
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
+}
+
 size_t type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
 // Bytes a column-major matrix spans.
 size_t span_bytes(const Layout& l) { return ((l.cols - 1) * uint64_t(l.ld) + l.rows) * type_bytes(l.type); }
 
-// D = alpha op(A) op(B) + beta C (+ bias): the queued part of cublasLtMatmul.
+// D = epilogue(alpha op(A) op(B) + beta C): the queued part of cublasLtMatmul.
 void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc, const Layout& ld, const void* A,
-             const void* B, const void* C, void* D, float al, float be, uint64_t m, uint64_t n, uint64_t k,
-             bool with_bias);
+             const void* B, const void* C, void* D, float al, float be, uint64_t m, uint64_t n, uint64_t k);
+
+// The epilogue's vectors and matrix lie inside device memory, as the kernel's reads and writes would have to.
+bool epilogue_in_device_memory(const Desc& d, const Layout& ld, uint64_t m, uint64_t n) {
+  const uint64_t bias_n = d.epilogue == CUBLASLT_EPILOGUE_BGRADB ? n : m;
+  if ((reads_bias(d.epilogue) || writes_bgrad(d.epilogue)) &&
+      (d.bias == nullptr || !zt_sim::is_device_range(d.bias, bias_n * sizeof(float))))
+    return false;
+  const Layout aux{ld.type, m, n, d.aux_ld};
+  return !uses_aux(d.epilogue) || (d.aux != nullptr && zt_sim::is_device_range(d.aux, span_bytes(aux)));
+}
 
 }  // namespace
 
@@ -160,6 +205,12 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
       return set(x.bias_type, buf, n);
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
       return set(x.bias, buf, n);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+      return set(x.aux, buf, n);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+      return set(x.aux_ld, buf, n);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE:
+      return set(x.aux_type, buf, n);
     default:
       return CUBLAS_STATUS_NOT_SUPPORTED;
   }
@@ -216,7 +267,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t /*handle*/, cubla
   const cublasStatus_t rc = validate(*desc(op), *layout(a), *layout(b), *layout(c), *layout(d));
   if (rc != CUBLAS_STATUS_SUCCESS) return rc;
   std::memset(&results[0], 0, sizeof results[0]);
-  Algo algo{kMagic, {pref(p)->align[0], pref(p)->align[1], pref(p)->align[2], pref(p)->align[3]}};
+  const Desc& dsc = *desc(op);
+  Algo algo{kMagic,
+            {pref(p)->align[0], pref(p)->align[1], pref(p)->align[2], pref(p)->align[3], alignment_of(dsc.bias),
+             alignment_of(dsc.aux)}};
   static_assert(sizeof(Algo) <= sizeof(cublasLtMatmulAlgo_t), "the promise fits the opaque words");
   std::memcpy(&results[0].algo, &algo, sizeof algo);
   results[0].state = CUBLAS_STATUS_SUCCESS;
@@ -238,8 +292,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
   Algo promised;
   std::memcpy(&promised, algo, sizeof promised);
   if (promised.magic != kMagic) return CUBLAS_STATUS_INVALID_VALUE;
-  const void* ptrs[4] = {A, B, C, D};
-  for (int i = 0; i < 4; ++i)
+  const void* ptrs[6] = {A, B, C, D, d.bias, d.aux};
+  for (int i = 0; i < 6; ++i)
     if (alignment_of(ptrs[i]) < promised.align[i]) return CUBLAS_STATUS_INVALID_VALUE;
   uint64_t m, k, k2, n;
   op_shape(la, d.trans_a, m, k);
@@ -251,12 +305,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
     return CUBLAS_STATUS_INVALID_VALUE;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   if (be != 0.0f && !zt_sim::is_device_range(C, span_bytes(lc))) return CUBLAS_STATUS_INVALID_VALUE;
-  const bool with_bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
-  if (with_bias && (d.bias == nullptr || !zt_sim::is_device_range(d.bias, m * sizeof(float))))
-    return CUBLAS_STATUS_INVALID_VALUE;
+  if (!epilogue_in_device_memory(d, ld, m, n)) return CUBLAS_STATUS_INVALID_VALUE;
   // Checked now, computed when the stream gets there: the descriptor, layouts and scalars as they are at this call.
-  zt_sim::enqueue(stream, [d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k, with_bias] {
-    product(d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k, with_bias);
+  zt_sim::enqueue(stream, [d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k] {
+    product(d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k);
   });
   return CUBLAS_STATUS_SUCCESS;
 }
@@ -265,9 +317,20 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
 
 namespace {
 
+// BGRADA: bias[i] = the sum over k of op(A)'s row i; BGRADB: bias[j] = that of op(B)'s column j; in k order, fp32.
+void bias_gradient(const Desc& d, const std::vector<float>& af, const std::vector<float>& bf, uint64_t m, uint64_t n,
+                   uint64_t k) {
+  const bool of_a = d.epilogue == CUBLASLT_EPILOGUE_BGRADA;
+  auto* out = static_cast<float*>(const_cast<void*>(d.bias));
+  for (uint64_t i = 0; i < (of_a ? m : n); ++i) {
+    float sum = 0.0f;
+    for (uint64_t p = 0; p < k; ++p) sum += of_a ? af[i + p * m] : bf[p + i * k];
+    out[i] = sum;
+  }
+}
+
 void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc, const Layout& ld, const void* A,
-             const void* B, const void* C, void* D, float al, float be, uint64_t m, uint64_t n, uint64_t k,
-             bool with_bias) {
+             const void* B, const void* C, void* D, float al, float be, uint64_t m, uint64_t n, uint64_t k) {
   // op(A)[i][p]: A stored column-major, element (r, c) at r + c * ld.
   auto a_at = [&](uint64_t i, uint64_t p) {
     return d.trans_a == CUBLAS_OP_N ? element(A, la.type, i + p * uint64_t(la.ld))
@@ -287,6 +350,9 @@ void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc
   if (k > 0)
     cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), al, af.data(), int(m), bf.data(),
                 int(k), 0.0f, prod.data(), int(m));
+  if (writes_bgrad(d.epilogue)) bias_gradient(d, af, bf, m, n, k);
+  const auto* bias = static_cast<const float*>(d.bias);
+  auto* aux = static_cast<float*>(const_cast<void*>(d.aux));
   for (uint64_t j = 0; j < n; ++j) {
     float* out = static_cast<float*>(D) + j * uint64_t(ld.ld);
     const float* c_col = static_cast<const float*>(C) + j * uint64_t(lc.ld);
@@ -295,7 +361,13 @@ void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc
       // beta = 0 ignores C entirely (it may hold NaN), as BLAS specifies. C may be D: each element is read before
       // it is written.
       if (be != 0.0f) v += be * c_col[i];
-      if (with_bias) v += static_cast<const float*>(d.bias)[i];
+      if (reads_bias(d.epilogue)) v += bias[i];
+      if (d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+        aux[i + j * uint64_t(d.aux_ld)] = v;
+        v = gelu(v);
+      } else if (d.epilogue == CUBLASLT_EPILOGUE_DGELU) {
+        v *= gelu_grad(aux[i + j * uint64_t(d.aux_ld)]);
+      }
       out[i] = v;
     }
   }

@@ -330,3 +330,181 @@ TEST_CASE("the cuBLASLt stand-in refuses shapes that do not chain and pointers l
   cublasLtMatmulDescDestroy(op);
   cublasLtDestroy(handle);
 }
+
+namespace {
+
+// One cuBLASLt product D[8x2] = A[8x3] B[3x2] (column-major, fp32) with an epilogue, through the stand-in: the
+// values are multiples of 1/4 and 1/2 with few terms, so products and sums are exact in fp32 and the expected values
+// below are exact too (GELU's aside).
+struct EpilogueProduct {
+  static constexpr int m = 8, k = 3, n = 2;
+  cublasLtHandle_t handle{};
+  cublasLtMatmulDesc_t op{};
+  cublasLtMatrixLayout_t a{}, b{}, d{};
+  cublasLtMatmulPreference_t pref{};
+  std::vector<float> ha = std::vector<float>(m * k), hb = std::vector<float>(k * n);
+  float *da = nullptr, *db = nullptr, *dd = nullptr, *dbias = nullptr, *daux = nullptr;
+
+  explicit EpilogueProduct(cublasLtEpilogue_t epilogue) {
+    cublasLtCreate(&handle);
+    cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue);
+    cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, m, k, m);
+    cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, k, n, k);
+    cublasLtMatrixLayoutCreate(&d, CUDA_R_32F, m, n, m);
+    cublasLtMatmulPreferenceCreate(&pref);
+    for (int i = 0; i < m * k; ++i) ha[size_t(i)] = float(i % 5 - 2) * 0.25f;
+    for (int i = 0; i < k * n; ++i) hb[size_t(i)] = float(i % 3 - 1) * 0.5f;
+    da = device_copy(ha);
+    db = device_copy(hb);
+    dd = device_copy(std::vector<float>(m * n, 0.0f));
+    dbias = device_copy(std::vector<float>(m + 4, 0.0f));
+    daux = device_copy(std::vector<float>(m * n + 4, 0.0f));
+  }
+  ~EpilogueProduct() {
+    for (float* p : {da, db, dd, dbias, daux}) cudaFree(p);
+    for (auto l : {a, b, d}) cublasLtMatrixLayoutDestroy(l);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatmulDescDestroy(op);
+    cublasLtDestroy(handle);
+  }
+  template <typename T>
+  cublasStatus_t set(cublasLtMatmulDescAttributes_t attr, const T& value) {
+    return cublasLtMatmulDescSetAttribute(op, attr, &value, sizeof value);
+  }
+  // The pointers and aux ld most cases use.
+  void set_bias_and_aux(int64_t aux_ld = m) {
+    REQUIRE(set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, dbias) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, daux) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, aux_ld) == CUBLAS_STATUS_SUCCESS);
+  }
+  cublasStatus_t heuristic(cublasLtMatmulAlgo_t* algo) {
+    cublasLtMatmulHeuristicResult_t result{};
+    int n_results = 0;
+    const cublasStatus_t rc = cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, d, d, pref, 1, &result, &n_results);
+    *algo = result.algo;
+    return rc;
+  }
+  // Heuristic, then the product with beta = 0; what the later of the two returned.
+  cublasStatus_t run() {
+    cublasLtMatmulAlgo_t algo;
+    const cublasStatus_t rc = heuristic(&algo);
+    if (rc != CUBLAS_STATUS_SUCCESS) return rc;
+    return matmul(algo);
+  }
+  cublasStatus_t matmul(const cublasLtMatmulAlgo_t& algo) {
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasLtMatmul(handle, op, &alpha, da, a, db, b, &beta, dd, d, dd, d, &algo, nullptr, 0, nullptr);
+  }
+  float product(int i, int j) const {
+    float sum = 0.0f;
+    for (int p = 0; p < k; ++p) sum += ha[size_t(i + p * m)] * hb[size_t(p + j * k)];
+    return sum;
+  }
+};
+
+// GELU (tanh form) and its derivative in double: what the stand-in's fp32 epilogue approximates.
+double gelu_ref(double x) { return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+double gelu_grad_ref(double x) {
+  const double t = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
+}
+
+}  // namespace
+
+TEST_CASE("cuBLASLt stand-in: GELU_AUX_BIAS keeps x = AB + bias in aux and writes GELU(x)", "[cuda_sim][epilogue]") {
+  EpilogueProduct p(CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
+  const std::vector<float> bias{-1.5f, -0.75f, -0.25f, 0.0f, 0.25f, 0.5f, 1.0f, 2.0f};
+  REQUIRE(cudaMemcpy(p.dbias, bias.data(), bias.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  p.set_bias_and_aux();
+  REQUIRE(p.run() == CUBLAS_STATUS_SUCCESS);
+  const auto d = host_copy(p.dd, size_t(p.m * p.n)), aux = host_copy(p.daux, size_t(p.m * p.n));
+  for (int j = 0; j < p.n; ++j)
+    for (int i = 0; i < p.m; ++i) {
+      const float x = p.product(i, j) + bias[size_t(i)];
+      CHECK(aux[size_t(i + j * p.m)] == x);
+      // fp32 tanh and polynomial: a few ulp of the result, far below a wrong formula's 1e-3.
+      CHECK(std::fabs(d[size_t(i + j * p.m)] - gelu_ref(x)) <= 1e-6 * (1 + std::fabs(x)));
+    }
+}
+
+TEST_CASE("cuBLASLt stand-in: DGELU multiplies AB by GELU'(aux)", "[cuda_sim][epilogue]") {
+  EpilogueProduct p(CUBLASLT_EPILOGUE_DGELU);
+  std::vector<float> pre(size_t(p.m * p.n));
+  for (size_t i = 0; i < pre.size(); ++i) pre[i] = float(i) * 0.5f - 4.0f;  // both tails and the bend
+  REQUIRE(cudaMemcpy(p.daux, pre.data(), pre.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  p.set_bias_and_aux();
+  REQUIRE(p.run() == CUBLAS_STATUS_SUCCESS);
+  const auto d = host_copy(p.dd, size_t(p.m * p.n));
+  for (int j = 0; j < p.n; ++j)
+    for (int i = 0; i < p.m; ++i) {
+      const size_t at = size_t(i + j * p.m);
+      const double want = p.product(i, j) * gelu_grad_ref(pre[at]);
+      CHECK(std::fabs(d[at] - want) <= 1e-6 * (1 + std::fabs(want)));
+    }
+  CHECK(host_copy(p.dbias, size_t(p.m)) == std::vector<float>(size_t(p.m), 0.0f));  // no bias touched
+}
+
+TEST_CASE("cuBLASLt stand-in: BGRADA / BGRADB write the sums over k of op(A)'s rows / op(B)'s columns",
+          "[cuda_sim][epilogue]") {
+  const bool of_a = GENERATE(true, false);
+  INFO((of_a ? "BGRADA" : "BGRADB"));
+  EpilogueProduct p(of_a ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_BGRADB);
+  // What was in the bias vector is overwritten, not added to (the backend accumulates it itself).
+  REQUIRE(cudaMemcpy(p.dbias, std::vector<float>(size_t(p.m), 7.0f).data(), size_t(p.m) * sizeof(float),
+                     cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.dbias) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(p.run() == CUBLAS_STATUS_SUCCESS);
+  const auto d = host_copy(p.dd, size_t(p.m * p.n)), bgrad = host_copy(p.dbias, size_t(p.m));
+  for (int j = 0; j < p.n; ++j)
+    for (int i = 0; i < p.m; ++i) CHECK(d[size_t(i + j * p.m)] == p.product(i, j));  // D is the plain product
+  for (int i = 0; i < (of_a ? p.m : p.n); ++i) {
+    float want = 0.0f;
+    for (int q = 0; q < p.k; ++q) want += of_a ? p.ha[size_t(i + q * p.m)] : p.hb[size_t(q + i * p.k)];
+    CHECK(bgrad[size_t(i)] == want);
+  }
+  if (!of_a)
+    for (int i = p.n; i < p.m; ++i) CHECK(bgrad[size_t(i)] == 7.0f);  // n entries only
+}
+
+TEST_CASE("cuBLASLt stand-in: epilogues it does not model, bad aux layouts and moved pointers are refused",
+          "[cuda_sim][epilogue]") {
+  // Epilogues matmul.cu does not use: NOT_SUPPORTED, as the real library answers for a combination it lacks.
+  for (auto e :
+       {CUBLASLT_EPILOGUE_GELU, CUBLASLT_EPILOGUE_GELU_AUX, CUBLASLT_EPILOGUE_DGELU_BGRAD, CUBLASLT_EPILOGUE_RELU}) {
+    EpilogueProduct p(e);
+    p.set_bias_and_aux();
+    CHECK(p.run() == CUBLAS_STATUS_NOT_SUPPORTED);
+  }
+  {  // a bias or aux of another type than D (fp32 here)
+    EpilogueProduct p(CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
+    p.set_bias_and_aux();
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_16BF) == CUBLAS_STATUS_SUCCESS);
+    CHECK(p.run() == CUBLAS_STATUS_NOT_SUPPORTED);
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, CUDA_R_16BF) == CUBLAS_STATUS_SUCCESS);
+    CHECK(p.run() == CUBLAS_STATUS_NOT_SUPPORTED);
+  }
+  // An aux leading dimension that is not a multiple of 8, or below D's rows.
+  for (const int64_t ld : {12, 0}) {
+    EpilogueProduct p(CUBLASLT_EPILOGUE_DGELU);
+    p.set_bias_and_aux(ld);
+    CHECK(p.run() == CUBLAS_STATUS_INVALID_VALUE);
+  }
+  {  // Pointers moved after the heuristic chose for their alignment, or outside device memory, fail the product.
+    EpilogueProduct p(CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
+    p.set_bias_and_aux();
+    cublasLtMatmulAlgo_t algo;
+    REQUIRE(p.heuristic(&algo) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(p.matmul(algo) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.dbias + 1) == CUBLAS_STATUS_SUCCESS);
+    CHECK(p.matmul(algo) == CUBLAS_STATUS_INVALID_VALUE);
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.dbias) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, p.daux + 4) == CUBLAS_STATUS_SUCCESS);
+    CHECK(p.matmul(algo) == CUBLAS_STATUS_INVALID_VALUE);  // 16 bytes past: less aligned than the 256 promised
+    std::vector<float> host_aux(size_t(p.m * p.n));
+    REQUIRE(p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, host_aux.data()) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(p.heuristic(&algo) == CUBLAS_STATUS_SUCCESS);
+    CHECK(p.matmul(algo) == CUBLAS_STATUS_INVALID_VALUE);
+  }
+}

@@ -52,10 +52,13 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
 
   const auto& ops = profiled.ops();
   auto calls = [&](const std::string& name) { return ops.count(name) ? ops.at(name).calls : 0L; };
-  // Per block: qkv, attention projection, fc, fc projection; then the tied LM head, whose backward runs as two calls
-  // (its input gradient at the head, its weight gradient at the end of the backward).
-  CHECK(calls("matmul_forward") == 4 * L + 1);
-  CHECK(calls("matmul_backward") == 4 * L + 2);
+  // Per block: qkv, attention projection, fc projection; then the tied LM head, whose backward runs as two calls
+  // (its input gradient at the head, its weight gradient at the end of the backward). The fc product runs with its
+  // GELU as one op, and so does the fc projection's backward with GELU's.
+  CHECK(calls("matmul_forward") == 3 * L + 1);
+  CHECK(calls("matmul_backward") == 3 * L + 2);
+  CHECK(calls("matmul_gelu_forward") == L);
+  CHECK(calls("matmul_gelu_backward") == L);
   CHECK(calls("attention_forward") == L);
   CHECK(calls("attention_backward") == L);
   // ln_1 of the first block alone; every later LayerNorm is fused with the residual add before it (ln_2 after the
@@ -64,15 +67,18 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
   CHECK(calls("residual_layernorm_forward") == 2 * L);
   CHECK(calls("residual_forward") == 0);
   CHECK(calls("layernorm_backward") == 2 * L + 1);
-  CHECK(calls("gelu_forward") == L);
+  CHECK(calls("gelu_forward") == 0);
   CHECK(calls("embedding_forward") == 1);
   CHECK(calls("softmax_cross_entropy") == 1);
   CHECK(calls("adamw_update") == 0);
-  // Forward matmul flops: 2 B T (12 L C^2 + C Vp), Vp the padded vocabulary the LM head multiplies.
+  // Forward matmul flops: 2 B T (12 L C^2 + C Vp), Vp the padded vocabulary the LM head multiplies; the fc
+  // product's 4 L C^2 of them in matmul_gelu_forward.
   const double bt = double(B) * T, c = C, vp = double(table.config().padded_vocab());
-  CHECK(ops.at("matmul_forward").flops == 2 * bt * (12 * L * c * c + c * vp));
+  CHECK(ops.at("matmul_forward").flops == 2 * bt * (8 * L * c * c + c * vp));
+  CHECK(ops.at("matmul_gelu_forward").flops == 2 * bt * 4 * L * c * c);
   // Backward: both products of each, the LM head's counted once each over its two calls.
-  CHECK(ops.at("matmul_backward").flops == 2 * 2 * bt * (12 * L * c * c + c * vp));
+  CHECK(ops.at("matmul_backward").flops == 2 * 2 * bt * (8 * L * c * c + c * vp));
+  CHECK(ops.at("matmul_gelu_backward").flops == 2 * 2 * bt * 4 * L * c * c);
   // Attention forward: 2 T^2 hs per (batch, head) and layer.
   CHECK(ops.at("attention_forward").flops == 2.0 * B * NH * T * T * (c / NH) * L);
   for (const auto& kv : ops) CHECK(kv.second.seconds >= 0);
@@ -92,7 +98,7 @@ TEST_CASE("a profiled GPT-2 step equals the plain one and counts every op with i
     fields >> name >> calls_per_step;
     if (name == "matmul_forward") {
       found_matmul = true;
-      CHECK(calls_per_step == (4 * L + 1) / 2.0);
+      CHECK(calls_per_step == (3 * L + 1) / 2.0);
     }
     found_total = found_total || name == "total";
   }
