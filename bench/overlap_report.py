@@ -50,7 +50,9 @@ def collect(records, warmup):
         rows.append({
             "stage": stage, "variant": variant, "rate": rate, "tc_bps": rate_bps(rate),
             "achieved_Bps": link["largest_bytes"] / link["one_way_s"],
-            "collective_Bps": link["largest_bytes"] / link["largest_s"], "alpha_s": link["alpha_s"],
+            "collective_Bps": link["largest_bytes"] / link["largest_s"],
+            # α: the smallest all-gather's time (1 KiB), as the scaling model reads it; the fit's intercept can be negative.
+            "alpha_s": link["points"][0][1], "alpha_fit_s": link["alpha_s"],
             "beta_Bps": link["beta_Bps"], "step_s": step, "compute_s": c, "comm_s": t_comm,
             "comm_bytes": comm[(rate, stage)]["bytes_sent"], "n_parts": comm[(rate, stage)]["n_parts"],
             "preset": comm[(rate, stage)]["preset"], "micro_batch": comm[(rate, stage)]["micro_batch"],
