@@ -330,8 +330,10 @@ bool same_bits(const VecF& a, const VecF& b) {
 // the products it does not change give the same bits on the simulator, whose cuBLASLt computes every epilogue's
 // product alike (on a GPU another kernel may sum in another order: there, within kF32). A width cuBLASLt cannot
 // fold (its GELU aux matrix needs a leading dimension that is a multiple of 8) falls back to the separate kernels.
-TEST_CASE("--cuda_epilogues on folds GELU, GELU' and the bias gradients into the products; falls back where it cannot",
-          "[cuda][epilogues]") {
+TEST_CASE(
+    "cuda_epilogues on: GELU, GELU' and the bias gradients folded into the products, with a fallback where they cannot "
+    "be",
+    "[cuda][epilogues]") {
   CHECK_THROWS_WITH(cuda_backend_epilogues(true, "yes"), Catch::Contains("--cuda_epilogues yes: expected auto, on"));
   const int N = 48, C = 40;
   for (const bool bf16 : {false, true}) {
