@@ -352,9 +352,9 @@ void ZeroEngine::share_loaded_moments(size_t p) {
   const ShardLayout& L = parts_[p].layout;
   const size_t b = L.begin(comm_.rank());
   float* full = be_.alloc(L.padded_numel);
+  const std::vector<Piece> pieces = pieces_in_range(extents_[p], 0, L.padded_numel);
   for (float* moment : {s.m, s.v}) {
     size_t skipped = 0;
-    const std::vector<Piece> pieces = pieces_in_range(extents_[p], 0, L.padded_numel);
     for (const Piece& pc : pieces) {
       if (frozen(pc.tensor)) {
         skipped += pc.count;
