@@ -23,6 +23,7 @@
 #include "core/backend.hpp"
 #include "core/config.hpp"
 #include "core/errors.hpp"
+#include "test/catch_session.hpp"
 
 namespace zt::test {
 
@@ -250,20 +251,16 @@ struct ScratchDir {
 
 // ---- Catch2 under MPI ----
 
-#ifdef CATCH_CONFIG_RUNNER  // Catch::Session is declared only where a file provides main()
 /// Runs the test cases on every rank of an initialised MPI_COMM_WORLD, then finalises MPI. Rank 0 reports
 /// successes, every rank its own failures; the exit status is 1 on every rank when any rank failed.
 inline int run_catch_on_every_rank(int argc, char** argv) {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  Catch::Session session;
-  if (rank != 0) session.configData().reporterName = "compact";
-  const int rc = session.run(argc, argv);
+  const int rc = run_catch(argc, argv, rank != 0);
   int any_failed = 0;
   MPI_Allreduce(&rc, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   MPI_Finalize();
   return any_failed == 0 ? 0 : 1;
 }
-#endif
 
 }  // namespace zt::test

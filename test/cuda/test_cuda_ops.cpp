@@ -2,7 +2,7 @@
 // steps), in fp32 and in bf16 mode, at the tolerances below; and what only the CUDA backend has: the tensor-core
 // attention and its switches, the bf16 parameter and activation copies. Exits 77 (CTest: skipped) with no device;
 // built against the CUDA simulator as test_cuda_ops_sim.
-#define CATCH_CONFIG_RUNNER
+#define CATCH_CONFIG_EXTERNAL_INTERFACES  // CATCH_REGISTER_LISTENER below needs the listener interfaces
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -398,5 +398,5 @@ int main(int argc, char** argv) {
   }
   std::printf("CUDA device 0: %s\n", zt::cuda_device_description(0).c_str());
   zt::test::test_seed();  // printed before the first case
-  return Catch::Session().run(argc, argv);
+  return zt::test::run_catch(argc, argv);
 }

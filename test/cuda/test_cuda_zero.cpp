@@ -1,7 +1,6 @@
 // Under mpirun, ranks possibly sharing one GPU: the staged MPI comm gives MpiComm's bits on device buffers; GPT-2
 // steps through the ZeRO engine on CUDA (fp32) match the CPU at every stage, and the stages agree bit for bit.
 // Exits 77 (CTest: skipped) with no device.
-#define CATCH_CONFIG_RUNNER
 #include <mpi.h>
 
 #include <catch2/catch.hpp>

@@ -1,7 +1,6 @@
 // The NCCL comm under mpirun with one GPU per rank (the smoke test runs one rank): collectives on exactly
 // representable values, host buffers through MPI, errors, traffic counters, and ZeRO steps equal to the staged MPI
 // comm's. Exits 77 (CTest: skipped) with no device, no loadable NCCL, or ranks sharing a GPU.
-#define CATCH_CONFIG_RUNNER
 #include <mpi.h>
 #include <catch2/catch.hpp>
 

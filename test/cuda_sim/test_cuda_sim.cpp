@@ -1,6 +1,5 @@
 // The CUDA simulator's own tests (test/cuda_sim/): that it runs what the hardware would and refuses, or shows, what the
 // hardware would not. Compiled like a .cu file of cuda/ for the simulator (its device environment force-included).
-#define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>

@@ -1,5 +1,4 @@
 // Catch2 main for tests run under mpirun: MPI up before the tests, every rank reports its own failures.
-#define CATCH_CONFIG_RUNNER
 #include <mpi.h>
 #include <catch2/catch.hpp>
 
