@@ -216,6 +216,21 @@ def check_readers(work):
     rc, log = C.run(1, ["ckpt", "verify", old], expect=None)
     C.check(rc == 1 and "dataset optim/exp_avg/wte is missing" in log,
             "labelled version 2, the frozen tensors' absent optim/ datasets read as damage", log[-1500:])
+    # A manifest whose digest matches but whose optimizer.frozen is forged: an unknown tensor name, or not a list,
+    # must be refused by name, not read as "that tensor has no Adam state".
+    for i, (label, edit, want) in enumerate([
+            ("names an unknown tensor", lambda m: m["optimizer"]["frozen"].append("h.99.mlp.c_fc.weight"),
+             "the manifest's optimizer.frozen names \"h.99.mlp.c_fc.weight\", not a tensor of the model"),
+            ("is not a list", lambda m: m["optimizer"].update(frozen="wte"),
+             "the manifest's optimizer.frozen is not a list")]):
+        forged = shutil.copytree(f"{work}/plain/checkpoint-4", f"{work}/forged_{i}/checkpoint-4")
+        C.rewrite_manifest(forged, edit)
+        rc, log = C.run(1, ["ckpt", "verify", forged], expect=None)
+        C.check(rc == 1 and want in log, f"a digest-valid manifest whose optimizer.frozen {label} is refused",
+                log[-1500:])
+        rc, log = train(1, f"{work}/o_forged_{i}", expect="nonzero", freeze=FREEZE,
+                        resume_from_checkpoint=forged, max_steps=6)
+        C.check(want in log, "... and the resume refuses it, naming the problem", log[-1500:])
 
 
 def check_startup_line(work):
