@@ -48,8 +48,12 @@ def read_losses(path):
     return out
 
 
-def train(binary, flags, out_dir, log_name):
-    """Runs one training; returns (losses or None, seconds, the first error line or "")."""
+def train(binary, flags, out_dir, log_name, reuse_steps=0):
+    """Runs one training; returns (losses or None, seconds, the first error line or ""). With reuse_steps, a run whose
+    metrics.jsonl already holds that many steps is read instead of run again (a long experiment resumed)."""
+    metrics = os.path.join(out_dir, "metrics.jsonl")
+    if reuse_steps and os.path.isfile(metrics) and len(read_losses(metrics)) == reuse_steps:
+        return read_losses(metrics), None, ""
     cmd = [binary, "train", "--output_dir", out_dir, "--quiet"] + flags
     t = time.time()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -200,11 +204,11 @@ def run_grad_reduce(args):
             flags = ["--preset", args.preset, "--max_steps", str(args.steps), "--seed", str(seed),
                      "--grad_reduce", mode] + shlex.split(args.flags)
             out = os.path.join(work, f"{mode}_seed{seed}")
-            losses, secs, err = train(args.harness, flags, out, out + ".log")
+            losses, secs, err = train(args.harness, flags, out, out + ".log", args.steps if args.reuse else 0)
             if losses is None:
                 raise SystemExit(f"loss_curves: grad_reduce seed {seed} {mode}: {err}")
             row[mode] = {"final_window_mean": round(window_mean(losses, first, args.steps), 5),
-                         "seconds": round(secs, 1), "losses": losses}
+                         "seconds": None if secs is None else round(secs, 1), "losses": losses}
         a, b = row["fp32"]["losses"], row["bf16"]["losses"]
         row["max_abs_delta_per_step"] = round(max(abs(a[s] - b[s]) for s in a if s > args.band_after), 5)
         row["window_delta"] = round(row["bf16"]["final_window_mean"] - row["fp32"]["final_window_mean"], 5)
@@ -261,6 +265,7 @@ def main(argv=None):
     g.add_argument("--window", type=int, default=50, help="the curves are compared by the mean loss of the last N steps")
     g.add_argument("--band_after", type=int, default=10)
     g.add_argument("--name", default="grad_reduce_bf16")
+    g.add_argument("--reuse", action="store_true", help="keep the runs --work already holds in full (seconds: null)")
     for p in (v, g):
         p.add_argument("--preset", default="tiny")
         p.add_argument("--flags", default="", help="flags added to every run (one shell-quoted string)")
