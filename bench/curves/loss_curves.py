@@ -160,7 +160,7 @@ def run_variants(args):
             elif not broken and not r["inside_band"]:
                 failed.append(f"{name}: leaves the band at {r['why_outside']}")
         runs[name] = r
-        verdict = r.get("error") or (f"largest |delta| {r['max_tracking_delta']:.4f} (steps to {args.track_until}), "
+        verdict = r.get("error") or (f"largest |delta| {r['max_tracking_delta']:.4f} (steps to {min(args.track_until, args.steps)}), "
                                      f"largest |{args.window}-step mean delta| {r['max_window_delta']:.4f} after: "
                                      + ("inside the band" if r["inside_band"] else "outside: " + r["why_outside"]))
         print(f"{name}{' (broken on purpose)' if broken else ''}: {secs:.1f} s, {verdict}", flush=True)
@@ -245,7 +245,7 @@ def main(argv=None):
     build = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build")
     v = sub.add_parser("variants", help="CUDA variants on the simulator against the fp32 CPU curve")
     v.add_argument("--zerotrain", default=os.path.join(build, "zerotrain"), help="the CPU reference's binary")
-    v.add_argument("--zerotrain_sim", default=os.path.join(build, "zerotrain_sim"), help="the variants' binary")
+    v.add_argument("--zerotrain_sim", default=os.path.join(build, "test", "zerotrain_sim"), help="the variants' binary")
     v.add_argument("--variant", action="append", help="NAME=FLAGS, replacing the built-in list (repeatable)")
     v.add_argument("--broken", action="append", default=[],
                    help="NAME=FLAGS of a run broken on purpose, which must leave the band (repeatable)")
