@@ -133,7 +133,8 @@ def plot(path, ref, runs, args, title):
 def run_variants(args):
     os.makedirs(args.out_dir, exist_ok=True)
     work = args.work or tempfile.mkdtemp(prefix="zt_curves.")
-    common = ["--preset", args.preset, "--max_steps", str(args.steps), "--seed", str(args.seed)] + shlex.split(args.flags)
+    common = ["--preset", args.preset, "--max_steps", str(args.steps), "--seed", str(args.seed)]
+    common += shlex.split(args.flags)
     specs = [parse_variant(v) + (False,) for v in (args.variant or VARIANTS)]
     specs += [parse_variant(v) + (True,) for v in args.broken]
     names = [s[0] for s in specs] + ["fp32_cpu"]
@@ -160,7 +161,8 @@ def run_variants(args):
             elif not broken and not r["inside_band"]:
                 failed.append(f"{name}: leaves the band at {r['why_outside']}")
         runs[name] = r
-        verdict = r.get("error") or (f"largest |delta| {r['max_tracking_delta']:.4f} (steps to {min(args.track_until, args.steps)}), "
+        tracked_to = min(args.track_until, args.steps)
+        verdict = r.get("error") or (f"largest |delta| {r['max_tracking_delta']:.4f} (steps to {tracked_to}), "
                                      f"largest |{args.window}-step mean delta| {r['max_window_delta']:.4f} after: "
                                      + ("inside the band" if r["inside_band"] else "outside: " + r["why_outside"]))
         print(f"{name}{' (broken on purpose)' if broken else ''}: {secs:.1f} s, {verdict}", flush=True)
@@ -170,9 +172,11 @@ def run_variants(args):
         names = [n for n in runs if runs[n]["losses"] is not None]
         w.writerow(["step", "fp32_cpu"] + names)
         for s in sorted(ref):
-            w.writerow([s, f"{ref[s]:.6f}"] + [f"{runs[n]['losses'][s]:.6f}" if s in runs[n]["losses"] else "" for n in names])
+            w.writerow([s, f"{ref[s]:.6f}"] +
+                       [f"{runs[n]['losses'][s]:.6f}" if s in runs[n]["losses"] else "" for n in names])
     summary = {"preset": args.preset, "steps": args.steps, "seed": args.seed, "flags": " ".join(common),
-               "band": {"after_step": args.band_after, "track_until": args.track_until, "track_band_nats": args.track_band,
+               "band": {"after_step": args.band_after, "track_until": args.track_until,
+                        "track_band_nats": args.track_band,
                         "window": args.window, "window_band_nats": args.band},
                "variants": {n: {k: v for k, v in r.items() if k != "losses"} for n, r in runs.items()},
                "failures": failed}
@@ -262,7 +266,8 @@ def main(argv=None):
     g.add_argument("--harness", default=os.path.join(build, "bench", "grad_reduce_bf16"))
     g.add_argument("--steps", type=int, default=300)
     g.add_argument("--seeds", type=int, nargs="+", default=[1234, 1, 2])
-    g.add_argument("--window", type=int, default=50, help="the curves are compared by the mean loss of the last N steps")
+    g.add_argument("--window", type=int, default=50,
+                   help="the curves are compared by the mean loss of the last N steps")
     g.add_argument("--band_after", type=int, default=10)
     g.add_argument("--name", default="grad_reduce_bf16")
     g.add_argument("--reuse", action="store_true", help="keep the runs --work already holds in full (seconds: null)")
