@@ -41,7 +41,7 @@ if [ "${ZT_SKIP_SANITIZERS:-0}" != 1 ]; then
   # simulator's 4-rank ZeRO test, GPT-2-sized step (9 min under ASan), CLI and bench runs are left to the full
   # suite (their kernels are these).
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan -L "$labels" -E 'cuda_sim_(zero|ckpt|bench|gpt2)' --output-on-failure -j"$jobs"
+    ctest --test-dir build-asan -L "$labels" -E 'cuda_sim_(zero|ckpt|bench|gpt2|loss)' --output-on-failure -j"$jobs"
   phase "sanitizer tests"
 fi
 
