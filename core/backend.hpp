@@ -125,6 +125,16 @@ class Backend {
   virtual double squared_norm(const float* x, size_t n) = 0;
   /// x += y (gradient accumulation across micro-steps).
   virtual void accumulate(float* x, const float* y, size_t n) = 0;
+
+  /// Whether begin_graph / end_graph record and replay (the CUDA backend's --cuda_graphs on); false: they do nothing.
+  virtual bool records_graphs() const { return false; }
+  /// Opens a graph region: the ops up to end_graph may be recorded and run later, at end_graph, as one replayable
+  /// unit (a CUDA graph), with their pointers and by-value arguments as given. The caller promises that, inside the
+  /// region, it reads no op result and issues no device work other than through these ops (no comm); calls that
+  /// need results (to_host, synchronize, squared_norm) run what was recorded first. Regions do not nest.
+  virtual void begin_graph() {}
+  /// Closes the region: its ops have been issued (in order, on the backend's stream) when it returns.
+  virtual void end_graph() {}
 };
 
 /// The CPU reference backend (OpenBLAS + OpenMP); `threads` 0 keeps the current OpenMP setting.

@@ -149,7 +149,10 @@ using StringList = std::vector<std::string>;
     "auto: on, or the deprecated ZT_CUDA_PARAM_COPY=0 when set")                                                      \
   X(std::string, cuda_epilogues, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                             \
     "CUDA: fold GELU, its derivative and the bias gradients into the cuBLASLt products (on) or run them as separate "  \
-    "kernels (off); auto: off until a GPU run shows the fused form faster")
+    "kernels (off); auto: off until a GPU run shows the fused form faster")                                            \
+  X(std::string, cuda_graphs, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                                \
+    "CUDA: replay each micro-step's forward and backward as one CUDA graph, captured after a warm-up (on; op by op "  \
+    "at ZeRO stages 2-3) or launch op by op (off); auto: off until a GPU run shows the graphs faster")
 // clang-format on
 
 #define ZT_CONFIG_DECLARE_FIELD(type, name, def, manifest, on_resume, check, help) type name = def;

@@ -44,6 +44,8 @@ class FlatUnits final : public UnitProvider {
     return grads_[size_t(unit)];
   }
   void grads_ready(int) override {}
+  /// Nothing but the model's own ops (zero at first use) happens between them: a graph may hold the micro-step.
+  bool begin_quiet() override { return true; }
 
   /// The next step() zeroes each unit's gradients again at first use.
   void start_micro_step() { zeroed_.assign(numel_.size(), false); }

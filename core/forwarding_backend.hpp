@@ -25,6 +25,9 @@ class ForwardingBackend : public Backend {
     inner_.tokens_from_host(dst, host_src, n);
   }
   void synchronize() override { inner_.synchronize(); }
+  bool records_graphs() const override { return inner_.records_graphs(); }
+  void begin_graph() override { inner_.begin_graph(); }
+  void end_graph() override { inner_.end_graph(); }
   size_t param_copy_bytes() const override { return inner_.param_copy_bytes(); }
   void keep_param_copy(const float* params, size_t n) override { inner_.keep_param_copy(params, n); }
   void keep_activation_copy(const float* act, size_t n, bool fp32_read) override {

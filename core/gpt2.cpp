@@ -355,6 +355,23 @@ void Gpt2::embedding_backward(UnitProvider& units) {
   g.done();
 }
 
+namespace {
+
+// Closes the micro-step's graph region (when one is open) and its provider's quiet spell, then reads back and sums
+// the per-token losses.
+double finish_micro_step(Backend& be, UnitProvider& units, bool graph, const float* losses, std::vector<float>& host) {
+  if (graph) {
+    be.end_graph();
+    units.end_quiet();
+  }
+  be.to_host(host.data(), losses, host.size());
+  double sum = 0.0;
+  for (float v : host) sum += double(v);
+  return sum;
+}
+
+}  // namespace
+
 double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* targets, bool backward, float dloss) {
   const ModelConfig& c = table_.config();
   const int B = B_, T = T_, C = c.d_model, NH = c.n_head, V = c.vocab, Vp = c.padded_vocab();
@@ -362,6 +379,11 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
   const int emb = table_.embedding_unit(), fin = table_.final_norm_unit();
   be_.tokens_from_host(tokens_, inputs, size_t(BT));
   be_.tokens_from_host(targets_, targets, size_t(BT));
+  // A backend that records graphs gets the micro-step as one region when the provider can keep its gathers and
+  // reductions out of it (ZeRO stages 0-1: before and after it); the uploads above read host memory that changes
+  // every step, and the losses are read after it, so both stay outside.
+  const bool graph = be_.records_graphs() && units.begin_quiet();
+  if (graph) be_.begin_graph();
 
   // ---- forward ----
   {
@@ -394,10 +416,8 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
     if (backward) be_.matmul_backward(d_lnf_, nullptr, nullptr, logits_, lnf_, wte, BT, C, Vp, true);
     p.done();
   }
-  be_.to_host(losses_host_.data(), losses_, size_t(BT));
-  double loss_sum = 0.0;
-  for (float v : losses_host_) loss_sum += double(v);
-  if (!backward) return loss_sum;
+  // The losses are read once the backward is issued too (nothing in it writes them): no wait in mid-step.
+  if (!backward) return finish_micro_step(be_, units, graph, losses_, losses_host_);
 
   // ---- backward ----
   // matmul, GELU and attention backward write their activation gradients (no zeroing first); layernorm_backward
@@ -426,7 +446,7 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
     p.done();
   }
   embedding_backward(units);
-  return loss_sum;
+  return finish_micro_step(be_, units, graph, losses_, losses_host_);
 }
 
 std::string Gpt2::memory_report() const {

@@ -31,6 +31,13 @@ class UnitProvider {
   virtual void grads_ready(int unit) = 0;
   /// Called between ops so outstanding communication can progress.
   virtual void progress() {}
+  /// Asked before a micro-step whose ops the backend would record as one graph (Backend::begin_graph): true when
+  /// the provider can issue no device work and no communication from its calls until end_quiet (it finishes what is
+  /// in flight now and defers what the micro-step would start); false (the default) keeps it as it is, and the
+  /// micro-step runs op by op.
+  virtual bool begin_quiet() { return false; }
+  /// The micro-step's ops are issued: start what begin_quiet deferred, in the order it would have started.
+  virtual void end_quiet() {}
 
   /// Number of parts of a unit.
   virtual size_t n_parts(int unit) const {

@@ -13,6 +13,7 @@
 #include "cuda/cast.cuh"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_graph.cuh"
 #include "cuda/device_memory.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/gelu.cuh"
@@ -383,14 +384,14 @@ class CudaBackend final : public Backend {
 namespace cuda {
 
 cudaStream_t backend_stream(Backend& backend) {
-  auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
+  auto* cuda_backend = dynamic_cast<CudaBackend*>(&unwrap_graph_backend(backend));
   ZT_CHECK(cuda_backend != nullptr, "a device-memory comm needs the CUDA backend, got the '{}' backend",
            backend.name());
   return cuda_backend->stream();
 }
 
 int backend_device(Backend& backend) {
-  auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
+  auto* cuda_backend = dynamic_cast<CudaBackend*>(&unwrap_graph_backend(backend));
   ZT_CHECK(cuda_backend != nullptr, "a device-memory comm needs the CUDA backend, got the '{}' backend",
            backend.name());
   return cuda_backend->device();
@@ -424,7 +425,11 @@ size_t cuda_device_memory_used() {
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16, const CudaVariants& variants) {
-  return std::make_unique<CudaBackend>(device, bf16, variants);
+  const bool graphs = cuda::graphs_on(variants.graphs);  // --cuda_graphs: checked before the device is touched
+  auto backend = std::make_unique<CudaBackend>(device, bf16, variants);
+  if (!graphs) return backend;
+  const cudaStream_t stream = backend->stream();
+  return cuda::make_graph_backend(std::move(backend), stream);
 }
 
 }  // namespace zt

@@ -24,6 +24,7 @@ struct CudaVariants {
   std::string attention_dkv_blocks = "auto";  ///< auto or 3
   std::string param_copy = "auto";            ///< auto, on or off
   std::string epilogues = "auto";             ///< auto (off for now), on or off: --cuda_epilogues
+  std::string graphs = "auto";                ///< auto (off for now), on or off: --cuda_graphs
 };
 
 /// The CUDA backend on `device` (the calling thread's current device from then on; use the backend from that thread).

@@ -1,8 +1,14 @@
 // Reusable device scratch and pinned host staging (see device_memory.cuh).
+#include <atomic>
+
 #include "cuda/cuda_common.cuh"
 #include "cuda/device_memory.cuh"
 
 namespace zt::cuda {
+
+namespace {
+std::atomic<uint64_t> scratch_reallocations{0};
+}  // namespace
 
 DeviceScratch::~DeviceScratch() {
   if (ptr_ != nullptr) cudaFree(ptr_);  // no throw from a destructor; a failure here changes nothing
@@ -20,8 +26,11 @@ void* DeviceScratch::get(size_t n_bytes) {
   const size_t n_alloc = align_bytes(n_bytes + n_bytes / 2 + 256);
   ZT_CUDA_CHECK(cudaMalloc(&ptr_, n_alloc));
   capacity_ = n_alloc;
+  scratch_reallocations.fetch_add(1);
   return ptr_;
 }
+
+uint64_t DeviceScratch::reallocations() { return scratch_reallocations.load(); }
 
 PinnedStaging::~PinnedStaging() {
   if (done_ != nullptr) {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace zt::cuda {
 
@@ -21,6 +22,9 @@ class DeviceScratch {
   /// At least n_bytes of device memory, 256-byte aligned, contents undefined, valid until the next get().
   void* get(size_t n_bytes);
   size_t capacity() const { return capacity_; }
+  /// Blocks any DeviceScratch of the process has allocated anew: a CUDA graph that points into one is stale once
+  /// this changes (cuda_graph.cu).
+  static uint64_t reallocations();
 
  private:
   void* ptr_ = nullptr;

@@ -287,6 +287,14 @@ void Trainer::print_banner() const {
                fmt::join(tcfg_.freeze, ","), n_frozen, table_.tensors().size(), human_count(double(n_elems)));
   }
   fmt::print("{}\n", model_.memory_report());
+  if (backend_.records_graphs())  // --cuda_graphs on; at stages 2-3 the engine declines (ZeroEngine::begin_quiet)
+    fmt::print("--cuda_graphs on: {}\n",
+               tcfg_.zero_stage <= 1
+                   ? "each micro-step's forward and backward replay one CUDA graph after a warm-up; the gradient "
+                     "reductions run beside it"
+                   : fmt::format("ZeRO stage {} gathers and reduces between the layers: micro-steps run op by op, "
+                                 "no graphs",
+                                 tcfg_.zero_stage));
   std::fflush(stdout);
 }
 

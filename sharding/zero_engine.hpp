@@ -121,7 +121,14 @@ class ZeroEngine final : public UnitProvider {
   void release_params(int unit) override;
   float* unit_grads(int unit) override;
   void grads_ready(int unit) override;
-  void progress() override { comm_.progress(); }
+  void progress() override {
+    if (!quiet_) comm_.progress();
+  }
+  /// Stages 0-1: finishes the parameter gathers in flight and holds the micro-step's gradient reductions back until
+  /// end_quiet, so that the micro-step can be one CUDA graph with the reductions beside it; false at stages 2-3,
+  /// whose gathers and reduce-scatters run between the layers.
+  bool begin_quiet() override;
+  void end_quiet() override;
   size_t n_parts(int unit) const override { return unit_count_[size_t(unit)]; }
   size_t part_begin(int unit, size_t part) const override { return parts_[first_part(unit) + part].begin; }
   const float* part_params(int unit, size_t part) override;
@@ -193,6 +200,9 @@ class ZeroEngine final : public UnitProvider {
   bool sync_ = true;           // this micro-step reduces its gradients (always at stages 2-3)
   bool param_copies_ = false;  // the backend keeps low-precision copies of the parameter buffers
   int64_t adam_step_ = 0;
+
+  bool quiet_ = false;                       // between begin_quiet and end_quiet
+  std::vector<size_t> deferred_reductions_;  // parts whose reductions end_quiet starts, in order
 };
 
 }  // namespace zt

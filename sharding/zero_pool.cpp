@@ -283,7 +283,25 @@ void ZeroEngine::part_grads_ready(int unit, size_t part) {
     s.unreduced = true;  // stages 0-1 under no-sync: the local buffer keeps accumulating
     return;
   }
+  if (quiet_) {
+    deferred_reductions_.push_back(p);
+    return;
+  }
   start_reduction(p);
+}
+
+bool ZeroEngine::begin_quiet() {
+  if (stage_ >= 2) return false;
+  finish_params_gathers();  // the forward would wait for them between its layers
+  quiet_ = true;
+  return true;
+}
+
+void ZeroEngine::end_quiet() {
+  quiet_ = false;
+  // The same reductions in the same order as without the graph, only later: the same sums, bit for bit.
+  for (size_t p : deferred_reductions_) start_reduction(p);
+  deferred_reductions_.clear();
 }
 
 void ZeroEngine::start_reduction(size_t p) {

@@ -3,9 +3,12 @@
 //
 // Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
 //                        [--peak_tflops F] [--peak_gbs G] [--profile_steps K] [--cuda_epilogues auto|on|off]
+//                        [--cuda_graphs auto|on|off]
 // --profile_steps K: after the timed steps, K more steps with every op timed (core/profiling_backend.hpp), and a
 // table of where the step's time goes, each op beside what its flops and bytes would take at the card's peak
-// rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues: as zerotrain's flag.
+// rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues, --cuda_graphs: as zerotrain's
+// flags; with graphs on it prints the backend ops per micro-step and how many of them a graph launch replaced (the
+// profiled steps time each op between synchronizations, so they run op by op: their table is the eager one).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +26,7 @@
 #include "core/model.hpp"
 #include "core/profiling_backend.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "cuda/cuda_graph.hpp"
 
 namespace {
 
@@ -37,6 +41,7 @@ struct Options {
   double peak_gbs = 0;     // 0: from the device name
   int profile_steps = 0;
   std::string epilogues = "auto";
+  std::string graphs = "auto";
 };
 
 Options parse(int argc, char** argv) {
@@ -67,6 +72,8 @@ Options parse(int argc, char** argv) {
       o.profile_steps = std::stoi(value());
     else if (a == "--cuda_epilogues")
       o.epilogues = value();
+    else if (a == "--cuda_graphs")
+      o.graphs = value();
     else
       ZT_FAIL("unknown argument {} (see the usage at the top of bench/gpu/gpt2_cuda_bench.cpp)", a);
   }
@@ -92,6 +99,21 @@ double default_peak_gbs(const std::string& device) {
   return 0.0;
 }
 
+// With --cuda_graphs on: what the graphs replaced (backend ops: one or a few kernel or cuBLASLt launches each).
+void print_graph_launches(const zt::CudaGraphStats& s) {
+  if (s.regions == 0) return;
+  const uint64_t graphed = s.captures + s.replays;
+  std::printf(
+      "zt_graphs: %llu micro-steps (%llu replayed, %llu captured, %llu op by op, %llu cut short) | %.0f backend "
+      "ops per micro-step",
+      (unsigned long long)s.regions, (unsigned long long)s.replays, (unsigned long long)s.captures,
+      (unsigned long long)s.eager_regions, (unsigned long long)s.broken_regions, double(s.ops) / double(s.regions));
+  if (graphed > 0)
+    std::printf("; a graphed one launches %.0f graph(s) holding %.0f of them, the rest one by one",
+                double(s.graph_launches) / double(graphed), double(s.ops_in_graphs) / double(graphed));
+  std::printf("\n");
+}
+
 int run(const Options& o) {
   if (zt::cuda_device_count() == 0) {
     std::printf("no device: cuda_device_count() = 0\n");
@@ -101,7 +123,9 @@ int run(const Options& o) {
   zt::ModelConfig cfg = zt::model_preset(o.preset);
   ZT_CHECK(o.seq_len <= cfg.seq_len, "--seq_len {} exceeds the preset's {}", o.seq_len, cfg.seq_len);
   const zt::ParamTable table(cfg);
-  auto cuda = zt::make_cuda_backend(0, o.bf16, {"auto", "auto", "auto", o.epilogues});
+  zt::CudaVariants variants{"auto", "auto", "auto", o.epilogues};
+  variants.graphs = o.graphs;
+  auto cuda = zt::make_cuda_backend(0, o.bf16, variants);
   zt::ProfilingBackend profiler(*cuda, false);  // forwards only, until the profiled steps
   zt::Backend* be = &profiler;
   zt::FlatUnits units(*be, table, 1234);
@@ -169,6 +193,7 @@ int run(const Options& o) {
                 flops_per_token * tokens_per_s / 1e12, peak);
   else
     std::printf("zt_mfu=unknown (no peak for this card: pass --peak_tflops)\n");
+  print_graph_launches(zt::cuda_graph_stats(*cuda));
   if (o.profile_steps > 0)
     std::printf(
         "\nwhere a step's time goes (%d profiled steps; each op timed between synchronizations; pred ms: its flops "

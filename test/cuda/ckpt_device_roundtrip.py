@@ -3,7 +3,7 @@
 # machine): a GPU run saves; the CPU loads it and re-saves; the GPU loads that and re-saves again, at other world
 # sizes and ZeRO stages. Every tensor of the three checkpoints (fp32 master weights, Adam m and v) must be bitwise
 # equal: the manifests' per-chunk xxh64 digests match. Then a GPU run resumed from the CPU-written checkpoint must
-# end bitwise equal to an uninterrupted GPU run. Exits 77 (CTest: skipped) when zerotrain sees no CUDA device.
+# end bitwise equal to an uninterrupted GPU run, and one with --cuda_graphs on equal to one without. Exits 77 (CTest: skipped) when zerotrain sees no CUDA device.
 #
 # Env: ZEROTRAIN (the binary), ZT_MPIEXEC (mpirun), ZT_KEEP=1 keeps the work directory.
 import json
@@ -66,6 +66,26 @@ def same_state(a_dir, b_dir, what):
           f"{len(differ)} differ, e.g. {differ[:4]}")
 
 
+def check_graphs(work):
+    """--cuda_graphs on: at ZeRO-1 the micro-steps replay CUDA graphs and end bitwise where op-by-op launches end; at
+    ZeRO-3 the trainer says in one line that they run op by op."""
+    on, off = os.path.join(work, "graphs_on"), os.path.join(work, "graphs_off")
+    loud = [a for a in COMMON if a != "--quiet"]
+    for d, graphs in ((on, "on"), (off, "off")):
+        # 2 steps of 4 micro-steps: the first micro-step of a step (it zeroes the gradients) and the other three
+        # are two keys; each runs op by op, then is captured, then replays.
+        out = run(1, loud + ["--device", "cuda", "--zero_stage", "1", "--max_steps", "2", "--save_interval", "2",
+                             "--cuda_graphs", graphs, "--output_dir", d])
+        if graphs == "on":
+            check("--cuda_graphs on: each micro-step's forward and backward replay one CUDA graph" in out,
+                  "--cuda_graphs on at ZeRO-1: the start-up line says the micro-steps replay a graph")
+    same_state(f"{on}/checkpoint-2", f"{off}/checkpoint-2", "--cuda_graphs on == off after 2 steps (1 rank, ZeRO-1)")
+    out = run(1, loud + ["--device", "cuda", "--zero_stage", "3", "--max_steps", "1", "--cuda_graphs", "on",
+                         "--output_dir", os.path.join(work, "graphs_z3")])
+    check("--cuda_graphs on: ZeRO stage 3 gathers and reduces between the layers" in out,
+          "--cuda_graphs on at ZeRO-3: one line says the micro-steps run op by op")
+
+
 def main():
     for k in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
         os.environ.setdefault(k, "1")
@@ -104,6 +124,7 @@ def main():
                    "GPU resumed from the CPU's checkpoint == uninterrupted GPU run, after step 5")
         _, verify = launch(1, ["ckpt", "verify", f"{gpu_d}/checkpoint-5"], timeout=60)
         check(verify.returncode == 0, "ckpt verify of the GPU-written checkpoint", verify.stdout.strip())
+        check_graphs(work)
     finally:
         if os.environ.get("ZT_KEEP") != "1":
             shutil.rmtree(work, ignore_errors=True)

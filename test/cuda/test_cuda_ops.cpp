@@ -73,6 +73,18 @@ const zt::test::RegisterBackend cuda_fp32_epilogues{
     {"cuda fp32 epilogues", [] { return cuda_backend_epilogues(false, "on"); }, cuda_tolerances(false, true)}};
 const zt::test::RegisterBackend cuda_bf16_epilogues{
     {"cuda bf16 epilogues", [] { return cuda_backend_epilogues(true, "on"); }, cuda_tolerances(true, true)}};
+// --cuda_graphs on: the bf16 backend's kernels with the same arguments, so bf16's tolerances. Only the whole-model
+// case: graphs hold micro-steps, and outside one every op runs at once, exactly as on "cuda bf16" (the op cases
+// would repeat that entry's, at about 24 s of simulator time per thread order, 4x that under the sanitizers). The
+// case steps twice: the first runs op by op, the second is captured and replayed, and must give the same bits.
+const zt::test::RegisterBackend cuda_bf16_graphs{{"cuda bf16 graphs",
+                                                  [] {
+                                                    zt::CudaVariants v;
+                                                    v.graphs = "on";
+                                                    return zt::make_cuda_backend(0, true, v);
+                                                  },
+                                                  cuda_tolerances(true)},
+                                                 "a whole GPT-2 step"};
 
 // A bf16 backend made with the environment variable `name` set to `value`, and the error that making one with it
 // set to `bad_value` gives. The backend reads the variable when it is made; it is unset before anything can fail.

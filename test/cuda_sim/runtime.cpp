@@ -42,6 +42,7 @@ State& state() {
 
 struct Event {
   cudaStream_t stream = nullptr;  // where it was last recorded
+  bool captured = false;          // recorded into a capture: a node of a graph, not a point in stream order
 };
 
 struct Queues {
@@ -100,6 +101,13 @@ cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cuda
       break;
   }
   if (!ok) return fail(cudaErrorInvalidValue);
+  // A capture cannot hold a synchronous copy or one through pageable memory (its bytes would be frozen into the
+  // graph): refused, as the driver refuses them.
+  if (!async) {
+    if (const cudaError_t rc = refuse_during_capture(nullptr, true, cudaErrorStreamCaptureImplicit)) return rc;
+  } else if (d == 0 || s == 0) {
+    if (const cudaError_t rc = refuse_during_capture(stream, false)) return rc;
+  }
   if (!async || d == 0) {  // synchronous, or into pageable memory: done when the call returns
     drain(stream);
     std::memmove(dst, src, n);
@@ -160,6 +168,7 @@ std::string last_failure() {
 }
 
 void enqueue(cudaStream_t stream, std::function<void()> work) {
+  if (take_captured(stream, work)) return;
   Queues& q = queues();
   std::lock_guard<std::mutex> lock(q.mutex);
   q.work[stream].push_back(std::move(work));
@@ -233,6 +242,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 cudaError_t cudaDeviceSynchronize(void) {
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(nullptr, true)) return rc;
   zt_sim::drain_all();
   return after_wait();
 }
@@ -260,12 +270,23 @@ const char* cudaGetErrorString(cudaError_t error) {
       return "unspecified launch failure (the simulator printed why)";
     case cudaErrorNotSupported:
       return "operation not supported";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureIsolation:
+      return "dependency created on uncaptured work in another stream";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorIllegalState:
+      return "the operation is not permitted in the current state (stream capture)";
     default:
       return "unknown error";
   }
 }
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(nullptr, true)) return rc;
   std::lock_guard<std::mutex> lock(state().mutex);
   void* p = state().device_bytes + size > zt_sim::kDeviceBytes ? nullptr : zt_sim::host_alloc(state().device, size);
   *ptr = p;
@@ -277,6 +298,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(nullptr, true)) return rc;
   zt_sim::drain_all();  // cudaFree waits for the device, so queued work may still use the block
   std::lock_guard<std::mutex> lock(state().mutex);
   size_t freed = 0;
@@ -286,6 +308,7 @@ cudaError_t cudaFree(void* ptr) {
 }
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(nullptr, true)) return rc;
   std::lock_guard<std::mutex> lock(state().mutex);
   *ptr = zt_sim::host_alloc(state().pinned, size);
   return *ptr != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
@@ -295,6 +318,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int /*flags*/) { ret
 
 cudaError_t cudaFreeHost(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(nullptr, true)) return rc;
   zt_sim::drain_all();
   std::lock_guard<std::mutex> lock(state().mutex);
   return zt_sim::host_free(state().pinned, ptr, nullptr);
@@ -336,6 +360,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
   if (count == 0) return cudaSuccess;
   if (!zt_sim::is_device_range(ptr, count)) return fail(cudaErrorInvalidValue);
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(nullptr, true, cudaErrorStreamCaptureImplicit)) return rc;
   zt_sim::drain(nullptr);
   std::memset(ptr, value, count);
   return cudaSuccess;
@@ -364,6 +389,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (const cudaError_t rc = zt_sim::refuse_during_capture(stream, false)) return rc;
   zt_sim::drain(stream);
   return after_wait();
 }
@@ -371,6 +397,10 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int /*flags*/) {
   if (event == nullptr) return fail(cudaErrorInvalidValue);
   auto* e = reinterpret_cast<zt_sim::Event*>(event);
+  // Joining another stream into a capture through an event is not modelled: refused, in either direction.
+  const bool in_capture = e->captured && zt_sim::is_capturing(e->stream);
+  if (in_capture != zt_sim::is_capturing(stream))
+    return zt_sim::refuse_during_capture(in_capture ? e->stream : stream, false, cudaErrorStreamCaptureIsolation);
   if (e->stream != stream) zt_sim::drain(e->stream);  // what `stream` does next comes after the event
   return cudaSuccess;
 }
@@ -390,11 +420,15 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr) return fail(cudaErrorInvalidValue);
   auto* e = reinterpret_cast<zt_sim::Event*>(event);
   e->stream = stream;  // nothing is timed: waiting on the event runs this stream's queue
+  e->captured = zt_sim::is_capturing(stream);
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (event == nullptr) return fail(cudaErrorInvalidValue);
+  const auto* e = reinterpret_cast<zt_sim::Event*>(event);
+  if (e->captured && zt_sim::is_capturing(e->stream))  // a node of a graph being built: nothing to wait for
+    return zt_sim::refuse_during_capture(e->stream, false);
   zt_sim::drain(reinterpret_cast<zt_sim::Event*>(event)->stream);
   return after_wait();
 }

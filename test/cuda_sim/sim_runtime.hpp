@@ -26,6 +26,15 @@ void enqueue(cudaStream_t stream, std::function<void()> work);
 void drain(cudaStream_t stream);
 void drain_all();
 
+/// Stream capture (graphs.cpp). take_captured: when `stream` is capturing, takes `work` into its capture (true);
+/// work on the legacy stream during a capture is refused, and the capture invalidated (true). refuse_during_capture:
+/// when `stream` (or, with any_stream, any stream) is capturing, invalidates that capture and returns `rc` (the call
+/// is refused, as the driver refuses it); else cudaSuccess.
+bool take_captured(cudaStream_t stream, std::function<void()>& work);
+cudaError_t refuse_during_capture(cudaStream_t stream, bool any_stream,
+                                  cudaError_t rc = cudaErrorStreamCaptureUnsupported);
+bool is_capturing(cudaStream_t stream);
+
 /// Runs one queued grid now (on the calling thread): the scheduler's part of a launch.
 struct LaunchConfig;
 void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body);

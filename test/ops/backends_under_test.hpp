@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
 #include "core/backend.hpp"
 #include "test/test_util.hpp"
 
@@ -77,17 +79,36 @@ inline std::vector<BackendUnderTest>& backends_under_test() {
   return all;
 }
 
+/// Per registered backend: it runs only the cases whose name contains this (empty: every case). For a variant that
+/// differs from an entry already registered in a few cases only, so CI does not pay for the rest twice.
+inline std::vector<std::string>& backend_case_filters() {
+  static std::vector<std::string> all;
+  return all;
+}
+
+/// Whether backend i runs in the current test case.
+inline bool runs_in_this_case(size_t i) {
+  const std::vector<std::string>& only = backend_case_filters();
+  return i >= only.size() || only[i].empty() ||
+         Catch::getResultCapture().getCurrentTestName().find(only[i]) != std::string::npos;
+}
+
 /// A static RegisterBackend in a source file of the test binary adds a backend to every op test case, e.g.
 ///   const zt::test::RegisterBackend cpu{{"cpu", [] { return zt::make_cpu_backend(0); }, {}}};
 struct RegisterBackend {
-  explicit RegisterBackend(BackendUnderTest backend) { backends_under_test().push_back(std::move(backend)); }
+  explicit RegisterBackend(BackendUnderTest backend, std::string only_cases = "") {
+    backends_under_test().push_back(std::move(backend));
+    backend_case_filters().resize(backends_under_test().size() - 1);
+    backend_case_filters().push_back(std::move(only_cases));
+  }
 };
 
 }  // namespace zt::test
 
 /// Inside a test case: runs the rest of it once for each registered backend (a Catch2 generator), with `var` the
 /// BackendUnderTest and its name in every failure message.
-#define ZT_FOR_EACH_BACKEND(var)                                                                  \
-  const ::zt::test::BackendUnderTest& var = ::zt::test::backends_under_test().at(                 \
-      GENERATE(::Catch::Generators::range(size_t(0), ::zt::test::backends_under_test().size()))); \
+#define ZT_FOR_EACH_BACKEND(var)                                                                                      \
+  const ::zt::test::BackendUnderTest& var = ::zt::test::backends_under_test().at(GENERATE(                            \
+      ::Catch::Generators::filter(::zt::test::runs_in_this_case,                                                      \
+                                  ::Catch::Generators::range(size_t(0), ::zt::test::backends_under_test().size())))); \
   INFO("backend: " << var.name)
