@@ -23,6 +23,7 @@ register_rows() {
   zt_row var_copies variants "variant: ZT_CUDA_PARAM_COPY=0 (round per matmul)"
   zt_row var_fp32attn variants "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)"
   zt_row var_dkv3 variants "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks/SM)"
+  zt_row var_fa2 variants "variant: --cuda_attention fa2 (128-row tiles, cp.async)"
   zt_row torch_eager torch "PyTorch eager, same model and step, bf16"
 }
 
@@ -95,6 +96,7 @@ probe_device() {
     zt_finish_step probe "$detail (device-probe.log, ldd.txt)"
     skip_rows "the device probe failed" mpi ops gpt2 throughput nccl zero1 sanprobe racecheck zero4 ckpt train \
       memcheck var_copies var_fp32attn var_dkv3
+    skip_rows "the device probe failed" var_fa2
   fi
   # Ranks share the GPU only in the Default compute mode; the check measures the card as it finds it.
   [[ -n $compute_mode && $compute_mode != Default ]] &&
@@ -291,6 +293,7 @@ step_variants() {
   variant var_copies zt_throughput_no_copies.log ZT_CUDA_PARAM_COPY=0
   variant var_fp32attn zt_throughput_fp32_attention.log ZT_CUDA_ATTENTION=fp32
   variant var_dkv3 zt_throughput_dkv3.log ZT_CUDA_ATTENTION_DKV_BLOCKS=3
+  variant var_fa2 zt_throughput_fa2.log --cuda_attention=fa2 --profile_steps=1
 }
 variant() {  # KEY LOG SETTING...: each VAR=VALUE (the environment) or --flag=value (a gpt2_cuda_bench flag)
   local setting env_args=() flag_args=()

@@ -24,6 +24,7 @@ check_run() {
   echo "-- $name: rc $(field "$res" rc), files: $(field "$res" files)"
   tar -tzf "$res/files/gpucheck-logs.tar.gz" 2>/dev/null | sed 's|^gpucheck-logs/||' >"$res.logs"
 }
+n_registered=$(grep -c '^  zt_row ' "$here/check_steps.sh")  # the rows check_steps.sh registers
 n_rows() { echo $(($(grep -c '^| ' "$1/files/summary.md") - 2)); }  # rows of the table, not its header
 all_files() { [ "$(field "$1" files)" = "gpucheck-logs.tar.gz summary.md summary.txt" ]; }
 has_logs() {  # RESULT_DIR LOG...: every LOG is in the returned archive
@@ -35,6 +36,7 @@ every_log=(console.log environment.txt ldd.txt nvidia-smi.txt nvidia-smi-q.txt d
            test_cuda_ops.log test_cuda_ops_gpt2.log zt_throughput.log nccl_np1.log cuda_zero_np1.log
            sanitizer_probe.log cuda_zero_np4.log ckpt_roundtrip.log train_zero3_np4.log torch_compile.log
            zt_throughput_no_copies.log zt_throughput_fp32_attention.log zt_throughput_dkv3.log torch_eager.log)
+every_log+=(zt_throughput_fa2.log)
 
 # 1. A hang (deaf to SIGTERM), a crash, a rank left behind, compute-sanitizer refusing the device.
 check_run faults 60 ZT_CHECK_TIME_SCALE=0.1 FAKE_SANITIZER=refuse \
@@ -42,7 +44,7 @@ check_run faults 60 ZT_CHECK_TIME_SCALE=0.1 FAKE_SANITIZER=refuse \
 r=$tmp/faults
 check "faults: exit 1, not killed" [ "$(field "$r" rc)" = 1 ] && [ "$(field "$r" timed_out)" = false ]
 check "faults: summary.md, summary.txt and the logs archive come back" all_files "$r"
-check "faults: all 21 rows" [ "$(n_rows "$r")" = 21 ]
+check "faults: all $n_registered rows" [ "$(n_rows "$r")" = "$n_registered" ]
 check "faults: the hang is a TIMEOUT" [ "$(result_of "$r" "one step at GPT-2 124M shapes")" = TIMEOUT ]
 check "faults: the crash is a FAIL naming SIGSEGV" grep -q "FAIL .*SIGSEGV" <<<"$(row "$r" "ZeRO on CUDA vs CPU, 1")"
 check "faults: the orphaning step is a TIMEOUT" [ "$(result_of "$r" "NCCL single-rank smoke test")" = TIMEOUT ]
@@ -63,7 +65,7 @@ check_run killed 14 ZT_CHECK_TIME_SCALE=0.1 ZT_CHECK_FAULT=ops:hang
 r=$tmp/killed
 check "killed: rc 137, timed out" [ "$(field "$r" rc)" = 137 ] && [ "$(field "$r" timed_out)" = true ]
 check "killed: summary.md, summary.txt and the logs archive come back" all_files "$r"
-check "killed: all 21 rows, the running step named" [ "$(n_rows "$r")" = 21 ] &&
+check "killed: all $n_registered rows, the running step named" [ "$(n_rows "$r")" = "$n_registered" ] &&
   grep -q "running CUDA op tests" "$r/files/summary.md"
 check "killed: the finished steps' results" [ "$(result_of "$r" "bundled Open MPI: 2-rank smoke test")" = PASS ]
 check "killed: the logs so far, the running step's too" \
