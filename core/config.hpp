@@ -138,8 +138,9 @@ using StringList = std::vector<std::string>;
   X(std::string, ckpt_write, "auto", unsaved, this_run, one_of({"auto", "hdf5"}),                                      \
     "How checkpoint tensors reach the file: hdf5 (always H5Dwrite) or auto (pwrite by each rank where every rank can " \
     "open the file, else H5Dwrite; the deprecated ZT_CKPT_WRITE=hdf5 when set)")                                       \
-  X(std::string, cuda_attention, "auto", unsaved, this_run, one_of({"auto", "fp32"}),                                  \
-    "CUDA attention kernels in bf16 mode: fp32 (the fp32 kernels, to compare) or auto (tensor cores; the deprecated "  \
+  X(std::string, cuda_attention, "auto", unsaved, this_run, one_of({"auto", "fp32", "fa2"}),                           \
+    "CUDA attention kernels in bf16 mode: fp32 (the fp32 kernels, to compare), fa2 (FlashAttention-2-style tensor-"   \
+    "core kernels: 128-query tiles, cp.async double buffering; head size 64) or auto (tensor cores; the deprecated "  \
     "ZT_CUDA_ATTENTION when set)")                                                                                     \
   X(std::string, cuda_attention_dkv_blocks, "auto", unsaved, this_run, one_of({"auto", "3"}),                          \
     "CUDA tensor-core dK/dV kernel: 3 (built for 3 blocks an SM) or auto (the compiler's register choice; the "        \

@@ -14,9 +14,12 @@
 // and 64 or unaligned buffers; the bf16 mode otherwise runs attention_tc.cu's tensor-core twins of them (same
 // schedule, same att contents).
 #include <cmath>
+#include <cstdio>
+#include <mutex>
 #include <type_traits>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_fa2.cuh"
 #include "cuda/attention_tc.cuh"
 #include "cuda/cast.cuh"
 #include "cuda/cuda_common.cuh"
@@ -358,6 +361,19 @@ bool att_holds_out_copy(int T, int hs) { return hs + 1 <= T; }
 // alike: the backward's statistics must come from the same kernels.
 bool use_tensor_cores(bool tensor_cores, int hs) { return tensor_cores && attention_tc_supports(hs); }
 
+// Whether the tensor cores run the fa2 kernels (--cuda_attention fa2): head size 64 only; any other runs what auto
+// would, said once a process, as a model has one head size.
+bool use_fa2(bool fa2, int hs) {
+  if (!fa2 || attention_fa2_supports(hs)) return fa2;
+  static std::once_flag said;
+  std::call_once(said, [hs] {
+    std::fprintf(stderr,
+                 "zerotrain: --cuda_attention fa2 is built for head size 64; head size %d runs the %s kernels\n", hs,
+                 attention_tc_supports(hs) ? "tensor-core (auto)" : "fp32");
+  });
+  return false;
+}
+
 // Floats rounded up to align_bytes' 256-byte boundary: where a bf16 region may start inside att or the scratch.
 size_t aligned_floats(size_t n) { return align_bytes(n * sizeof(float)) / sizeof(float); }
 // Floats that hold n bf16 values.
@@ -378,10 +394,14 @@ size_t dout16_offset(int B, int T, int C, int NH) {
 }
 
 void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* lse, const float* qkv,
-                    const __nv_bfloat16* qkv16, int B, int T, int C, int NH, bool tensor_cores, cudaStream_t stream) {
+                    const __nv_bfloat16* qkv16, int B, int T, int C, int NH, bool tensor_cores, bool fa2,
+                    cudaStream_t stream) {
   const int hs = head_dim(C, NH);
   if (use_tensor_cores(tensor_cores, hs)) {
-    attention_forward_tc(out, out16, out_copy, lse, qkv16, B, T, C, NH, stream);
+    if (use_fa2(fa2, hs))
+      attention_forward_fa2(out, out16, out_copy, lse, qkv16, B, T, C, NH, stream);
+    else
+      attention_forward_tc(out, out16, out_copy, lse, qkv16, B, T, C, NH, stream);
     return;
   }
   const float scale = 1.0f / sqrtf(float(hs));
@@ -398,7 +418,7 @@ void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* ls
 }  // namespace
 
 void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
-                       bool tensor_cores, cudaStream_t stream) {
+                       bool tensor_cores, bool fa2, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_forward: the CUDA backend keeps the backward's row statistics in att");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
@@ -408,7 +428,7 @@ void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float
     qkv16 = reinterpret_cast<__nv_bfloat16*>(att + qkv16_offset(B, T, C, NH));
     cast_to_bf16(qkv16, qkv, size_t(B) * T * 3 * C, stream);
   }
-  launch_forward(out, out16, out_copy, att, qkv, qkv16, B, T, C, NH, tensor_cores, stream);
+  launch_forward(out, out16, out_copy, att, qkv, qkv16, B, T, C, NH, tensor_cores, fa2, stream);
 }
 
 size_t attention_state_elems(int B, int T, int C, int NH, bool tensor_cores) {
@@ -426,7 +446,7 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
 }
 
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, float* scratch,
+                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2, float* scratch,
                         cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
   if (B == 0 || T == 0) return;
@@ -442,7 +462,7 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   if (!att_holds_out_copy(T, hs)) {  // short sequences: recompute O (and L, bitwise the same) into scratch
     float* o_scratch = scratch + n_stats;
     float* lse_scratch = o_scratch + size_t(B) * T * C;
-    launch_forward(o_scratch, nullptr, nullptr, lse_scratch, qkv, qkv16, B, T, C, NH, tensor_cores, stream);
+    launch_forward(o_scratch, nullptr, nullptr, lse_scratch, qkv, qkv16, B, T, C, NH, tensor_cores, fa2, stream);
     o = o_scratch;
     lse = lse_scratch;
   }
@@ -455,7 +475,10 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
     // dO rounded once, as the kernels would round it per tile load (the same bits), into aligned scratch.
     auto* dout16 = reinterpret_cast<__nv_bfloat16*>(scratch + dout16_offset(B, T, C, NH));
     cast_to_bf16(dout16, dout, size_t(B) * T * C, stream);
-    attention_backward_tc(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, dkv_capped, stream);
+    if (use_fa2(fa2, hs))
+      attention_backward_fa2(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, stream);
+    else
+      attention_backward_tc(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, dkv_capped, stream);
     return;
   }
   const dim3 grid(unsigned((T + kTile - 1) / kTile), unsigned(B * NH));

@@ -17,9 +17,10 @@ constexpr int kAttentionMaxHeadDim = 128;
 /// qkv in bf16 after them (256-byte aligned).
 /// `tensor_cores`: bf16 products on the tensor cores (attention_tc.cu) where the head size allows (32, 64), else
 /// the fp32 kernels. out16 (may be null) receives out rounded to bf16 (the kept copy the c_proj products read); out
-/// may be null when out16 is given.
+/// may be null when out16 is given. fa2: the tensor cores run attention_fa2.cu's kernels (head size 64; the same
+/// results and att contents), else attention_tc.cu's.
 void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
-                       bool tensor_cores, cudaStream_t stream);
+                       bool tensor_cores, bool fa2, cudaStream_t stream);
 /// Floats of att attention_forward writes and attention_backward reads: the row statistics, the output copy when
 /// hs + 1 <= T, and, when the tensor cores run, qkv rounded to bf16. Callers allocate att this size (it can exceed
 /// B*NH*T*T when T is small).
@@ -30,9 +31,9 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
 /// Writes dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics). dqkv16 (may be
 /// null) receives dqkv rounded to bf16 (the kept copy the c_attn backward products read). On the tensor cores it
 /// reads the forward's bf16 qkv from att, not qkv: att and qkv must be the forward's, unchanged since. dkv_capped:
-/// see attention_backward_tc.
+/// see attention_backward_tc. fa2: as attention_forward's (it must match the forward's).
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, float* scratch,
+                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2, float* scratch,
                         cudaStream_t stream);
 
 }  // namespace zt::cuda

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/attention_mma.cuh"
 #include "cuda/attention_tc.cuh"
 #include "cuda/cuda_common.cuh"
 
@@ -41,26 +42,6 @@ constexpr int kPad = 8;                        // bf16 elements of padding per s
 
 static_assert(kTileRows == kTileKeys, "causal tiling assumes square tiles: tile k0 <= q0 for every streamed tile");
 
-__device__ inline uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-// d += a · b on one 16x8x16 tile. Not volatile: a pure function of its registers, which the compiler may schedule
-// freely among the loads (the ldmatrix reads of shared memory stay volatile, ordered against the barriers).
-__device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef ZT_CUDA_SIM
-  zt_sim::mma_m16n8k16_bf16(d, a, b0, b1);
-#else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 // dst[r][d] (row stride HS + kPad) = src[(t0 + r) * row_stride + d] for r < 64; rows past T are 0. 8 bf16 (16
 // bytes) a load: src rows start 16-byte aligned (row strides C and 3C, head offsets HS, with C a multiple of 32).
 template <int HS>
@@ -72,21 +53,6 @@ __device__ inline void load_rows(__nv_bfloat16* dst, const __nv_bfloat16* src, s
     const uint4 v = t < T ? *reinterpret_cast<const uint4*>(src + size_t(t) * row_stride + d) : make_uint4(0, 0, 0, 0);
     *reinterpret_cast<uint4*>(dst + r * (HS + kPad) + d) = v;
   }
-}
-
-// Four 8x8 bf16 matrices from shared memory, transposed on the way: lane l gives the (16-byte-aligned) address of
-// row l % 8 of matrix l / 8 and receives, in r[m], elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4) of matrix
-// m as stored, the lower one in the low 16 bits: for a matrix of 8 k-rows by 8 n-columns, the B pair of mma's
-// (t = l % 4, g = l / 4).
-__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
-#ifdef ZT_CUDA_SIM
-  zt_sim::ldmatrix_x4(r, row, true);
-#else
-  const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-#endif
 }
 
 // The A fragments of this warp's 16 rows of a row-major tile, for each 16-wide slice of the head dim.
@@ -145,27 +111,6 @@ __device__ inline void accumulate_with_rows(float (&acc)[HS / 8][4], const float
   }
 }
 
-// This block's (batch, head), from blockIdx.y: where its q, k, v rows start in qkv [B,T,3C] (3C apart) and its dO
-// rows in dout [B,T,C] (both bf16; the element offsets are those of the fp32 dqkv too).
-struct HeadRows {
-  int bh;
-  const __nv_bfloat16 *q, *k, *v, *dout;
-  size_t stride;
-};
-
-template <int HS>
-__device__ inline HeadRows head_rows(const __nv_bfloat16* qkv, const __nv_bfloat16* dout, int T, int C, int NH) {
-  HeadRows r;
-  r.bh = blockIdx.y;
-  const int b = r.bh / NH, h = r.bh % NH;
-  r.stride = size_t(3) * C;
-  r.q = qkv + size_t(b) * T * r.stride + size_t(h) * HS;
-  r.k = r.q + C;
-  r.v = r.q + 2 * size_t(C);
-  r.dout = dout != nullptr ? dout + size_t(b) * T * C + size_t(h) * HS : nullptr;
-  return r;
-}
-
 // Hands out the dynamic shared memory in order: row-major tiles [64][HS+8], then floats.
 template <int HS>
 struct SharedCarver {
@@ -179,16 +124,6 @@ struct SharedCarver {
     return p;
   }
 };
-
-__device__ inline float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
-__device__ inline float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 
 // Grid (query tile, batch·head). Shared: Q, K, V [64][HS+8].
 template <int HS>

@@ -60,6 +60,8 @@ class CudaBackend final : public Backend {
     // bf16 mode runs attention on the tensor cores; --cuda_attention fp32 keeps the fp32 kernels (to compare).
     attention_tensor_cores_ = bf16 && !variant_choice(variants.attention, "fp32", "ZT_CUDA_ATTENTION", "auto", "fp32",
                                                       "auto (tensor cores in bf16 mode) or fp32");
+    // --cuda_attention fa2: the tensor cores run the FlashAttention-2-style kernels; fp32 mode keeps its fp32 kernels.
+    attention_fa2_ = attention_tensor_cores_ && variants.attention == "fa2";
     // --cuda_attention_dkv_blocks 3 runs the tensor-core dK/dV kernel built for 3 blocks an SM (fewer registers, the
     // same source): a tuning choice the GPU check measures.
     attention_dkv_capped_ = variant_choice(variants.attention_dkv_blocks, "3", "ZT_CUDA_ATTENTION_DKV_BLOCKS", "auto",
@@ -216,13 +218,13 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
     const OutputTargets o = output_targets(out, size_t(B) * T * C);
-    cuda::attention_forward(o.fp32, o.copy, att, qkv, B, T, C, NH, attention_tensor_cores_, stream_);
+    cuda::attention_forward(o.fp32, o.copy, att, qkv, B, T, C, NH, attention_tensor_cores_, attention_fa2_, stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_));
     cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
-                             attention_tensor_cores_, attention_dkv_capped_, scratch, stream_);
+                             attention_tensor_cores_, attention_dkv_capped_, attention_fa2_, scratch, stream_);
   }
   bool supports_attention_cached() const override { return false; }
   void attention_cached(float*, float*, float*, const float*, int, int, int, int, int, int) override {
@@ -364,6 +366,7 @@ class CudaBackend final : public Backend {
   int device_;
   bool attention_tensor_cores_ = false;
   bool attention_dkv_capped_ = false;
+  bool attention_fa2_ = false;
   bool param_copies_on_ = false;
   std::map<uintptr_t, KeptCopy> kept_copies_;  // start of a kept fp32 range -> its bf16 copy
   std::map<uintptr_t, size_t> alloc_bytes_;    // every buffer from alloc / alloc_int and its size in bytes

@@ -20,7 +20,7 @@ size_t cuda_device_memory_used();
 /// "auto" takes the deprecated ZT_CUDA_ATTENTION / ZT_CUDA_ATTENTION_DKV_BLOCKS / ZT_CUDA_PARAM_COPY variable when
 /// set (for one release), else the default (tensor-core attention, the compiler's register choice, bf16 copies kept).
 struct CudaVariants {
-  std::string attention = "auto";             ///< auto or fp32
+  std::string attention = "auto";             ///< auto, fp32 or fa2 (auto: the deprecated variable, auto or fp32)
   std::string attention_dkv_blocks = "auto";  ///< auto or 3
   std::string param_copy = "auto";            ///< auto, on or off
   std::string epilogues = "auto";             ///< auto (off for now), on or off: --cuda_epilogues

@@ -24,6 +24,7 @@ register_rows() {
   zt_row var_fp32attn variants "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)"
   zt_row var_dkv3 variants "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks/SM)"
   zt_row var_graphs variants "variant: --cuda_graphs on (one CUDA graph per micro-step)"
+  zt_row var_fa2 variants "variant: --cuda_attention fa2 (128-row tiles, cp.async)"
   zt_row torch_eager torch "PyTorch eager, same model and step, bf16"
 }
 
@@ -95,7 +96,7 @@ probe_device() {
     [[ $step_rc == 77 ]] && step_rc=1 && detail="the CUDA runtime sees no device; $detail"
     zt_finish_step probe "$detail (device-probe.log, ldd.txt)"
     skip_rows "the device probe failed" mpi ops gpt2 throughput nccl zero1 sanprobe racecheck zero4 ckpt train \
-      memcheck var_copies var_fp32attn var_dkv3 var_graphs
+      memcheck var_copies var_fp32attn var_dkv3 var_graphs var_fa2
   fi
   # Ranks share the GPU only in the Default compute mode; the check measures the card as it finds it.
   [[ -n $compute_mode && $compute_mode != Default ]] &&
@@ -295,6 +296,7 @@ step_variants() {
   # The step's ~300 launches as one graph replay (its log's zt_graphs line: ops per micro-step, how many the graph
   # held); no per-op table: the profiled steps run op by op, so theirs is the main run's.
   variant var_graphs zt_throughput_graphs.log --cuda_graphs=on
+  variant var_fa2 zt_throughput_fa2.log --cuda_attention=fa2 --profile_steps=1
 }
 variant() {  # KEY LOG SETTING...: each VAR=VALUE (the environment) or --flag=value (a gpt2_cuda_bench flag)
   local setting env_args=() flag_args=()

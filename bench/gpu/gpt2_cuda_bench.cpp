@@ -3,12 +3,13 @@
 //
 // Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
 //                        [--peak_tflops F] [--peak_gbs G] [--profile_steps K] [--cuda_epilogues auto|on|off]
-//                        [--cuda_graphs auto|on|off]
+//                        [--cuda_graphs auto|on|off] [--cuda_attention auto|fp32|fa2]
 // --profile_steps K: after the timed steps, K more steps with every op timed (core/profiling_backend.hpp), and a
 // table of where the step's time goes, each op beside what its flops and bytes would take at the card's peak
-// rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues, --cuda_graphs: as zerotrain's
-// flags; with graphs on it prints the backend ops per micro-step and how many of them a graph launch replaced (the
-// profiled steps time each op between synchronizations, so they run op by op: their table is the eager one).
+// rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues, --cuda_graphs,
+// --cuda_attention: as zerotrain's flags; with graphs on it prints the backend ops per micro-step and how many of
+// them a graph launch replaced (the profiled steps time each op between synchronizations, so they run op by op:
+// their table is the eager one).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -42,6 +43,7 @@ struct Options {
   int profile_steps = 0;
   std::string epilogues = "auto";
   std::string graphs = "auto";
+  std::string attention = "auto";
 };
 
 Options parse(int argc, char** argv) {
@@ -74,6 +76,8 @@ Options parse(int argc, char** argv) {
       o.epilogues = value();
     else if (a == "--cuda_graphs")
       o.graphs = value();
+    else if (a == "--cuda_attention")
+      o.attention = value();
     else
       ZT_FAIL("unknown argument {} (see the usage at the top of bench/gpu/gpt2_cuda_bench.cpp)", a);
   }
@@ -123,7 +127,7 @@ int run(const Options& o) {
   zt::ModelConfig cfg = zt::model_preset(o.preset);
   ZT_CHECK(o.seq_len <= cfg.seq_len, "--seq_len {} exceeds the preset's {}", o.seq_len, cfg.seq_len);
   const zt::ParamTable table(cfg);
-  zt::CudaVariants variants{"auto", "auto", "auto", o.epilogues};
+  zt::CudaVariants variants{o.attention, "auto", "auto", o.epilogues};
   variants.graphs = o.graphs;
   auto cuda = zt::make_cuda_backend(0, o.bf16, variants);
   zt::ProfilingBackend profiler(*cuda, false);  // forwards only, until the profiled steps

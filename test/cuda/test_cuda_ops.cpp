@@ -25,6 +25,9 @@
 #include "cuda/cuda_backend.hpp"
 #include "test/ops/backends_under_test.hpp"
 #include "test/test_util.hpp"
+#ifdef ZT_CUDA_SIM
+#include "test/cuda_sim/sim_runtime.hpp"
+#endif
 
 using VecF = std::vector<float>;
 using VecI = std::vector<int32_t>;
@@ -85,6 +88,16 @@ const zt::test::RegisterBackend cuda_bf16_graphs{{"cuda bf16 graphs",
                                                   },
                                                   cuda_tolerances(true)},
                                                  "a whole GPT-2 step"};
+// --cuda_attention fa2: attention_tc.cu's arithmetic in FlashAttention-2's layout, so "cuda bf16"'s tolerances.
+std::unique_ptr<zt::Backend> cuda_backend_fa2(bool bf16) {
+  return zt::make_cuda_backend(0, bf16, {"fa2", "auto", "auto", "auto"});
+}
+// Not under the sanitizers (test/run_tests.sh's ASan/UBSan pass), where every op test on it would cost about a minute
+// of that pass's budget: there the fa2 kernels run in their own case below ("[fa2]", ~8 s both thread orders).
+#ifndef __SANITIZE_ADDRESS__
+const zt::test::RegisterBackend cuda_bf16_fa2{
+    {"cuda bf16 fa2", [] { return cuda_backend_fa2(true); }, cuda_tolerances(true)}};
+#endif
 
 // A bf16 backend made with the environment variable `name` set to `value`, and the error that making one with it
 // set to `bad_value` gives. The backend reads the variable when it is made; it is unset before anything can fail.
@@ -411,4 +424,93 @@ int main(int argc, char** argv) {
   std::printf("CUDA device 0: %s\n", zt::cuda_device_description(0).c_str());
   zt::test::test_seed();  // printed before the first case
   return zt::test::run_catch(argc, argv);
+}
+
+namespace {
+
+// out, dqkv and the row statistics (lse) of one attention forward + backward on `be`, from inputs in [-1, 1].
+std::vector<VecF> attention_round_trip(zt::Backend& be, int B, int T, int NH, int hs) {
+  auto rng = seeded_rng();
+  const int C = NH * hs;
+  const size_t BT = size_t(B) * T;
+  const VecF qkv = uniform(rng, BT * 3 * C, -1, 1), dout = uniform(rng, BT * C, -1, 1);
+  BackendArray d_qkv(be, qkv.size()), d_out(be, BT * C), d_att(be, be.attention_state_elems(B, T, C, NH)),
+      d_dout(be, dout.size()), d_dqkv(be, qkv.size());
+  d_qkv.upload(qkv);
+  d_dout.upload(dout);
+  be.attention_forward(d_out.get(), d_att.get(), d_qkv.get(), B, T, C, NH);
+  be.attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH);
+  VecF lse = d_att.download();
+  lse.resize(size_t(B) * NH * T);
+  return {d_out.download(), d_dqkv.download(), lse};
+}
+
+// The loss (as the float it rounds to) and every gradient of one GPT-2 step with head size 64 (1 layer, 2 heads, T 80:
+// a partial 64-row tile) on `be`.
+std::vector<VecF> model_step_hs64(zt::Backend& be) {
+  zt::ModelConfig cfg = zt::model_preset("tiny");
+  cfg.n_layer = 1;
+  cfg.n_head = 2;
+  cfg.d_model = 128;
+  cfg.seq_len = 80;
+  const zt::ParamTable table(cfg);
+  auto rng = seeded_rng();
+  const VecI inputs = random_tokens(rng, size_t(cfg.seq_len), cfg.vocab);
+  const VecI targets = random_tokens(rng, size_t(cfg.seq_len), cfg.vocab);
+  FlatUnits units(be, table, 7);
+  zt::Gpt2 model(table, be, 1, cfg.seq_len);
+  std::vector<VecF> result{{float(model.step(units, inputs.data(), targets.data(), true, 1.0f / float(cfg.seq_len)))}};
+  for (size_t u = 0; u < units.n_units(); ++u) result.push_back(units.grads_to_host(int(u)));
+  return result;
+}
+
+}  // namespace
+
+// The fa2 kernels sum every product in attention_tc.cu's order and skip only products the mask makes zero, so they
+// give the tensor-core kernels' bits on the simulator. On a GPU ptxas may contract a multiply-add differently in the
+// two (kF32, as for the capped dK/dV kernel). Shapes: T past a 128-row tile and not a multiple of 64; T below one
+// tile and below hs + 1 (the backward recomputes the output); several heads and batches.
+TEST_CASE("fa2 attention gives the tensor-core kernels' results; fp32 mode and other head sizes fall back",
+          "[cuda][attention][fa2]") {
+  auto tc_mode = cuda_backend(true);
+  auto fa2_mode = cuda_backend_fa2(true);
+  const struct { int B, T, NH; } shapes[] = {{1, 200, 1}, {2, 37, 3}};
+  for (const auto& s : shapes) {
+    INFO("B " << s.B << " T " << s.T << " NH " << s.NH);
+#ifdef ZT_CUDA_SIM
+    const int fa2_launches = zt_sim::launch_count("fa2");
+#endif
+    const auto fa2 = attention_round_trip(*fa2_mode, s.B, s.T, s.NH, 64);
+#ifdef ZT_CUDA_SIM
+    CHECK(zt_sim::launch_count("fa2") == fa2_launches + (s.T < 65 ? 4 : 3));  // + the backward's recomputed forward
+#endif
+    const auto tc = attention_round_trip(*tc_mode, s.B, s.T, s.NH, 64);
+    for (size_t k = 0; k < tc.size(); ++k) {
+      INFO((k == 0 ? "out" : k == 1 ? "dqkv" : "lse"));
+#ifdef ZT_CUDA_SIM
+      CHECK(same_bits(fa2[k], tc[k]));
+#else
+      expect_close("fa2 vs tensor cores", fa2[k], tc[k], kF32);
+#endif
+    }
+  }
+  // A whole step (the model's use of att and of the kept bf16 copies): the loss and every gradient.
+  const auto fa2_step = model_step_hs64(*fa2_mode), tc_step = model_step_hs64(*tc_mode);
+  for (size_t u = 0; u < tc_step.size(); ++u) {
+    INFO("model step, " << (u == 0 ? "loss" : "gradients of unit " + std::to_string(u - 1)));
+#ifdef ZT_CUDA_SIM
+    CHECK(same_bits(fa2_step[u], tc_step[u]));
+#else
+    expect_close("fa2 vs tensor cores", fa2_step[u], tc_step[u], zt::test::kF32Model);
+#endif
+  }
+  // fp32 mode runs its fp32 kernels whatever the switch; head size 32 runs the tensor-core kernels (one log line).
+  auto fp32_fa2 = cuda_backend_fa2(false);
+  auto fp32_mode = cuda_backend(false);
+  const auto a = attention_round_trip(*fp32_fa2, 2, 40, 2, 64), b = attention_round_trip(*fp32_mode, 2, 40, 2, 64);
+  const auto c = attention_round_trip(*fa2_mode, 2, 40, 2, 32), d = attention_round_trip(*tc_mode, 2, 40, 2, 32);
+  for (size_t k = 0; k < a.size(); ++k) {
+    CHECK(same_bits(a[k], b[k]));
+    CHECK(same_bits(c[k], d[k]));
+  }
 }

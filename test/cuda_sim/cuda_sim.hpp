@@ -84,6 +84,18 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint3
 /// row l % 8 of matrix l / 8.
 void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans);
 
+/// cp.async.{ca,cg}.shared.global: n_bytes (4, 8 or 16; .cg only 16) from src (device memory) to dst (this block's
+/// shared memory), of which the first src_bytes (0..n_bytes) are read and the rest zero-filled. The source is read
+/// at issue; the destination reads as NaN bytes from issue until this thread's wait_group retires the copy's group
+/// (the hardware leaves it undefined until then), and takes the copied bytes only there.
+void cp_async(void* dst, const void* src, int n_bytes, int src_bytes, bool cache_global);
+/// cp.async.commit_group: this thread's copies issued since the last commit become one group.
+void cp_async_commit();
+/// cp.async.wait_group n: lands every committed group of this thread but the newest n.
+void cp_async_wait(int n);
+/// cp.async.wait_all: commit_group, then wait_group 0.
+void cp_async_wait_all();
+
 template <typename T>
 T shuffle_value(unsigned mask, T v, int arg, bool is_xor) {
   static_assert(std::is_trivially_copyable_v<T> && (sizeof(T) == 4 || sizeof(T) == 8), "4- or 8-byte shuffles");

@@ -17,6 +17,7 @@
 #define ZT_SIM_ASAN 1
 #endif
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -187,6 +188,15 @@ void make_context(Context& c, void* stack, size_t n_bytes, void (*entry)()) {
 
 enum class Wait { kRunnable, kBlockBarrier, kWarpInstruction, kDone };
 
+// One cp.async in flight: its source bytes (read at issue) and the group it belongs to (the number of groups the
+// thread had committed when it issued the copy).
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char bytes[16];
+  int n_bytes;
+  uint64_t group;
+};
+
 struct Fiber {
   Context context;
   uint3 tid;
@@ -194,6 +204,8 @@ struct Fiber {
   Wait wait = Wait::kRunnable;
   uint64_t round = 0;  // warp instructions taken so far
   void* stack = nullptr;
+  std::vector<AsyncCopy> copies;  // cp.async not yet retired by a wait_group: dropped if the thread exits
+  uint64_t n_committed = 0;       // cp.async groups committed so far
 };
 
 struct BlockRun {
@@ -211,6 +223,7 @@ struct BlockRun {
 std::mutex g_launch_mutex;  // one grid at a time: the fibers share the process-wide built-in variables
 BlockRun* g_block = nullptr;
 std::map<const void*, int> g_shared_limits;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+std::map<std::string, int> g_launches;       // accepted launches per kernel name
 
 std::vector<void*>& stack_pool() {
   static std::vector<void*> pool;
@@ -436,6 +449,14 @@ cudaError_t check_config(const LaunchConfig& c, std::string& why) {
 
 }  // namespace
 
+int launch_count(const std::string& name_part) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  int n = 0;
+  for (const auto& kv : g_launches)
+    if (kv.first.find(name_part) != std::string::npos) n += kv.second;
+  return n;
+}
+
 void set_reverse_order(bool reverse) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
   g_reverse = reverse ? 1 : 0;
@@ -465,6 +486,7 @@ void launch_grid(const LaunchConfig& config, std::function<void()> thread_body) 
       set_last_error(rc);
       return;
     }
+    ++g_launches[config.name];
   }
   enqueue(config.stream, [config, body = std::move(thread_body)] { run_grid(config, body); });
 }
@@ -579,6 +601,56 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
   in.row = row;
   const LaneOut& out = warp_instruction(in);
   std::memcpy(r, out.r, sizeof out.r);
+}
+
+namespace {
+
+bool in_block_shared(const unsigned char* p, size_t n_bytes) {
+  const BlockRun& b = *g_block;
+  const unsigned char* dyn = b.shared;
+  if (p >= dyn && p + n_bytes <= dyn + b.config->dynamic_shared_bytes) return true;
+  const unsigned char *st = __start_zt_sim_shared, *st_end = __stop_zt_sim_shared;
+  return st != nullptr && p >= st && p + n_bytes <= st_end;
+}
+
+}  // namespace
+
+void cp_async(void* dst, const void* src, int n_bytes, int src_bytes, bool cache_global) {
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  if (n_bytes != 4 && n_bytes != 8 && n_bytes != 16) fault("cp.async of " + std::to_string(n_bytes) + " bytes");
+  if (cache_global && n_bytes != 16) fault("cp.async.cg copies 16 bytes, not " + std::to_string(n_bytes));
+  if (src_bytes < 0 || src_bytes > n_bytes)
+    fault("cp.async source size " + std::to_string(src_bytes) + " of 0.." + std::to_string(n_bytes));
+  if (reinterpret_cast<uintptr_t>(d) % unsigned(n_bytes) != 0 ||
+      reinterpret_cast<uintptr_t>(s) % unsigned(n_bytes) != 0)
+    fault("cp.async addresses not aligned to its " + std::to_string(n_bytes) + " bytes");
+  if (!in_block_shared(d, size_t(n_bytes))) fault("cp.async destination outside the block's shared memory");
+  if (src_bytes > 0 && !is_device_range(s, size_t(src_bytes))) fault("cp.async source outside device memory");
+  Fiber& f = *g_block->current;
+  AsyncCopy copy{d, {}, n_bytes, f.n_committed};
+  if (src_bytes > 0) std::memcpy(copy.bytes, s, size_t(src_bytes));  // the zero-fill is the initialiser's
+  std::memset(d, 0xff, size_t(n_bytes));                             // undefined until the wait: NaN, whoever reads it
+  f.copies.push_back(copy);
+}
+
+void cp_async_commit() { ++g_block->current->n_committed; }
+
+void cp_async_wait(int n) {
+  if (n < 0) fault("cp.async.wait_group " + std::to_string(n));
+  Fiber& f = *g_block->current;
+  const uint64_t keep_from = f.n_committed > uint64_t(n) ? f.n_committed - uint64_t(n) : 0;
+  auto landed = [&](const AsyncCopy& c) {
+    if (c.group >= keep_from) return false;
+    std::memcpy(c.dst, c.bytes, size_t(c.n_bytes));
+    return true;
+  };
+  f.copies.erase(std::remove_if(f.copies.begin(), f.copies.end(), landed), f.copies.end());
+}
+
+void cp_async_wait_all() {
+  cp_async_commit();
+  cp_async_wait(0);
 }
 
 }  // namespace zt_sim

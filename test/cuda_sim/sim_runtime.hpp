@@ -42,6 +42,10 @@ void run_grid(const LaunchConfig& config, const std::function<void()>& thread_bo
 /// True when [p, p + n_bytes) lies inside one live device allocation.
 bool is_device_range(const void* p, size_t n_bytes);
 
+/// How many launches so far were of kernels whose name contains name_part: for tests that must know which of two
+/// kernel sets with the same results ran.
+int launch_count(const std::string& name_part);
+
 /// Warps and lanes taken in reverse order (as ZT_CUDA_SIM_ORDER=reverse does), for the simulator's own tests.
 void set_reverse_order(bool reverse);
 

@@ -507,3 +507,106 @@ TEST_CASE("cuBLASLt stand-in: epilogues it does not model, bad aux layouts and m
     CHECK(p.matmul(algo) == CUBLAS_STATUS_INVALID_VALUE);
   }
 }
+
+namespace {
+
+// Thread 0 stages in[0..16) into shared memory in two cp.async groups and records what it reads there: before any
+// wait (out[0..4)), after wait_group 1 (the first group: out[4..8); the second: out[8..12)) and after wait_all
+// (out[12..28)). The second group zero-fills: 8 of 16 bytes read, a 4-byte .ca copy, then a 16-byte copy of 0 bytes.
+__global__ void async_copy_kernel(float* out, const float* in) {
+  ZT_DYNAMIC_SHARED(float, buf);
+  if (threadIdx.x != 0) return;
+  zt_sim::cp_async(buf, in, 16, 16, true);
+  zt_sim::cp_async_commit();
+  zt_sim::cp_async(buf + 4, in + 4, 16, 8, true);
+  zt_sim::cp_async(buf + 8, in + 8, 4, 4, false);
+  zt_sim::cp_async(buf + 12, in + 12, 16, 0, false);
+  zt_sim::cp_async_commit();
+  for (int i = 0; i < 4; ++i) out[i] = buf[i];
+  zt_sim::cp_async_wait(1);
+  for (int i = 0; i < 4; ++i) out[4 + i] = buf[i], out[8 + i] = buf[4 + i];
+  zt_sim::cp_async_wait_all();
+  for (int i = 0; i < 16; ++i) out[12 + i] = buf[i];
+}
+
+// n_tiles tiles of 64 floats, double-buffered as the fa2 attention streams K and V: warp 0 copies tile k + 1 into one
+// buffer while both warps read tile k from the other; thread i reads element 63 - i (another warp's copy).
+// barrier_before_reuse false leaves out the barrier that keeps a buffer from being refilled while it is still read.
+__global__ void pipeline_kernel(float* out, const float* in, int n_tiles, bool barrier_before_reuse) {
+  ZT_DYNAMIC_SHARED(float, buf);
+  auto issue = [&](int tile) {
+    if (threadIdx.x < 16)
+      zt_sim::cp_async(buf + (tile % 2) * 64 + 4 * threadIdx.x, in + tile * 64 + 4 * threadIdx.x, 16, 16, true);
+    zt_sim::cp_async_commit();
+  };
+  issue(0);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    if (tile + 1 < n_tiles) issue(tile + 1);
+    zt_sim::cp_async_wait(tile + 1 < n_tiles ? 1 : 0);
+    __syncthreads();
+    out[tile * 64 + threadIdx.x] = buf[(tile % 2) * 64 + 63 - threadIdx.x];
+    if (barrier_before_reuse) __syncthreads();
+  }
+}
+
+// A .cg copy of 4 bytes (it takes only 16), or a destination in global memory: refused.
+__global__ void bad_async_copy_kernel(float* out, const float* in, bool to_global) {
+  ZT_DYNAMIC_SHARED(float, buf);
+  if (to_global)
+    zt_sim::cp_async(out, in, 16, 16, true);
+  else
+    zt_sim::cp_async(buf, in, 4, 4, true);
+  zt_sim::cp_async_wait_all();
+}
+
+std::vector<float> run_pipeline(const std::vector<float>& in, bool barrier, bool reverse) {
+  zt_sim::set_reverse_order(reverse);
+  const float* d_in = device_copy(in);
+  float* out = device_copy(std::vector<float>(in.size(), 0.0f));
+  ZT_LAUNCH(pipeline_kernel, 1, 64, 128 * sizeof(float), nullptr)(out, d_in, int(in.size() / 64), barrier);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  std::vector<float> host = host_copy(out, in.size());
+  cudaFree(out);
+  cudaFree(const_cast<float*>(d_in));
+  zt_sim::set_reverse_order(false);
+  return host;
+}
+
+}  // namespace
+
+TEST_CASE("cp.async lands at its wait_group: read before it, the destination is NaN", "[cuda_sim][cp_async]") {
+  std::vector<float> in(16);
+  for (int i = 0; i < 16; ++i) in[i] = float(i + 1);
+  const float* d_in = device_copy(in);
+  float* out = device_copy(std::vector<float>(28, -1.0f));
+  ZT_LAUNCH(async_copy_kernel, 1, 32, 16 * sizeof(float), nullptr)(out, d_in);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const auto h = host_copy(out, 28);
+  // Zero-fill past src_bytes; buf[9..11], which no copy writes, keep the block's NaN.
+  const float nan = std::nanf(""), landed[16] = {1, 2, 3, 4, 5, 6, 0, 0, 9, nan, nan, nan, 0, 0, 0, 0};
+  for (int i = 0; i < 4; ++i) {
+    CHECK(std::isnan(h[i]));      // read before any wait
+    CHECK(h[4 + i] == in[i]);     // group 0 landed by wait_group 1 ...
+    CHECK(std::isnan(h[8 + i]));  // ... group 1 not
+  }
+  for (int i = 0; i < 16; ++i) CHECK((std::isnan(landed[i]) ? std::isnan(h[12 + i]) : h[12 + i] == landed[i]));
+
+  // Double buffering: right in both thread orders with the barrier before a buffer is refilled; without it, warp 0
+  // refills the buffer warp 1 has yet to read, which reads NaN in one of the orders.
+  std::vector<float> tiles(4 * 64), want(4 * 64);
+  for (size_t i = 0; i < tiles.size(); ++i) tiles[i] = float(i);
+  for (size_t i = 0; i < want.size(); ++i) want[i] = tiles[i / 64 * 64 + 63 - i % 64];
+  CHECK(run_pipeline(tiles, true, false) == want);
+  CHECK(run_pipeline(tiles, true, true) == want);
+  CHECK((run_pipeline(tiles, false, false) != want || run_pipeline(tiles, false, true) != want));
+
+  for (bool to_global : {false, true}) {
+    ZT_LAUNCH(bad_async_copy_kernel, 1, 32, 64, nullptr)(out, d_in, to_global);
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+    CHECK_THAT(zt_sim::last_failure(),
+               Catch::Contains(to_global ? "outside the block's shared memory" : ".cg copies 16"));
+  }
+  cudaGetLastError();
+  cudaFree(out);
+  cudaFree(const_cast<float*>(d_in));
+}
