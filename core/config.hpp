@@ -149,7 +149,10 @@ using StringList = std::vector<std::string>;
     "auto: on, or the deprecated ZT_CUDA_PARAM_COPY=0 when set")                                                      \
   X(std::string, cuda_epilogues, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                             \
     "CUDA: fold GELU, its derivative and the bias gradients into the cuBLASLt products (on) or run them as separate "  \
-    "kernels (off); auto: off until a GPU run shows the fused form faster")
+    "kernels (off); auto: off until a GPU run shows the fused form faster")                                           \
+  X(std::string, cuda_activations, "auto", unsaved, this_run, one_of({"auto", "fp32", "bf16"}),                        \
+    "CUDA --dtype bf16: hold the activations and activation gradients that only tolerate rounding in bf16 alone "      \
+    "(bf16) or in fp32 beside the matmuls' bf16 copies (fp32); auto: fp32 until a GPU run shows bf16 faster")
 // clang-format on
 
 #define ZT_CONFIG_DECLARE_FIELD(type, name, def, manifest, on_resume, check, help) type name = def;

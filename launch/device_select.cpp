@@ -103,8 +103,9 @@ RunDevice make_run_device(TrainConfig& t, int threads) {
     }
   }
   RunDevice run;
-  run.backend = make_cuda_backend(device, t.dtype == "bf16",
-                                  {t.cuda_attention, t.cuda_attention_dkv_blocks, t.cuda_param_copy, t.cuda_epilogues});
+  run.backend = make_cuda_backend(
+      device, t.dtype == "bf16",
+      {t.cuda_attention, t.cuda_attention_dkv_blocks, t.cuda_param_copy, t.cuda_epilogues, t.cuda_activations});
   run.comm = t.comm == "nccl" ? make_nccl_comm(MPI_COMM_WORLD, *run.backend)
                               : make_staged_mpi_comm(MPI_COMM_WORLD, *run.backend);
   run.description = fmt::format(
