@@ -69,7 +69,19 @@ struct BackendUnderTest {
   std::string name;  ///< in every failure message, e.g. "cuda bf16"
   std::function<std::unique_ptr<Backend>()> make;
   OpTolerances tol;
+  /// Empty: every op test case runs it; else only the cases whose name starts with one of these (a variant that
+  /// changes nothing the other cases reach: they would repeat another entry's run).
+  std::vector<std::string> only_cases = {};
 };
+
+/// Whether the running test case is one `backend` runs (BackendUnderTest::only_cases).
+inline bool runs_current_case(const BackendUnderTest& backend) {
+  if (backend.only_cases.empty()) return true;
+  const std::string name = Catch::getResultCapture().getCurrentTestName();
+  for (const std::string& prefix : backend.only_cases)
+    if (name.compare(0, prefix.size(), prefix) == 0) return true;
+  return false;
+}
 
 /// Every backend registered in this binary, in registration order.
 inline std::vector<BackendUnderTest>& backends_under_test() {
@@ -90,4 +102,5 @@ struct RegisterBackend {
 #define ZT_FOR_EACH_BACKEND(var)                                                                  \
   const ::zt::test::BackendUnderTest& var = ::zt::test::backends_under_test().at(                 \
       GENERATE(::Catch::Generators::range(size_t(0), ::zt::test::backends_under_test().size()))); \
+  if (!::zt::test::runs_current_case(var)) return;                                                \
   INFO("backend: " << var.name)
