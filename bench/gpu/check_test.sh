@@ -42,7 +42,7 @@ check_run faults 60 ZT_CHECK_TIME_SCALE=0.1 FAKE_SANITIZER=refuse \
 r=$tmp/faults
 check "faults: exit 1, not killed" [ "$(field "$r" rc)" = 1 ] && [ "$(field "$r" timed_out)" = false ]
 check "faults: summary.md, summary.txt and the logs archive come back" all_files "$r"
-check "faults: all 21 rows" [ "$(n_rows "$r")" = 21 ]
+check "faults: all 22 rows" [ "$(n_rows "$r")" = 22 ]
 check "faults: the hang is a TIMEOUT" [ "$(result_of "$r" "one step at GPT-2 124M shapes")" = TIMEOUT ]
 check "faults: the crash is a FAIL naming SIGSEGV" grep -q "FAIL .*SIGSEGV" <<<"$(row "$r" "ZeRO on CUDA vs CPU, 1")"
 check "faults: the orphaning step is a TIMEOUT" [ "$(result_of "$r" "NCCL single-rank smoke test")" = TIMEOUT ]
@@ -63,7 +63,7 @@ check_run killed 14 ZT_CHECK_TIME_SCALE=0.1 ZT_CHECK_FAULT=ops:hang
 r=$tmp/killed
 check "killed: rc 137, timed out" [ "$(field "$r" rc)" = 137 ] && [ "$(field "$r" timed_out)" = true ]
 check "killed: summary.md, summary.txt and the logs archive come back" all_files "$r"
-check "killed: all 21 rows, the running step named" [ "$(n_rows "$r")" = 21 ] &&
+check "killed: all 22 rows, the running step named" [ "$(n_rows "$r")" = 22 ] &&
   grep -q "running CUDA op tests" "$r/files/summary.md"
 check "killed: the finished steps' results" [ "$(result_of "$r" "bundled Open MPI: 2-rank smoke test")" = PASS ]
 check "killed: the logs so far, the running step's too" \
@@ -83,7 +83,7 @@ check_run nodevice 60 ZT_CHECK_TIME_SCALE=0.1 FAKE_NO_DEVICE=1
 r=$tmp/nodevice
 check "no device: exit 3" [ "$(field "$r" rc)" = 3 ]
 check "no device: summary and logs come back" all_files "$r" && has_logs "$r" device-probe.log nvidia-smi.txt
-check "no device: every row says so" [ "$(grep -c "| not run |.*| no device |" "$r/files/summary.md")" = 20 ]
+check "no device: every row says so" [ "$(grep -c "| not run |.*| no device |" "$r/files/summary.md")" = 21 ]
 
 # 5. A GPU that ranks cannot share (compute mode left as found): those steps are not run, the rest pass.
 check_run exclusive 60 ZT_CHECK_TIME_SCALE=0.1 FAKE_COMPUTE_MODE=Exclusive_Process
@@ -93,7 +93,7 @@ check "exclusive: the 4-rank steps are not run, naming the compute mode" \
   [ "$(grep -c "| not run |.*compute mode Exclusive_Process" "$r/files/summary.md")" = 3 ]
 check "exclusive: the sanitizer ran (PASS)" [ "$(result_of "$r" "compute-sanitizer racecheck on attention")" = PASS ]
 check "exclusive: every other row passed or measured" \
-  [ "$(grep -cE "^\| [^|]+ \| (PASS|measured|MET) \|" "$r/files/summary.md")" = 18 ]
+  [ "$(grep -cE "^\| [^|]+ \| (PASS|measured|MET) \|" "$r/files/summary.md")" = 19 ]
 
 # 6. SIGTERM during a step (a kill that gives warning): the step and what it started end, the summary says where it
 #    stopped, the logs are packed, exit 143.
@@ -122,7 +122,7 @@ check "only: exit 0" [ $? = 0 ]
 r=$tmp/only/out
 ran="^\| (device probe|bundled Open MPI|CUDA op tests|one step at GPT-2|PyTorch eager)[^|]*\| (PASS|measured) \|"
 check "only: probe, MPI, op tests and PyTorch eager ran" [ "$(grep -cE "$ran" "$r/summary.md")" = 5 ]
-check "only: the other 15 rows are not selected" [ "$(grep -c "| not selected |" "$r/summary.md")" = 15 ]
+check "only: the other 16 rows are not selected" [ "$(grep -c "| not selected |" "$r/summary.md")" = 16 ]
 
 # 8. No bundle carried, or a damaged one: exit 2, and summary.md says why.
 mkdir -p "$tmp/nobundle" && cp -r "$tmp/fake/bundle" "$tmp/damaged"
