@@ -258,7 +258,7 @@ class CudaBackend final : public Backend {
   }
   void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, const float* pre, int N, int C, int OC) override {
-    const OutputTargets o = output_targets(dpre, size_t(N) * C);
+    const OutputTargets o = backward_targets(dpre, size_t(N) * C);
     fp32_out(dact, size_t(N) * C);
     cuda::matmul_gelu_backward(*matmul_, o.fp32, o.copy, dact, dweight, dbias, fp32_in(dout, size_t(N) * OC),
                                bf16_copy_of(dout, size_t(N) * OC), inp, bf16_copy_of(inp, size_t(N) * C), weight,
@@ -275,7 +275,7 @@ class CudaBackend final : public Backend {
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_));
-    const OutputTargets o = output_targets(dqkv, size_t(B) * T * 3 * C);
+    const OutputTargets o = backward_targets(dqkv, size_t(B) * T * 3 * C);
     cuda::attention_backward(o.fp32, o.copy, fp32_in(dout, size_t(B) * T * C), qkv, att, B, T, C, NH,
                              attention_tensor_cores_, attention_dkv_capped_, scratch, stream_);
   }
@@ -290,7 +290,7 @@ class CudaBackend final : public Backend {
     cuda::gelu_forward(o.fp32, o.copy, fp32_in(inp, n), n, stream_);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
-    const OutputTargets o = output_targets(dinp, n);
+    const OutputTargets o = backward_targets(dinp, n);
     cuda::gelu_backward(o.fp32, o.copy, fp32_in(inp, n), fp32_in(dout, n), n, stream_);
   }
   void residual_forward(float* out, const float* a, const float* b, size_t n) override {
@@ -436,6 +436,11 @@ class CudaBackend final : public Backend {
     const KeptCopy* kept = kept_range_of(p, n, &offset);
     if (kept == nullptr) return {p, nullptr};
     return {kept->fp32_unread ? nullptr : p, kept->copy + offset};
+  }
+  // A backward op's output: the fp32 values are skipped only in a range held in bf16 (the contract lets a copy-only
+  // range skip the forward ops' fp32 writes alone).
+  OutputTargets backward_targets(float* p, size_t n) const {
+    return {held_bf16(p, n) != nullptr ? nullptr : p, bf16_copy_of(p, n)};
   }
 
   // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
