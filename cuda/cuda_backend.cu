@@ -43,6 +43,17 @@ class CudaBackend final : public Backend {
     const int n_devices = cuda_device_count();
     ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)", device,
              n_devices);
+    // --cuda_activations bf16 holds in bf16 the activations the model offers (keep_activation_bf16); auto is fp32
+    // until a GPU run shows it right and faster. Asked for in fp32 mode it is refused, not ignored: the user asked
+    // for bf16 storage and would otherwise get an fp32 run's memory and speed without a word. Checked before
+    // anything is allocated, since a constructor that throws frees nothing.
+    const std::string& acts = variants.activations;
+    ZT_CHECK(acts == "auto" || acts == "fp32" || acts == "bf16", "--cuda_activations {}: expected auto, fp32 or bf16",
+             acts);
+    ZT_CHECK(acts != "bf16" || bf16,
+             "--cuda_activations bf16 needs --dtype bf16 (fp32 mode keeps every activation in fp32); drop the flag or "
+             "add --dtype bf16");
+    bf16_activations_ = acts == "bf16";
     ZT_CUDA_CHECK(cudaSetDevice(device));
     ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     // The error flag lives in mapped pinned memory: kernels set it, the host reads it after a synchronize with no
@@ -67,16 +78,6 @@ class CudaBackend final : public Backend {
     // matmul instead (the same bits: the tests compare the two).
     param_copies_on_ =
         bf16 && !variant_choice(variants.param_copy, "off", "ZT_CUDA_PARAM_COPY", "1", "0", "1 (default) or 0");
-    // --cuda_activations bf16 holds in bf16 the activations the model offers (keep_activation_bf16); auto is fp32
-    // until a GPU run shows it right and faster. Asked for in fp32 mode it is refused, not ignored: the user asked
-    // for bf16 storage and would otherwise get an fp32 run's memory and speed without a word.
-    const std::string& acts = variants.activations;
-    ZT_CHECK(acts == "auto" || acts == "fp32" || acts == "bf16", "--cuda_activations {}: expected auto, fp32 or bf16",
-             acts);
-    ZT_CHECK(acts != "bf16" || bf16,
-             "--cuda_activations bf16 needs --dtype bf16 (fp32 mode keeps every activation in fp32); drop the flag or "
-             "add --dtype bf16");
-    bf16_activations_ = acts == "bf16";
   }
 
   ~CudaBackend() override {
