@@ -58,6 +58,16 @@ class Backend {
     (void)n;
     (void)fp32_read;
   }
+  /// Asks the backend to hold the activation (or activation-gradient) buffer [act, act + n), memory from alloc, in
+  /// bf16 only; returns whether it does (then keep_activation_copy is not called for it). A held range's fp32
+  /// memory is the backend's: every op that writes the range rounds what it writes (once, to nearest even), every op
+  /// that reads it (to_host and copy included) reads the rounded values, and its contents are kept rounded when it is
+  /// asked for. A backend that computes in fp32 returns false (the CPU reference: rounding is allowed, not required).
+  virtual bool keep_activation_bf16(const float* act, size_t n) {
+    (void)act;
+    (void)n;
+    return false;
+  }
   /// Rounds [params, params + n), inside a kept range, into its copy again.
   virtual void refresh_param_copy(const float* params, size_t n) {
     (void)params;

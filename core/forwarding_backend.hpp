@@ -33,6 +33,7 @@ class ForwardingBackend : public Backend {
   void keep_activation_copy(const float* act, size_t n, bool fp32_read) override {
     inner_.keep_activation_copy(act, n, fp32_read);
   }
+  bool keep_activation_bf16(const float* act, size_t n) override { return inner_.keep_activation_bf16(act, n); }
   void refresh_param_copy(const float* params, size_t n) override { inner_.refresh_param_copy(params, n); }
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,

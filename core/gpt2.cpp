@@ -208,23 +208,31 @@ void Gpt2::keep_activation_copies() {
   // LayerNorm, attention and GELU outputs) are read by the forward and weight-gradient products and by nothing
   // else, so their fp32 values need not be written at all; nor need the dlogits'. The other output gradients (the
   // residual stream's, GELU's, attention's) are also read in fp32: by LayerNorm's backward and the bias gradients.
-  // A buffer that several layers share (recomputation) is kept once.
+  // A buffer that several layers share (recomputation) is kept once. Where every reader tolerates rounding
+  // (`bf16_ok`), the backend is first asked to hold the buffer in bf16 alone (keep_activation_bf16): the matmul
+  // operands above, and the gradients d_fch and d_qkv, whose other reader is a bias gradient (a column sum). Not
+  // the residual stream's gradient d_res: a sum over every block (docs/performance.md, "The fp32 residual").
   const size_t BT = size_t(B_) * T_, C = size_t(table_.config().d_model), Vp = size_t(table_.config().padded_vocab());
   std::set<const float*> kept;
-  auto keep = [&](float* a, size_t n, bool fp32_read) {
+  auto keep = [&](float* a, size_t n, bool fp32_read, bool bf16_ok) {
     if (!kept.insert(a).second) return;
+    if (bf16_ok && be_.keep_activation_bf16(a, n)) {
+      activation_bf16_elems_ += n;
+      return;
+    }
     be_.keep_activation_copy(a, n, fp32_read);
     activation_copy_elems_ += n;
   };
   for (LayerActs& L : layers_) {
-    for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C, false);
-    keep(L.fch_gelu, BT * 4 * C, false);
+    for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C, false, true);
+    keep(L.fch_gelu, BT * 4 * C, false, true);
   }
-  keep(lnf_, BT * C, false);
-  keep(logits_, BT * Vp, false);  // the forward's logits are the LM head's fp32 output; only their gradient is skipped
-  keep(d_res_, BT * C, true);
-  keep(d_fch_, BT * 4 * C, true);
-  keep(d_qkv_, BT * 3 * C, true);
+  keep(lnf_, BT * C, false, true);
+  // The forward's logits are the LM head's fp32 output, read by the softmax in fp32; only their gradient is skipped.
+  keep(logits_, BT * Vp, false, false);
+  keep(d_res_, BT * C, true, false);
+  keep(d_fch_, BT * 4 * C, true, true);
+  keep(d_qkv_, BT * 3 * C, true, true);
 }
 
 Gpt2::~Gpt2() {
@@ -457,6 +465,9 @@ std::string Gpt2::memory_report() const {
                               recompute_name(recompute_), mib(backward_work_bytes()));
   if (activation_copy_bytes() > 0)
     s += fmt::format(" + bf16 copies of the matmul operands {}", mib(activation_copy_bytes()));
+  if (activation_bf16_elems_ > 0)
+    s += fmt::format(" (of the activations, {} held in bf16 only: {} of it unused)", mib(activation_bf16_elems_ * 4),
+                     mib(activation_bf16_elems_ * 2));
   return s;
 }
 

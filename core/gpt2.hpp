@@ -128,6 +128,9 @@ class Gpt2 {
   std::string memory_report() const;
   /// Bytes of the backend's low-precision copies of the matmul operands (keep_activation_copy; 0 on the CPU).
   size_t activation_copy_bytes() const { return activation_copy_elems_ * be_.param_copy_bytes(); }
+  /// Bytes of activation buffers the backend holds in bf16 only (keep_activation_bf16), counted in fp32 as
+  /// activation_bytes counts them: half of it is the bf16 values, half unused. 0 on the CPU.
+  size_t activation_bf16_bytes() const { return activation_bf16_elems_ * sizeof(float); }
   int batch() const { return B_; }
   int seq_len() const { return T_; }
   Recompute recompute() const { return recompute_; }
@@ -158,7 +161,8 @@ class Gpt2 {
   int B_, T_;
   Recompute recompute_;
   float* arena_ = nullptr;
-  size_t arena_used_ = 0, activation_elems_ = 0, work_elems_ = 0, activation_copy_elems_ = 0, att_elems_ = 0;
+  size_t arena_used_ = 0, activation_elems_ = 0, work_elems_ = 0, activation_copy_elems_ = 0, att_elems_ = 0,
+         activation_bf16_elems_ = 0;
   int32_t* tokens_ = nullptr;
   int32_t* targets_ = nullptr;
   float* encoded_ = nullptr;

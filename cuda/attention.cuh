@@ -30,8 +30,9 @@ size_t attention_state_elems(int B, int T, int C, int NH, bool tensor_cores);
 size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor_cores);
 /// Writes dqkv from dout, qkv and what attention_forward left in att; deterministic (no atomics). dqkv16 (may be
 /// null) receives dqkv rounded to bf16 (the kept copy the c_attn backward products read). On the tensor cores it
-/// reads the forward's bf16 qkv from att, not qkv: att and qkv must be the forward's, unchanged since. dkv_capped:
-/// see attention_backward_tc. fa2: as attention_forward's (it must match the forward's).
+/// reads the forward's bf16 qkv from att, not qkv: att and qkv must be the forward's, unchanged since. dqkv may be
+/// null when dqkv16 is given (dqkv held in bf16 only). dkv_capped: see attention_backward_tc. fa2: as
+/// attention_forward's (it must match the forward's).
 void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2, float* scratch,
                         cudaStream_t stream);

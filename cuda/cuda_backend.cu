@@ -44,6 +44,17 @@ class CudaBackend final : public Backend {
     const int n_devices = cuda_device_count();
     ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)", device,
              n_devices);
+    // --cuda_activations bf16 holds in bf16 the activations the model offers (keep_activation_bf16); auto is fp32
+    // until a GPU run shows it right and faster. Asked for in fp32 mode it is refused, not ignored: the user asked
+    // for bf16 storage and would otherwise get an fp32 run's memory and speed without a word. Checked before
+    // anything is allocated, since a constructor that throws frees nothing.
+    const std::string& acts = variants.activations;
+    ZT_CHECK(acts == "auto" || acts == "fp32" || acts == "bf16", "--cuda_activations {}: expected auto, fp32 or bf16",
+             acts);
+    ZT_CHECK(acts != "bf16" || bf16,
+             "--cuda_activations bf16 needs --dtype bf16 (fp32 mode keeps every activation in fp32); drop the flag or "
+             "add --dtype bf16");
+    bf16_activations_ = acts == "bf16";
     ZT_CUDA_CHECK(cudaSetDevice(device));
     ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     // The error flag lives in mapped pinned memory: kernels set it, the host reads it after a synchronize with no
@@ -75,7 +86,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     // No throwing from a destructor: errors here leave nothing to clean up that the process exit does not.
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-    for (auto& kv : kept_copies_) cudaFree(kv.second.copy);
+    for (auto& kv : kept_copies_)
+      if (!kv.second.in_place) cudaFree(kv.second.copy);
     matmul_.reset();
     if (norm_host_ != nullptr) cudaFreeHost(norm_host_);
     if (error_flag_host_ != nullptr) cudaFreeHost(error_flag_host_);
@@ -98,7 +110,7 @@ class CudaBackend final : public Backend {
       const uintptr_t begin = it->first, end = begin + it->second;
       host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
       for (auto c = kept_copies_.lower_bound(begin); c != kept_copies_.end() && c->first < end;) {
-        ZT_CUDA_CHECK(cudaFree(c->second.copy));
+        if (!c->second.in_place) ZT_CUDA_CHECK(cudaFree(c->second.copy));
         c = kept_copies_.erase(c);
       }
       alloc_bytes_.erase(it);
@@ -113,15 +125,34 @@ class CudaBackend final : public Backend {
     if (copy != nullptr) ZT_CUDA_CHECK(cudaMemsetAsync(copy, 0, n * sizeof(*copy), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
-    if (dst != src && n) ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+    if (dst == src || n == 0) return;
+    __nv_bfloat16 *src16 = held_bf16(src, n), *dst16 = held_bf16(dst, n);
+    if (src16 != nullptr && dst16 != nullptr)
+      ZT_CUDA_CHECK(cudaMemcpyAsync(dst16, src16, n * sizeof(*dst16), cudaMemcpyDeviceToDevice, stream_));
+    else if (src16 != nullptr)
+      cuda::cast_to_fp32(dst, src16, n, stream_);
+    else if (dst16 != nullptr)
+      cuda::cast_to_bf16(dst16, src, n, stream_);
+    else
+      ZT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
   void to_host(float* host_dst, const float* src, size_t n) override {
-    if (n) ZT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    if (n == 0) return synchronize();
+    if (const __nv_bfloat16* src16 = held_bf16(src, n)) {  // widened on the device, then copied
+      float* wide = scratch_floats(n);
+      cuda::cast_to_fp32(wide, src16, n, stream_);
+      src = wide;
+    }
+    ZT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     synchronize();
   }
   void from_host(float* dst, const float* host_src, size_t n) override {
+    if (n == 0) return;
+    __nv_bfloat16* dst16 = held_bf16(dst, n);
+    float* staged = dst16 != nullptr ? scratch_floats(n) : dst;  // rounded on the device after the upload
     // From pageable memory the call returns once the bytes are staged, so the caller may reuse host_src at once.
-    if (n) ZT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    ZT_CUDA_CHECK(cudaMemcpyAsync(staged, host_src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    if (dst16 != nullptr) cuda::cast_to_bf16(dst16, staged, n, stream_);
   }
   void tokens_from_host(int32_t* dst, const int32_t* host_src, size_t n) override {
     if (n == 0) return;
@@ -141,6 +172,20 @@ class CudaBackend final : public Backend {
   size_t param_copy_bytes() const override { return param_copies_on_ ? sizeof(__nv_bfloat16) : 0; }
   void keep_param_copy(const float* params, size_t n) override { keep_copy(params, n, false); }
   void keep_activation_copy(const float* act, size_t n, bool fp32_read) override { keep_copy(act, n, !fp32_read); }
+  bool keep_activation_bf16(const float* act, size_t n) override {
+    if (!bf16_activations_ || n == 0) return false;
+    size_t offset = 0;
+    ZT_CHECK(!place(act, n, &offset).overlaps, "holding [{}, +{}) in bf16: it overlaps a range already kept",
+             static_cast<const void*>(act), n);
+    // The bf16 values live in the first half of the range's own fp32 memory: no allocation, and the copies this
+    // replaces are saved. Rounded through scratch, since rounding in place would overwrite values not yet read.
+    auto* held = reinterpret_cast<__nv_bfloat16*>(const_cast<float*>(act));
+    auto* rounded = reinterpret_cast<__nv_bfloat16*>(scratch_floats((n + 1) / 2));
+    cuda::cast_to_bf16(rounded, act, n, stream_);
+    ZT_CUDA_CHECK(cudaMemcpyAsync(held, rounded, n * sizeof(*held), cudaMemcpyDeviceToDevice, stream_));
+    kept_copies_[reinterpret_cast<uintptr_t>(act)] = {n, held, true, true};
+    return true;
+  }
   void refresh_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
     __nv_bfloat16* copy = bf16_copy_of(params, n);
@@ -186,44 +231,56 @@ class CudaBackend final : public Backend {
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
+    fp32_out(dinp, size_t(N) * C);  // accumulated: read in fp32 too
     float* scratch = scratch_floats(cuda::layernorm_backward_scratch_elems(N, C));
-    cuda::layernorm_backward(dinp, bf16_copy_of(dinp, size_t(N) * C), dweight, dbias, dout, inp, weight, mean, rstd, N,
-                             C, scratch, stream_);
+    cuda::layernorm_backward(dinp, bf16_copy_of(dinp, size_t(N) * C), dweight, dbias, fp32_in(dout, size_t(N) * C),
+                             fp32_in(inp, size_t(N) * C), weight, mean, rstd, N, C, scratch, stream_);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
                       bool wt) override {
+    fp32_out(out, size_t(N) * OC);
     cuda::matmul_forward(*matmul_, out, inp, bf16_copy_of(inp, size_t(N) * C), weight,
                          bf16_copy_of(weight, size_t(C) * OC), bias, N, C, OC, wt, stream_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int N, int C, int OC, bool wt) override {
-    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, dout, bf16_copy_of(dout, size_t(N) * OC), inp,
-                          bf16_copy_of(inp, size_t(N) * C), weight, bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt,
-                          stream_);
+    if (dinp != nullptr) fp32_out(dinp, size_t(N) * C);
+    // A dout held in bf16 has no fp32 values: the bias gradient sums its bf16 ones.
+    const size_t n_dout = size_t(N) * OC;
+    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, held_bf16(dout, n_dout) ? nullptr : dout,
+                          bf16_copy_of(dout, n_dout), inp, bf16_copy_of(inp, size_t(N) * C), weight,
+                          bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt, stream_);
   }
   void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
                            int C, int OC) override {
     const OutputTargets o = output_targets(out, size_t(N) * OC);
+    fp32_out(pre, size_t(N) * OC);
+    // A held out is the bf16 values' own memory: the GELU epilogue's fp32 output goes to scratch, then is rounded.
+    if (held_bf16(out, size_t(N) * OC) != nullptr && matmul_->epilogues()) out = scratch_floats(size_t(N) * OC);
     cuda::matmul_gelu_forward(*matmul_, pre, out, o.fp32 != nullptr, o.copy, inp, bf16_copy_of(inp, size_t(N) * C),
                               weight, bf16_copy_of(weight, size_t(C) * OC), bias, N, C, OC, stream_);
   }
   void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, const float* pre, int N, int C, int OC) override {
-    cuda::matmul_gelu_backward(*matmul_, dpre, bf16_copy_of(dpre, size_t(N) * C), dact, dweight, dbias, dout,
+    const OutputTargets o = backward_targets(dpre, size_t(N) * C);
+    fp32_out(dact, size_t(N) * C);
+    cuda::matmul_gelu_backward(*matmul_, o.fp32, o.copy, dact, dweight, dbias, fp32_in(dout, size_t(N) * OC),
                                bf16_copy_of(dout, size_t(N) * OC), inp, bf16_copy_of(inp, size_t(N) * C), weight,
-                               bf16_copy_of(weight, size_t(C) * OC), pre, N, C, OC, stream_);
+                               bf16_copy_of(weight, size_t(C) * OC), fp32_in(pre, size_t(N) * C), N, C, OC, stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
     const OutputTargets o = output_targets(out, size_t(B) * T * C);
-    cuda::attention_forward(o.fp32, o.copy, att, qkv, B, T, C, NH, attention_tensor_cores_, attention_fa2_, stream_);
+    cuda::attention_forward(o.fp32, o.copy, att, fp32_in(qkv, size_t(B) * T * 3 * C), B, T, C, NH,
+                            attention_tensor_cores_, attention_fa2_, stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_));
-    cuda::attention_backward(dqkv, bf16_copy_of(dqkv, size_t(B) * T * 3 * C), dout, qkv, att, B, T, C, NH,
+    const OutputTargets o = backward_targets(dqkv, size_t(B) * T * 3 * C);
+    cuda::attention_backward(o.fp32, o.copy, fp32_in(dout, size_t(B) * T * C), qkv, att, B, T, C, NH,
                              attention_tensor_cores_, attention_dkv_capped_, attention_fa2_, scratch, stream_);
   }
   bool supports_attention_cached() const override { return false; }
@@ -234,16 +291,19 @@ class CudaBackend final : public Backend {
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     const OutputTargets o = output_targets(out, n);
-    cuda::gelu_forward(o.fp32, o.copy, inp, n, stream_);
+    cuda::gelu_forward(o.fp32, o.copy, fp32_in(inp, n), n, stream_);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
-    cuda::gelu_backward(dinp, bf16_copy_of(dinp, n), inp, dout, n, stream_);
+    const OutputTargets o = backward_targets(dinp, n);
+    cuda::gelu_backward(o.fp32, o.copy, fp32_in(inp, n), fp32_in(dout, n), n, stream_);
   }
   void residual_forward(float* out, const float* a, const float* b, size_t n) override {
-    cuda::residual_forward(out, a, b, n, stream_);
+    fp32_out(out, n);
+    cuda::residual_forward(out, fp32_in(a, n), fp32_in(b, n), n, stream_);
   }
   void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
                              float dloss) override {
+    fp32_in(logits, size_t(N) * Vp);
     const OutputTargets o = output_targets(logits, size_t(N) * Vp);
     cuda::softmax_cross_entropy(logits, o.fp32 != nullptr, o.copy, losses, targets, N, V, Vp, dloss, error_flag_device_,
                                 stream_);
@@ -265,10 +325,12 @@ class CudaBackend final : public Backend {
  private:
   // One kept range (of parameters or activations): its copy, and whether only the copy needs writing
   // (keep_activation_copy with fp32_read false).
+  // in_place: a range held in bf16 only (keep_activation_bf16), whose copy is its own memory.
   struct KeptCopy {
     size_t n;
     __nv_bfloat16* copy;
     bool fp32_unread;
+    bool in_place = false;
   };
 
   // Where [p, p + n) (n > 0) stands against the kept ranges: the one that holds all of it (null if none; *offset is
@@ -336,6 +398,37 @@ class CudaBackend final : public Backend {
     const KeptCopy* kept = kept_range_of(p, n, &offset);
     return kept != nullptr ? kept->copy + offset : nullptr;
   }
+  // The bf16 values of [p, p + n) when it lies in a range held in bf16 only, else null (ranges kept with a copy
+  // beside their fp32 values do not matter here: a transfer may cover them in part, as before). Covering a held
+  // range in part is refused: that part has no fp32 values to move.
+  __nv_bfloat16* held_bf16(const float* p, size_t n) const {
+    if (!bf16_activations_ || n == 0) return nullptr;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(p), end = addr + n * sizeof(float);
+    auto it = kept_copies_.upper_bound(addr);
+    if (it != kept_copies_.begin()) --it;
+    for (; it != kept_copies_.end() && it->first < end; ++it) {
+      const uintptr_t kept_end = it->first + it->second.n * sizeof(float);
+      if (!it->second.in_place || kept_end <= addr) continue;
+      ZT_CHECK(it->first <= addr && end <= kept_end && (addr - it->first) % sizeof(float) == 0,
+               "[{}, +{}) covers part of a range held in bf16 (--cuda_activations bf16); use the whole range or a "
+               "part inside it",
+               static_cast<const void*>(p), n);
+      return it->second.copy + (addr - it->first) / sizeof(float);
+    }
+    return nullptr;
+  }
+  // An op's fp32 input or output without a bf16 path: refused in a held range (its fp32 values do not exist).
+  const float* fp32_in(const float* p, size_t n) const {
+    ZT_CHECK(held_bf16(p, n) == nullptr,
+             "[{}, +{}) is held in bf16 (--cuda_activations bf16), but this op reads it in fp32 only; hold it in fp32",
+             static_cast<const void*>(p), n);
+    return p;
+  }
+  void fp32_out(const float* p, size_t n) const {
+    ZT_CHECK(held_bf16(p, n) == nullptr,
+             "[{}, +{}) is held in bf16 (--cuda_activations bf16), but this op writes it in fp32 only; hold it in fp32",
+             static_cast<const void*>(p), n);
+  }
   // Where an op writes its output [p, p + n): the fp32 values to p, or nowhere (null) when the range is kept with
   // fp32_read false (only its copy is read); the rounded values to the kept copy, or nowhere.
   struct OutputTargets {
@@ -347,6 +440,11 @@ class CudaBackend final : public Backend {
     const KeptCopy* kept = kept_range_of(p, n, &offset);
     if (kept == nullptr) return {p, nullptr};
     return {kept->fp32_unread ? nullptr : p, kept->copy + offset};
+  }
+  // A backward op's output: the fp32 values are skipped only in a range held in bf16 (the contract lets a copy-only
+  // range skip the forward ops' fp32 writes alone).
+  OutputTargets backward_targets(float* p, size_t n) const {
+    return {held_bf16(p, n) != nullptr ? nullptr : p, bf16_copy_of(p, n)};
   }
 
   // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
@@ -368,6 +466,7 @@ class CudaBackend final : public Backend {
   bool attention_dkv_capped_ = false;
   bool attention_fa2_ = false;
   bool param_copies_on_ = false;
+  bool bf16_activations_ = false;
   std::map<uintptr_t, KeptCopy> kept_copies_;  // start of a kept fp32 range -> its bf16 copy
   std::map<uintptr_t, size_t> alloc_bytes_;    // every buffer from alloc / alloc_int and its size in bytes
   cudaStream_t stream_ = nullptr;

@@ -24,6 +24,7 @@ struct CudaVariants {
   std::string attention_dkv_blocks = "auto";  ///< auto or 3
   std::string param_copy = "auto";            ///< auto, on or off
   std::string epilogues = "auto";             ///< auto (off for now), on or off: --cuda_epilogues
+  std::string activations = "auto";           ///< auto (fp32 for now), fp32 or bf16: --cuda_activations
   std::string graphs = "auto";                ///< auto (off for now), on or off: --cuda_graphs
 };
 
@@ -31,8 +32,10 @@ struct CudaVariants {
 /// Every interface buffer is fp32 device memory in both modes. bf16 = false: fp32 everywhere, matmuls in true fp32
 /// (no TF32): the mode the tests compare with the CPU. bf16 = true: matmul operands are rounded into internal bf16
 /// copies (or the kept copies: keep_param_copy, keep_activation_copy) and multiplied with fp32 accumulation into the
-/// fp32 outputs; every other op, and the fp32 master weights, optimizer state and gradients, stay fp32. Throws
-/// zt::Error when the device does not exist.
+/// fp32 outputs; every other op, and the fp32 master weights, optimizer state and gradients, stay fp32; with
+/// activations "bf16" (bf16 mode only) keep_activation_bf16 holds the buffers it is asked for in bf16 inside their
+/// own fp32 memory (cuda/README.md lists them). Throws zt::Error when the device does not exist, or for a variant
+/// it does not know or bf16 activations in fp32 mode.
 std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16, const CudaVariants& variants = {});
 
 }  // namespace zt

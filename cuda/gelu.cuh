@@ -11,7 +11,8 @@ namespace zt::cuda {
 /// out = gelu(inp), evaluated as x * sigmoid(2u) like the CPU reference; out16 (may be null) also receives it
 /// rounded to bf16 (the kept copy a bf16 matmul reads); out may be null when out16 is given.
 void gelu_forward(float* out, __nv_bfloat16* out16, const float* inp, size_t n, cudaStream_t stream);
-/// dinp = gelu'(inp) * dout; dinp16 (may be null) also receives it rounded to bf16.
+/// dinp = gelu'(inp) * dout; dinp16 (may be null) also receives it rounded to bf16; dinp may be null when dinp16 is
+/// given (dinp held in bf16 only).
 void gelu_backward(float* dinp, __nv_bfloat16* dinp16, const float* inp, const float* dout, size_t n,
                    cudaStream_t stream);
 

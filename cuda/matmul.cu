@@ -35,15 +35,17 @@ __global__ void bias_broadcast_kernel(float* out, const float* bias, int N, int 
     out[i] = bias != nullptr ? bias[i % size_t(OC)] : 0.0f;
 }
 
-// Stage 1 of dbias: grid (column block, row chunk), each thread sums its column over the chunk's rows in order.
-__global__ void bias_grad_partials_kernel(float* partials, const float* dout, int N, int OC, int rows_per_chunk) {
+// Stage 1 of dbias: grid (column block, row chunk), each thread sums its column over the chunk's rows in order. dout
+// is fp32, or bf16 where it is held in bf16 only (--cuda_activations bf16).
+template <typename T>
+__global__ void bias_grad_partials_kernel(float* partials, const T* dout, int N, int OC, int rows_per_chunk) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= OC) return;
   const int chunk = blockIdx.y;
   const int r0 = chunk * rows_per_chunk;
   const int r1 = min(N, r0 + rows_per_chunk);
   float acc = 0.0f;
-  for (int r = r0; r < r1; ++r) acc += dout[size_t(r) * OC + c];
+  for (int r = r0; r < r1; ++r) acc += float(dout[size_t(r) * OC + c]);
   partials[size_t(chunk) * OC + c] = acc;
 }
 
@@ -389,7 +391,13 @@ bool backward_products(MatmulContext::Impl& m, float* dinp, const float* dgelu_a
     residual_forward(dbias, dbias, partials, size_t(OC), stream);
   } else if (dbias != nullptr) {
     const dim3 grid(unsigned(ceil_div(size_t(OC), kBlock)), unsigned(chunks.n_chunks));
-    ZT_LAUNCH(bias_grad_partials_kernel, grid, kBlock, 0, stream)(partials, dout, N, OC, chunks.rows_per_chunk);
+    if (dout != nullptr) {
+      ZT_LAUNCH(bias_grad_partials_kernel<float>, grid, kBlock, 0, stream)
+      (partials, dout, N, OC, chunks.rows_per_chunk);
+    } else {
+      ZT_LAUNCH(bias_grad_partials_kernel<__nv_bfloat16>, grid, kBlock, 0, stream)
+      (partials, static_cast<const __nv_bfloat16*>(dout_bf16), N, OC, chunks.rows_per_chunk);
+    }
     ZT_CUDA_LAUNCH_CHECK();
     sum_column_partials(dbias, partials, chunks.n_chunks, OC, OC, stream);
   }
@@ -416,14 +424,17 @@ void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16
   if (OC == 0) {  // an empty product: dact = 0, so dpre = 0
     ZT_CUDA_CHECK(cudaMemsetAsync(dact, 0, n * sizeof(float), stream));
   } else if (m.epilogues) {
-    // DGELU: dpre = (dout · W^T) * GELU'(pre) in one product; where cuBLASLt refuses it, the product went to dpre
-    // and is moved to dact for the separate kernel (an unlikely path: the copy is not worth avoiding).
-    if (backward_products(m, dpre, pre, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C, OC,
-                          false, stream)) {
-      if (dpre16 != nullptr) cast_to_bf16(dpre16, dpre, n, stream);
+    // DGELU: dpre = (dout · W^T) * GELU'(pre) in one product, into dact when dpre has no fp32 values (held in bf16);
+    // where cuBLASLt refuses it, the product went there and is moved to dact for the separate kernel (an unlikely
+    // path: the copy is not worth avoiding).
+    float* d_target = dpre != nullptr ? dpre : dact;
+    if (backward_products(m, d_target, pre, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C,
+                          OC, false, stream)) {
+      if (dpre16 != nullptr) cast_to_bf16(dpre16, d_target, n, stream);
       return;
     }
-    ZT_CUDA_CHECK(cudaMemcpyAsync(dact, dpre, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    if (d_target != dact)
+      ZT_CUDA_CHECK(cudaMemcpyAsync(dact, d_target, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
   } else {
     backward_products(m, dact, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C, OC,
                       false, stream);

@@ -38,6 +38,7 @@ void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void
 /// Writes dinp (may be null); accumulates dweight, dbias (may be null; a deterministic two-stage column sum, or with
 /// the epilogues the BGRAD epilogue of the dweight product, summing dout as that product reads it: bf16 in bf16
 /// mode). dout_bf16, inp_bf16, weight_bf16 (bf16 mode; each may be null): kept bf16 copies read instead of rounding.
+/// dout may be null where dout_bf16 is given (a dout held in bf16 only): the bias gradient then sums the bf16 values.
 void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
                      const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
                      const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream);
@@ -48,7 +49,8 @@ void matmul_gelu_forward(MatmulContext& ctx, float* pre, float* out, bool out_fp
                          const float* inp, const void* inp_bf16, const float* weight, const void* weight_bf16,
                          const float* bias, int N, int C, int OC, cudaStream_t stream);
 /// matmul_backward(dact, dweight, dbias, dout, ...; W [C,OC]), then dpre = GELU'(pre) * dact (rounded into dpre16
-/// too when given): with the epilogues one product (DGELU; dact is then not written), else the two kernels.
+/// too when given): with the epilogues one product (DGELU; dact is then not written unless dpre is null), else the
+/// two kernels. dpre may be null where dpre16 is given (dpre held in bf16 only).
 void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16, float* dact, float* dweight,
                           float* dbias, const float* dout, const void* dout_bf16, const float* inp,
                           const void* inp_bf16, const float* weight, const void* weight_bf16, const float* pre, int N,

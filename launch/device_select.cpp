@@ -103,7 +103,8 @@ RunDevice make_run_device(TrainConfig& t, int threads) {
     }
   }
   RunDevice run;
-  CudaVariants variants{t.cuda_attention, t.cuda_attention_dkv_blocks, t.cuda_param_copy, t.cuda_epilogues};
+  CudaVariants variants{t.cuda_attention, t.cuda_attention_dkv_blocks, t.cuda_param_copy, t.cuda_epilogues,
+                        t.cuda_activations};
   variants.graphs = t.cuda_graphs;
   run.backend = make_cuda_backend(device, t.dtype == "bf16", variants);
   run.comm = t.comm == "nccl" ? make_nccl_comm(MPI_COMM_WORLD, *run.backend)

@@ -20,6 +20,7 @@ register_rows() {
   zt_row target torch "target: >= 1.1x torch.compile and MFU >= 0.55"
   zt_row memcheck sanitizer "compute-sanitizer memcheck on the op tests (subset)"
   zt_row var_epilogues variants "variant: --cuda_epilogues on (GELU, bias grads in cuBLASLt)"
+  zt_row var_bf16act variants "variant: --cuda_activations bf16 (activations held in bf16)"
   zt_row var_copies variants "variant: ZT_CUDA_PARAM_COPY=0 (round per matmul)"
   zt_row var_fp32attn variants "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)"
   zt_row var_dkv3 variants "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks/SM)"
@@ -290,6 +291,7 @@ row_target() {
 # SM (if a row is faster, make it the default): tokens/s and the main run's ratio to each ----
 step_variants() {
   variant var_epilogues zt_throughput_epilogues.log --cuda_epilogues=on --profile_steps=1
+  variant var_bf16act zt_throughput_bf16act.log --cuda_activations=bf16 --profile_steps=1
   variant var_copies zt_throughput_no_copies.log ZT_CUDA_PARAM_COPY=0
   variant var_fp32attn zt_throughput_fp32_attention.log ZT_CUDA_ATTENTION=fp32
   variant var_dkv3 zt_throughput_dkv3.log ZT_CUDA_ATTENTION_DKV_BLOCKS=3

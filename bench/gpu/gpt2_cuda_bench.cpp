@@ -4,12 +4,13 @@
 // Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
 //                        [--peak_tflops F] [--peak_gbs G] [--profile_steps K] [--cuda_epilogues auto|on|off]
 //                        [--cuda_graphs auto|on|off] [--cuda_attention auto|fp32|fa2]
+//                        [--cuda_activations auto|fp32|bf16]
 // --profile_steps K: after the timed steps, K more steps with every op timed (core/profiling_backend.hpp), and a
 // table of where the step's time goes, each op beside what its flops and bytes would take at the card's peak
 // rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues, --cuda_graphs,
-// --cuda_attention: as zerotrain's flags; with graphs on it prints the backend ops per micro-step and how many of
-// them a graph launch replaced (the profiled steps time each op between synchronizations, so they run op by op:
-// their table is the eager one).
+// --cuda_attention, --cuda_activations: as zerotrain's flags; with graphs on it prints the backend ops per
+// micro-step and how many of them a graph launch replaced (the profiled steps time each op between
+// synchronizations, so they run op by op: their table is the eager one).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,6 +45,7 @@ struct Options {
   std::string epilogues = "auto";
   std::string graphs = "auto";
   std::string attention = "auto";
+  std::string activations = "auto";
 };
 
 Options parse(int argc, char** argv) {
@@ -78,6 +80,8 @@ Options parse(int argc, char** argv) {
       o.graphs = value();
     else if (a == "--cuda_attention")
       o.attention = value();
+    else if (a == "--cuda_activations")
+      o.activations = value();
     else
       ZT_FAIL("unknown argument {} (see the usage at the top of bench/gpu/gpt2_cuda_bench.cpp)", a);
   }
@@ -127,7 +131,7 @@ int run(const Options& o) {
   zt::ModelConfig cfg = zt::model_preset(o.preset);
   ZT_CHECK(o.seq_len <= cfg.seq_len, "--seq_len {} exceeds the preset's {}", o.seq_len, cfg.seq_len);
   const zt::ParamTable table(cfg);
-  zt::CudaVariants variants{o.attention, "auto", "auto", o.epilogues};
+  zt::CudaVariants variants{o.attention, "auto", "auto", o.epilogues, o.activations};
   variants.graphs = o.graphs;
   auto cuda = zt::make_cuda_backend(0, o.bf16, variants);
   zt::ProfilingBackend profiler(*cuda, false);  // forwards only, until the profiled steps
@@ -148,10 +152,11 @@ int run(const Options& o) {
   const double peak_gbs = o.peak_gbs > 0 ? o.peak_gbs : default_peak_gbs(device);
   const double gib = double(1ull << 30);
   std::printf(
-      "device %s | preset %s (%.1fM params) | B=%d T=%d | %s | epilogues %s | activations %.2f GiB + bf16 copies "
-      "%.2f GiB\n",
+      "device %s | preset %s (%.1fM params) | B=%d T=%d | %s | epilogues %s | activations %.2f GiB (%.2f GiB of it "
+      "held in bf16: half unused) + bf16 copies %.2f GiB | --cuda_activations %s\n",
       device.c_str(), o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
-      o.epilogues.c_str(), double(model.activation_bytes()) / gib, double(model.activation_copy_bytes()) / gib);
+      o.epilogues.c_str(), double(model.activation_bytes()) / gib, double(model.activation_bf16_bytes()) / gib,
+      double(model.activation_copy_bytes()) / gib, o.activations.c_str());
   std::fflush(stdout);
 
   std::mt19937 rng(42);

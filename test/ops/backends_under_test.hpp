@@ -71,7 +71,19 @@ struct BackendUnderTest {
   std::string name;  ///< in every failure message, e.g. "cuda bf16"
   std::function<std::unique_ptr<Backend>()> make;
   OpTolerances tol;
+  /// Empty: every op test case runs it; else only the cases whose name starts with one of these (a variant that
+  /// changes nothing the other cases reach: they would repeat another entry's run).
+  std::vector<std::string> only_cases = {};
 };
+
+/// Whether the running test case is one `backend` runs (BackendUnderTest::only_cases).
+inline bool runs_current_case(const BackendUnderTest& backend) {
+  if (backend.only_cases.empty()) return true;
+  const std::string name = Catch::getResultCapture().getCurrentTestName();
+  for (const std::string& prefix : backend.only_cases)
+    if (name.compare(0, prefix.size(), prefix) == 0) return true;
+  return false;
+}
 
 /// Every backend registered in this binary, in registration order.
 inline std::vector<BackendUnderTest>& backends_under_test() {
@@ -79,28 +91,13 @@ inline std::vector<BackendUnderTest>& backends_under_test() {
   return all;
 }
 
-/// Per registered backend: it runs only the cases whose name contains this (empty: every case). For a variant that
-/// differs from an entry already registered in a few cases only, so CI does not pay for the rest twice.
-inline std::vector<std::string>& backend_case_filters() {
-  static std::vector<std::string> all;
-  return all;
-}
-
-/// Whether backend i runs in the current test case.
-inline bool runs_in_this_case(size_t i) {
-  const std::vector<std::string>& only = backend_case_filters();
-  return i >= only.size() || only[i].empty() ||
-         Catch::getResultCapture().getCurrentTestName().find(only[i]) != std::string::npos;
-}
+/// Whether backend i runs in the current test case (the generator below skips the others).
+inline bool runs_in_this_case(size_t i) { return runs_current_case(backends_under_test().at(i)); }
 
 /// A static RegisterBackend in a source file of the test binary adds a backend to every op test case, e.g.
 ///   const zt::test::RegisterBackend cpu{{"cpu", [] { return zt::make_cpu_backend(0); }, {}}};
 struct RegisterBackend {
-  explicit RegisterBackend(BackendUnderTest backend, std::string only_cases = "") {
-    backends_under_test().push_back(std::move(backend));
-    backend_case_filters().resize(backends_under_test().size() - 1);
-    backend_case_filters().push_back(std::move(only_cases));
-  }
+  explicit RegisterBackend(BackendUnderTest backend) { backends_under_test().push_back(std::move(backend)); }
 };
 
 }  // namespace zt::test
