@@ -94,36 +94,37 @@ __device__ inline void products_with_rows(float (&acc)[kN / 8][4], const ARows& 
   }
 }
 
-// acc[dt] += X · M: X (16 x kN) as C tiles x[nt] (P, dS or their transposes), M the kN rows of a row-major tile
-// (V, K, dO or Q), its B fragments by ldmatrix.trans, 16 rows of M at a time in order.
+// acc[dt] += X · M over the first kN rows of a shared tile (row stride kLd): attention_mma.cuh's accumulate_rows.
 template <int kN>
-__device__ inline void accumulate_rows(float (&acc)[kHeadDim / 8][4], const float (&x)[kN / 8][4], const bf16* tile,
-                                       int lane) {
-  const int m = lane / 8, r = lane % 8;
-#pragma unroll
-  for (int kk = 0; kk < kN / 16; ++kk) {
-    const uint32_t a[4] = {pack_bf16(x[2 * kk][0], x[2 * kk][1]), pack_bf16(x[2 * kk][2], x[2 * kk][3]),
-                           pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                           pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
-    const bf16* rows = tile + (kk * 16 + (m % 2) * 8 + r) * kLd + (m / 2) * 8;
-#pragma unroll
-    for (int dt = 0; dt < kHeadDim / 8; dt += 2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, rows + dt * 8);
-      mma_bf16(acc[dt], a, b[0], b[1]);
-      mma_bf16(acc[dt + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-template <int kN>
-__device__ inline void zero(float (&acc)[kN][4]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+__device__ inline void accumulate_with_rows(float (&acc)[kHeadDim / 8][4], const float (&x)[kN / 8][4],
+                                            const bf16* tile, int lane) {
+  accumulate_rows<kHeadDim, kN, kLd>(acc, x, tile, lane);
 }
 
 constexpr int kTileElems = kStreamRows * kLd;  // one streamed tile
 constexpr int kBlockElems = kBlockRows * kLd;  // one block tile
+
+// cp.async of streamed tile kt of K and V into its stage (kt % 2) of kv_s, as one commit group.
+__device__ inline void copy_kv_async(bf16* kv_s, const HeadRows& head, int kt, int T) {
+  bf16* stage = kv_s + (kt % 2) * 2 * kTileElems;
+  copy_rows_async<kStreamRows>(stage, head.k, head.stride, kt * kStreamRows, T);
+  copy_rows_async<kStreamRows>(stage + kTileElems, head.v, head.stride, kt * kStreamRows, T);
+  cp_async_commit();
+}
+
+// The two-stage pipeline's step: starts the copy of the next tile (when there is one; copy_next issues its commit
+// group) into the other stage, waits for this thread's copies of the current tile and then, at the barrier, for
+// every other thread's.
+template <typename CopyNext>
+__device__ inline void prefetch_next_and_wait(bool has_next, const CopyNext& copy_next) {
+  if (has_next) {
+    copy_next();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
 
 // Forward. Grid (query tile of 128, batch·head). Shared: Q [128][kLd], then 2 stages of K, V [64][kLd].
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
@@ -135,29 +136,17 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kBlockRows;  // the longest query tiles start first
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int first_row = q0 + warp * kWarpRows;
-  const int row[2] = {first_row + g, first_row + g + 8};  // this thread's two queries
-  auto copy_kv = [&](int kt) {
-    bf16* stage = kv_s + (kt % 2) * 2 * kTileElems;
-    copy_rows_async<kStreamRows>(stage, head.k, head.stride, kt * kStreamRows, T);
-    copy_rows_async<kStreamRows>(stage + kTileElems, head.v, head.stride, kt * kStreamRows, T);
-    cp_async_commit();
-  };
+  const int row[2] = {first_row + g, first_row + g + 8};         // this thread's two queries
   copy_rows_async<kBlockRows>(q_s, head.q, head.stride, q0, T);  // in the first K, V tile's group
-  copy_kv(0);
+  copy_kv_async(kv_s, head, 0, T);
 
   uint32_t qa[kHeadDim / 16][4];
   float o[kHeadDim / 8][4];
-  zero(o);
+  zero_tiles(o);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   const int n_tiles = (min(q0 + kBlockRows, T) - 1) / kStreamRows + 1;  // causal: keys up to the last query
   for (int kt = 0; kt < n_tiles; ++kt) {
-    if (kt + 1 < n_tiles) {
-      copy_kv(kt + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // every thread's copies of tile kt (and Q) have landed
+    prefetch_next_and_wait(kt + 1 < n_tiles, [&] { copy_kv_async(kv_s, head, kt + 1, T); });  // tile kt and Q
     if (kt == 0)
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) a_fragment(qa[kk], q_s + warp * kWarpRows * kLd, kk, g, t);
@@ -166,57 +155,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     if (first_row < T && k0 <= first_row + kWarpRows - 1) {
       float s[kStreamRows / 8][4];
       products_with_rows<kStreamRows>(s, RegisterRows{qa}, k_s, g, t);
-      // Masked keys become -inf; key 0 is visible to every row and comes first, so the running max is finite.
-      float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int nt = 0; nt < kStreamRows / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = k0 + nt * 8 + 2 * t + (e & 1);
-          s[nt][e] = j <= row[e / 2] ? s[nt][e] * scale : -INFINITY;
-          tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
-        }
-      float corr[2], tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float m_new = fmaxf(m_run[r], quad_max(tile_max[r]));
-        corr[r] = expf(m_run[r] - m_new);
-        m_run[r] = m_new;
-      }
-#pragma unroll
-      for (int nt = 0; nt < kStreamRows / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[nt][e] = expf(s[nt][e] - m_run[e / 2]);
-          tile_sum[e / 2] += s[nt][e];
-        }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + quad_sum(tile_sum[r]);
-#pragma unroll
-      for (int dt = 0; dt < kHeadDim / 8; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[dt][e] *= corr[e / 2];
-      accumulate_rows<kStreamRows>(o, s, v_s, lane);  // O += P V
+      online_softmax_tile<kHeadDim, kStreamRows>(s, o, m_run, l_run, row, k0, t, scale);
+      accumulate_with_rows<kStreamRows>(o, s, v_s, lane);  // O += P V
     }
     __syncthreads();  // every warp is done with stage kt % 2 before tile kt + 2 is copied into it
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row[r];
-    if (i >= T) continue;
-    const float inv = 1.0f / l_run[r];
-    const size_t off = (size_t(head.bh / NH) * T + i) * C + size_t(head.bh % NH) * kHeadDim;
-#pragma unroll
-    for (int dt = 0; dt < kHeadDim / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = dt * 8 + 2 * t + e;
-        const float value = o[dt][2 * r + e] * inv;
-        store_kept(out, out16, off + d, value);
-        if (out_copy != nullptr) out_copy[off + d] = value;
-      }
-    if (t == 0) lse[size_t(head.bh) * T + i] = m_run[r] + logf(l_run[r]);
-  }
+  store_forward_rows<kHeadDim>(out, out16, out_copy, lse, o, m_run, l_run, row, head.bh, t, T, C, NH);
 }
 
 // dQ: grid (query tile of 128, batch·head). dq[i] = scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
@@ -231,33 +175,17 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int first_row = q0 + warp * kWarpRows;
   const int row[2] = {first_row + g, first_row + g + 8};
-  auto copy_kv = [&](int kt) {
-    bf16* stage = kv_s + (kt % 2) * 2 * kTileElems;
-    copy_rows_async<kStreamRows>(stage, head.k, head.stride, kt * kStreamRows, T);
-    copy_rows_async<kStreamRows>(stage + kTileElems, head.v, head.stride, kt * kStreamRows, T);
-    cp_async_commit();
-  };
   copy_rows_async<kBlockRows>(q_s, head.q, head.stride, q0, T);
   copy_rows_async<kBlockRows>(do_s, head.dout, size_t(C), q0, T);
-  copy_kv(0);
+  copy_kv_async(kv_s, head, 0, T);
   float L[2], D[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    L[r] = row[r] < T ? lse[size_t(head.bh) * T + row[r]] : 0.0f;
-    D[r] = row[r] < T ? dsum[size_t(head.bh) * T + row[r]] : 0.0f;
-  }
+  load_row_stats(L, D, lse, dsum, row, head.bh, T);
   uint32_t qa[kHeadDim / 16][4], da[kHeadDim / 16][4];
   float dq[kHeadDim / 8][4];
-  zero(dq);
+  zero_tiles(dq);
   const int n_tiles = (min(q0 + kBlockRows, T) - 1) / kStreamRows + 1;
   for (int kt = 0; kt < n_tiles; ++kt) {
-    if (kt + 1 < n_tiles) {
-      copy_kv(kt + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(kt + 1 < n_tiles, [&] { copy_kv_async(kv_s, head, kt + 1, T); });
     if (kt == 0)
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -273,28 +201,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       float s[kChunk / 8][4], dp[kChunk / 8][4];
       products_with_rows<kChunk>(s, RegisterRows{qa}, k_s, g, t);
       products_with_rows<kChunk>(dp, RegisterRows{da}, v_s, g, t);
-#pragma unroll
-      for (int nt = 0; nt < kChunk / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = row[e / 2], j = k0 + nt * 8 + 2 * t + (e & 1);
-          const float p = j <= i && i < T ? expf(s[nt][e] * scale - L[e / 2]) : 0.0f;
-          s[nt][e] = p * (dp[nt][e] - D[e / 2]);  // dS
-        }
-      accumulate_rows<kChunk>(dq, s, k_s, lane);  // dQ += dS K
+      scores_to_ds<kChunk>(s, dp, row, L, D, k0, t, T, scale);
+      accumulate_with_rows<kChunk>(dq, s, k_s, lane);  // dQ += dS K
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row[r];
-    if (i >= T) continue;
-    const size_t dq_row = size_t(head.q - qkv) + size_t(i) * head.stride;
-#pragma unroll
-    for (int dt = 0; dt < kHeadDim / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) store_kept(dqkv, dqkv16, dq_row + dt * 8 + 2 * t + e, dq[dt][2 * r + e] * scale);
-  }
+  store_dq_rows<kHeadDim>(dqkv, dqkv16, dq, row, head, qkv, t, T, scale);
 }
 
 // dK/dV stage: Q, dO [64][kLd] of one query tile, then its L and D (64 floats each).
@@ -335,16 +247,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   copy_stage(first_q_tile);
   const SharedRows k_rows{k_s + warp * kWarpRows * kLd}, v_rows{v_s + warp * kWarpRows * kLd};
   float dk[kHeadDim / 8][4], dv[kHeadDim / 8][4];
-  zero(dk);
-  zero(dv);
+  zero_tiles(dk);
+  zero_tiles(dv);
   for (int qt = first_q_tile; qt < n_q_tiles; ++qt) {
-    if (qt + 1 < n_q_tiles) {
-      copy_stage(qt + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(qt + 1 < n_q_tiles, [&] { copy_stage(qt + 1); });
     const bf16* stage = stages + (qt % 2) * kStageElems;
     const float* l_s = reinterpret_cast<const float*>(stage + 2 * kTileElems);
     const float* d_s = l_s + kStreamRows;
@@ -356,34 +262,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       float st[kChunk / 8][4], dpt[kChunk / 8][4];
       products_with_rows<kChunk>(st, k_rows, q_s, g, t);
       products_with_rows<kChunk>(dpt, v_rows, do_s, g, t);
-#pragma unroll
-      for (int nt = 0; nt < kChunk / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = half * kChunk + nt * 8 + 2 * t + (e & 1), i = qt * kStreamRows + c, j = key[e / 2];
-          const float p = j <= i && i < T ? expf(st[nt][e] * scale - l_s[c]) : 0.0f;
-          st[nt][e] = p;                           // P^T
-          dpt[nt][e] = p * (dpt[nt][e] - d_s[c]);  // dS^T
-        }
-      accumulate_rows<kChunk>(dv, st, do_s, lane);  // dV += P^T dO
-      accumulate_rows<kChunk>(dk, dpt, q_s, lane);  // dK += dS^T Q
+      transposed_scores_to_p_ds<kChunk>(st, dpt, key, l_s, d_s, half * kChunk, qt * kStreamRows, t, T, scale);
+      accumulate_with_rows<kChunk>(dv, st, do_s, lane);  // dV += P^T dO
+      accumulate_with_rows<kChunk>(dk, dpt, q_s, lane);  // dK += dS^T Q
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int j = key[r];
-    if (j >= T) continue;
-    const size_t dk_row = size_t(head.k - qkv) + size_t(j) * head.stride, dv_row = dk_row + size_t(C);
-#pragma unroll
-    for (int dt = 0; dt < kHeadDim / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = dt * 8 + 2 * t + e;
-        store_kept(dqkv, dqkv16, dk_row + d, dk[dt][2 * r + e] * scale);
-        store_kept(dqkv, dqkv16, dv_row + d, dv[dt][2 * r + e]);
-      }
-  }
+  store_dkv_rows<kHeadDim>(dqkv, dqkv16, dk, dv, key, head, qkv, t, T, C, scale);
 }
 
 constexpr size_t kForwardBytes = sizeof(bf16) * size_t(kBlockElems + 4 * kTileElems);

@@ -85,30 +85,11 @@ __device__ inline void product_with_rows(float (&acc)[kTileKeys / 8][4], const u
   }
 }
 
-// acc[dt] += X · M, X (16 x 64) given as C tiles x[nt] (e.g. P or dS), M (64 x HS) the row-major tile
-// [64][HS + kPad] (V for P V, K for dS K, dO for P^T dO, Q for dS^T Q). For 16 rows kk of M and two 8-column
-// tiles dt, dt + 1: matrices 0, 1 are rows 16kk + 0..7 and 16kk + 8..15 of columns 8dt.., matrices 2, 3 the same
-// rows of columns 8(dt + 1)..; they give b0, b1 of tile dt and b0, b1 of tile dt + 1.
+// acc[dt] += X · M over the 64 rows of a tile [64][HS + kPad] (attention_mma.cuh's accumulate_rows).
 template <int HS>
 __device__ inline void accumulate_with_rows(float (&acc)[HS / 8][4], const float (&x)[kTileKeys / 8][4],
                                             const __nv_bfloat16* tile, int lane) {
-  static_assert(HS % 16 == 0, "column tiles are taken in pairs");
-  constexpr int ld = HS + kPad;
-  const int m = lane / 8, r = lane % 8;
-#pragma unroll
-  for (int kk = 0; kk < kTileKeys / 16; ++kk) {
-    const uint32_t a[4] = {pack_bf16(x[2 * kk][0], x[2 * kk][1]), pack_bf16(x[2 * kk][2], x[2 * kk][3]),
-                           pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                           pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3])};
-    const __nv_bfloat16* rows = tile + (kk * 16 + (m % 2) * 8 + r) * ld + (m / 2) * 8;
-#pragma unroll
-    for (int dt = 0; dt < HS / 8; dt += 2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, rows + dt * 8);
-      mma_bf16(acc[dt], a, b[0], b[1]);
-      mma_bf16(acc[dt + 1], a, b[2], b[3]);
-    }
-  }
+  accumulate_rows<HS, kTileKeys, HS + kPad>(acc, x, tile, lane);
 }
 
 // Hands out the dynamic shared memory in order: row-major tiles [64][HS+8], then floats.
@@ -143,8 +124,7 @@ __global__ void __launch_bounds__(kThreads)
   load_a_fragments<HS>(qa, q_s, warp, g, t);
   const int row[2] = {q0 + warp * kWarpRows + g, q0 + warp * kWarpRows + g + 8};  // this thread's two queries
   float o[HS / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < HS / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  zero_tiles(o);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 
   const int n_tiles = (min(q0 + kTileRows, T) - 1) / kTileKeys + 1;  // causal: keys up to the tile's last query
@@ -156,59 +136,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     float s[kTileKeys / 8][4];
     product_with_rows<HS>(s, qa, k_s, g, t);
-    // Masked keys (j > i, which includes every j >= T for a real row) become -inf. Key k0 <= q0 <= i is always
-    // visible, so the new maximum is finite and exp(-inf - m) = 0.
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < kTileKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = k0 + nt * 8 + 2 * t + (e & 1);
-        s[nt][e] = j <= row[e / 2] ? s[nt][e] * scale : -INFINITY;
-        tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
-      }
-    float corr[2], tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m_run[r], quad_max(tile_max[r]));
-      corr[r] = expf(m_run[r] - m_new);  // 0 on the first tile
-      m_run[r] = m_new;
-    }
-#pragma unroll
-    for (int nt = 0; nt < kTileKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = expf(s[nt][e] - m_run[e / 2]);
-        tile_sum[e / 2] += s[nt][e];
-      }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + quad_sum(tile_sum[r]);
-#pragma unroll
-    for (int dt = 0; dt < HS / 8; ++dt) {
-      o[dt][0] *= corr[0];
-      o[dt][1] *= corr[0];
-      o[dt][2] *= corr[1];
-      o[dt][3] *= corr[1];
-    }
+    online_softmax_tile<HS, kTileKeys>(s, o, m_run, l_run, row, k0, t, scale);
     accumulate_with_rows<HS>(o, s, v_s, lane);  // O += P V
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row[r];
-    if (i >= T) continue;
-    const float inv = 1.0f / l_run[r];
-    const size_t off = (size_t(head.bh / NH) * T + i) * C + size_t(head.bh % NH) * HS;
-#pragma unroll
-    for (int dt = 0; dt < HS / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = dt * 8 + 2 * t + e;
-        const float value = o[dt][2 * r + e] * inv;
-        store_kept(out, out16, off + d, value);
-        if (out_copy != nullptr) out_copy[off + d] = value;
-      }
-    if (t == 0) lse[size_t(head.bh) * T + i] = m_run[r] + logf(l_run[r]);
-  }
+  store_forward_rows<HS>(out, out16, out_copy, lse, o, m_run, l_run, row, head.bh, t, T, C, NH);
 }
 
 // dQ: grid (query tile, batch·head). dq[i] = scale * sum_j dS[i, j] K[j], dS = P ∘ (dO V^T - D).
@@ -234,14 +165,9 @@ __global__ void __launch_bounds__(kThreads)
   load_a_fragments<HS>(da, do_s, warp, g, t);
   const int row[2] = {q0 + warp * kWarpRows + g, q0 + warp * kWarpRows + g + 8};
   float L[2], D[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    L[r] = row[r] < T ? lse[size_t(bh) * T + row[r]] : 0.0f;
-    D[r] = row[r] < T ? dsum[size_t(bh) * T + row[r]] : 0.0f;
-  }
+  load_row_stats(L, D, lse, dsum, row, bh, T);
   float dq[HS / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < HS / 8; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
+  zero_tiles(dq);
 
   const int n_tiles = (min(q0 + kTileRows, T) - 1) / kTileKeys + 1;
   for (int kt = 0; kt < n_tiles; ++kt) {
@@ -253,26 +179,10 @@ __global__ void __launch_bounds__(kThreads)
     float s[kTileKeys / 8][4], dp[kTileKeys / 8][4];
     product_with_rows<HS>(s, qa, k_s, g, t);
     product_with_rows<HS>(dp, da, v_s, g, t);
-#pragma unroll
-    for (int nt = 0; nt < kTileKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = row[e / 2], j = k0 + nt * 8 + 2 * t + (e & 1);
-        const float p = j <= i && i < T ? expf(s[nt][e] * scale - L[e / 2]) : 0.0f;
-        s[nt][e] = p * (dp[nt][e] - D[e / 2]);  // dS
-      }
+    scores_to_ds<kTileKeys>(s, dp, row, L, D, k0, t, T, scale);
     accumulate_with_rows<HS>(dq, s, k_s, lane);  // dQ += dS K
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row[r];
-    if (i >= T) continue;
-    const size_t dq_row = size_t(head.q - qkv) + size_t(i) * head.stride;
-#pragma unroll
-    for (int dt = 0; dt < HS / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) store_kept(dqkv, dqkv16, dq_row + dt * 8 + 2 * t + e, dq[dt][2 * r + e] * scale);
-  }
+  store_dq_rows<HS>(dqkv, dqkv16, dq, row, head, qkv, t, T, scale);
 }
 
 // dK, dV: grid (key tile, batch·head); each warp owns 16 keys and walks the query tiles from the diagonal on.
@@ -303,10 +213,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   load_a_fragments<HS>(va, v_s, warp, g, t);
   const int key[2] = {k0 + warp * kWarpRows + g, k0 + warp * kWarpRows + g + 8};  // this thread's two keys
   float dk[HS / 8][4], dv[HS / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < HS / 8; ++dt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+  zero_tiles(dk);
+  zero_tiles(dv);
 
   const int n_q_tiles = (T + kTileKeys - 1) / kTileKeys;
   for (int qt = k_tile; qt < n_q_tiles; ++qt) {
@@ -323,32 +231,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     float st[kTileKeys / 8][4], dpt[kTileKeys / 8][4];
     product_with_rows<HS>(st, ka, q_s, g, t);
     product_with_rows<HS>(dpt, va, do_s, g, t);
-#pragma unroll
-    for (int nt = 0; nt < kTileKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * t + (e & 1), i = q0 + c, j = key[e / 2];
-        const float p = j <= i && i < T ? expf(st[nt][e] * scale - l_s[c]) : 0.0f;
-        st[nt][e] = p;                           // P^T
-        dpt[nt][e] = p * (dpt[nt][e] - d_s[c]);  // dS^T
-      }
+    transposed_scores_to_p_ds<kTileKeys>(st, dpt, key, l_s, d_s, 0, q0, t, T, scale);
     accumulate_with_rows<HS>(dv, st, do_s, lane);  // dV += P^T dO
     accumulate_with_rows<HS>(dk, dpt, q_s, lane);  // dK += dS^T Q
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int j = key[r];
-    if (j >= T) continue;
-    const size_t dk_row = size_t(head.k - qkv) + size_t(j) * head.stride, dv_row = dk_row + size_t(C);
-#pragma unroll
-    for (int dt = 0; dt < HS / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = dt * 8 + 2 * t + e;
-        store_kept(dqkv, dqkv16, dk_row + d, dk[dt][2 * r + e] * scale);
-        store_kept(dqkv, dqkv16, dv_row + d, dv[dt][2 * r + e]);
-      }
-  }
+  store_dkv_rows<HS>(dqkv, dqkv16, dk, dv, key, head, qkv, t, T, C, scale);
 }
 
 constexpr size_t rows_bytes(int hs) { return sizeof(__nv_bfloat16) * size_t(kTileRows) * size_t(hs + kPad); }
