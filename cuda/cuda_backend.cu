@@ -55,19 +55,11 @@ class CudaBackend final : public Backend {
              "--cuda_activations bf16 needs --dtype bf16 (fp32 mode keeps every activation in fp32); drop the flag or "
              "add --dtype bf16");
     bf16_activations_ = acts == "bf16";
-    ZT_CUDA_CHECK(cudaSetDevice(device));
-    ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    // The error flag lives in mapped pinned memory: kernels set it, the host reads it after a synchronize with no
-    // extra copy.
-    ZT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&error_flag_host_), sizeof(int), cudaHostAllocMapped));
-    *error_flag_host_ = 0;
-    ZT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_flag_device_), error_flag_host_, 0));
-    ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
+    // The other switches are checked before anything is allocated too (a constructor that throws frees nothing).
     // --cuda_epilogues on folds GELU, its derivative and the bias gradients into the cuBLASLt products; auto is off
     // until a GPU run shows it right and faster (docs/performance.md).
     ZT_CHECK(variants.epilogues == "auto" || variants.epilogues == "on" || variants.epilogues == "off",
              "--cuda_epilogues {}: expected auto, on or off", variants.epilogues);
-    matmul_ = std::make_unique<cuda::MatmulContext>(bf16, variants.epilogues == "on");
     // bf16 mode runs attention on the tensor cores; --cuda_attention fp32 keeps the fp32 kernels (to compare).
     attention_tensor_cores_ = bf16 && !variant_choice(variants.attention, "fp32", "ZT_CUDA_ATTENTION", "auto", "fp32",
                                                       "auto (tensor cores in bf16 mode) or fp32");
@@ -81,6 +73,15 @@ class CudaBackend final : public Backend {
     // matmul instead (the same bits: the tests compare the two).
     param_copies_on_ =
         bf16 && !variant_choice(variants.param_copy, "off", "ZT_CUDA_PARAM_COPY", "1", "0", "1 (default) or 0");
+    ZT_CUDA_CHECK(cudaSetDevice(device));
+    ZT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // The error flag lives in mapped pinned memory: kernels set it, the host reads it after a synchronize with no
+    // extra copy.
+    ZT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&error_flag_host_), sizeof(int), cudaHostAllocMapped));
+    *error_flag_host_ = 0;
+    ZT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_flag_device_), error_flag_host_, 0));
+    ZT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&norm_host_), sizeof(double)));
+    matmul_ = std::make_unique<cuda::MatmulContext>(bf16, variants.epilogues == "on");
   }
 
   ~CudaBackend() override {
