@@ -151,6 +151,9 @@ void Gpt2::lay_out_activations(size_t att_elems) {
   work_elems_ = 4 * r(BT * C) + 2 * r(BT * 4 * C) + r(BT * 3 * C);
   arena_ = be_.alloc(activation_elems_ + work_elems_);
   tokens_ = be_.alloc_int(BT);
+  // A frozen LayerNorm's weight gradients land here and are dropped (a backend may hold any of the backward's work
+  // buffers in bf16, so none of them can serve).
+  frozen_ln_grads_ = be_.alloc(2 * size_t(C));
   targets_ = be_.alloc_int(BT);
   encoded_ = take(BT * C);
   // The shared set: the buffers a recomputing mode writes again before each block's backward.
@@ -210,8 +213,11 @@ void Gpt2::keep_activation_copies() {
   // residual stream's, GELU's, attention's) are also read in fp32: by LayerNorm's backward and the bias gradients.
   // A buffer that several layers share (recomputation) is kept once. Where every reader tolerates rounding
   // (`bf16_ok`), the backend is first asked to hold the buffer in bf16 alone (keep_activation_bf16): the matmul
-  // operands above, and the gradients d_fch and d_qkv, whose other reader is a bias gradient (a column sum). Not
-  // the residual stream's gradient d_res: a sum over every block (docs/performance.md, "The fp32 residual").
+  // operands above, the logits (the softmax reads them, their gradient replaces them), and the gradients d_fch and
+  // d_qkv, whose other reader is a bias gradient (a column sum). Then the buffers the products write and kernels
+  // read (`hold`: asked to be held in bf16, never given a copy): qkv, the projections' outputs, the MLP's
+  // pre-activation, and the input gradients of the LayerNorms, the attention and GELU. Not the residual stream
+  // (res2, res3) nor its gradient d_res: sums over every block (docs/performance.md, "The fp32 residual").
   const size_t BT = size_t(B_) * T_, C = size_t(table_.config().d_model), Vp = size_t(table_.config().padded_vocab());
   std::set<const float*> kept;
   auto keep = [&](float* a, size_t n, bool fp32_read, bool bf16_ok) {
@@ -223,22 +229,33 @@ void Gpt2::keep_activation_copies() {
     be_.keep_activation_copy(a, n, fp32_read);
     activation_copy_elems_ += n;
   };
+  auto hold = [&](float* a, size_t n) {
+    if (kept.insert(a).second && be_.keep_activation_bf16(a, n)) activation_bf16_elems_ += n;
+  };
   for (LayerActs& L : layers_) {
     for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C, false, true);
     keep(L.fch_gelu, BT * 4 * C, false, true);
   }
   keep(lnf_, BT * C, false, true);
-  // The forward's logits are the LM head's fp32 output, read by the softmax in fp32; only their gradient is skipped.
-  keep(logits_, BT * Vp, false, false);
+  // The forward's logits are the LM head's output, read by the softmax; in fp32 only their gradient is skipped.
+  keep(logits_, BT * Vp, false, true);
   keep(d_res_, BT * C, true, false);
   keep(d_fch_, BT * 4 * C, true, true);
   keep(d_qkv_, BT * 3 * C, true, true);
+  for (LayerActs& L : layers_) {
+    hold(L.qkv, BT * 3 * C);
+    for (float* a : {L.attproj, L.fcproj}) hold(a, BT * C);
+    hold(L.fch, BT * 4 * C);
+  }
+  for (float* a : {d_lnf_, d_ln_, d_atty_}) hold(a, BT * C);
+  hold(d_fch_gelu_, BT * 4 * C);
 }
 
 Gpt2::~Gpt2() {
   be_.release(arena_);
   be_.release(tokens_);
   be_.release(targets_);
+  be_.release(frozen_ln_grads_);
 }
 
 float* Gpt2::take(size_t n) {
@@ -331,8 +348,7 @@ void Gpt2::block_backward(Pass& p, LayerActs& A, const float* x_in) {
                            p.p(o.fc_proj_w), A.fch, BT, 4 * C, C);
   p.progress();
   be_.matmul_backward(d_ln_, p.g(o.fc_w), p.g(o.fc_b), d_fch_, A.ln2, p.p(o.fc_w), BT, C, 4 * C, false);
-  // A frozen LayerNorm's weight gradients land in d_fch_gelu_, scratch of matmul_gelu_backward, free after it.
-  float* ln_scratch = d_fch_gelu_;
+  float* ln_scratch = frozen_ln_grads_;
   be_.layernorm_backward(d_res_, p.g_or(o.ln_2_w, ln_scratch), p.g_or(o.ln_2_b, ln_scratch + C), d_ln_, A.res2,
                          p.p(o.ln_2_w), A.ln2_mean, A.ln2_rstd, BT, C);
   p.progress();
@@ -433,7 +449,7 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
   {
     Pass p(units, fin, PartOrder::descending, true, true);
     be_.zero(d_res_, size_t(BT) * C);
-    be_.layernorm_backward(d_res_, p.g_or(0, d_fch_gelu_), p.g_or(C, d_fch_gelu_ + C), d_lnf_, x, p.p(0), lnf_mean_,
+    be_.layernorm_backward(d_res_, p.g_or(0, frozen_ln_grads_), p.g_or(C, frozen_ln_grads_ + C), d_lnf_, x, p.p(0), lnf_mean_,
                            lnf_rstd_, BT, C);
     p.done();
   }

@@ -164,6 +164,7 @@ class Gpt2 {
   size_t arena_used_ = 0, activation_elems_ = 0, work_elems_ = 0, activation_copy_elems_ = 0, att_elems_ = 0,
          activation_bf16_elems_ = 0;
   int32_t* tokens_ = nullptr;
+  float* frozen_ln_grads_ = nullptr;  // [2C]: where a frozen LayerNorm's weight and bias gradients go (dropped)
   int32_t* targets_ = nullptr;
   float* encoded_ = nullptr;
   std::vector<LayerActs> layers_;

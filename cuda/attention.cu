@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // D[bh * T + i] = sum_d dout[b, i, h, d] * o[b, i, h, d]; one warp per row.
-__global__ void attention_backward_dsum_kernel(float* dsum, const float* dout, const float* o, int n_rows, int T, int C,
-                                               int NH, int hs) {
+__global__ void attention_backward_dsum_kernel(float* dsum, ActIn dout, const float* o, int n_rows, int T, int C, int NH,
+                                               int hs) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= n_rows) return;
@@ -417,16 +417,23 @@ void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* ls
 
 }  // namespace
 
-void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
-                       bool tensor_cores, bool fa2, cudaStream_t stream) {
+bool attention_reads_bf16(int C, int NH, bool tensor_cores) {
+  return use_tensor_cores(tensor_cores, head_dim(C, NH));
+}
+
+void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, const __nv_bfloat16* qkv_held,
+                       int B, int T, int C, int NH, bool tensor_cores, bool fa2, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_forward: the CUDA backend keeps the backward's row statistics in att");
+  ZT_CHECK(qkv_held == nullptr || attention_reads_bf16(C, NH, tensor_cores),
+           "attention_forward: qkv held in bf16 needs the tensor-core kernels (bf16 mode, head size 32 or 64)");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
   float* out_copy = att_holds_out_copy(T, hs) ? att + size_t(B) * NH * T : nullptr;
-  __nv_bfloat16* qkv16 = nullptr;
-  if (use_tensor_cores(tensor_cores, hs)) {
-    qkv16 = reinterpret_cast<__nv_bfloat16*>(att + qkv16_offset(B, T, C, NH));
-    cast_to_bf16(qkv16, qkv, size_t(B) * T * 3 * C, stream);
+  const __nv_bfloat16* qkv16 = qkv_held;  // held: the kernels read it as it is, no rounded copy in att
+  if (qkv16 == nullptr && use_tensor_cores(tensor_cores, hs)) {
+    auto* rounded = reinterpret_cast<__nv_bfloat16*>(att + qkv16_offset(B, T, C, NH));
+    cast_to_bf16(rounded, qkv, size_t(B) * T * 3 * C, stream);
+    qkv16 = rounded;
   }
   launch_forward(out, out16, out_copy, att, qkv, qkv16, B, T, C, NH, tensor_cores, fa2, stream);
 }
@@ -445,10 +452,12 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
   return n_stats + (att_holds_out_copy(T, hs) ? 0 : n_out + n_stats);
 }
 
-void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2, float* scratch,
-                        cudaStream_t stream) {
+void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const float* qkv,
+                        const __nv_bfloat16* qkv_held, const float* att, int B, int T, int C, int NH, bool tensor_cores,
+                        bool dkv_capped, bool fa2, float* scratch, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
+  ZT_CHECK((qkv_held == nullptr && dout.b16 == nullptr) || attention_reads_bf16(C, NH, tensor_cores),
+           "attention_backward: qkv or dout held in bf16 needs the tensor-core kernels (bf16 mode, head size 32 or 64)");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
   const float scale = 1.0f / sqrtf(float(hs));
@@ -457,8 +466,10 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   float* dsum = scratch;
   const float* o = att + n_stats;
   const bool tc = use_tensor_cores(tensor_cores, hs);
-  // The forward's bf16 qkv (tensor cores only).
-  const auto* qkv16 = tc ? reinterpret_cast<const __nv_bfloat16*>(att + qkv16_offset(B, T, C, NH)) : nullptr;
+  // The forward's bf16 qkv (tensor cores only): the held values, or the copy in att.
+  const __nv_bfloat16* qkv16 =
+      qkv_held != nullptr ? qkv_held
+                          : tc ? reinterpret_cast<const __nv_bfloat16*>(att + qkv16_offset(B, T, C, NH)) : nullptr;
   if (!att_holds_out_copy(T, hs)) {  // short sequences: recompute O (and L, bitwise the same) into scratch
     float* o_scratch = scratch + n_stats;
     float* lse_scratch = o_scratch + size_t(B) * T * C;
@@ -472,9 +483,14 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   (dsum, dout, o, n_rows, T, C, NH, hs);
   ZT_CUDA_LAUNCH_CHECK();
   if (tc) {
-    // dO rounded once, as the kernels would round it per tile load (the same bits), into aligned scratch.
-    auto* dout16 = reinterpret_cast<__nv_bfloat16*>(scratch + dout16_offset(B, T, C, NH));
-    cast_to_bf16(dout16, dout, size_t(B) * T * C, stream);
+    // dO rounded once, as the kernels would round it per tile load (the same bits), into aligned scratch; held,
+    // read as it is.
+    const __nv_bfloat16* dout16 = dout.b16;
+    if (dout16 == nullptr) {
+      auto* rounded = reinterpret_cast<__nv_bfloat16*>(scratch + dout16_offset(B, T, C, NH));
+      cast_to_bf16(rounded, dout.f32, size_t(B) * T * C, stream);
+      dout16 = rounded;
+    }
     if (use_fa2(fa2, hs))
       attention_backward_fa2(dqkv, dqkv16, dout16, qkv16, lse, dsum, B, T, C, NH, stream);
     else
@@ -486,12 +502,13 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, c
   with_dims_per_lane(hs, [&](auto dpl) {
     auto dq_kernel = attention_backward_dq_kernel<decltype(dpl)::value>;
     allow_shared_bytes(dq_kernel, shared_bytes);
-    ZT_LAUNCH(dq_kernel, grid, kThreads, shared_bytes, stream)(dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
+    ZT_LAUNCH(dq_kernel, grid, kThreads, shared_bytes, stream)
+    (dqkv, dqkv16, dout.f32, qkv, lse, dsum, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
     auto dkv_kernel = attention_backward_dkv_kernel<decltype(dpl)::value>;
     allow_shared_bytes(dkv_kernel, shared_bytes);
     ZT_LAUNCH(dkv_kernel, grid, kThreads, shared_bytes, stream)
-    (dqkv, dqkv16, dout, qkv, lse, dsum, T, C, NH, hs, scale);
+    (dqkv, dqkv16, dout.f32, qkv, lse, dsum, T, C, NH, hs, scale);
     ZT_CUDA_LAUNCH_CHECK();
   });
 }

@@ -6,6 +6,8 @@
 
 #include <cstddef>
 
+#include "cuda/cuda_common.cuh"
+
 namespace zt::cuda {
 
 /// Largest head size (C / NH) the kernels take: GPT-2 and all its sizes use 64.
@@ -18,9 +20,12 @@ constexpr int kAttentionMaxHeadDim = 128;
 /// `tensor_cores`: bf16 products on the tensor cores (attention_tc.cu) where the head size allows (32, 64), else
 /// the fp32 kernels. out16 (may be null) receives out rounded to bf16 (the kept copy the c_proj products read); out
 /// may be null when out16 is given. fa2: the tensor cores run attention_fa2.cu's kernels (head size 64; the same
-/// results and att contents), else attention_tc.cu's.
-void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, int B, int T, int C, int NH,
-                       bool tensor_cores, bool fa2, cudaStream_t stream);
+/// results and att contents), else attention_tc.cu's. qkv_held (may be null): qkv held in bf16 only
+/// (--cuda_activations bf16), read instead of qkv and not copied into att; only where attention_reads_bf16.
+void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, const __nv_bfloat16* qkv_held,
+                       int B, int T, int C, int NH, bool tensor_cores, bool fa2, cudaStream_t stream);
+/// Whether the kernels for these sizes read qkv and dout in bf16 (the tensor cores), so they may be held in bf16.
+bool attention_reads_bf16(int C, int NH, bool tensor_cores);
 /// Floats of att attention_forward writes and attention_backward reads: the row statistics, the output copy when
 /// hs + 1 <= T, and, when the tensor cores run, qkv rounded to bf16. Callers allocate att this size (it can exceed
 /// B*NH*T*T when T is small).
@@ -32,9 +37,10 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
 /// null) receives dqkv rounded to bf16 (the kept copy the c_attn backward products read). On the tensor cores it
 /// reads the forward's bf16 qkv from att, not qkv: att and qkv must be the forward's, unchanged since. dqkv may be
 /// null when dqkv16 is given (dqkv held in bf16 only). dkv_capped: see attention_backward_tc. fa2: as
-/// attention_forward's (it must match the forward's).
-void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2, float* scratch,
-                        cudaStream_t stream);
+/// attention_forward's (it must match the forward's). dout, and qkv as qkv_held, may be held in bf16 where
+/// attention_reads_bf16 (qkv_held must then be what the forward read).
+void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const float* qkv,
+                        const __nv_bfloat16* qkv_held, const float* att, int B, int T, int C, int NH, bool tensor_cores,
+                        bool dkv_capped, bool fa2, float* scratch, cudaStream_t stream);
 
 }  // namespace zt::cuda

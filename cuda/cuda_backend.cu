@@ -228,61 +228,87 @@ class CudaBackend final : public Backend {
   void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
                                   const float* weight, const float* bias, int N, int C) override {
     const OutputTargets o = output_targets(out, size_t(N) * C);
-    cuda::residual_layernorm_forward(res, o.fp32, o.copy, mean, rstd, a, b, weight, bias, N, C, stream_);
+    fp32_out(res, size_t(N) * C);
+    cuda::residual_layernorm_forward(res, o.fp32, o.copy, mean, rstd, fp32_in(a, size_t(N) * C),
+                                     act_in(b, size_t(N) * C), weight, bias, N, C, stream_);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
     fp32_out(dinp, size_t(N) * C);  // accumulated: read in fp32 too
+    for (const float* g : {dweight, dbias}) fp32_out(g, size_t(C));
     float* scratch = scratch_floats(cuda::layernorm_backward_scratch_elems(N, C));
-    cuda::layernorm_backward(dinp, bf16_copy_of(dinp, size_t(N) * C), dweight, dbias, fp32_in(dout, size_t(N) * C),
+    cuda::layernorm_backward(dinp, bf16_copy_of(dinp, size_t(N) * C), dweight, dbias, act_in(dout, size_t(N) * C),
                              fp32_in(inp, size_t(N) * C), weight, mean, rstd, N, C, scratch, stream_);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
                       bool wt) override {
-    fp32_out(out, size_t(N) * OC);
-    cuda::matmul_forward(*matmul_, out, inp, bf16_copy_of(inp, size_t(N) * C), weight,
-                         bf16_copy_of(weight, size_t(C) * OC), bias, N, C, OC, wt, stream_);
+    // An out held in bf16 is written by the product in bf16 (the bias's kept copy in the epilogue).
+    cuda::matmul_forward(*matmul_, out, held_bf16(out, size_t(N) * OC), inp, bf16_copy_of(inp, size_t(N) * C), weight,
+                         bf16_copy_of(weight, size_t(C) * OC), bias, bias_copy(bias, OC), N, C, OC, wt, stream_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int N, int C, int OC, bool wt) override {
-    if (dinp != nullptr) fp32_out(dinp, size_t(N) * C);
-    // A dout held in bf16 has no fp32 values: the bias gradient sums its bf16 ones.
+    // A dout held in bf16 has no fp32 values: the bias gradient sums its bf16 ones. A dinp held in bf16 is written
+    // by the product in bf16.
     const size_t n_dout = size_t(N) * OC;
-    cuda::matmul_backward(*matmul_, dinp, dweight, dbias, held_bf16(dout, n_dout) ? nullptr : dout,
+    __nv_bfloat16* dinp16 = dinp != nullptr ? held_bf16(dinp, size_t(N) * C) : nullptr;
+    cuda::matmul_backward(*matmul_, dinp, dinp16, dweight, dbias, held_bf16(dout, n_dout) ? nullptr : dout,
                           bf16_copy_of(dout, n_dout), inp, bf16_copy_of(inp, size_t(N) * C), weight,
                           bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt, stream_);
   }
   void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
                            int C, int OC) override {
-    const OutputTargets o = output_targets(out, size_t(N) * OC);
-    fp32_out(pre, size_t(N) * OC);
-    // A held out is the bf16 values' own memory: the GELU epilogue's fp32 output goes to scratch, then is rounded.
-    if (held_bf16(out, size_t(N) * OC) != nullptr && matmul_->epilogues()) out = scratch_floats(size_t(N) * OC);
-    cuda::matmul_gelu_forward(*matmul_, pre, out, o.fp32 != nullptr, o.copy, inp, bf16_copy_of(inp, size_t(N) * C),
-                              weight, bf16_copy_of(weight, size_t(C) * OC), bias, N, C, OC, stream_);
+    const size_t n = size_t(N) * OC;
+    const OutputTargets o = output_targets(out, n);
+    __nv_bfloat16* pre16 = held_bf16(pre, n);
+    // A held out is the bf16 values' own memory: where the GELU epilogue writes it in fp32 (pre not held), that
+    // output goes to scratch, then is rounded.
+    if (held_bf16(out, n) != nullptr && pre16 == nullptr && matmul_->epilogues()) out = scratch_floats(n);
+    cuda::matmul_gelu_forward(*matmul_, pre, pre16, out, o.fp32 != nullptr, o.copy, inp,
+                              bf16_copy_of(inp, size_t(N) * C), weight, bf16_copy_of(weight, size_t(C) * OC), bias,
+                              bias_copy(bias, OC), N, C, OC, stream_);
   }
   void matmul_gelu_backward(float* dpre, float* dact, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, const float* pre, int N, int C, int OC) override {
-    const OutputTargets o = backward_targets(dpre, size_t(N) * C);
-    fp32_out(dact, size_t(N) * C);
-    cuda::matmul_gelu_backward(*matmul_, o.fp32, o.copy, dact, dweight, dbias, fp32_in(dout, size_t(N) * OC),
-                               bf16_copy_of(dout, size_t(N) * OC), inp, bf16_copy_of(inp, size_t(N) * C), weight,
-                               bf16_copy_of(weight, size_t(C) * OC), fp32_in(pre, size_t(N) * C), N, C, OC, stream_);
+    const size_t n = size_t(N) * C;
+    const OutputTargets o = backward_targets(dpre, n);
+    __nv_bfloat16 *dact16 = held_bf16(dact, n), *pre16 = held_bf16(pre, n);
+    cuda::matmul_gelu_backward(*matmul_, o.fp32, o.copy, dact16 != nullptr ? nullptr : dact, dact16, dweight, dbias,
+                               fp32_in(dout, size_t(N) * OC), bf16_copy_of(dout, size_t(N) * OC), inp,
+                               bf16_copy_of(inp, n), weight, bf16_copy_of(weight, size_t(C) * OC),
+                               pre16 != nullptr ? nullptr : pre, pre16, N, C, OC, stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);
   }
+  // qkv and dout held in bf16 are read as they are by the tensor-core kernels; the fp32 kernels (other head sizes)
+  // read them widened into scratch.
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) override {
     const OutputTargets o = output_targets(out, size_t(B) * T * C);
-    cuda::attention_forward(o.fp32, o.copy, att, fp32_in(qkv, size_t(B) * T * 3 * C), B, T, C, NH,
-                            attention_tensor_cores_, attention_fa2_, stream_);
+    const size_t n_qkv = size_t(B) * T * 3 * C;
+    const __nv_bfloat16* qkv16 = held_bf16(qkv, n_qkv);
+    if (qkv16 != nullptr && !cuda::attention_reads_bf16(C, NH, attention_tensor_cores_)) {
+      qkv = widened(qkv16, n_qkv, 0);
+      qkv16 = nullptr;
+    }
+    cuda::attention_forward(o.fp32, o.copy, att, qkv, qkv16, B, T, C, NH, attention_tensor_cores_, attention_fa2_,
+                            stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B, int T, int C,
                           int NH) override {
+    const size_t n_qkv = size_t(B) * T * 3 * C, n_out = size_t(B) * T * C;
+    const __nv_bfloat16* qkv16 = held_bf16(qkv, n_qkv);
+    cuda::ActIn dout_in = act_in(dout, n_out);
+    if (!cuda::attention_reads_bf16(C, NH, attention_tensor_cores_)) {
+      widen_.get((n_qkv + n_out) * sizeof(float));  // room for both first: a later get() that grows moves the block
+      if (qkv16 != nullptr) qkv = widened(qkv16, n_qkv, 0);
+      if (dout_in.b16 != nullptr) dout_in = widened(dout_in.b16, n_out, n_qkv);
+      qkv16 = nullptr;
+    }
     float* scratch = scratch_floats(cuda::attention_backward_scratch_elems(B, T, C, NH, attention_tensor_cores_));
-    const OutputTargets o = backward_targets(dqkv, size_t(B) * T * 3 * C);
-    cuda::attention_backward(o.fp32, o.copy, fp32_in(dout, size_t(B) * T * C), qkv, att, B, T, C, NH,
-                             attention_tensor_cores_, attention_dkv_capped_, attention_fa2_, scratch, stream_);
+    const OutputTargets o = backward_targets(dqkv, n_qkv);
+    cuda::attention_backward(o.fp32, o.copy, dout_in, qkv, qkv16, att, B, T, C, NH, attention_tensor_cores_,
+                             attention_dkv_capped_, attention_fa2_, scratch, stream_);
   }
   bool supports_attention_cached() const override { return false; }
   void attention_cached(float*, float*, float*, const float*, int, int, int, int, int, int) override {
@@ -292,11 +318,11 @@ class CudaBackend final : public Backend {
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     const OutputTargets o = output_targets(out, n);
-    cuda::gelu_forward(o.fp32, o.copy, fp32_in(inp, n), n, stream_);
+    cuda::gelu_forward(o.fp32, o.copy, act_in(inp, n), n, stream_);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
     const OutputTargets o = backward_targets(dinp, n);
-    cuda::gelu_backward(o.fp32, o.copy, fp32_in(inp, n), fp32_in(dout, n), n, stream_);
+    cuda::gelu_backward(o.fp32, o.copy, act_in(inp, n), act_in(dout, n), n, stream_);
   }
   void residual_forward(float* out, const float* a, const float* b, size_t n) override {
     fp32_out(out, n);
@@ -304,10 +330,11 @@ class CudaBackend final : public Backend {
   }
   void softmax_cross_entropy(float* logits, float* losses, const int32_t* targets, int N, int V, int Vp,
                              float dloss) override {
-    fp32_in(logits, size_t(N) * Vp);
-    const OutputTargets o = output_targets(logits, size_t(N) * Vp);
-    cuda::softmax_cross_entropy(logits, o.fp32 != nullptr, o.copy, losses, targets, N, V, Vp, dloss, error_flag_device_,
-                                stream_);
+    // Logits held in bf16 are read there and replaced there by their gradient (rounded), in place.
+    const size_t n = size_t(N) * Vp;
+    const OutputTargets o = output_targets(logits, n);
+    cuda::softmax_cross_entropy(act_in(logits, n), o.fp32, o.copy, losses, targets, N, V, Vp, dloss,
+                                error_flag_device_, stream_);
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                     float eps, float wd, float grad_scale, int64_t step) override {
@@ -418,6 +445,22 @@ class CudaBackend final : public Backend {
     }
     return nullptr;
   }
+  // An op's input with a bf16 path: the held bf16 values, else the fp32 ones.
+  cuda::ActIn act_in(const float* p, size_t n) const {
+    if (const __nv_bfloat16* held = held_bf16(p, n)) return held;
+    return p;
+  }
+  // The bias's kept bf16 copy (a product into a held range adds it in bf16), or null.
+  const void* bias_copy(const float* bias, int n) const {
+    return bias != nullptr ? bf16_copy_of(bias, size_t(n)) : nullptr;
+  }
+  // Held bf16 values widened to fp32 for a kernel that reads fp32 only, at float offset `at` of the widening scratch
+  // (an op that needs two carves them apart, getting room for both first).
+  const float* widened(const __nv_bfloat16* held, size_t n, size_t at) {
+    auto* wide = static_cast<float*>(widen_.get((at + n) * sizeof(float))) + at;
+    cuda::cast_to_fp32(wide, held, n, stream_);
+    return wide;
+  }
   // An op's fp32 input or output without a bf16 path: refused in a held range (its fp32 values do not exist).
   const float* fp32_in(const float* p, size_t n) const {
     ZT_CHECK(held_bf16(p, n) == nullptr,
@@ -476,6 +519,7 @@ class CudaBackend final : public Backend {
   double* norm_host_ = nullptr;
   std::unique_ptr<cuda::MatmulContext> matmul_;
   cuda::DeviceScratch scratch_;  // per-op scratch: ops run in stream order, so one block serves them all
+  cuda::DeviceScratch widen_;    // held bf16 inputs widened for the fp32 attention kernels
   cuda::DeviceScratch bucket_device_;
   cuda::PinnedStaging bucket_staging_;
   std::vector<int32_t> bucket_host_;

@@ -62,6 +62,22 @@ void allow_shared_bytes(Kernel kernel, size_t n_bytes) {
     ZT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(n_bytes)));
 }
 
+/// An activation an op reads: its fp32 values, or its bf16 values where the range is held in bf16 only
+/// (--cuda_activations bf16). One of the two pointers is set; kernels read either through [] (a branch every thread
+/// of a launch takes the same way).
+struct ActIn {
+  const float* f32 = nullptr;
+  const __nv_bfloat16* b16 = nullptr;
+  ActIn() = default;
+  __host__ __device__ ActIn(const float* p) : f32(p) {}  // NOLINT: an fp32 pointer is an fp32 activation
+  __host__ __device__ ActIn(const __nv_bfloat16* p) : b16(p) {}  // NOLINT: likewise a held one
+  /// The same activation from element k on.
+  __host__ __device__ ActIn at(size_t k) const { return b16 != nullptr ? ActIn(b16 + k) : ActIn(f32 + k); }
+#if defined(__CUDACC__) || defined(ZT_CUDA_SIM)
+  __device__ float operator[](size_t i) const { return b16 != nullptr ? __bfloat162float(b16[i]) : f32[i]; }
+#endif
+};
+
 #if defined(__CUDACC__) || defined(ZT_CUDA_SIM)
 /// p[i] = v and, where the buffer has a kept bf16 copy p16 (null: none), p16[i] = v rounded to nearest: the bits
 /// cast_to_bf16 would give, so a matmul reading the copy multiplies what rounding per call would. p is null where

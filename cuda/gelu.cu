@@ -15,17 +15,16 @@ constexpr int kBlock = 256;
 // exp with the CPU's clamp to [-87, 88]: keeps e finite, so e * s below never forms inf * 0.
 __device__ inline float exp_clamped(float x) { return expf(fminf(fmaxf(x, -87.0f), 88.0f)); }
 
-// out16 (may be null): the output's kept bf16 copy, the same values rounded to nearest.
-__global__ void gelu_forward_kernel(float* out, __nv_bfloat16* out16, const float* inp, size_t n) {
+// out16 (may be null): the output's kept bf16 copy, the same values rounded to nearest. inp may be held in bf16.
+__global__ void gelu_forward_kernel(float* out, __nv_bfloat16* out16, ActIn inp, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const float x = inp[i];
     store_kept(out, out16, i, x / (1.0f + exp_clamped(kK2 * (x + kC3 * x * x * x))));
   }
 }
 
-// dinp16 (may be null): dinp's kept bf16 copy.
-__global__ void gelu_backward_kernel(float* dinp, __nv_bfloat16* dinp16, const float* inp, const float* dout,
-                                     size_t n) {
+// dinp16 (may be null): dinp's kept bf16 copy. inp and dout may be held in bf16.
+__global__ void gelu_backward_kernel(float* dinp, __nv_bfloat16* dinp16, ActIn inp, ActIn dout, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const float x = inp[i];
     const float e = exp_clamped(kK2 * (x + kC3 * x * x * x));  // exp(-2u)
@@ -38,14 +37,13 @@ __global__ void gelu_backward_kernel(float* dinp, __nv_bfloat16* dinp16, const f
 
 }  // namespace
 
-void gelu_forward(float* out, __nv_bfloat16* out16, const float* inp, size_t n, cudaStream_t stream) {
+void gelu_forward(float* out, __nv_bfloat16* out16, ActIn inp, size_t n, cudaStream_t stream) {
   if (n == 0) return;
   ZT_LAUNCH(gelu_forward_kernel, grid_for(n, kBlock), kBlock, 0, stream)(out, out16, inp, n);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
-void gelu_backward(float* dinp, __nv_bfloat16* dinp16, const float* inp, const float* dout, size_t n,
-                   cudaStream_t stream) {
+void gelu_backward(float* dinp, __nv_bfloat16* dinp16, ActIn inp, ActIn dout, size_t n, cudaStream_t stream) {
   if (n == 0) return;
   ZT_LAUNCH(gelu_backward_kernel, grid_for(n, kBlock), kBlock, 0, stream)(dinp, dinp16, inp, dout, n);
   ZT_CUDA_LAUNCH_CHECK();

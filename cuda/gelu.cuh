@@ -6,14 +6,15 @@
 
 #include <cstddef>
 
+#include "cuda/cuda_common.cuh"
+
 namespace zt::cuda {
 
 /// out = gelu(inp), evaluated as x * sigmoid(2u) like the CPU reference; out16 (may be null) also receives it
-/// rounded to bf16 (the kept copy a bf16 matmul reads); out may be null when out16 is given.
-void gelu_forward(float* out, __nv_bfloat16* out16, const float* inp, size_t n, cudaStream_t stream);
+/// rounded to bf16 (the kept copy a bf16 matmul reads); out may be null when out16 is given. inp may be held in bf16.
+void gelu_forward(float* out, __nv_bfloat16* out16, ActIn inp, size_t n, cudaStream_t stream);
 /// dinp = gelu'(inp) * dout; dinp16 (may be null) also receives it rounded to bf16; dinp may be null when dinp16 is
-/// given (dinp held in bf16 only).
-void gelu_backward(float* dinp, __nv_bfloat16* dinp16, const float* inp, const float* dout, size_t n,
-                   cudaStream_t stream);
+/// given (dinp held in bf16 only). inp and dout may be held in bf16.
+void gelu_backward(float* dinp, __nv_bfloat16* dinp16, ActIn inp, ActIn dout, size_t n, cudaStream_t stream);
 
 }  // namespace zt::cuda

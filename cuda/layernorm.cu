@@ -43,9 +43,10 @@ __global__ void layernorm_forward_kernel(float* out, __nv_bfloat16* out16, float
 }
 
 // res = a + b, then the LayerNorm of res. Each lane reads back only the res elements it wrote itself (the same
-// c = lane + k * 32), so program order makes them visible: no barrier, and the row is still in L1.
+// c = lane + k * 32), so program order makes them visible: no barrier, and the row is still in L1. b may be held in
+// bf16 (a projection's output, --cuda_activations bf16).
 __global__ void residual_layernorm_forward_kernel(float* res, float* out, __nv_bfloat16* out16, float* mean,
-                                                  float* rstd, const float* a, const float* b, const float* weight,
+                                                  float* rstd, const float* a, ActIn b, const float* weight,
                                                   const float* bias, int N, int C) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
@@ -57,15 +58,15 @@ __global__ void residual_layernorm_forward_kernel(float* res, float* out, __nv_b
 }
 
 // dinp, one warp per row: dx += (w*dy - mean(w*dy) - norm * mean(w*dy*norm)) * rstd.
-// dinp16 (may be null): dinp's kept bf16 copy, written with the sum just stored.
-__global__ void layernorm_backward_dinp_kernel(float* dinp, __nv_bfloat16* dinp16, const float* dout, const float* inp,
+// dinp16 (may be null): dinp's kept bf16 copy, written with the sum just stored. dout may be held in bf16.
+__global__ void layernorm_backward_dinp_kernel(float* dinp, __nv_bfloat16* dinp16, ActIn dout, const float* inp,
                                                const float* weight, const float* mean, const float* rstd, int N,
                                                int C) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= N) return;
   const float* x = inp + size_t(row) * C;
-  const float* d = dout + size_t(row) * C;
+  const ActIn d = dout.at(size_t(row) * C);
   float* dx = dinp + size_t(row) * C;
   const float m = mean[row], s = rstd[row];
   float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
@@ -85,7 +86,7 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, __nv_bfloat16* dinp1
 
 // Stage 1 of dbias / dweight: grid (column block, row chunk); each thread sums its column over the chunk's rows
 // in order into partials[chunk][0, C) (dbias) and partials[chunk][C, 2C) (dweight).
-__global__ void layernorm_backward_partials_kernel(float* partials, const float* dout, const float* inp,
+__global__ void layernorm_backward_partials_kernel(float* partials, ActIn dout, const float* inp,
                                                    const float* mean, const float* rstd, int N, int C,
                                                    int rows_per_chunk) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -116,7 +117,7 @@ void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rst
 }
 
 void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* a,
-                                const float* b, const float* weight, const float* bias, int N, int C,
+                                ActIn b, const float* weight, const float* bias, int N, int C,
                                 cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
@@ -127,7 +128,7 @@ void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, fl
 
 size_t layernorm_backward_scratch_elems(int N, int C) { return size_t(row_chunks(N).n_chunks) * 2 * size_t(C); }
 
-void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, const float* dout,
+void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, ActIn dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C,
                         float* scratch, cudaStream_t stream) {
   if (N == 0 || C == 0) return;

@@ -6,6 +6,8 @@
 
 #include <cstddef>
 
+#include "cuda/cuda_common.cuh"
+
 namespace zt::cuda {
 
 /// out = (x - mean) * rstd * weight + bias per row of C, eps 1e-5, two-pass variance as the CPU reference.
@@ -14,14 +16,15 @@ namespace zt::cuda {
 void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C, cudaStream_t stream);
 /// res = a + b, then layernorm_forward of res in the same kernel: bitwise residual_forward then layernorm_forward.
+/// b may be held in bf16 (ActIn).
 void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* a,
-                                const float* b, const float* weight, const float* bias, int N, int C,
+                                ActIn b, const float* weight, const float* bias, int N, int C,
                                 cudaStream_t stream);
 /// Floats of scratch layernorm_backward needs for N rows of C.
 size_t layernorm_backward_scratch_elems(int N, int C);
 /// Accumulates dinp, dweight, dbias (deterministic: fixed row chunks, then chunks in order); dinp16 (may be
-/// null) receives the accumulated dinp rounded to bf16.
-void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, const float* dout,
+/// null) receives the accumulated dinp rounded to bf16. dout may be held in bf16 (ActIn).
+void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, ActIn dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C,
                         float* scratch, cudaStream_t stream);
 

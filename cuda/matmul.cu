@@ -107,11 +107,21 @@ cublasLtEpilogue_t cublaslt_epilogue(Epilogue e) {
 }
 
 // The pointers an epilogue reads or writes: the bias (or bias gradient) vector and GELU's auxiliary matrix (the
-// pre-activation, laid out as D).
+// pre-activation, laid out as D). Both are of D's type: fp32, or bf16 where D is (a product into a range held in
+// bf16; cuBLASLt's default bias type is D's, and its auxiliary matrix is set to D's).
 struct EpilogueArgs {
   Epilogue kind = Epilogue::none;
-  const float* bias = nullptr;
-  const float* aux = nullptr;
+  const void* bias = nullptr;
+  const void* aux = nullptr;
+};
+
+// Where a product's result goes: fp32 memory, or bf16 memory (a range held in bf16 only, --cuda_activations bf16);
+// exactly one is set, or neither (the product is not wanted).
+struct Target {
+  float* f32 = nullptr;
+  __nv_bfloat16* b16 = nullptr;
+  bool wanted() const { return f32 != nullptr || b16 != nullptr; }
+  void* d() const { return b16 != nullptr ? static_cast<void*>(b16) : static_cast<void*>(f32); }
 };
 
 // One cached product shape: its descriptors and the algorithm the heuristics chose.
@@ -122,20 +132,23 @@ struct Plan {
   bool found = false;
 };
 
-// trans_a, trans_b, M, N, K, lda, ldb, ldc, alignments of A, B, C, the epilogue, alignments of its bias and aux.
-using PlanKey =
-    std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t, int, uint32_t, uint32_t>;
+// trans_a, trans_b, M, N, K, lda, ldb, ldc, alignments of A, B, C, the epilogue, alignments of its bias and aux,
+// whether C and D are bf16.
+using PlanKey = std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t, int, uint32_t,
+                           uint32_t, bool>;
 
 }  // namespace
 
 struct MatmulContext::Impl {
   bool bf16 = false;
   bool epilogues = false;
-  bool warned[6] = {};  // an epilogue cuBLASLt refused, said once
+  bool warned[6] = {};           // an epilogue cuBLASLt refused, said once
+  bool warned_bf16_out = false;  // likewise a bf16 output
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   std::map<PlanKey, Plan> plans;
   DeviceScratch scratch;  // bf16 operand copies and bias-gradient partials
+  DeviceScratch wide;     // an fp32 product bound for bf16 memory where cuBLASLt has no bf16-output algorithm
 
   ~Impl() {
     for (auto& kv : plans) {
@@ -151,7 +164,7 @@ struct MatmulContext::Impl {
 
   // The plan for row-major C[M,N] (+)= op(A) op(B), then the epilogue, built and cached on first use.
   Plan& plan(bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
-             const float* C, int ldc, const EpilogueArgs& e) {
+             const void* C, bool c_bf16, int ldc, const EpilogueArgs& e) {
     const PlanKey key{trans_a,
                       trans_b,
                       M,
@@ -165,7 +178,8 @@ struct MatmulContext::Impl {
                       alignment_of(C),
                       int(e.kind),
                       e.bias != nullptr ? pointer_alignment(e.bias) : 0,
-                      e.aux != nullptr ? pointer_alignment(e.aux) : 0};
+                      e.aux != nullptr ? pointer_alignment(e.aux) : 0,
+                      c_bf16};
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan& p = plans[key];
@@ -175,13 +189,14 @@ struct MatmulContext::Impl {
     ZT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
     ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    set_epilogue(p.op, e, ldc);
+    const cudaDataType_t d_type = c_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    set_epilogue(p.op, e, ldc, d_type);
     // Column-major shapes as stored (before the op): cuBLASLt computes D[m=N, n=M] with k=K.
     ZT_CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&p.a, operand_type, op_a == CUBLAS_OP_N ? N : K, op_a == CUBLAS_OP_N ? K : N, ldb));
     ZT_CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&p.b, operand_type, op_b == CUBLAS_OP_N ? K : M, op_b == CUBLAS_OP_N ? M : K, lda));
-    ZT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, N, M, ldc));
+    ZT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, d_type, N, M, ldc));
 
     cublasLtMatmulPreference_t pref = nullptr;
     ZT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -204,12 +219,12 @@ struct MatmulContext::Impl {
   }
 
   // The epilogue's attributes; its pointers are set here too, before the heuristic reads them (their alignment).
-  static void set_epilogue(cublasLtMatmulDesc_t op, const EpilogueArgs& e, int ldc) {
+  static void set_epilogue(cublasLtMatmulDesc_t op, const EpilogueArgs& e, int ldc, cudaDataType_t d_type) {
     if (e.kind == Epilogue::none) return;
     const cublasLtEpilogue_t epilogue = cublaslt_epilogue(e.kind);
     ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
     if (e.bias != nullptr) {
-      const cudaDataType_t bias_type = CUDA_R_32F;
+      const cudaDataType_t bias_type = d_type;
       ZT_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     }
@@ -217,6 +232,9 @@ struct MatmulContext::Impl {
       const int64_t aux_ld = ldc;  // the pre-activation is laid out as D
       ZT_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+      const cudaDataType_t aux_type = d_type;
+      ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &aux_type,
+                                                     sizeof(aux_type)));
     }
     set_epilogue_pointers(op, e);
   }
@@ -228,13 +246,24 @@ struct MatmulContext::Impl {
           cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux, sizeof(e.aux)));
   }
 
-  // Row-major C[M,N] = op(A) op(B) + beta * C, then the epilogue. Returns false, doing nothing, when cuBLASLt has no
-  // algorithm for the epilogue here (the caller then runs the separate kernels; the first refusal of each epilogue
-  // is said on stderr, so a GPU run shows it); a product without an epilogue that has none fails loudly.
-  bool gemm(bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B, int ldb, float* C,
-            int ldc, float beta, const EpilogueArgs& e, cudaStream_t stream) {
-    Plan& p = plan(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, e);
+  // Row-major C[M,N] = op(A) op(B) + beta * C, then the epilogue; C fp32 (c_bf16 false) or bf16. Returns false,
+  // doing nothing, when cuBLASLt has no algorithm for the epilogue, or for a bf16 C, here (the caller then runs the
+  // separate kernels or the fp32 product; the first refusal of each epilogue is said on stderr, so a GPU run shows
+  // it); an fp32 product without an epilogue that has none fails loudly.
+  bool gemm(bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B, int ldb, void* C,
+            bool c_bf16, int ldc, float beta, const EpilogueArgs& e, cudaStream_t stream) {
+    Plan& p = plan(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, c_bf16, ldc, e);
     if (!p.found) {
+      if (c_bf16 && e.kind == Epilogue::none) {
+        if (!warned_bf16_out) {
+          warned_bf16_out = true;
+          std::fprintf(stderr,
+                       "zerotrain: cuBLASLt has no bf16-output algorithm for the %dx%dx%d product; computing it in fp32 "
+                       "and rounding\n",
+                       M, N, K);
+        }
+        return false;
+      }
       ZT_CHECK(e.kind != Epilogue::none,
                "cuBLASLt has no algorithm for the {}x{}x{} product (trans_a={}, trans_b={}, lda={}, ldb={}, ldc={})", M,
                N, K, trans_a, trans_b, lda, ldb, ldc);
@@ -269,85 +298,130 @@ bool MatmulContext::epilogues() const { return impl_->epilogues; }
 
 namespace {
 
-// The operands of a forward product: inp and W, or their bf16 copies (kept, or rounded now into scratch).
+// The operands of a forward product: inp and W, or their bf16 copies (kept, or rounded now into scratch), and, for a
+// product into bf16 memory, the bias in bf16 (its kept copy where that is aligned for the epilogue, else rounded
+// into scratch; null without a bias).
 struct ForwardOperands {
   const void* a;
   const void* w;
+  const void* bias16;
 };
 ForwardOperands forward_operands(MatmulContext::Impl& m, const float* inp, const void* inp_bf16, const float* weight,
-                                 const void* weight_bf16, int N, int C, int OC, cudaStream_t stream) {
-  if (!m.bf16) return {inp, weight};
+                                 const void* weight_bf16, const float* bias, const void* bias_bf16, int N, int C,
+                                 int OC, cudaStream_t stream) {
+  if (!m.bf16) return {inp, weight, nullptr};
   const size_t n_inp = size_t(N) * C, n_w = size_t(C) * OC;
-  ScratchCarver carve(
-      m.scratch.get(bf16_scratch_bytes(inp_bf16, n_inp, true) + bf16_scratch_bytes(weight_bf16, n_w, true) + 256));
+  if (bias_bf16 != nullptr && alignment_of(bias_bf16) < 16) bias_bf16 = nullptr;  // the epilogue reads 16 bytes
+  ScratchCarver carve(m.scratch.get(bf16_scratch_bytes(inp_bf16, n_inp, true) +
+                                    bf16_scratch_bytes(weight_bf16, n_w, true) +
+                                    bf16_scratch_bytes(bias_bf16, size_t(OC), bias != nullptr) + 256));
   const void* a = bf16_operand(carve, inp, inp_bf16, n_inp, true, stream);
-  return {a, bf16_operand(carve, weight, weight_bf16, n_w, true, stream)};
+  const void* w = bf16_operand(carve, weight, weight_bf16, n_w, true, stream);
+  return {a, w, bf16_operand(carve, bias, bias_bf16, size_t(OC), bias != nullptr, stream)};
 }
 
 // Whether an epilogue may be offered these vectors: cuBLASLt's epilogues read them 16 bytes at a time.
 bool epilogue_aligned(const void* p) { return p == nullptr || alignment_of(p) >= 16; }
 
+// n fp32 values of scratch for a product bound for bf16 memory that is computed in fp32 first.
+float* wide_scratch(MatmulContext::Impl& m, size_t n) { return static_cast<float*>(m.wide.get(n * sizeof(float))); }
+
 }  // namespace
 
-void matmul_forward(MatmulContext& ctx, float* out, const float* inp, const void* inp_bf16, const float* weight,
-                    const void* weight_bf16, const float* bias, int N, int C, int OC, bool weight_transposed,
-                    cudaStream_t stream) {
+void matmul_forward(MatmulContext& ctx, float* out, __nv_bfloat16* out16, const float* inp, const void* inp_bf16,
+                    const float* weight, const void* weight_bf16, const float* bias, const void* bias_bf16, int N,
+                    int C, int OC, bool weight_transposed, cudaStream_t stream) {
   if (N == 0 || OC == 0) return;
   MatmulContext::Impl& m = ctx.impl();
+  const size_t n = size_t(N) * OC;
+  const int ldw = weight_transposed ? C : OC;
+  if (out16 != nullptr) {
+    // Into bf16 memory: one product whose output cuBLASLt rounds (with the bias in bf16, D's type, in the
+    // epilogue), else the fp32 product below into scratch, rounded after.
+    if (m.bf16 && C > 0) {
+      const ForwardOperands op =
+          forward_operands(m, inp, inp_bf16, weight, weight_bf16, bias, bias_bf16, N, C, OC, stream);
+      const EpilogueArgs e = bias != nullptr ? EpilogueArgs{Epilogue::bias, op.bias16, nullptr} : EpilogueArgs{};
+      if (m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out16, true, OC, 0.0f, e, stream)) return;
+    }
+    float* wide = wide_scratch(m, n);
+    matmul_forward(ctx, wide, nullptr, inp, inp_bf16, weight, weight_bf16, bias, nullptr, N, C, OC, weight_transposed,
+                   stream);
+    cast_to_bf16(out16, wide, n, stream);
+    return;
+  }
   if (C == 0) {  // an empty product: out = bias (or 0)
-    ZT_LAUNCH(bias_broadcast_kernel, grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream)(out, bias, N, OC);
+    ZT_LAUNCH(bias_broadcast_kernel, grid_for(n, kBlock), kBlock, 0, stream)(out, bias, N, OC);
     ZT_CUDA_LAUNCH_CHECK();
     return;
   }
-  const ForwardOperands op = forward_operands(m, inp, inp_bf16, weight, weight_bf16, N, C, OC, stream);
+  const ForwardOperands op = forward_operands(m, inp, inp_bf16, weight, weight_bf16, nullptr, nullptr, N, C, OC, stream);
   // W [C,OC]: out = inp · W; W [OC,C]: out = inp · W^T.
-  const int ldw = weight_transposed ? C : OC;
   if (bias == nullptr) {
-    m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, OC, 0.0f, {}, stream);
+    m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, false, OC, 0.0f, {}, stream);
     return;
   }
-  if (epilogue_aligned(bias) && m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, OC, 0.0f,
+  if (epilogue_aligned(bias) && m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, false, OC, 0.0f,
                                        {Epilogue::bias, bias, nullptr}, stream))
     return;
   // No fused-bias algorithm here: seed out with the bias and accumulate the product onto it.
-  ZT_LAUNCH(bias_broadcast_kernel, grid_for(size_t(N) * OC, kBlock), kBlock, 0, stream)(out, bias, N, OC);
+  ZT_LAUNCH(bias_broadcast_kernel, grid_for(n, kBlock), kBlock, 0, stream)(out, bias, N, OC);
   ZT_CUDA_LAUNCH_CHECK();
-  m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, OC, 1.0f, {}, stream);
+  m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, false, OC, 1.0f, {}, stream);
 }
 
-void matmul_gelu_forward(MatmulContext& ctx, float* pre, float* out, bool out_fp32, __nv_bfloat16* out16,
-                         const float* inp, const void* inp_bf16, const float* weight, const void* weight_bf16,
-                         const float* bias, int N, int C, int OC, cudaStream_t stream) {
+void matmul_gelu_forward(MatmulContext& ctx, float* pre, __nv_bfloat16* pre16, float* out, bool out_fp32,
+                         __nv_bfloat16* out16, const float* inp, const void* inp_bf16, const float* weight,
+                         const void* weight_bf16, const float* bias, const void* bias_bf16, int N, int C, int OC,
+                         cudaStream_t stream) {
   const size_t n = size_t(N) * OC;
   MatmulContext::Impl& m = ctx.impl();
   // GELU_AUX_BIAS: out = GELU(x) and pre = x = inp · W + bias, in one product (GELU_AUX without a bias is
-  // another epilogue, not used: the MLP's expansion always has one).
-  if (m.epilogues && n > 0 && C > 0 && bias != nullptr && epilogue_aligned(bias) && epilogue_aligned(pre)) {
-    const ForwardOperands op = forward_operands(m, inp, inp_bf16, weight, weight_bf16, N, C, OC, stream);
-    if (m.gemm(false, false, N, OC, C, op.a, C, op.w, OC, out, OC, 0.0f, {Epilogue::gelu_aux_bias, bias, pre},
-               stream)) {
-      if (out16 != nullptr) cast_to_bf16(out16, out, n, stream);
-      return;
+  // another epilogue, not used: the MLP's expansion always has one). Both held in bf16: the product writes both in
+  // bf16 (its output and auxiliary matrix are of one type). pre fp32: out in fp32, then rounded into out16.
+  if (m.epilogues && n > 0 && C > 0 && bias != nullptr && epilogue_aligned(bias)) {
+    if (pre16 != nullptr && out16 != nullptr && !out_fp32 && m.bf16) {
+      const ForwardOperands op =
+          forward_operands(m, inp, inp_bf16, weight, weight_bf16, bias, bias_bf16, N, C, OC, stream);
+      if (epilogue_aligned(pre16) && m.gemm(false, false, N, OC, C, op.a, C, op.w, OC, out16, true, OC, 0.0f,
+                                            {Epilogue::gelu_aux_bias, op.bias16, pre16}, stream))
+        return;
+    } else if (pre16 == nullptr && epilogue_aligned(pre)) {
+      const ForwardOperands op =
+          forward_operands(m, inp, inp_bf16, weight, weight_bf16, nullptr, nullptr, N, C, OC, stream);
+      if (m.gemm(false, false, N, OC, C, op.a, C, op.w, OC, out, false, OC, 0.0f,
+                 {Epilogue::gelu_aux_bias, bias, pre}, stream)) {
+        if (out16 != nullptr) cast_to_bf16(out16, out, n, stream);
+        return;
+      }
     }
   }
-  matmul_forward(ctx, pre, inp, inp_bf16, weight, weight_bf16, bias, N, C, OC, false, stream);
-  gelu_forward(out_fp32 ? out : nullptr, out16, pre, n, stream);
+  matmul_forward(ctx, pre16 != nullptr ? nullptr : pre, pre16, inp, inp_bf16, weight, weight_bf16, bias, bias_bf16, N,
+                 C, OC, false, stream);
+  gelu_forward(out_fp32 ? out : nullptr, out16, pre16 != nullptr ? ActIn(pre16) : ActIn(pre), n, stream);
 }
 
 namespace {
 
-// The products of a dense layer's backward. dinp = dout · W^T, with GELU's derivative at dgelu_aux folded in when
-// that is given and cuBLASLt has the epilogue (returns whether it was folded; if not, dinp holds the plain product).
-// dweight += the weight-gradient product, with dbias += its bias gradient folded in where the variant is on and
-// cuBLASLt has the epilogue, else by the two-stage column sum.
-bool backward_products(MatmulContext::Impl& m, float* dinp, const float* dgelu_aux, float* dweight, float* dbias,
+// GELU's derivative folded into a dinp product (the DGELU epilogue): the pre-activation it reads (of D's type, so
+// fp32 with an fp32 target, bf16 with a bf16 one) and where dpre = product * GELU'(pre) goes.
+struct DgeluFold {
+  const void* aux;
+  Target target;
+};
+
+// The products of a dense layer's backward. dinp = dout · W^T into `dinp` (may be unwanted); where `fold` is given
+// and cuBLASLt has the epilogue, GELU's derivative folded in and written to fold->target instead (returns whether it
+// was folded; if not, dinp holds the plain product). dweight += the weight-gradient product, with dbias += its bias
+// gradient folded in where the variant is on and cuBLASLt has the epilogue, else by the two-stage column sum.
+bool backward_products(MatmulContext::Impl& m, Target dinp, const DgeluFold* fold, float* dweight, float* dbias,
                        const float* dout, const void* dout_bf16, const float* inp, const void* inp_bf16,
                        const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
                        cudaStream_t stream) {
   const RowChunks chunks = row_chunks(N);
   const size_t n_dout = size_t(N) * OC, n_inp = size_t(N) * C, n_w = size_t(C) * OC;
-  const bool w_used = dinp != nullptr;     // the weight enters the dinp product only
-  const bool x_used = dweight != nullptr;  // and the input the dweight product only
+  const bool w_used = dinp.wanted() || fold != nullptr;  // the weight enters the dinp product only
+  const bool x_used = dweight != nullptr;                 // and the input the dweight product only
   // Scratch for the operands no kept copy serves (a copy of the LM head's dlogits alone would be N * Vp * 2 bytes).
   const size_t operand_bytes = m.bf16 ? bf16_scratch_bytes(dout_bf16, n_dout, true) +
                                             bf16_scratch_bytes(inp_bf16, n_inp, x_used) +
@@ -364,13 +438,18 @@ bool backward_products(MatmulContext::Impl& m, float* dinp, const float* dgelu_a
     w = bf16_operand(carve, weight, weight_bf16, n_w, w_used, stream);
   }
   // dinp[N,C] = dout[N,OC] · W^T (W [C,OC]) or dout · W (W [OC,C]).
+  const int ldw = weight_transposed ? C : OC;
+  auto dinp_product = [&](const Target& t, const EpilogueArgs& e) {
+    return m.gemm(false, !weight_transposed, N, C, OC, d, OC, w, ldw, t.d(), t.b16 != nullptr, C, 0.0f, e, stream);
+  };
   bool dgelu_folded = false;
-  if (dinp != nullptr) {
-    if (dgelu_aux != nullptr && epilogue_aligned(dgelu_aux))
-      dgelu_folded = m.gemm(false, !weight_transposed, N, C, OC, d, OC, w, weight_transposed ? C : OC, dinp, C, 0.0f,
-                            {Epilogue::dgelu, nullptr, dgelu_aux}, stream);
-    if (!dgelu_folded)
-      m.gemm(false, !weight_transposed, N, C, OC, d, OC, w, weight_transposed ? C : OC, dinp, C, 0.0f, {}, stream);
+  if (fold != nullptr && epilogue_aligned(fold->aux))
+    dgelu_folded = dinp_product(fold->target, {Epilogue::dgelu, nullptr, fold->aux});
+  if (!dgelu_folded && dinp.wanted() && !dinp_product(dinp, {})) {
+    // bf16 memory cuBLASLt has no algorithm for: the product in fp32 into scratch, then rounded.
+    float* wide = wide_scratch(m, n_inp);
+    dinp_product({wide, nullptr}, {});
+    cast_to_bf16(dinp.b16, wide, n_inp, stream);
   }
   // The bias gradient, dout's column sums: with the weight-gradient product, whose cuBLASLt A (BGRADA, W [C,OC]) or
   // B (BGRADB, W [OC,C]) is dout, into the partials' scratch, then added (the epilogue writes; dbias accumulates).
@@ -380,11 +459,11 @@ bool backward_products(MatmulContext::Impl& m, float* dinp, const float* dgelu_a
     const EpilogueArgs bgrad{weight_transposed ? Epilogue::bgrad_b : Epilogue::bgrad_a, partials, nullptr};
     const bool try_bgrad = m.epilogues && dbias != nullptr;
     if (weight_transposed) {  // dW[OC,C] += dout^T · inp
-      bgrad_folded = try_bgrad && m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, bgrad, stream);
-      if (!bgrad_folded) m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, C, 1.0f, {}, stream);
+      bgrad_folded = try_bgrad && m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, false, C, 1.0f, bgrad, stream);
+      if (!bgrad_folded) m.gemm(true, false, OC, C, N, d, OC, x, C, dweight, false, C, 1.0f, {}, stream);
     } else {  // dW[C,OC] += inp^T · dout
-      bgrad_folded = try_bgrad && m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, bgrad, stream);
-      if (!bgrad_folded) m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, OC, 1.0f, {}, stream);
+      bgrad_folded = try_bgrad && m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, false, OC, 1.0f, bgrad, stream);
+      if (!bgrad_folded) m.gemm(true, false, C, OC, N, x, C, d, OC, dweight, false, OC, 1.0f, {}, stream);
     }
   }
   if (bgrad_folded) {
@@ -406,40 +485,60 @@ bool backward_products(MatmulContext::Impl& m, float* dinp, const float* dgelu_a
 
 }  // namespace
 
-void matmul_backward(MatmulContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
-                     const void* dout_bf16, const float* inp, const void* inp_bf16, const float* weight,
-                     const void* weight_bf16, int N, int C, int OC, bool weight_transposed, cudaStream_t stream) {
+void matmul_backward(MatmulContext& ctx, float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias,
+                     const float* dout, const void* dout_bf16, const float* inp, const void* inp_bf16,
+                     const float* weight, const void* weight_bf16, int N, int C, int OC, bool weight_transposed,
+                     cudaStream_t stream) {
   if (N == 0 || OC == 0 || C == 0) return;
-  backward_products(ctx.impl(), dinp, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N,
-                    C, OC, weight_transposed, stream);
+  const Target target = dinp16 != nullptr ? Target{nullptr, dinp16} : Target{dinp, nullptr};
+  backward_products(ctx.impl(), target, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16,
+                    N, C, OC, weight_transposed, stream);
 }
 
-void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16, float* dact, float* dweight,
-                          float* dbias, const float* dout, const void* dout_bf16, const float* inp,
-                          const void* inp_bf16, const float* weight, const void* weight_bf16, const float* pre, int N,
-                          int C, int OC, cudaStream_t stream) {
+void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16, float* dact, __nv_bfloat16* dact16,
+                          float* dweight, float* dbias, const float* dout, const void* dout_bf16, const float* inp,
+                          const void* inp_bf16, const float* weight, const void* weight_bf16, const float* pre,
+                          const __nv_bfloat16* pre16, int N, int C, int OC, cudaStream_t stream) {
   const size_t n = size_t(N) * C;
   if (n == 0) return;
   MatmulContext::Impl& m = ctx.impl();
+  const Target act = dact16 != nullptr ? Target{nullptr, dact16} : Target{dact, nullptr};
+  const ActIn pre_in = pre16 != nullptr ? ActIn(pre16) : ActIn(pre);
+  const ActIn act_in = dact16 != nullptr ? ActIn(dact16) : ActIn(dact);
   if (OC == 0) {  // an empty product: dact = 0, so dpre = 0
-    ZT_CUDA_CHECK(cudaMemsetAsync(dact, 0, n * sizeof(float), stream));
-  } else if (m.epilogues) {
-    // DGELU: dpre = (dout · W^T) * GELU'(pre) in one product, into dact when dpre has no fp32 values (held in bf16);
-    // where cuBLASLt refuses it, the product went there and is moved to dact for the separate kernel (an unlikely
-    // path: the copy is not worth avoiding).
-    float* d_target = dpre != nullptr ? dpre : dact;
-    if (backward_products(m, d_target, pre, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C,
-                          OC, false, stream)) {
-      if (dpre16 != nullptr) cast_to_bf16(dpre16, d_target, n, stream);
+    ZT_CUDA_CHECK(cudaMemsetAsync(act.d(), 0, n * (dact16 != nullptr ? sizeof(*dact16) : sizeof(float)), stream));
+    gelu_backward(dpre, dpre16, pre_in, act_in, n, stream);
+    return;
+  }
+  if (m.epilogues) {
+    // DGELU: dpre = (dout · W^T) * GELU'(pre) in one product, its auxiliary matrix (pre) of D's type: dpre and pre
+    // both held in bf16 (one bf16 product), or pre in fp32 into dpre's fp32 values, or, dpre held in bf16 only, into
+    // dact's fp32 values (then rounded into dpre). Where cuBLASLt refuses it, the plain product goes to dact and the
+    // separate kernel follows.
+    DgeluFold fold{nullptr, {}};
+    __nv_bfloat16* round_into = nullptr;  // the folded fp32 result's bf16 copy or held values
+    if (pre16 != nullptr && dpre == nullptr && dpre16 != nullptr) {
+      fold = {pre16, {nullptr, dpre16}};
+    } else if (pre16 == nullptr && dpre != nullptr) {
+      fold = {pre, {dpre, nullptr}};
+      round_into = dpre16;
+    } else if (pre16 == nullptr && dact16 == nullptr) {
+      fold = {pre, {dact, nullptr}};
+      round_into = dpre16;
+    }
+    if (fold.aux != nullptr) {
+      if (backward_products(m, act, &fold, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C,
+                            OC, false, stream)) {
+        if (round_into != nullptr) cast_to_bf16(round_into, fold.target.f32, n, stream);
+        return;
+      }
+      gelu_backward(dpre, dpre16, pre_in, act_in, n, stream);
       return;
     }
-    if (d_target != dact)
-      ZT_CUDA_CHECK(cudaMemcpyAsync(dact, d_target, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
-  } else {
-    backward_products(m, dact, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C, OC,
-                      false, stream);
   }
-  gelu_backward(dpre, dpre16, pre, dact, n, stream);
+  backward_products(m, act, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N, C, OC,
+                    false, stream);
+  gelu_backward(dpre, dpre16, pre_in, act_in, n, stream);
 }
 
 }  // namespace zt::cuda

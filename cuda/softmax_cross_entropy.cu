@@ -9,14 +9,13 @@ namespace {
 
 constexpr int kBlock = 512;
 
-// logits16 (may be null): the kept bf16 copy of the logits, written with the gradient that replaces them; with
-// write_fp32 false only the copy receives the gradient.
-__global__ void softmax_cross_entropy_kernel(float* logits, bool write_fp32, __nv_bfloat16* logits16, float* losses,
+// One row: the logits read from in, the gradient written to out (may be null) and out16 (may be null).
+__global__ void softmax_cross_entropy_kernel(ActIn in, float* out, __nv_bfloat16* out16, float* losses,
                                              const int32_t* targets, int V, int Vp, float dloss, int* error_flag) {
   __shared__ float shared_f[kWarpSize];
   __shared__ double shared_d[kWarpSize];
   const int i = blockIdx.x;
-  float* row = logits + size_t(i) * Vp;
+  const ActIn row = in.at(size_t(i) * Vp);
   const int target = targets[i];
   const bool target_ok = target >= 0 && target < V;
 
@@ -27,7 +26,7 @@ __global__ void softmax_cross_entropy_kernel(float* logits, bool write_fp32, __n
   double sum = 0.0;
   for (int j = threadIdx.x; j < V; j += blockDim.x) sum += double(expf(row[j] - mx));
   sum = block_sum(sum, shared_d);
-  const float target_shifted = target_ok ? row[target] - mx : 0.0f;
+  const float target_shifted = target_ok ? row[size_t(target)] - mx : 0.0f;
   __syncthreads();  // row[target] is read by every thread before any thread overwrites it
   if (threadIdx.x == 0) {
     if (target_ok) {
@@ -38,27 +37,27 @@ __global__ void softmax_cross_entropy_kernel(float* logits, bool write_fp32, __n
     }
   }
   const float scale = float(double(dloss) / sum);
-  __nv_bfloat16* row16 = logits16 != nullptr ? logits16 + size_t(i) * Vp : nullptr;
+  float* row_out = out != nullptr ? out + size_t(i) * Vp : nullptr;
+  __nv_bfloat16* row16 = out16 != nullptr ? out16 + size_t(i) * Vp : nullptr;
   for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
     float g = 0.0f;  // padded columns never receive probability
     if (j < V) {
       g = expf(row[j] - mx) * scale;
       if (j == target) g -= dloss;
     }
-    store_kept(write_fp32 ? row : nullptr, row16, size_t(j), g);
+    store_kept(row_out, row16, size_t(j), g);
   }
 }
 
 }  // namespace
 
-void softmax_cross_entropy(float* logits, bool write_fp32, __nv_bfloat16* logits16, float* losses,
-                           const int32_t* targets, int N, int V, int Vp, float dloss, int* error_flag,
-                           cudaStream_t stream) {
-  ZT_CHECK(write_fp32 || logits16 != nullptr, "softmax_cross_entropy: the gradient must go to the logits or a copy");
+void softmax_cross_entropy(ActIn in, float* out, __nv_bfloat16* out16, float* losses, const int32_t* targets, int N,
+                           int V, int Vp, float dloss, int* error_flag, cudaStream_t stream) {
+  ZT_CHECK(out != nullptr || out16 != nullptr, "softmax_cross_entropy: the gradient must go to the logits or a copy");
   ZT_CHECK(V > 0 && V <= Vp, "softmax_cross_entropy: need 0 < V <= Vp, got V={} Vp={}", V, Vp);
   if (N == 0) return;
   ZT_LAUNCH(softmax_cross_entropy_kernel, N, kBlock, 0, stream)
-  (logits, write_fp32, logits16, losses, targets, V, Vp, dloss, error_flag);
+  (in, out, out16, losses, targets, V, Vp, dloss, error_flag);
   ZT_CUDA_LAUNCH_CHECK();
 }
 

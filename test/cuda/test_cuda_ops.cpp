@@ -23,6 +23,7 @@
 #include "core/gpt2.hpp"
 #include "core/model.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "test/cuda/cuda_test_util.hpp"
 #include "test/ops/backends_under_test.hpp"
 #include "test/test_util.hpp"
 #ifdef ZT_CUDA_SIM
@@ -32,20 +33,22 @@
 using VecF = std::vector<float>;
 using VecI = std::vector<int32_t>;
 using zt::FlatUnits;
+using zt::test::all_nan;
 using zt::test::BackendArray;
+using zt::test::cuda_backend;
+using zt::test::cuda_backend_activations;
+using zt::test::cuda_backend_epilogues;
 using zt::test::expect_close;
 using zt::test::kBf16Attention;
 using zt::test::kF32;
+using zt::test::MlpResult;
 using zt::test::random_tokens;
+using zt::test::run_mlp;
+using zt::test::same_bits;
 using zt::test::seeded_rng;
 using zt::test::uniform;
 
 namespace {
-
-std::unique_ptr<zt::Backend> cuda_backend(bool bf16) { return zt::make_cuda_backend(0, bf16); }
-std::unique_ptr<zt::Backend> cuda_backend_epilogues(bool bf16, const char* epilogues) {
-  return zt::make_cuda_backend(0, bf16, {"auto", "auto", "auto", epilogues});
-}
 
 // fp32 mode: every op in fp32, matmuls in true fp32 (no TF32); the elementwise ops, the embedding and AdamW
 // reproduce the CPU's arithmetic exactly. bf16 mode differs in the matmuls' operands and the tensor-core attention.
@@ -99,14 +102,12 @@ const zt::test::RegisterBackend cuda_bf16_fa2{
     {"cuda bf16 fa2", [] { return cuda_backend_fa2(true); }, cuda_tolerances(true)}};
 #endif
 
-std::unique_ptr<zt::Backend> cuda_backend_activations(bool bf16, const char* activations,
-                                                      const char* epilogues = "auto") {
-  return zt::make_cuda_backend(0, bf16, {"auto", "auto", "auto", epilogues, activations});
-}
-// --cuda_activations bf16: the model's buffers held in bf16 only are those the matmuls already read as bf16 copies,
-// so the products multiply the same bits; the one new rounding is in the c_attn and c_fc bias gradients, column sums
-// of dout held in bf16 (2^-9 relative per term: kBf16Matmul, as with the BGRAD epilogue). Only the model cases: the
-// single-op cases never ask for a held range, so they would repeat "cuda bf16" (the held ranges' own case is below).
+// --cuda_activations bf16: every activation buffer but the residual stream's held in bf16 only. The matmuls' inputs
+// were bf16 copies already; the new roundings are of the products' outputs (qkv, the projections, the
+// pre-activation, the logits, the input gradients: 2^-9 relative each, inside kBf16Matmul where a product's own
+// error is) and of what kernels read from them, and the c_attn and c_fc bias gradients, column sums of dout held in
+// bf16 (kBf16Matmul, as with the BGRAD epilogue). Only the model cases: the single-op cases never ask for a held
+// range, so they would repeat "cuda bf16" (the held ranges' own cases are in test_cuda_activations.cpp).
 zt::test::OpTolerances cuda_activations_tolerances() {
   zt::test::OpTolerances tol = cuda_tolerances(true);
   tol.matmul_dbias = zt::test::kBf16Matmul;
@@ -329,55 +330,6 @@ TEST_CASE(
   with_copies->refresh_param_copy(d.get() + 8, 24);
 }
 
-namespace {
-
-// What the MLP's fused ops produce from one set of inputs: the forward's pre-activation and GELU output, then the
-// backward's (from a given GELU output) dpre, its dact scratch (poisoned before), and the projection's dweight and
-// dbias accumulated from zero. hold: out and dpre held in bf16 (keep_activation_bf16), moved whole.
-struct MlpResult {
-  VecF pre, out, dpre, dact, dweight, dbias;
-};
-MlpResult run_mlp(zt::Backend& be, int N, int C, int H, uint32_t seed, bool hold = false) {
-  std::mt19937_64 rng(seed);
-  const VecF x = uniform(rng, size_t(N) * C, -1, 1), w_fc = uniform(rng, size_t(C) * H, -0.5f, 0.5f),
-             b_fc = uniform(rng, size_t(H), -1, 1), w_proj = uniform(rng, size_t(H) * C, -0.5f, 0.5f),
-             dout = uniform(rng, size_t(N) * C, -1, 1), act = uniform(rng, size_t(N) * H, -0.2f, 1);
-  BackendArray d_x(be, x.size()), d_wfc(be, w_fc.size()), d_bfc(be, b_fc.size()), d_wproj(be, w_proj.size());
-  BackendArray d_pre(be, size_t(N) * H), d_out(be, size_t(N) * H), d_dout(be, dout.size());
-  BackendArray d_dpre(be, size_t(N) * H), d_dact(be, size_t(N) * H), d_dw(be, w_proj.size()), d_db(be, size_t(C));
-  d_x.upload(x);
-  d_wfc.upload(w_fc);
-  d_bfc.upload(b_fc);
-  d_wproj.upload(w_proj);
-  d_dout.upload(dout);
-  be.zero(d_dw.get(), w_proj.size());
-  be.zero(d_db.get(), size_t(C));
-  if (hold)
-    for (BackendArray* a : {&d_out, &d_dpre}) REQUIRE(be.keep_activation_bf16(a->get(), a->size()));
-  auto download = [&](const BackendArray& a) {
-    VecF v(a.size());
-    if (hold) be.to_host(v.data(), a.get(), a.size());
-    return hold ? v : a.download();
-  };
-  be.matmul_gelu_forward(d_pre.get(), d_out.get(), d_x.get(), d_wfc.get(), d_bfc.get(), N, C, H);
-  const VecF out = download(d_out);
-  // The backward's input the same in every run, so its products can be compared bit for bit (held: rounded, as
-  // the bf16 product rounds it anyway).
-  be.from_host(d_out.get(), act.data(), act.size());
-  be.matmul_gelu_backward(d_dpre.get(), d_dact.get(), d_dw.get(), d_db.get(), d_dout.get(), d_out.get(), d_wproj.get(),
-                          d_pre.get(), N, H, C);
-  return {d_pre.download(), out, download(d_dpre), d_dact.download(), d_dw.download(), d_db.download()};
-}
-
-bool all_nan(const VecF& v) {
-  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
-}
-bool same_bits(const VecF& a, const VecF& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-}  // namespace
-
 // The switch itself: which epilogue ran is seen in what it leaves (dact unwritten, GELU computed by another formula);
 // the products it does not change give the same bits on the simulator, whose cuBLASLt computes every epilogue's
 // product alike (on a GPU another kernel may sum in another order: there, within kF32). A width cuBLASLt cannot
@@ -417,177 +369,6 @@ TEST_CASE(
 #endif
     expect_close("fallback out", d.out, c.out, kF32);
     expect_close("fallback dbias", d.dbias, c.dbias, bf16 ? zt::test::kBf16Matmul : kF32);
-  }
-}
-
-namespace {
-
-// x rounded to bf16, nearest even (as __float2bfloat16_rn; no NaN here): what a range held in bf16 stores.
-float bf16_rounded(float x) {
-  uint32_t bits = 0;
-  std::memcpy(&bits, &x, sizeof(bits));
-  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
-VecF bf16_rounded(VecF v) {
-  for (float& x : v) x = bf16_rounded(x);
-  return v;
-}
-// Exactly [p, p + n) to and from the host: a held range is moved whole (BackendArray's transfers cover its guards).
-VecF read_range(zt::Backend& be, const float* p, size_t n) {
-  VecF v(n);
-  be.to_host(v.data(), p, n);
-  return v;
-}
-
-}  // namespace
-
-// What a range held in bf16 only (keep_activation_bf16) means: what is kept, written, copied or uploaded into it is
-// rounded once, reads see the rounded values, and an op with no bf16 path is refused rather than reading nothing.
-// Each op that writes one is compared with the same op on an unheld buffer ("cuda bf16"): the rounded bits exactly.
-TEST_CASE("cuda_activations bf16: held ranges are written and read rounded; fp32-only ops are refused",
-          "[cuda][activations]") {
-  CHECK_THROWS_WITH(cuda_backend_activations(true, "fp16"), Catch::Contains("--cuda_activations fp16: expected auto"));
-  CHECK_THROWS_WITH(cuda_backend_activations(false, "bf16"), Catch::Contains("needs --dtype bf16"));
-  for (const char* off : {"auto", "fp32"}) {
-    auto be = cuda_backend_activations(true, off);
-    BackendArray a(*be, 8);
-    CHECK(!be->keep_activation_bf16(a.get(), 8));
-  }
-  auto rng = seeded_rng();
-  auto plain = cuda_backend(true);
-  auto held = cuda_backend_activations(true, "bf16");
-  const int N = 24, C = 32;
-  const size_t n = size_t(N) * C;
-  const VecF x = uniform(rng, n, -3, 3), y = uniform(rng, n, -3, 3), w = uniform(rng, size_t(C) * C, -1, 1);
-  {
-    BackendArray h(*held, n), f(*held, n), d_w(*held, w.size());
-    f.upload(y);
-    d_w.upload(w);
-    held->from_host(h.get(), x.data(), n);
-    REQUIRE(held->keep_activation_bf16(h.get(), n));
-    CHECK(same_bits(read_range(*held, h.get(), n), bf16_rounded(x)));  // what it held, rounded
-    held->copy(h.get(), f.get(), n);
-    CHECK(same_bits(read_range(*held, h.get(), n), bf16_rounded(y)));
-    held->from_host(h.get(), x.data(), n);
-    const VecF xr = bf16_rounded(x);
-    CHECK(same_bits(read_range(*held, h.get() + 5, 9), VecF(xr.begin() + 5, xr.begin() + 14)));
-    held->copy(f.get(), h.get(), n);
-    CHECK(same_bits(f.download(), bf16_rounded(x)));
-    CHECK_THROWS_WITH(held->keep_activation_bf16(h.get() + 4, 8), Catch::Contains("overlaps a range already kept"));
-    VecF spill(n + 8);
-    CHECK_THROWS_WITH(held->to_host(spill.data(), h.get(), n + 8), Catch::Contains("covers part of a range held"));
-    CHECK_THROWS_WITH(held->residual_forward(f.get(), h.get(), f.get(), n), Catch::Contains("reads it in fp32 only"));
-    CHECK_THROWS_WITH(held->matmul_forward(h.get(), f.get(), d_w.get(), nullptr, N, C, C, false),
-                      Catch::Contains("writes it in fp32 only"));
-  }
-  // Ops that write a held range: the fp32 result of the same op on an unheld buffer, rounded. The gradients then go
-  // on into a matmul_backward, whose products read the same bf16 values either way (the same bits) and whose bias
-  // gradient sums the held, rounded values (kF32 of the host's sum of them; the unheld run sums fp32 values).
-  const int B = 2, T = 12, NH = 2, OC = 3 * C;
-  const VecF qkv = uniform(rng, size_t(B) * T * OC, -1, 1), dout = uniform(rng, n, -1, 1),
-             gamma = uniform(rng, size_t(C), 0.5f, 1.5f), beta = uniform(rng, size_t(C), -1, 1),
-             w_qkv = uniform(rng, size_t(C) * OC, -1, 1);
-  auto run = [&](zt::Backend& be, bool hold) {
-    BackendArray d_x(be, n), d_g(be, size_t(C)), d_b(be, size_t(C)), d_mean(be, size_t(N)), d_rstd(be, size_t(N));
-    BackendArray d_qkv(be, qkv.size()), d_att(be, be.attention_state_elems(B, T, C, NH)), d_dout(be, n);
-    BackendArray d_wq(be, w_qkv.size()), d_dx(be, n), d_dw(be, w_qkv.size()), d_db(be, size_t(OC));
-    BackendArray d_ln(be, n), d_atty(be, n), d_dqkv(be, qkv.size());
-    d_x.upload(x);
-    d_g.upload(gamma);
-    d_b.upload(beta);
-    d_qkv.upload(qkv);
-    d_dout.upload(dout);
-    d_wq.upload(w_qkv);
-    be.zero(d_dw.get(), w_qkv.size());
-    be.zero(d_db.get(), size_t(OC));
-    if (hold)
-      for (BackendArray* a : {&d_ln, &d_atty, &d_dqkv}) REQUIRE(be.keep_activation_bf16(a->get(), a->size()));
-    be.layernorm_forward(d_ln.get(), d_mean.get(), d_rstd.get(), d_x.get(), d_g.get(), d_b.get(), N, C);
-    be.attention_forward(d_atty.get(), d_att.get(), d_qkv.get(), B, T, C, NH);
-    be.attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH);
-    be.matmul_backward(d_dx.get(), d_dw.get(), d_db.get(), d_dqkv.get(), d_ln.get(), d_wq.get(), N, C, OC, false);
-    std::vector<VecF> r;
-    for (BackendArray* a : {&d_ln, &d_atty, &d_dqkv}) r.push_back(read_range(be, a->get(), a->size()));
-    for (BackendArray* a : {&d_dx, &d_dw, &d_db}) r.push_back(a->download());
-    return r;
-  };
-  const auto a = run(*plain, false), b = run(*held, true);
-  const char* names[] = {"layernorm out", "attention out", "dqkv", "dinp", "dweight"};
-  for (size_t k = 0; k < 5; ++k) {
-    INFO(names[k]);
-    CHECK(same_bits(b[k], k < 3 ? bf16_rounded(a[k]) : a[k]));
-  }
-  VecF colsum(size_t(OC), 0.0f);
-  for (int r = 0; r < N; ++r)
-    for (int c = 0; c < OC; ++c) colsum[size_t(c)] += b[2][size_t(r) * OC + c];
-  expect_close("dbias from the held dqkv", b[5], colsum, kF32);
-  CHECK(!same_bits(b[5], a[5]));
-  // The MLP's fused ops, epilogues off and on: the GELU output and dpre held, the rest the same bits (with the
-  // epilogues on, the GELU epilogue's output and DGELU's product go to scratch and are rounded from there).
-  for (const char* epilogues : {"off", "on"}) {
-    INFO("--cuda_epilogues " << epilogues);
-    auto unheld_mlp = cuda_backend_epilogues(true, epilogues);
-    auto held_mlp = cuda_backend_activations(true, "bf16", epilogues);
-    const MlpResult m = run_mlp(*unheld_mlp, N, C, 160, 9), h = run_mlp(*held_mlp, N, C, 160, 9, true);
-    CHECK(same_bits(h.out, bf16_rounded(m.out)));
-    CHECK(same_bits(h.dpre, bf16_rounded(m.dpre)));
-    for (const auto& [u, v] :
-         {std::pair(&m.pre, &h.pre), std::pair(&m.dweight, &h.dweight), std::pair(&m.dbias, &h.dbias)})
-      CHECK(same_bits(*u, *v));
-  }
-}
-
-// The whole step: the buffers the model holds in bf16 are those its matmuls already read as bf16 copies, so the
-// loss and every gradient are the bits of "cuda bf16" except the c_attn and c_fc bias gradients (column sums of the
-// held d_qkv and d_fch: kBf16Matmul); and the copies the held buffers replace are no longer allocated.
-TEST_CASE("cuda_activations bf16: a GPT-2 step gives cuda bf16's bits but for two bias gradients, with fewer copies",
-          "[cuda][activations]") {
-  const zt::ParamTable table(zt::test::two_block_model());
-  const zt::ModelConfig& cfg = table.config();
-  const int B = 2, T = 16;
-  auto rng = seeded_rng();
-  const VecI inputs = random_tokens(rng, size_t(B) * T, cfg.vocab),
-             targets = random_tokens(rng, size_t(B) * T, cfg.vocab);
-  struct Step {
-    double loss;
-    std::vector<VecF> grads;
-    size_t copy_bytes, held_bytes;
-  };
-  auto step = [&](zt::Backend& be) {
-    FlatUnits units(be, table, 5);
-    zt::Gpt2 model(table, be, B, T);
-    Step s{model.step(units, inputs.data(), targets.data(), true, 1.0f / float(B * T)),
-           {},
-           model.activation_copy_bytes(),
-           model.activation_bf16_bytes()};
-    for (size_t u = 0; u < units.n_units(); ++u) s.grads.push_back(units.grads_to_host(int(u)));
-    return s;
-  };
-  auto plain = cuda_backend(true);
-  auto held = cuda_backend_activations(true, "bf16");
-  const Step a = step(*plain), b = step(*held);
-  CHECK(std::memcmp(&a.loss, &b.loss, sizeof(a.loss)) == 0);
-  const size_t BT = size_t(B) * T, C = size_t(cfg.d_model), L = size_t(cfg.n_layer);
-  // Held: per block ln_1, attention out, ln_2 (C each) and the GELU output (4C); ln_f; d_fch (4C) and d_qkv (3C).
-  CHECK(b.held_bytes == BT * C * (7 * L + 8) * sizeof(float));
-  CHECK(a.copy_bytes - b.copy_bytes == b.held_bytes / 2);
-  CHECK(a.held_bytes == 0);
-  const zt::BlockOffsets& o = table.block_offsets();
-  for (size_t u = 0; u < a.grads.size(); ++u) {
-    INFO("unit " << table.units()[u].name);
-    VecF ga = a.grads[u], gb = b.grads[u];
-    if (u >= 1 && u <= L) {  // a block: the two bias gradients within kBf16Matmul, then left out of the bitwise check
-      for (const auto& [off, len] : {std::pair(o.attn_b, 3 * C), std::pair(o.fc_b, 4 * C)}) {
-        const VecF da(ga.begin() + long(off), ga.begin() + long(off + len)),
-            db(gb.begin() + long(off), gb.begin() + long(off + len));
-        expect_close("bias gradient", db, da, zt::test::kBf16Matmul);
-        std::fill(ga.begin() + long(off), ga.begin() + long(off + len), 0.0f);
-        std::fill(gb.begin() + long(off), gb.begin() + long(off + len), 0.0f);
-      }
-    }
-    CHECK(same_bits(ga, gb));
   }
 }
 

@@ -1,12 +1,14 @@
 // The CUDA simulator's cuBLASLt: the calls matmul.cu makes, with cuBLASLt's column-major semantics,
 //   D = epilogue(alpha op(A) op(B) + beta C)
-// fp32 or bf16 operands, fp32 C/D and compute (OpenBLAS's sgemm on the widened operands), and the epilogues
+// fp32 or bf16 operands, fp32 compute (OpenBLAS's sgemm on the widened operands), C and D of one type: fp32, or bf16
+// with bf16 operands (D rounded to nearest even once, after the epilogue), and the epilogues
 // matmul.cu uses: BIAS (+ bias[i] on row i of D); GELU_AUX_BIAS (the biased value x goes to the auxiliary matrix, D
 // gets GELU(x), the tanh form); DGELU (D = x * GELU'(aux)); BGRADA / BGRADB (the bias pointer receives the sum over
 // k of op(A)'s row i / op(B)'s column j, of the operand as the product reads it: bf16 where it is bf16). The checks
 // cuBLASLt makes are made here too, so a plan that would be refused on a GPU is refused on the CPU: layouts whose
 // shapes do not chain (op(A) m x k, op(B) k x n, C and D m x n), leading dimensions below the rows, operands of
-// another type than the plan's, a bias or auxiliary matrix of another type than D (fp32), an auxiliary leading
+// another type than the plan's, C of another type than D, a bf16 D from fp32 operands, a bias or auxiliary matrix of
+// another type than D (cuBLASLt's default for both when no type is set), an auxiliary leading
 // dimension that is not a multiple of 8 or is below D's rows, and pointers (A, B, C, D, bias, aux) less aligned than
 // the heuristic was promised. Every other epilogue is CUBLAS_STATUS_NOT_SUPPORTED. What it cannot say: which
 // combinations the real library has kernels for on a given GPU (here every one above has one), and the library's
@@ -14,6 +16,7 @@
 #include <cblas.h>
 #include <cublasLt.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -24,17 +27,25 @@
 
 namespace {
 
+std::atomic<int> n_bf16_outputs{0};  // products with a bf16 D (zt_sim::bf16_output_products)
+
+// A bias or auxiliary type not set: D's (cuBLASLt's default, -1).
+constexpr auto kTypeOfD = static_cast<cudaDataType_t>(-1);
+
 struct Desc {
   cublasComputeType_t compute;
   cudaDataType_t scale;
   cublasOperation_t trans_a = CUBLAS_OP_N, trans_b = CUBLAS_OP_N;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  cudaDataType_t bias_type = CUDA_R_32F;
+  cudaDataType_t bias_type = kTypeOfD;
   const void* bias = nullptr;
   const void* aux = nullptr;
   int64_t aux_ld = 0;
-  cudaDataType_t aux_type = CUDA_R_32F;
+  cudaDataType_t aux_type = kTypeOfD;
 };
+
+// The type a bias or auxiliary matrix has against D's layout.
+cudaDataType_t effective(cudaDataType_t t, cudaDataType_t d_type) { return t == kTypeOfD ? d_type : t; }
 
 // What an epilogue needs: a bias vector to add, a bias gradient to write, an auxiliary matrix (GELU's input).
 bool reads_bias(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS; }
@@ -84,9 +95,10 @@ cublasStatus_t validate_epilogue(const Desc& d, const Layout& dd) {
   const cublasLtEpilogue_t e = d.epilogue;
   if (e != CUBLASLT_EPILOGUE_DEFAULT && !reads_bias(e) && !writes_bgrad(e) && !uses_aux(e))
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  if ((reads_bias(e) || writes_bgrad(e)) && d.bias_type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if ((reads_bias(e) || writes_bgrad(e)) && effective(d.bias_type, dd.type) != dd.type)
+    return CUBLAS_STATUS_NOT_SUPPORTED;
   if (uses_aux(e)) {
-    if (d.aux_type != dd.type) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (effective(d.aux_type, dd.type) != dd.type) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (d.aux_ld % 8 != 0 || d.aux_ld < int64_t(dd.rows)) return CUBLAS_STATUS_INVALID_VALUE;
   }
   return CUBLAS_STATUS_SUCCESS;
@@ -97,7 +109,8 @@ cublasStatus_t validate(const Desc& d, const Layout& a, const Layout& b, const L
   const cublasStatus_t epilogue_rc = validate_epilogue(d, dd);
   if (epilogue_rc != CUBLAS_STATUS_SUCCESS) return epilogue_rc;
   if (!supported_operand(a.type) || a.type != b.type) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (c.type != CUDA_R_32F || dd.type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (c.type != dd.type || !supported_operand(dd.type)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (dd.type == CUDA_R_16BF && a.type != CUDA_R_16BF) return CUBLAS_STATUS_NOT_SUPPORTED;
   uint64_t am, ak, bk, bn;
   op_shape(a, d.trans_a, am, ak);
   op_shape(b, d.trans_b, bk, bn);
@@ -124,6 +137,18 @@ float element(const void* base, cudaDataType_t type, uint64_t i) {
   return zt_sim::bf16_bits_to_float(bits);
 }
 
+// base[i] = v, rounded to nearest even where the type is bf16 (NaN stays a quiet NaN).
+void store(void* base, cudaDataType_t type, uint64_t i, float v) {
+  if (type == CUDA_R_32F) {
+    static_cast<float*>(base)[i] = v;
+    return;
+  }
+  uint32_t x;
+  std::memcpy(&x, &v, 4);
+  const uint16_t bits = std::isnan(v) ? uint16_t((x >> 16) | 0x40u) : uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+  std::memcpy(static_cast<unsigned char*>(base) + 2 * i, &bits, 2);
+}
+
 // GELU in the tanh form (what cuBLASLt's GELU epilogues compute) and its derivative, in fp32.
 constexpr float kSqrt2OverPi = 0.7978845608f, kCubic = 0.044715f;
 float gelu(float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kCubic * x * x * x))); }
@@ -144,8 +169,9 @@ void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc
 // The epilogue's vectors and matrix lie inside device memory, as the kernel's reads and writes would have to.
 bool epilogue_in_device_memory(const Desc& d, const Layout& ld, uint64_t m, uint64_t n) {
   const uint64_t bias_n = d.epilogue == CUBLASLT_EPILOGUE_BGRADB ? n : m;
+  const size_t bias_bytes = bias_n * type_bytes(effective(d.bias_type, ld.type));
   if ((reads_bias(d.epilogue) || writes_bgrad(d.epilogue)) &&
-      (d.bias == nullptr || !zt_sim::is_device_range(d.bias, bias_n * sizeof(float))))
+      (d.bias == nullptr || !zt_sim::is_device_range(d.bias, bias_bytes)))
     return false;
   const Layout aux{ld.type, m, n, d.aux_ld};
   return !uses_aux(d.epilogue) || (d.aux != nullptr && zt_sim::is_device_range(d.aux, span_bytes(aux)));
@@ -306,6 +332,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   if (be != 0.0f && !zt_sim::is_device_range(C, span_bytes(lc))) return CUBLAS_STATUS_INVALID_VALUE;
   if (!epilogue_in_device_memory(d, ld, m, n)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (ld.type == CUDA_R_16BF) ++n_bf16_outputs;
   // Checked now, computed when the stream gets there: the descriptor, layouts and scalars as they are at this call.
   zt_sim::enqueue(stream, [d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k] {
     product(d, la, lb, lc, ld, A, B, C, D, al, be, m, n, k);
@@ -318,14 +345,14 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t /*handle*/, cublasLtMatmulDesc_t 
 namespace {
 
 // BGRADA: bias[i] = the sum over k of op(A)'s row i; BGRADB: bias[j] = that of op(B)'s column j; in k order, fp32.
-void bias_gradient(const Desc& d, const std::vector<float>& af, const std::vector<float>& bf, uint64_t m, uint64_t n,
-                   uint64_t k) {
+void bias_gradient(const Desc& d, cudaDataType_t bias_type, const std::vector<float>& af, const std::vector<float>& bf,
+                   uint64_t m, uint64_t n, uint64_t k) {
   const bool of_a = d.epilogue == CUBLASLT_EPILOGUE_BGRADA;
-  auto* out = static_cast<float*>(const_cast<void*>(d.bias));
+  auto* out = const_cast<void*>(d.bias);
   for (uint64_t i = 0; i < (of_a ? m : n); ++i) {
     float sum = 0.0f;
     for (uint64_t p = 0; p < k; ++p) sum += of_a ? af[i + p * m] : bf[p + i * k];
-    out[i] = sum;
+    store(out, bias_type, i, sum);
   }
 }
 
@@ -350,27 +377,28 @@ void product(const Desc& d, const Layout& la, const Layout& lb, const Layout& lc
   if (k > 0)
     cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), al, af.data(), int(m), bf.data(),
                 int(k), 0.0f, prod.data(), int(m));
-  if (writes_bgrad(d.epilogue)) bias_gradient(d, af, bf, m, n, k);
-  const auto* bias = static_cast<const float*>(d.bias);
-  auto* aux = static_cast<float*>(const_cast<void*>(d.aux));
+  const cudaDataType_t bias_type = effective(d.bias_type, ld.type), aux_type = effective(d.aux_type, ld.type);
+  if (writes_bgrad(d.epilogue)) bias_gradient(d, bias_type, af, bf, m, n, k);
+  auto* aux = const_cast<void*>(d.aux);
   for (uint64_t j = 0; j < n; ++j) {
-    float* out = static_cast<float*>(D) + j * uint64_t(ld.ld);
-    const float* c_col = static_cast<const float*>(C) + j * uint64_t(lc.ld);
+    const uint64_t d_col = j * uint64_t(ld.ld), c_col = j * uint64_t(lc.ld), aux_col = j * uint64_t(d.aux_ld);
     for (uint64_t i = 0; i < m; ++i) {
       float v = prod[i + j * m];
       // beta = 0 ignores C entirely (it may hold NaN), as BLAS specifies. C may be D: each element is read before
       // it is written.
-      if (be != 0.0f) v += be * c_col[i];
-      if (reads_bias(d.epilogue)) v += bias[i];
+      if (be != 0.0f) v += be * element(C, lc.type, c_col + i);
+      if (reads_bias(d.epilogue)) v += element(d.bias, bias_type, i);
       if (d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
-        aux[i + j * uint64_t(d.aux_ld)] = v;
-        v = gelu(v);
+        store(aux, aux_type, aux_col + i, v);  // the pre-activation as stored (rounded where it is bf16) ...
+        v = gelu(v);                           // ... and GELU of the unrounded value, as the kernel keeps it
       } else if (d.epilogue == CUBLASLT_EPILOGUE_DGELU) {
-        v *= gelu_grad(aux[i + j * uint64_t(d.aux_ld)]);
+        v *= gelu_grad(element(aux, aux_type, aux_col + i));
       }
-      out[i] = v;
+      store(D, ld.type, d_col + i, v);
     }
   }
 }
 
 }  // namespace
+
+int zt_sim::bf16_output_products() { return n_bf16_outputs.load(); }

@@ -51,6 +51,10 @@ void set_reverse_order(bool reverse);
 
 float bf16_bits_to_float(uint16_t bits);
 
+/// cuBLASLt products run so far whose output D was bf16: for tests that must know a product wrote bf16 memory itself
+/// rather than through the fp32 fallback (the same bits on the simulator).
+int bf16_output_products();
+
 /// cudaFuncSetAttribute's per-kernel opt-in to more dynamic shared memory (the only attribute simulated).
 cudaError_t set_kernel_attribute(const void* kernel, cudaFuncAttribute attr, int value);
 
