@@ -68,6 +68,15 @@ class Backend {
     (void)n;
     return false;
   }
+  /// n floats of activation (or activation-gradient) memory held in bf16 only from the start, zero: what
+  /// keep_activation_bf16 makes of a range, over all of it and any part of it, backed by n bf16 values alone. Its
+  /// fp32 addresses are the range's names, with no memory behind them (no op touches them as fp32); release() frees
+  /// it. Null where the backend does not hold activations in bf16 (then take alloc memory, and ask
+  /// keep_activation_bf16 per buffer).
+  virtual float* alloc_held_bf16(size_t n) {
+    (void)n;
+    return nullptr;
+  }
   /// Rounds [params, params + n), inside a kept range, into its copy again.
   virtual void refresh_param_copy(const float* params, size_t n) {
     (void)params;

@@ -34,6 +34,7 @@ class ForwardingBackend : public Backend {
     inner_.keep_activation_copy(act, n, fp32_read);
   }
   bool keep_activation_bf16(const float* act, size_t n) override { return inner_.keep_activation_bf16(act, n); }
+  float* alloc_held_bf16(size_t n) override { return inner_.alloc_held_bf16(n); }
   void refresh_param_copy(const float* params, size_t n) override { inner_.refresh_param_copy(params, n); }
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,

@@ -1,6 +1,7 @@
 // GPT-2 forward/backward: the op sequence of the model (pre-LN blocks, tied LM head) over the Backend contract.
 #include "core/gpt2.hpp"
 
+#include <functional>
 #include <set>
 
 #include "core/errors.hpp"
@@ -149,60 +150,89 @@ void Gpt2::lay_out_activations(size_t att_elems) {
   }
   activation_elems_ = r(BT * C) + per_layer * L + shared + r(BT * C) + 2 * r(BT) + r(BT * Vp) + r(BT);
   work_elems_ = 4 * r(BT * C) + 2 * r(BT * 4 * C) + r(BT * 3 * C);
-  arena_ = be_.alloc(activation_elems_ + work_elems_);
+  // The buffers every reader of which tolerates bf16 go to a region the backend holds in bf16 in memory of its own
+  // (half their fp32 size), where it gives one: counted first, then asked for, then the buffers placed for real.
+  counting_ = true;
+  place_buffers(att_elems);
+  counting_ = false;
+  held_ = held_used_ > 0 ? be_.alloc_held_bf16(held_used_) : nullptr;
+  const size_t arena_total = activation_elems_ + work_elems_ - (held_ != nullptr ? held_used_ : 0);
+  arena_used_ = held_used_ = 0;
+  arena_ = be_.alloc(arena_total);
+  place_buffers(att_elems);
+  ZT_ASSERT(arena_used_ == arena_total);
   tokens_ = be_.alloc_int(BT);
   // A frozen LayerNorm's weight gradients land here and are dropped (a backend may hold any of the backward's work
   // buffers in bf16, so none of them can serve).
   frozen_ln_grads_ = be_.alloc(2 * size_t(C));
   targets_ = be_.alloc_int(BT);
+}
+
+void Gpt2::place_buffers(size_t att_elems) {
+  const ModelConfig& c = table_.config();
+  const size_t BT = size_t(B_) * T_, C = size_t(c.d_model), Vp = size_t(c.padded_vocab()), L = size_t(c.n_layer);
+  constexpr bool kHold = true;  // take(n, kHold): a holdable buffer
   encoded_ = take(BT * C);
   // The shared set: the buffers a recomputing mode writes again before each block's backward.
   LayerActs s{};
   if (recompute_ == Recompute::attention) {
     s.att = take(att_elems);
-    s.atty = take(BT * C);
+    s.atty = take(BT * C, kHold);
   } else if (recompute_ == Recompute::block) {
-    s = LayerActs{take(BT * C), take(BT),         take(BT),         take(BT * 3 * C), take(att_elems),
-                  take(BT * C), take(BT * C),     take(BT * C),     take(BT * C),     take(BT),
-                  take(BT),     take(BT * 4 * C), take(BT * 4 * C), take(BT * C),     nullptr};
+    // (A braced list is evaluated left to right: the fields in their order.)
+    s = LayerActs{take(BT * C, kHold),
+                  take(BT),
+                  take(BT),
+                  take(BT * 3 * C, kHold),
+                  take(att_elems),
+                  take(BT * C, kHold),
+                  take(BT * C, kHold),
+                  take(BT * C),
+                  take(BT * C, kHold),
+                  take(BT),
+                  take(BT),
+                  take(BT * 4 * C, kHold),
+                  take(BT * 4 * C, kHold),
+                  take(BT * C, kHold),
+                  nullptr};
   }
-  layers_.resize(L);
+  layers_.assign(L, LayerActs{});
   for (auto& A : layers_) {
     if (recompute_ == Recompute::block) {
       A = s;
       A.res3 = take(BT * C);  // the next block's input: all a block keeps
       continue;
     }
-    A.ln1 = take(BT * C);
+    A.ln1 = take(BT * C, kHold);
     A.ln1_mean = take(BT);
     A.ln1_rstd = take(BT);
-    A.qkv = take(BT * 3 * C);
+    A.qkv = take(BT * 3 * C, kHold);
     A.att = recompute_ == Recompute::attention ? s.att : take(att_elems);
-    A.atty = recompute_ == Recompute::attention ? s.atty : take(BT * C);
-    A.attproj = take(BT * C);
+    A.atty = recompute_ == Recompute::attention ? s.atty : take(BT * C, kHold);
+    A.attproj = take(BT * C, kHold);
     A.res2 = take(BT * C);
-    A.ln2 = take(BT * C);
+    A.ln2 = take(BT * C, kHold);
     A.ln2_mean = take(BT);
     A.ln2_rstd = take(BT);
-    A.fch = take(BT * 4 * C);
-    A.fch_gelu = take(BT * 4 * C);
-    A.fcproj = take(BT * C);
+    A.fch = take(BT * 4 * C, kHold);
+    A.fch_gelu = take(BT * 4 * C, kHold);
+    A.fcproj = take(BT * C, kHold);
     A.res3 = take(BT * C);
   }
-  lnf_ = take(BT * C);
+  lnf_ = take(BT * C, kHold);
   lnf_mean_ = take(BT);
   lnf_rstd_ = take(BT);
-  logits_ = take(BT * Vp);
+  logits_ = take(BT * Vp, kHold);
   losses_ = take(BT);
-  ZT_ASSERT(arena_used_ == activation_elems_);
+  ZT_ASSERT(arena_used_ + held_used_ == activation_elems_);
   d_res_ = take(BT * C);
-  d_lnf_ = take(BT * C);
-  d_ln_ = take(BT * C);
-  d_atty_ = take(BT * C);
-  d_fch_gelu_ = take(BT * 4 * C);
-  d_fch_ = take(BT * 4 * C);
-  d_qkv_ = take(BT * 3 * C);
-  ZT_ASSERT(arena_used_ == activation_elems_ + work_elems_);
+  d_lnf_ = take(BT * C, kHold);
+  d_ln_ = take(BT * C, kHold);
+  d_atty_ = take(BT * C, kHold);
+  d_fch_gelu_ = take(BT * 4 * C, kHold);
+  d_fch_ = take(BT * 4 * C, kHold);
+  d_qkv_ = take(BT * 3 * C, kHold);
+  ZT_ASSERT(arena_used_ + held_used_ == activation_elems_ + work_elems_);
 }
 
 void Gpt2::keep_activation_copies() {
@@ -218,11 +248,16 @@ void Gpt2::keep_activation_copies() {
   // read (`hold`: asked to be held in bf16, never given a copy): qkv, the projections' outputs, the MLP's
   // pre-activation, and the input gradients of the LayerNorms, the attention and GELU. Not the residual stream
   // (res2, res3) nor its gradient d_res: sums over every block (docs/performance.md, "The fp32 residual").
+  // A buffer in the held region (lay_out_activations) is held already: exactly these bf16_ok and `hold` buffers.
   const size_t BT = size_t(B_) * T_, C = size_t(table_.config().d_model), Vp = size_t(table_.config().padded_vocab());
   std::set<const float*> kept;
+  auto held = [&](float* a, size_t n) {
+    const std::less_equal<const float*> le;
+    return held_ != nullptr ? le(held_, a) && le(a + n, held_ + held_used_) : be_.keep_activation_bf16(a, n);
+  };
   auto keep = [&](float* a, size_t n, bool fp32_read, bool bf16_ok) {
     if (!kept.insert(a).second) return;
-    if (bf16_ok && be_.keep_activation_bf16(a, n)) {
+    if (bf16_ok && held(a, n)) {
       activation_bf16_elems_ += n;
       return;
     }
@@ -230,7 +265,7 @@ void Gpt2::keep_activation_copies() {
     activation_copy_elems_ += n;
   };
   auto hold = [&](float* a, size_t n) {
-    if (kept.insert(a).second && be_.keep_activation_bf16(a, n)) activation_bf16_elems_ += n;
+    if (kept.insert(a).second && held(a, n)) activation_bf16_elems_ += n;
   };
   for (LayerActs& L : layers_) {
     for (float* a : {L.ln1, L.atty, L.ln2}) keep(a, BT * C, false, true);
@@ -253,15 +288,20 @@ void Gpt2::keep_activation_copies() {
 
 Gpt2::~Gpt2() {
   be_.release(arena_);
+  be_.release(held_);
   be_.release(tokens_);
   be_.release(targets_);
   be_.release(frozen_ln_grads_);
 }
 
-float* Gpt2::take(size_t n) {
-  float* p = arena_ + arena_used_;
-  arena_used_ += arena_elems(n);
-  return p;
+float* Gpt2::take(size_t n, bool holdable) {
+  // Counting, a holdable buffer is counted in the held region; placing, it goes there only if there is one.
+  const bool held = holdable && (counting_ || held_ != nullptr);
+  size_t& used = held ? held_used_ : arena_used_;
+  const size_t at = used;
+  used += arena_elems(n);
+  if (counting_) return nullptr;
+  return (held ? held_ : arena_) + at;
 }
 
 size_t Gpt2::activation_formula_bytes() const {
@@ -449,8 +489,8 @@ double Gpt2::step(UnitProvider& units, const int32_t* inputs, const int32_t* tar
   {
     Pass p(units, fin, PartOrder::descending, true, true);
     be_.zero(d_res_, size_t(BT) * C);
-    be_.layernorm_backward(d_res_, p.g_or(0, frozen_ln_grads_), p.g_or(C, frozen_ln_grads_ + C), d_lnf_, x, p.p(0), lnf_mean_,
-                           lnf_rstd_, BT, C);
+    be_.layernorm_backward(d_res_, p.g_or(0, frozen_ln_grads_), p.g_or(C, frozen_ln_grads_ + C), d_lnf_, x, p.p(0),
+                           lnf_mean_, lnf_rstd_, BT, C);
     p.done();
   }
   for (int l = c.n_layer - 1; l >= 0; --l) {
@@ -481,8 +521,11 @@ std::string Gpt2::memory_report() const {
                               recompute_name(recompute_), mib(backward_work_bytes()));
   if (activation_copy_bytes() > 0)
     s += fmt::format(" + bf16 copies of the matmul operands {}", mib(activation_copy_bytes()));
-  if (activation_bf16_elems_ > 0)
-    s += fmt::format(" (of the activations, {} held in bf16 only: {} of it unused)", mib(activation_bf16_elems_ * 4),
+  if (activation_bf16_elems_ > 0 && held_ != nullptr)
+    s += fmt::format(" (of these, {} held in bf16 only, in half the memory: {} less allocated)",
+                     mib(activation_bf16_elems_ * 4), mib(held_bf16_saved_bytes()));
+  else if (activation_bf16_elems_ > 0)
+    s += fmt::format(" (of these, {} held in bf16 only: {} of it unused)", mib(activation_bf16_elems_ * 4),
                      mib(activation_bf16_elems_ * 2));
   return s;
 }

@@ -117,7 +117,8 @@ class Gpt2 {
   double step(UnitProvider& units, const int32_t* inputs, const int32_t* targets, bool backward, float dloss);
   /// The per-token losses of the last step (host, B*T in row order): what step() summed.
   const std::vector<float>& token_losses() const { return losses_host_; }
-  /// Bytes of activation memory held for the backward (the arena without the backward's work buffers).
+  /// Bytes of activation memory held for the backward (the arena without the backward's work buffers), laid out in
+  /// fp32 (buffers held in bf16 count as fp32 here too: activation_bf16_bytes, held_bf16_saved_bytes).
   size_t activation_bytes() const { return activation_elems_ * sizeof(float); }
   /// The same from the formula of the recompute mode (no alignment padding), and the formula.
   size_t activation_formula_bytes() const;
@@ -128,9 +129,12 @@ class Gpt2 {
   std::string memory_report() const;
   /// Bytes of the backend's low-precision copies of the matmul operands (keep_activation_copy; 0 on the CPU).
   size_t activation_copy_bytes() const { return activation_copy_elems_ * be_.param_copy_bytes(); }
-  /// Bytes of activation buffers the backend holds in bf16 only (keep_activation_bf16), counted in fp32 as
-  /// activation_bytes counts them: half of it is the bf16 values, half unused. 0 on the CPU.
+  /// Bytes of activation buffers (and work buffers) the backend holds in bf16 only, counted in fp32 as
+  /// activation_bytes counts them: half of it is the bf16 values. 0 on the CPU.
   size_t activation_bf16_bytes() const { return activation_bf16_elems_ * sizeof(float); }
+  /// Bytes those buffers do not take because the backend gave them bf16 memory of their own (alloc_held_bf16):
+  /// half of what they would take in fp32, alignment included; 0 where it holds them in their fp32 memory or not.
+  size_t held_bf16_saved_bytes() const { return held_ != nullptr ? held_used_ * sizeof(float) / 2 : 0; }
   int batch() const { return B_; }
   int seq_len() const { return T_; }
   Recompute recompute() const { return recompute_; }
@@ -141,13 +145,16 @@ class Gpt2 {
         *fcproj, *res3;
   };
   class Pass;
-  /// The next n floats of the arena, rounded up to a multiple of kArenaAlign.
-  float* take(size_t n);
+  /// The next n floats of the arena, rounded up to a multiple of kArenaAlign; with `holdable` (a buffer every reader
+  /// of which tolerates bf16), of the held region instead where there is one. Null while counting (no memory yet).
+  float* take(size_t n, bool holdable = false);
   static constexpr size_t kArenaAlign = 64;
   /// Floats take(n) uses: n rounded up to a multiple of kArenaAlign.
   static constexpr size_t arena_elems(size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
-  /// Points every layer's buffers into the arena: its own, or the shared set where the mode recomputes them.
+  /// Allocates the arena (and the held region, where the backend gives one) and points the buffers into them.
   void lay_out_activations(size_t att_elems);
+  /// Points every layer's buffers into the arena: its own, or the shared set where the mode recomputes them.
+  void place_buffers(size_t att_elems);
   void keep_activation_copies();
   /// Block l's forward from its input x_in up to the MLP's GELU (and its output projection when `project`); the
   /// first LayerNorm also finishes the previous block's residual add when `prev` is given.
@@ -161,6 +168,9 @@ class Gpt2 {
   int B_, T_;
   Recompute recompute_;
   float* arena_ = nullptr;
+  float* held_ = nullptr;  // the held region (alloc_held_bf16): the holdable buffers, or null (they are in the arena)
+  bool counting_ = false;  // place_buffers' first pass: sizes only
+  size_t held_used_ = 0;
   size_t arena_used_ = 0, activation_elems_ = 0, work_elems_ = 0, activation_copy_elems_ = 0, att_elems_ = 0,
          activation_bf16_elems_ = 0;
   int32_t* tokens_ = nullptr;

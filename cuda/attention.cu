@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // D[bh * T + i] = sum_d dout[b, i, h, d] * o[b, i, h, d]; one warp per row.
-__global__ void attention_backward_dsum_kernel(float* dsum, ActIn dout, const float* o, int n_rows, int T, int C, int NH,
-                                               int hs) {
+__global__ void attention_backward_dsum_kernel(float* dsum, ActIn dout, const float* o, int n_rows, int T, int C,
+                                               int NH, int hs) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= n_rows) return;
@@ -417,9 +417,7 @@ void launch_forward(float* out, __nv_bfloat16* out16, float* out_copy, float* ls
 
 }  // namespace
 
-bool attention_reads_bf16(int C, int NH, bool tensor_cores) {
-  return use_tensor_cores(tensor_cores, head_dim(C, NH));
-}
+bool attention_reads_bf16(int C, int NH, bool tensor_cores) { return use_tensor_cores(tensor_cores, head_dim(C, NH)); }
 
 void attention_forward(float* out, __nv_bfloat16* out16, float* att, const float* qkv, const __nv_bfloat16* qkv_held,
                        int B, int T, int C, int NH, bool tensor_cores, bool fa2, cudaStream_t stream) {
@@ -452,12 +450,13 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
   return n_stats + (att_holds_out_copy(T, hs) ? 0 : n_out + n_stats);
 }
 
-void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const float* qkv,
-                        const __nv_bfloat16* qkv_held, const float* att, int B, int T, int C, int NH, bool tensor_cores,
-                        bool dkv_capped, bool fa2, float* scratch, cudaStream_t stream) {
+void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const float* qkv, const __nv_bfloat16* qkv_held,
+                        const float* att, int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2,
+                        float* scratch, cudaStream_t stream) {
   ZT_CHECK(att != nullptr, "attention_backward: the CUDA backend reads the forward's row statistics from att");
-  ZT_CHECK((qkv_held == nullptr && dout.b16 == nullptr) || attention_reads_bf16(C, NH, tensor_cores),
-           "attention_backward: qkv or dout held in bf16 needs the tensor-core kernels (bf16 mode, head size 32 or 64)");
+  ZT_CHECK(
+      (qkv_held == nullptr && dout.b16 == nullptr) || attention_reads_bf16(C, NH, tensor_cores),
+      "attention_backward: qkv or dout held in bf16 needs the tensor-core kernels (bf16 mode, head size 32 or 64)");
   if (B == 0 || T == 0) return;
   const int hs = head_dim(C, NH);
   const float scale = 1.0f / sqrtf(float(hs));
@@ -467,9 +466,9 @@ void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const fl
   const float* o = att + n_stats;
   const bool tc = use_tensor_cores(tensor_cores, hs);
   // The forward's bf16 qkv (tensor cores only): the held values, or the copy in att.
-  const __nv_bfloat16* qkv16 =
-      qkv_held != nullptr ? qkv_held
-                          : tc ? reinterpret_cast<const __nv_bfloat16*>(att + qkv16_offset(B, T, C, NH)) : nullptr;
+  const __nv_bfloat16* qkv16 = qkv_held != nullptr ? qkv_held
+                               : tc ? reinterpret_cast<const __nv_bfloat16*>(att + qkv16_offset(B, T, C, NH))
+                                    : nullptr;
   if (!att_holds_out_copy(T, hs)) {  // short sequences: recompute O (and L, bitwise the same) into scratch
     float* o_scratch = scratch + n_stats;
     float* lse_scratch = o_scratch + size_t(B) * T * C;

@@ -39,8 +39,8 @@ size_t attention_backward_scratch_elems(int B, int T, int C, int NH, bool tensor
 /// null when dqkv16 is given (dqkv held in bf16 only). dkv_capped: see attention_backward_tc. fa2: as
 /// attention_forward's (it must match the forward's). dout, and qkv as qkv_held, may be held in bf16 where
 /// attention_reads_bf16 (qkv_held must then be what the forward read).
-void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const float* qkv,
-                        const __nv_bfloat16* qkv_held, const float* att, int B, int T, int C, int NH, bool tensor_cores,
-                        bool dkv_capped, bool fa2, float* scratch, cudaStream_t stream);
+void attention_backward(float* dqkv, __nv_bfloat16* dqkv16, ActIn dout, const float* qkv, const __nv_bfloat16* qkv_held,
+                        const float* att, int B, int T, int C, int NH, bool tensor_cores, bool dkv_capped, bool fa2,
+                        float* scratch, cudaStream_t stream);
 
 }  // namespace zt::cuda

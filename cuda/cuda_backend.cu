@@ -1,7 +1,11 @@
 // CudaBackend: the Backend contract over device memory on one stream, forwarding to the op launchers in cuda/.
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <map>
 #include <string>
@@ -88,7 +92,8 @@ class CudaBackend final : public Backend {
     // No throwing from a destructor: errors here leave nothing to clean up that the process exit does not.
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     for (auto& kv : kept_copies_)
-      if (!kv.second.in_place) cudaFree(kv.second.copy);
+      if (kv.second.owns_copy) cudaFree(kv.second.copy);
+    for (auto& kv : held_views_) munmap(reinterpret_cast<void*>(kv.first), kv.second * sizeof(float));
     matmul_.reset();
     if (norm_host_ != nullptr) cudaFreeHost(norm_host_);
     if (error_flag_host_ != nullptr) cudaFreeHost(error_flag_host_);
@@ -105,13 +110,23 @@ class CudaBackend final : public Backend {
   void release(void* p) override {
     if (p == nullptr) return;
     ZT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // work in flight may still use it
+    const auto view = held_views_.find(reinterpret_cast<uintptr_t>(p));
+    if (view != held_views_.end()) {  // a held region (alloc_held_bf16): its bf16 values, then its reserved addresses
+      const auto kept = kept_copies_.find(view->first);
+      __nv_bfloat16* values = kept->second.copy;
+      kept_copies_.erase(kept);
+      ZT_CUDA_CHECK(cudaFree(values));
+      munmap(p, view->second * sizeof(float));
+      held_views_.erase(view);
+      return;
+    }
     const auto it = alloc_bytes_.find(reinterpret_cast<uintptr_t>(p));
     if (it != alloc_bytes_.end()) {
       // Forget what was recorded about ranges inside it: host copies of uploaded tokens, kept parameter copies.
       const uintptr_t begin = it->first, end = begin + it->second;
       host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
       for (auto c = kept_copies_.lower_bound(begin); c != kept_copies_.end() && c->first < end;) {
-        if (!c->second.in_place) ZT_CUDA_CHECK(cudaFree(c->second.copy));
+        if (c->second.owns_copy) ZT_CUDA_CHECK(cudaFree(c->second.copy));
         c = kept_copies_.erase(c);
       }
       alloc_bytes_.erase(it);
@@ -120,6 +135,10 @@ class CudaBackend final : public Backend {
   }
   void zero(float* p, size_t n) override {
     if (n == 0) return;
+    if (__nv_bfloat16* held = held_bf16(p, n)) {  // bf16 zero is all zero bits too
+      ZT_CUDA_CHECK(cudaMemsetAsync(held, 0, n * sizeof(*held), stream_));
+      return;
+    }
     // A kept copy stays current (bf16 zero is all zero bits too): the residual gradient is zeroed, then accumulated.
     __nv_bfloat16* copy = bf16_copy_of(p, n);
     ZT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
@@ -184,8 +203,27 @@ class CudaBackend final : public Backend {
     auto* rounded = reinterpret_cast<__nv_bfloat16*>(scratch_floats((n + 1) / 2));
     cuda::cast_to_bf16(rounded, act, n, stream_);
     ZT_CUDA_CHECK(cudaMemcpyAsync(held, rounded, n * sizeof(*held), cudaMemcpyDeviceToDevice, stream_));
-    kept_copies_[reinterpret_cast<uintptr_t>(act)] = {n, held, true, true};
+    kept_copies_[reinterpret_cast<uintptr_t>(act)] = {n, held, true, true, false};
     return true;
+  }
+  float* alloc_held_bf16(size_t n) override {
+    if (!bf16_activations_ || n == 0) return nullptr;
+    // The range's fp32 addresses name it and nothing else: reserved host address space with no access and no
+    // memory (never device memory, which unified addressing keeps apart), so an op that forgot the range is held
+    // faults at once instead of reading or writing something. Its values: n bf16 of device memory, zeroed.
+    void* view = mmap(nullptr, n * sizeof(float), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    ZT_CHECK(view != MAP_FAILED, "reserving {} bytes of address space for activations held in bf16: {}",
+             n * sizeof(float), std::strerror(errno));
+    void* values = nullptr;
+    const cudaError_t rc = cudaMalloc(&values, n * sizeof(__nv_bfloat16));
+    if (rc != cudaSuccess) munmap(view, n * sizeof(float));
+    ZT_CHECK(rc == cudaSuccess, "out of device memory allocating {} bytes of bf16 activations on CUDA device {}: {}",
+             n * sizeof(__nv_bfloat16), device_, cudaGetErrorString(rc));
+    ZT_CUDA_CHECK(cudaMemsetAsync(values, 0, n * sizeof(__nv_bfloat16), stream_));
+    const auto at = reinterpret_cast<uintptr_t>(view);
+    kept_copies_[at] = {n, static_cast<__nv_bfloat16*>(values), true, true, true};
+    held_views_[at] = n;
+    return static_cast<float*>(view);
   }
   void refresh_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
@@ -205,11 +243,13 @@ class CudaBackend final : public Backend {
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
                          int C) override {
+    fp32_out(out, size_t(B) * T * C);
     cuda::embedding_forward(out, tokens, wte, wpe, B, T, C, stream_);
   }
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
                           int C) override {
     const int n = B * T;
+    fp32_in(dout, size_t(n) * C);
     const int32_t* host = uploaded_tokens(tokens, size_t(n));
     const int n_buckets = cuda::build_token_buckets(host, n, bucket_host_);
     const size_t n_bytes = bucket_host_.size() * sizeof(int32_t);
@@ -223,7 +263,7 @@ class CudaBackend final : public Backend {
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
                          int N, int C) override {
     const OutputTargets o = output_targets(out, size_t(N) * C);
-    cuda::layernorm_forward(o.fp32, o.copy, mean, rstd, inp, weight, bias, N, C, stream_);
+    cuda::layernorm_forward(o.fp32, o.copy, mean, rstd, fp32_in(inp, size_t(N) * C), weight, bias, N, C, stream_);
   }
   void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
                                   const float* weight, const float* bias, int N, int C) override {
@@ -333,8 +373,8 @@ class CudaBackend final : public Backend {
     // Logits held in bf16 are read there and replaced there by their gradient (rounded), in place.
     const size_t n = size_t(N) * Vp;
     const OutputTargets o = output_targets(logits, n);
-    cuda::softmax_cross_entropy(act_in(logits, n), o.fp32, o.copy, losses, targets, N, V, Vp, dloss,
-                                error_flag_device_, stream_);
+    cuda::softmax_cross_entropy(act_in(logits, n), o.fp32, o.copy, losses, targets, N, V, Vp, dloss, error_flag_device_,
+                                stream_);
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1, float beta2,
                     float eps, float wd, float grad_scale, int64_t step) override {
@@ -352,13 +392,15 @@ class CudaBackend final : public Backend {
 
  private:
   // One kept range (of parameters or activations): its copy, and whether only the copy needs writing
-  // (keep_activation_copy with fp32_read false).
-  // in_place: a range held in bf16 only (keep_activation_bf16), whose copy is its own memory.
+  // (keep_activation_copy with fp32_read false). held: a range held in bf16 only, whose copy is all there is of it
+  // (keep_activation_bf16: in the range's own memory; alloc_held_bf16: in memory of its own). owns_copy: the copy
+  // is a cudaMalloc of its own, freed with the range.
   struct KeptCopy {
     size_t n;
     __nv_bfloat16* copy;
     bool fp32_unread;
-    bool in_place = false;
+    bool held = false;
+    bool owns_copy = true;
   };
 
   // Where [p, p + n) (n > 0) stands against the kept ranges: the one that holds all of it (null if none; *offset is
@@ -436,7 +478,7 @@ class CudaBackend final : public Backend {
     if (it != kept_copies_.begin()) --it;
     for (; it != kept_copies_.end() && it->first < end; ++it) {
       const uintptr_t kept_end = it->first + it->second.n * sizeof(float);
-      if (!it->second.in_place || kept_end <= addr) continue;
+      if (!it->second.held || kept_end <= addr) continue;
       ZT_CHECK(it->first <= addr && end <= kept_end && (addr - it->first) % sizeof(float) == 0,
                "[{}, +{}) covers part of a range held in bf16 (--cuda_activations bf16); use the whole range or a "
                "part inside it",
@@ -512,6 +554,7 @@ class CudaBackend final : public Backend {
   bool param_copies_on_ = false;
   bool bf16_activations_ = false;
   std::map<uintptr_t, KeptCopy> kept_copies_;  // start of a kept fp32 range -> its bf16 copy
+  std::map<uintptr_t, size_t> held_views_;     // alloc_held_bf16's reserved ranges -> their floats
   std::map<uintptr_t, size_t> alloc_bytes_;    // every buffer from alloc / alloc_int and its size in bytes
   cudaStream_t stream_ = nullptr;
   int* error_flag_host_ = nullptr;

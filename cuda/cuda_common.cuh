@@ -69,7 +69,7 @@ struct ActIn {
   const float* f32 = nullptr;
   const __nv_bfloat16* b16 = nullptr;
   ActIn() = default;
-  __host__ __device__ ActIn(const float* p) : f32(p) {}  // NOLINT: an fp32 pointer is an fp32 activation
+  __host__ __device__ ActIn(const float* p) : f32(p) {}          // NOLINT: an fp32 pointer is an fp32 activation
   __host__ __device__ ActIn(const __nv_bfloat16* p) : b16(p) {}  // NOLINT: likewise a held one
   /// The same activation from element k on.
   __host__ __device__ ActIn at(size_t k) const { return b16 != nullptr ? ActIn(b16 + k) : ActIn(f32 + k); }

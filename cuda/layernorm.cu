@@ -86,9 +86,8 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, __nv_bfloat16* dinp1
 
 // Stage 1 of dbias / dweight: grid (column block, row chunk); each thread sums its column over the chunk's rows
 // in order into partials[chunk][0, C) (dbias) and partials[chunk][C, 2C) (dweight).
-__global__ void layernorm_backward_partials_kernel(float* partials, ActIn dout, const float* inp,
-                                                   const float* mean, const float* rstd, int N, int C,
-                                                   int rows_per_chunk) {
+__global__ void layernorm_backward_partials_kernel(float* partials, ActIn dout, const float* inp, const float* mean,
+                                                   const float* rstd, int N, int C, int rows_per_chunk) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const int chunk = blockIdx.y;
@@ -117,8 +116,7 @@ void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rst
 }
 
 void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* a,
-                                ActIn b, const float* weight, const float* bias, int N, int C,
-                                cudaStream_t stream) {
+                                ActIn b, const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
   ZT_LAUNCH(residual_layernorm_forward_kernel, ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream)
@@ -128,9 +126,9 @@ void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, fl
 
 size_t layernorm_backward_scratch_elems(int N, int C) { return size_t(row_chunks(N).n_chunks) * 2 * size_t(C); }
 
-void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, ActIn dout,
-                        const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C,
-                        float* scratch, cudaStream_t stream) {
+void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, ActIn dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch,
+                        cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   const int rows_per_block = kRowBlock / kWarpSize;
   ZT_LAUNCH(layernorm_backward_dinp_kernel, ceil_div(size_t(N), rows_per_block), kRowBlock, 0, stream)

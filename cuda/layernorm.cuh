@@ -18,14 +18,13 @@ void layernorm_forward(float* out, __nv_bfloat16* out16, float* mean, float* rst
 /// res = a + b, then layernorm_forward of res in the same kernel: bitwise residual_forward then layernorm_forward.
 /// b may be held in bf16 (ActIn).
 void residual_layernorm_forward(float* res, float* out, __nv_bfloat16* out16, float* mean, float* rstd, const float* a,
-                                ActIn b, const float* weight, const float* bias, int N, int C,
-                                cudaStream_t stream);
+                                ActIn b, const float* weight, const float* bias, int N, int C, cudaStream_t stream);
 /// Floats of scratch layernorm_backward needs for N rows of C.
 size_t layernorm_backward_scratch_elems(int N, int C);
 /// Accumulates dinp, dweight, dbias (deterministic: fixed row chunks, then chunks in order); dinp16 (may be
 /// null) receives the accumulated dinp rounded to bf16. dout may be held in bf16 (ActIn).
-void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, ActIn dout,
-                        const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C,
-                        float* scratch, cudaStream_t stream);
+void layernorm_backward(float* dinp, __nv_bfloat16* dinp16, float* dweight, float* dbias, ActIn dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch,
+                        cudaStream_t stream);
 
 }  // namespace zt::cuda

@@ -134,8 +134,8 @@ struct Plan {
 
 // trans_a, trans_b, M, N, K, lda, ldb, ldc, alignments of A, B, C, the epilogue, alignments of its bias and aux,
 // whether C and D are bf16.
-using PlanKey = std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t, int, uint32_t,
-                           uint32_t, bool>;
+using PlanKey =
+    std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t, int, uint32_t, uint32_t, bool>;
 
 }  // namespace
 
@@ -233,8 +233,8 @@ struct MatmulContext::Impl {
       ZT_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
       const cudaDataType_t aux_type = d_type;
-      ZT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &aux_type,
-                                                     sizeof(aux_type)));
+      ZT_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &aux_type, sizeof(aux_type)));
     }
     set_epilogue_pointers(op, e);
   }
@@ -257,10 +257,11 @@ struct MatmulContext::Impl {
       if (c_bf16 && e.kind == Epilogue::none) {
         if (!warned_bf16_out) {
           warned_bf16_out = true;
-          std::fprintf(stderr,
-                       "zerotrain: cuBLASLt has no bf16-output algorithm for the %dx%dx%d product; computing it in fp32 "
-                       "and rounding\n",
-                       M, N, K);
+          std::fprintf(
+              stderr,
+              "zerotrain: cuBLASLt has no bf16-output algorithm for the %dx%dx%d product; computing it in fp32 "
+              "and rounding\n",
+              M, N, K);
         }
         return false;
       }
@@ -355,7 +356,8 @@ void matmul_forward(MatmulContext& ctx, float* out, __nv_bfloat16* out16, const 
     ZT_CUDA_LAUNCH_CHECK();
     return;
   }
-  const ForwardOperands op = forward_operands(m, inp, inp_bf16, weight, weight_bf16, nullptr, nullptr, N, C, OC, stream);
+  const ForwardOperands op =
+      forward_operands(m, inp, inp_bf16, weight, weight_bf16, nullptr, nullptr, N, C, OC, stream);
   // W [C,OC]: out = inp · W; W [OC,C]: out = inp · W^T.
   if (bias == nullptr) {
     m.gemm(false, weight_transposed, N, OC, C, op.a, C, op.w, ldw, out, false, OC, 0.0f, {}, stream);
@@ -389,8 +391,8 @@ void matmul_gelu_forward(MatmulContext& ctx, float* pre, __nv_bfloat16* pre16, f
     } else if (pre16 == nullptr && epilogue_aligned(pre)) {
       const ForwardOperands op =
           forward_operands(m, inp, inp_bf16, weight, weight_bf16, nullptr, nullptr, N, C, OC, stream);
-      if (m.gemm(false, false, N, OC, C, op.a, C, op.w, OC, out, false, OC, 0.0f,
-                 {Epilogue::gelu_aux_bias, bias, pre}, stream)) {
+      if (m.gemm(false, false, N, OC, C, op.a, C, op.w, OC, out, false, OC, 0.0f, {Epilogue::gelu_aux_bias, bias, pre},
+                 stream)) {
         if (out16 != nullptr) cast_to_bf16(out16, out, n, stream);
         return;
       }
@@ -421,7 +423,7 @@ bool backward_products(MatmulContext::Impl& m, Target dinp, const DgeluFold* fol
   const RowChunks chunks = row_chunks(N);
   const size_t n_dout = size_t(N) * OC, n_inp = size_t(N) * C, n_w = size_t(C) * OC;
   const bool w_used = dinp.wanted() || fold != nullptr;  // the weight enters the dinp product only
-  const bool x_used = dweight != nullptr;                 // and the input the dweight product only
+  const bool x_used = dweight != nullptr;                // and the input the dweight product only
   // Scratch for the operands no kept copy serves (a copy of the LM head's dlogits alone would be N * Vp * 2 bytes).
   const size_t operand_bytes = m.bf16 ? bf16_scratch_bytes(dout_bf16, n_dout, true) +
                                             bf16_scratch_bytes(inp_bf16, n_inp, x_used) +
@@ -491,8 +493,8 @@ void matmul_backward(MatmulContext& ctx, float* dinp, __nv_bfloat16* dinp16, flo
                      cudaStream_t stream) {
   if (N == 0 || OC == 0 || C == 0) return;
   const Target target = dinp16 != nullptr ? Target{nullptr, dinp16} : Target{dinp, nullptr};
-  backward_products(ctx.impl(), target, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16,
-                    N, C, OC, weight_transposed, stream);
+  backward_products(ctx.impl(), target, nullptr, dweight, dbias, dout, dout_bf16, inp, inp_bf16, weight, weight_bf16, N,
+                    C, OC, weight_transposed, stream);
 }
 
 void matmul_gelu_backward(MatmulContext& ctx, float* dpre, __nv_bfloat16* dpre16, float* dact, __nv_bfloat16* dact16,

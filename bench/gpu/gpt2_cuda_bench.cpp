@@ -152,10 +152,12 @@ int run(const Options& o) {
   const double peak_gbs = o.peak_gbs > 0 ? o.peak_gbs : default_peak_gbs(device);
   const double gib = double(1ull << 30);
   std::printf(
-      "device %s | preset %s (%.1fM params) | B=%d T=%d | %s | epilogues %s | activations %.2f GiB (%.2f GiB of it "
-      "held in bf16: half unused) + bf16 copies %.2f GiB | --cuda_activations %s\n",
+      "device %s | preset %s (%.1fM params) | B=%d T=%d | %s | epilogues %s | activations %.2f GiB + work %.2f GiB "
+      "in fp32 (%.2f GiB of them held in bf16: %.2f GiB less allocated) + bf16 copies %.2f GiB | "
+      "--cuda_activations %s\n",
       device.c_str(), o.preset.c_str(), n_params / 1e6, o.batch, o.seq_len, o.bf16 ? "bf16" : "fp32",
-      o.epilogues.c_str(), double(model.activation_bytes()) / gib, double(model.activation_bf16_bytes()) / gib,
+      o.epilogues.c_str(), double(model.activation_bytes()) / gib, double(model.backward_work_bytes()) / gib,
+      double(model.activation_bf16_bytes()) / gib, double(model.held_bf16_saved_bytes()) / gib,
       double(model.activation_copy_bytes()) / gib, o.activations.c_str());
   std::fflush(stdout);
 

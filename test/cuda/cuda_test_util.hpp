@@ -67,8 +67,8 @@ inline MlpResult run_mlp(Backend& be, int N, int C, int H, uint32_t seed, MlpHol
   std::mt19937_64 rng(seed);
   const std::vector<float> x = uniform(rng, size_t(N) * C, -1, 1), w_fc = uniform(rng, size_t(C) * H, -0.5f, 0.5f),
                            b_fc = bf16_rounded(uniform(rng, size_t(H), -1, 1)),
-                           w_proj = uniform(rng, size_t(H) * C, -0.5f, 0.5f),
-                           dout = uniform(rng, size_t(N) * C, -1, 1), act = uniform(rng, size_t(N) * H, -0.2f, 1);
+                           w_proj = uniform(rng, size_t(H) * C, -0.5f, 0.5f), dout = uniform(rng, size_t(N) * C, -1, 1),
+                           act = uniform(rng, size_t(N) * H, -0.2f, 1);
   BackendArray d_x(be, x.size()), d_wfc(be, w_fc.size()), d_bfc(be, b_fc.size()), d_wproj(be, w_proj.size());
   BackendArray d_pre(be, size_t(N) * H), d_out(be, size_t(N) * H), d_dout(be, dout.size());
   BackendArray d_dpre(be, size_t(N) * H), d_dact(be, size_t(N) * H), d_dw(be, w_proj.size()), d_db(be, size_t(C));

@@ -81,6 +81,7 @@ TEST_CASE("cuda_activations bf16: held ranges are written and read rounded; fp32
     auto be = cuda_backend_activations(true, off);
     BackendArray a(*be, 8);
     CHECK(!be->keep_activation_bf16(a.get(), 8));
+    CHECK(be->alloc_held_bf16(8) == nullptr);
   }
   auto rng = seeded_rng();
   auto plain = cuda_backend(true);
@@ -109,9 +110,32 @@ TEST_CASE("cuda_activations bf16: held ranges are written and read rounded; fp32
     CHECK_THROWS_WITH(held->residual_forward(h.get(), f.get(), f.get(), n), Catch::Contains("writes it in fp32 only"));
     // A LayerNorm's weight gradients are fp32 sums: never into a held range (the model's frozen ones have their own).
     BackendArray m(*held, size_t(N)), r(*held, size_t(N)), g(*held, size_t(C));
-    CHECK_THROWS_WITH(held->layernorm_backward(f.get(), h.get(), g.get(), f.get(), f.get(), g.get(), m.get(), r.get(),
-                                               N, C),
-                      Catch::Contains("writes it in fp32 only"));
+    CHECK_THROWS_WITH(
+        held->layernorm_backward(f.get(), h.get(), g.get(), f.get(), f.get(), g.get(), m.get(), r.get(), N, C),
+        Catch::Contains("writes it in fp32 only"));
+  }
+  {
+    // A held region (alloc_held_bf16): zero at first, then the same semantics over all of it and any part of it, in
+    // n bf16 values of device memory; its fp32 addresses are names only (reserved, inaccessible host addresses).
+    const size_t used_before = zt::cuda_device_memory_used();
+    float* region = held->alloc_held_bf16(2 * n);
+    REQUIRE(region != nullptr);
+    CHECK(zt::cuda_device_memory_used() - used_before == 2 * n * sizeof(uint16_t));
+    CHECK(read_range(*held, region, 2 * n) == VecF(2 * n, 0.0f));
+    held->from_host(region + n, x.data(), n);
+    const VecF xr = bf16_rounded(x);
+    CHECK(same_bits(read_range(*held, region + n, n), xr));
+    CHECK(same_bits(read_range(*held, region + n + 3, 5), VecF(xr.begin() + 3, xr.begin() + 8)));
+    held->zero(region + n, n / 2);
+    VecF expect = xr;
+    std::fill(expect.begin(), expect.begin() + long(n / 2), 0.0f);
+    CHECK(same_bits(read_range(*held, region + n, n), expect));
+    CHECK_THROWS_WITH(held->keep_activation_bf16(region + 4, 8), Catch::Contains("overlaps a range already kept"));
+    BackendArray f(*held, n);
+    CHECK_THROWS_WITH(held->residual_forward(f.get(), region, f.get(), n), Catch::Contains("reads it in fp32 only"));
+    const size_t used_with = zt::cuda_device_memory_used();
+    held->release(region);
+    CHECK(used_with - zt::cuda_device_memory_used() == 2 * n * sizeof(uint16_t));
   }
   // Ops that write a held range: the fp32 result of the same op on an unheld buffer, rounded. The gradients then go
   // on into a matmul_backward, whose products read the same bf16 values either way (the same bits) and whose bias
@@ -172,8 +196,8 @@ TEST_CASE("cuda_activations bf16: held ranges are written and read rounded; fp32
 
 // The whole step with every buffer the model offers held (epilogues off and on): the loss and gradients of "cuda
 // bf16" within kBf16Model (the roundings of every product's output compound through the blocks, as the bf16
-// operands' do against the CPU); every activation held but the residual stream's, and the copies the held buffers
-// replace no longer allocated.
+// operands' do against the CPU); every activation held but the residual stream's, in half its fp32 memory, and the
+// copies the held buffers replace no longer allocated.
 TEST_CASE("cuda_activations bf16: a GPT-2 step holds every activation but the residual stream, close to cuda bf16's",
           "[cuda][activations]") {
   const zt::ParamTable table(zt::test::two_block_model());
@@ -185,15 +209,19 @@ TEST_CASE("cuda_activations bf16: a GPT-2 step holds every activation but the re
   struct Step {
     double loss;
     std::vector<VecF> grads;
-    size_t copy_bytes, held_bytes;
+    size_t copy_bytes, held_bytes, saved_bytes, model_device_bytes;
   };
-  auto step = [&](zt::Backend& be) {
+  auto step = [&](zt::Backend& be, zt::Recompute recompute = zt::Recompute::none) {
     FlatUnits units(be, table, 5);
-    zt::Gpt2 model(table, be, B, T);
+    const size_t before = zt::cuda_device_memory_used();
+    zt::Gpt2 model(table, be, B, T, recompute);
+    const size_t model_bytes = zt::cuda_device_memory_used() - before;  // its buffers and the backend's copies
     Step s{model.step(units, inputs.data(), targets.data(), true, 1.0f / float(B * T)),
            {},
            model.activation_copy_bytes(),
-           model.activation_bf16_bytes()};
+           model.activation_bf16_bytes(),
+           model.held_bf16_saved_bytes(),
+           model_bytes};
     for (size_t u = 0; u < units.n_units(); ++u) s.grads.push_back(units.grads_to_host(int(u)));
     return s;
   };
@@ -219,9 +247,30 @@ TEST_CASE("cuda_activations bf16: a GPT-2 step holds every activation but the re
     CHECK(b.copy_bytes == BT * C * sizeof(uint16_t));
     CHECK(a.copy_bytes == BT * ((7 * L + 9) * C + Vp) * sizeof(uint16_t));
     CHECK(a.held_bytes == 0);
+    // The held buffers take half their fp32 size, in memory of their own (alloc_held_bf16): what the model's
+    // construction allocates falls by that half and by the copies no longer made (these sizes need no padding).
+    CHECK(b.saved_bytes == b.held_bytes / 2);
+    CHECK(a.saved_bytes == 0);
+    CHECK(a.model_device_bytes - b.model_device_bytes == b.saved_bytes + (a.copy_bytes - b.copy_bytes));
     for (size_t u = 0; u < a.grads.size(); ++u) {
       INFO("unit " << table.units()[u].name);
       expect_close("gradient", b.grads[u], a.grads[u], zt::test::kBf16Model);
+    }
+  }
+  // Recomputation shares one set of buffers among the blocks (the held region then holds the shared set once): the
+  // same closeness, and the same loss as without recomputation (the same ops again).
+  for (const zt::Recompute recompute : {zt::Recompute::attention, zt::Recompute::block}) {
+    INFO("--recompute " << zt::recompute_name(recompute));
+    auto plain = cuda_backend(true);
+    auto held = cuda_backend_activations(true, "bf16");
+    const Step a = step(*plain, recompute), b = step(*held, recompute), c = step(*held);
+    CHECK(b.loss == c.loss);
+    CHECK(b.saved_bytes > 0);
+    CHECK(b.model_device_bytes < a.model_device_bytes);
+    for (size_t u = 0; u < a.grads.size(); ++u) {
+      INFO("unit " << table.units()[u].name);
+      expect_close("gradient", b.grads[u], a.grads[u], zt::test::kBf16Model);
+      CHECK(same_bits(b.grads[u], c.grads[u]));
     }
   }
 }
@@ -242,7 +291,8 @@ TEST_CASE("cuda_activations bf16: products write held outputs once rounded; kern
              resid = uniform(rng, n, -2, 2), proj = bf16_rounded(uniform(rng, n, -2, 2)),
              gamma = uniform(rng, size_t(C), 0.5f, 1.5f), beta = uniform(rng, size_t(C), -1, 1),
              d_ln_in = bf16_rounded(uniform(rng, n, -1, 1)), pre = bf16_rounded(uniform(rng, n, -3, 3)),
-             d_gelu_in = bf16_rounded(uniform(rng, n, -1, 1)), logits = bf16_rounded(uniform(rng, size_t(N) * Vp, -4, 4));
+             d_gelu_in = bf16_rounded(uniform(rng, n, -1, 1)),
+             logits = bf16_rounded(uniform(rng, size_t(N) * Vp, -4, 4));
   const VecI targets = random_tokens(rng, size_t(N), V);
   const VecF att_qkv[2] = {bf16_rounded(uniform(rng, size_t(B) * T * 3 * C, -1, 1)),
                            bf16_rounded(uniform(rng, size_t(B) * T * 3 * C, -1, 1))},
@@ -270,8 +320,8 @@ TEST_CASE("cuda_activations bf16: products write held outputs once rounded; kern
     };
     {  // products: W [C,OC] with a bias (c_attn's shape), W^T [OC,C] without one (the LM head's), the input gradient
       BackendArray d_x(be, n), d_w(be, w.size()), d_bias(be, bias.size()), d_out(be, size_t(N) * OC),
-          d_out_t(be, size_t(N) * OC), d_w_t(be, w.size()), d_dout(be, dout.size()), d_dinp(be, n),
-          d_dw(be, w.size()), d_db(be, bias.size());
+          d_out_t(be, size_t(N) * OC), d_w_t(be, w.size()), d_dout(be, dout.size()), d_dinp(be, n), d_dw(be, w.size()),
+          d_db(be, bias.size());
       d_x.upload(x);
       d_w.upload(w);
       d_w_t.upload(w);
@@ -306,10 +356,10 @@ TEST_CASE("cuda_activations bf16: products write held outputs once rounded; kern
       be.zero(d_dbe.get(), size_t(C));
       be.layernorm_backward(d_dres.get(), d_dg.get(), d_dbe.get(), d_dln.get(), d_res.get(), d_g.get(), d_mean.get(),
                             d_rstd.get(), N, C);
-      for (const auto& [name, a] : {std::pair("residual", &d_res), std::pair("layernorm out", &d_ln),
-                                    std::pair("mean", &d_mean), std::pair("rstd", &d_rstd),
-                                    std::pair("layernorm dinp", &d_dres), std::pair("layernorm dweight", &d_dg),
-                                    std::pair("layernorm dbias", &d_dbe)})
+      for (const auto& [name, a] :
+           {std::pair("residual", &d_res), std::pair("layernorm out", &d_ln), std::pair("mean", &d_mean),
+            std::pair("rstd", &d_rstd), std::pair("layernorm dinp", &d_dres), std::pair("layernorm dweight", &d_dg),
+            std::pair("layernorm dbias", &d_dbe)})
         r.add(name, a->download(), false);
     }
     {  // GELU reading a held pre-activation and a held output gradient
@@ -372,7 +422,8 @@ TEST_CASE("cuda_activations bf16: products write held outputs once rounded; kern
 // write them in bf16 (with the epilogues, GELU_AUX_BIAS writes both outputs in bf16 and DGELU reads the bf16
 // pre-activation); the weight products read what they read unheld (the same bits), and the GELU outputs and dpre
 // move only by the rounding of what they are computed from (GELU' <= 1.13; the relative error stays within 2^-7).
-TEST_CASE("cuda_activations bf16: the MLP's fused ops with the pre-activation and dact held too", "[cuda][activations]") {
+TEST_CASE("cuda_activations bf16: the MLP's fused ops with the pre-activation and dact held too",
+          "[cuda][activations]") {
   const int N = 24, C = 32, H = 160;
   for (const char* epilogues : {"off", "on"}) {
     INFO("--cuda_epilogues " << epilogues);
