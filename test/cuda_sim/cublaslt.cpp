@@ -29,23 +29,24 @@ namespace {
 
 std::atomic<int> n_bf16_outputs{0};  // products with a bf16 D (zt_sim::bf16_output_products)
 
-// A bias or auxiliary type not set: D's (cuBLASLt's default, -1).
-constexpr auto kTypeOfD = static_cast<cudaDataType_t>(-1);
+// A bias or auxiliary type not set: D's (cuBLASLt's default, -1; kept as an int, since -1 is no cudaDataType_t).
+constexpr int kTypeOfD = -1;
+static_assert(sizeof(int) == sizeof(cudaDataType_t), "the attribute's bytes fit either");
 
 struct Desc {
   cublasComputeType_t compute;
   cudaDataType_t scale;
   cublasOperation_t trans_a = CUBLAS_OP_N, trans_b = CUBLAS_OP_N;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  cudaDataType_t bias_type = kTypeOfD;
+  int bias_type = kTypeOfD;
   const void* bias = nullptr;
   const void* aux = nullptr;
   int64_t aux_ld = 0;
-  cudaDataType_t aux_type = kTypeOfD;
+  int aux_type = kTypeOfD;
 };
 
 // The type a bias or auxiliary matrix has against D's layout.
-cudaDataType_t effective(cudaDataType_t t, cudaDataType_t d_type) { return t == kTypeOfD ? d_type : t; }
+cudaDataType_t effective(int t, cudaDataType_t d_type) { return t == kTypeOfD ? d_type : cudaDataType_t(t); }
 
 // What an epilogue needs: a bias vector to add, a bias gradient to write, an auxiliary matrix (GELU's input).
 bool reads_bias(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS; }
