@@ -33,9 +33,10 @@ struct CudaVariants {
 /// (no TF32): the mode the tests compare with the CPU. bf16 = true: matmul operands are rounded into internal bf16
 /// copies (or the kept copies: keep_param_copy, keep_activation_copy) and multiplied with fp32 accumulation into the
 /// fp32 outputs; every other op, and the fp32 master weights, optimizer state and gradients, stay fp32; with
-/// activations "bf16" (bf16 mode only) keep_activation_bf16 holds the buffers it is asked for in bf16 inside their
-/// own fp32 memory (cuda/README.md lists them). Throws zt::Error when the device does not exist, or for a variant
-/// it does not know or bf16 activations in fp32 mode.
+/// activations "bf16" (bf16 mode only) alloc_held_bf16 gives regions held in bf16 only and keep_activation_bf16
+/// holds the buffers it is asked for in bf16 inside their own fp32 memory; products write such buffers in bf16 and
+/// kernels read them in bf16 (cuda/README.md lists which the model holds). Throws zt::Error when the device does not
+/// exist, or for a variant it does not know or bf16 activations in fp32 mode.
 std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16, const CudaVariants& variants = {});
 
 }  // namespace zt

@@ -3,7 +3,9 @@
 # machine): a GPU run saves; the CPU loads it and re-saves; the GPU loads that and re-saves again, at other world
 # sizes and ZeRO stages. Every tensor of the three checkpoints (fp32 master weights, Adam m and v) must be bitwise
 # equal: the manifests' per-chunk xxh64 digests match. Then a GPU run resumed from the CPU-written checkpoint must
-# end bitwise equal to an uninterrupted GPU run, and one with --cuda_graphs on equal to one without. Exits 77 (CTest: skipped) when zerotrain sees no CUDA device.
+# end bitwise equal to an uninterrupted GPU run, and one with --cuda_graphs on equal to one without; in bf16 with
+# every switch on (activations held in bf16, epilogues, graphs), a run stopped and resumed ends bitwise equal to an
+# uninterrupted one. Exits 77 (CTest: skipped) when zerotrain sees no CUDA device.
 #
 # Env: ZEROTRAIN (the binary), ZT_MPIEXEC (mpirun), ZT_KEEP=1 keeps the work directory.
 import json
@@ -86,6 +88,25 @@ def check_graphs(work):
           "--cuda_graphs on at ZeRO-3: one line says the micro-steps run op by op")
 
 
+def check_bf16_switches(work):
+    """--dtype bf16 with --cuda_activations bf16, --cuda_epilogues on, --cuda_graphs on (the configuration issue 19
+    aims at): 2 steps, save, stop, resume to 4, against 4 steps straight: the same bits (determinism does not depend
+    on where the held buffers live or on a resume); the start-up line says what is held in bf16 and in how much."""
+    flags = [a for a in COMMON if a not in ("--quiet", "fp32")] + ["bf16", "--device", "cuda", "--zero_stage", "1",
+                                                                   "--cuda_activations", "bf16", "--cuda_epilogues",
+                                                                   "on", "--cuda_graphs", "on", "--max_steps", "4"]
+    assert flags[flags.index("--dtype") + 1] == "bf16"
+    part, full = os.path.join(work, "bf16_part"), os.path.join(work, "bf16_full")
+    out = run(1, flags + ["--save_interval", "2", "--exit_after_steps", "2", "--output_dir", part])
+    check("held in bf16 only, in half the memory" in out,
+          "--cuda_activations bf16: the start-up line says the held activations take half the memory",
+          next((ln for ln in out.splitlines() if "activations" in ln), ""))
+    run(1, flags + ["--save_interval", "4", "--resume_from_checkpoint", f"{part}/checkpoint-2", "--output_dir", part])
+    run(1, flags + ["--save_interval", "4", "--output_dir", full])
+    same_state(f"{part}/checkpoint-4", f"{full}/checkpoint-4",
+               "bf16, held activations + epilogues + graphs: stopped at 2 and resumed == 4 steps straight")
+
+
 def main():
     for k in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
         os.environ.setdefault(k, "1")
@@ -125,6 +146,7 @@ def main():
         _, verify = launch(1, ["ckpt", "verify", f"{gpu_d}/checkpoint-5"], timeout=60)
         check(verify.returncode == 0, "ckpt verify of the GPU-written checkpoint", verify.stdout.strip())
         check_graphs(work)
+        check_bf16_switches(work)
     finally:
         if os.environ.get("ZT_KEEP") != "1":
             shutil.rmtree(work, ignore_errors=True)
