@@ -77,6 +77,9 @@ class Backend {
     (void)n;
     return nullptr;
   }
+  /// Whether the model may hold the residual stream and its gradient in bf16 too (alloc_held_bf16): sums over every
+  /// block, which a backend holds only when asked to (--cuda_activations bf16_residual).
+  virtual bool holds_residual_bf16() const { return false; }
   /// Rounds [params, params + n), inside a kept range, into its copy again.
   virtual void refresh_param_copy(const float* params, size_t n) {
     (void)params;

@@ -151,10 +151,10 @@ using StringList = std::vector<std::string>;
   X(std::string, cuda_epilogues, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                             \
     "CUDA: fold GELU, its derivative and the bias gradients into the cuBLASLt products (on) or run them as separate "  \
     "kernels (off); auto: off until a GPU run shows the fused form faster")                                            \
-  X(std::string, cuda_activations, "auto", unsaved, this_run, one_of({"auto", "fp32", "bf16"}),                        \
+  X(std::string, cuda_activations, "auto", unsaved, this_run, one_of({"auto", "fp32", "bf16", "bf16_residual"}),       \
     "CUDA --dtype bf16: hold every activation and activation gradient but the residual stream in bf16 alone, in "      \
-    "half the memory (bf16), or in fp32 beside the matmuls' bf16 copies (fp32); auto: fp32 until a GPU run shows "     \
-    "bf16 faster")                                                                                                     \
+    "half the memory (bf16), the residual stream and its gradient too (bf16_residual), or in fp32 beside the "         \
+    "matmuls' bf16 copies (fp32); auto: fp32 until a GPU run shows bf16 faster")                                       \
   X(std::string, cuda_graphs, "auto", unsaved, this_run, one_of({"auto", "on", "off"}),                                \
     "CUDA: replay each micro-step's forward and backward as one CUDA graph, captured after a warm-up (on; op by op "  \
     "at ZeRO stages 2-3) or launch op by op (off); auto: off until a GPU run shows the graphs faster")

@@ -35,6 +35,7 @@ class ForwardingBackend : public Backend {
   }
   bool keep_activation_bf16(const float* act, size_t n) override { return inner_.keep_activation_bf16(act, n); }
   float* alloc_held_bf16(size_t n) override { return inner_.alloc_held_bf16(n); }
+  bool holds_residual_bf16() const override { return inner_.holds_residual_bf16(); }
   void refresh_param_copy(const float* params, size_t n) override { inner_.refresh_param_copy(params, n); }
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,

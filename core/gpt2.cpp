@@ -171,8 +171,9 @@ void Gpt2::lay_out_activations(size_t att_elems) {
 void Gpt2::place_buffers(size_t att_elems) {
   const ModelConfig& c = table_.config();
   const size_t BT = size_t(B_) * T_, C = size_t(c.d_model), Vp = size_t(c.padded_vocab()), L = size_t(c.n_layer);
-  constexpr bool kHold = true;  // take(n, kHold): a holdable buffer
-  encoded_ = take(BT * C);
+  constexpr bool kHold = true;                      // take(n, kHold): a holdable buffer
+  const bool hold_res = be_.holds_residual_bf16();  // the residual stream and its gradient, where the backend asks
+  encoded_ = take(BT * C, hold_res);
   // The shared set: the buffers a recomputing mode writes again before each block's backward.
   LayerActs s{};
   if (recompute_ == Recompute::attention) {
@@ -187,7 +188,7 @@ void Gpt2::place_buffers(size_t att_elems) {
                   take(att_elems),
                   take(BT * C, kHold),
                   take(BT * C, kHold),
-                  take(BT * C),
+                  take(BT * C, hold_res),
                   take(BT * C, kHold),
                   take(BT),
                   take(BT),
@@ -200,7 +201,7 @@ void Gpt2::place_buffers(size_t att_elems) {
   for (auto& A : layers_) {
     if (recompute_ == Recompute::block) {
       A = s;
-      A.res3 = take(BT * C);  // the next block's input: all a block keeps
+      A.res3 = take(BT * C, hold_res);  // the next block's input: all a block keeps
       continue;
     }
     A.ln1 = take(BT * C, kHold);
@@ -210,14 +211,14 @@ void Gpt2::place_buffers(size_t att_elems) {
     A.att = recompute_ == Recompute::attention ? s.att : take(att_elems);
     A.atty = recompute_ == Recompute::attention ? s.atty : take(BT * C, kHold);
     A.attproj = take(BT * C, kHold);
-    A.res2 = take(BT * C);
+    A.res2 = take(BT * C, hold_res);
     A.ln2 = take(BT * C, kHold);
     A.ln2_mean = take(BT);
     A.ln2_rstd = take(BT);
     A.fch = take(BT * 4 * C, kHold);
     A.fch_gelu = take(BT * 4 * C, kHold);
     A.fcproj = take(BT * C, kHold);
-    A.res3 = take(BT * C);
+    A.res3 = take(BT * C, hold_res);
   }
   lnf_ = take(BT * C, kHold);
   lnf_mean_ = take(BT);
@@ -225,7 +226,7 @@ void Gpt2::place_buffers(size_t att_elems) {
   logits_ = take(BT * Vp, kHold);
   losses_ = take(BT);
   ZT_ASSERT(arena_used_ + held_used_ == activation_elems_);
-  d_res_ = take(BT * C);
+  d_res_ = take(BT * C, hold_res);
   d_lnf_ = take(BT * C, kHold);
   d_ln_ = take(BT * C, kHold);
   d_atty_ = take(BT * C, kHold);
@@ -247,7 +248,8 @@ void Gpt2::keep_activation_copies() {
   // d_qkv, whose other reader is a bias gradient (a column sum). Then the buffers the products write and kernels
   // read (`hold`: asked to be held in bf16, never given a copy): qkv, the projections' outputs, the MLP's
   // pre-activation, and the input gradients of the LayerNorms, the attention and GELU. Not the residual stream
-  // (res2, res3) nor its gradient d_res: sums over every block (docs/performance.md, "The fp32 residual").
+  // (res2, res3) nor its gradient d_res, sums over every block (docs/performance.md, "The fp32 residual"), unless
+  // the backend asks for them too (holds_residual_bf16).
   // A buffer in the held region (lay_out_activations) is held already: exactly these bf16_ok and `hold` buffers.
   const size_t BT = size_t(B_) * T_, C = size_t(table_.config().d_model), Vp = size_t(table_.config().padded_vocab());
   std::set<const float*> kept;
@@ -274,7 +276,7 @@ void Gpt2::keep_activation_copies() {
   keep(lnf_, BT * C, false, true);
   // The forward's logits are the LM head's output, read by the softmax; in fp32 only their gradient is skipped.
   keep(logits_, BT * Vp, false, true);
-  keep(d_res_, BT * C, true, false);
+  keep(d_res_, BT * C, true, be_.holds_residual_bf16());
   keep(d_fch_, BT * 4 * C, true, true);
   keep(d_qkv_, BT * 3 * C, true, true);
   for (LayerActs& L : layers_) {
@@ -284,6 +286,11 @@ void Gpt2::keep_activation_copies() {
   }
   for (float* a : {d_lnf_, d_ln_, d_atty_}) hold(a, BT * C);
   hold(d_fch_gelu_, BT * 4 * C);
+  if (be_.holds_residual_bf16()) {  // --cuda_activations bf16_residual: the stream too (its gradient is kept above)
+    hold(encoded_, BT * C);
+    for (LayerActs& L : layers_)
+      for (float* a : {L.res2, L.res3}) hold(a, BT * C);
+  }
 }
 
 Gpt2::~Gpt2() {

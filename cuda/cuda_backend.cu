@@ -53,12 +53,16 @@ class CudaBackend final : public Backend {
     // for bf16 storage and would otherwise get an fp32 run's memory and speed without a word. Checked before
     // anything is allocated, since a constructor that throws frees nothing.
     const std::string& acts = variants.activations;
-    ZT_CHECK(acts == "auto" || acts == "fp32" || acts == "bf16", "--cuda_activations {}: expected auto, fp32 or bf16",
+    ZT_CHECK(acts == "auto" || acts == "fp32" || acts == "bf16" || acts == "bf16_residual",
+             "--cuda_activations {}: expected auto, fp32, bf16 or bf16_residual", acts);
+    ZT_CHECK(acts == "auto" || acts == "fp32" || bf16,
+             "--cuda_activations {} needs --dtype bf16 (fp32 mode keeps every activation in fp32); drop the flag or "
+             "add --dtype bf16",
              acts);
-    ZT_CHECK(acts != "bf16" || bf16,
-             "--cuda_activations bf16 needs --dtype bf16 (fp32 mode keeps every activation in fp32); drop the flag or "
-             "add --dtype bf16");
-    bf16_activations_ = acts == "bf16";
+    bf16_activations_ = acts == "bf16" || acts == "bf16_residual";
+    // bf16_residual: the residual stream and its gradient too (sums over every block; measured, not assumed:
+    // docs/performance.md, "The fp32 residual").
+    residual_bf16_ = acts == "bf16_residual";
     // The other switches are checked before anything is allocated too (a constructor that throws frees nothing).
     // --cuda_epilogues on folds GELU, its derivative and the bias gradients into the cuBLASLt products; auto is off
     // until a GPU run shows it right and faster (docs/performance.md).
@@ -225,6 +229,7 @@ class CudaBackend final : public Backend {
     held_views_[at] = n;
     return static_cast<float*>(view);
   }
+  bool holds_residual_bf16() const override { return residual_bf16_; }
   void refresh_param_copy(const float* params, size_t n) override {
     if (!param_copies_on_ || n == 0) return;
     __nv_bfloat16* copy = bf16_copy_of(params, n);
@@ -243,13 +248,13 @@ class CudaBackend final : public Backend {
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
                          int C) override {
-    fp32_out(out, size_t(B) * T * C);
-    cuda::embedding_forward(out, tokens, wte, wpe, B, T, C, stream_);
+    __nv_bfloat16* out16 = held_bf16(out, size_t(B) * T * C);
+    cuda::embedding_forward(out16 != nullptr ? nullptr : out, out16, tokens, wte, wpe, B, T, C, stream_);
   }
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
                           int C) override {
     const int n = B * T;
-    fp32_in(dout, size_t(n) * C);
+    const cuda::ActIn dout_in = act_in(dout, size_t(n) * C);
     const int32_t* host = uploaded_tokens(tokens, size_t(n));
     const int n_buckets = cuda::build_token_buckets(host, n, bucket_host_);
     const size_t n_bytes = bucket_host_.size() * sizeof(int32_t);
@@ -258,27 +263,30 @@ class CudaBackend final : public Backend {
     auto* packed = static_cast<int32_t*>(bucket_device_.get(n_bytes));
     ZT_CUDA_CHECK(cudaMemcpyAsync(packed, staging, n_bytes, cudaMemcpyHostToDevice, stream_));
     bucket_staging_.record(stream_);
-    cuda::embedding_backward(dwte, dwpe, dout, cuda::token_buckets_view(packed, n, n_buckets), B, T, C, stream_);
+    cuda::embedding_backward(dwte, dwpe, dout_in, cuda::token_buckets_view(packed, n, n_buckets), B, T, C, stream_);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
                          int N, int C) override {
     const OutputTargets o = output_targets(out, size_t(N) * C);
-    cuda::layernorm_forward(o.fp32, o.copy, mean, rstd, fp32_in(inp, size_t(N) * C), weight, bias, N, C, stream_);
+    cuda::layernorm_forward(o.fp32, o.copy, mean, rstd, act_in(inp, size_t(N) * C), weight, bias, N, C, stream_);
   }
   void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
                                   const float* weight, const float* bias, int N, int C) override {
-    const OutputTargets o = output_targets(out, size_t(N) * C);
-    fp32_out(res, size_t(N) * C);
-    cuda::residual_layernorm_forward(res, o.fp32, o.copy, mean, rstd, fp32_in(a, size_t(N) * C),
-                                     act_in(b, size_t(N) * C), weight, bias, N, C, stream_);
+    const size_t n = size_t(N) * C;
+    const OutputTargets o = output_targets(out, n);
+    __nv_bfloat16* res16 = held_bf16(res, n);  // the residual stream held in bf16 (bf16_residual)
+    cuda::residual_layernorm_forward(res16 != nullptr ? nullptr : res, res16, o.fp32, o.copy, mean, rstd, act_in(a, n),
+                                     act_in(b, n), weight, bias, N, C, stream_);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int N, int C) override {
-    fp32_out(dinp, size_t(N) * C);  // accumulated: read in fp32 too
+    // dinp is accumulated: read and written in fp32 (its kept copy written too), or, held in bf16 (bf16_residual),
+    // read, added to and rounded there.
+    const size_t n = size_t(N) * C;
     for (const float* g : {dweight, dbias}) fp32_out(g, size_t(C));
     float* scratch = scratch_floats(cuda::layernorm_backward_scratch_elems(N, C));
-    cuda::layernorm_backward(dinp, bf16_copy_of(dinp, size_t(N) * C), dweight, dbias, act_in(dout, size_t(N) * C),
-                             fp32_in(inp, size_t(N) * C), weight, mean, rstd, N, C, scratch, stream_);
+    cuda::layernorm_backward(held_bf16(dinp, n) != nullptr ? nullptr : dinp, bf16_copy_of(dinp, n), dweight, dbias,
+                             act_in(dout, n), act_in(inp, n), weight, mean, rstd, N, C, scratch, stream_);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
                       bool wt) override {
@@ -314,9 +322,10 @@ class CudaBackend final : public Backend {
     const OutputTargets o = backward_targets(dpre, n);
     __nv_bfloat16 *dact16 = held_bf16(dact, n), *pre16 = held_bf16(pre, n);
     cuda::matmul_gelu_backward(*matmul_, o.fp32, o.copy, dact16 != nullptr ? nullptr : dact, dact16, dweight, dbias,
-                               fp32_in(dout, size_t(N) * OC), bf16_copy_of(dout, size_t(N) * OC), inp,
-                               bf16_copy_of(inp, n), weight, bf16_copy_of(weight, size_t(C) * OC),
-                               pre16 != nullptr ? nullptr : pre, pre16, N, C, OC, stream_);
+                               held_bf16(dout, size_t(N) * OC) != nullptr ? nullptr : dout,
+                               bf16_copy_of(dout, size_t(N) * OC), inp, bf16_copy_of(inp, n), weight,
+                               bf16_copy_of(weight, size_t(C) * OC), pre16 != nullptr ? nullptr : pre, pre16, N, C, OC,
+                               stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);
@@ -553,6 +562,7 @@ class CudaBackend final : public Backend {
   bool attention_fa2_ = false;
   bool param_copies_on_ = false;
   bool bf16_activations_ = false;
+  bool residual_bf16_ = false;
   std::map<uintptr_t, KeptCopy> kept_copies_;  // start of a kept fp32 range -> its bf16 copy
   std::map<uintptr_t, size_t> held_views_;     // alloc_held_bf16's reserved ranges -> their floats
   std::map<uintptr_t, size_t> alloc_bytes_;    // every buffer from alloc / alloc_int and its size in bytes

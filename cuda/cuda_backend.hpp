@@ -24,7 +24,7 @@ struct CudaVariants {
   std::string attention_dkv_blocks = "auto";  ///< auto or 3
   std::string param_copy = "auto";            ///< auto, on or off
   std::string epilogues = "auto";             ///< auto (off for now), on or off: --cuda_epilogues
-  std::string activations = "auto";           ///< auto (fp32 for now), fp32 or bf16: --cuda_activations
+  std::string activations = "auto";           ///< auto (fp32 for now), fp32, bf16, bf16_residual: --cuda_activations
   std::string graphs = "auto";                ///< auto (off for now), on or off: --cuda_graphs
 };
 

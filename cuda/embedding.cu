@@ -14,19 +14,21 @@ namespace {
 
 constexpr int kBlock = 128;
 
-// One block per (b, t) row; threads stride over the channels (coalesced).
-__global__ void embedding_forward_kernel(float* out, const int32_t* tokens, const float* wte, const float* wpe, int T,
-                                         int C) {
+// One block per (b, t) row; threads stride over the channels (coalesced). out16 (may be null): out held in bf16
+// (out then null), written rounded.
+__global__ void embedding_forward_kernel(float* out, __nv_bfloat16* out16, const int32_t* tokens, const float* wte,
+                                         const float* wpe, int T, int C) {
   const size_t row = blockIdx.x;
   const int t = int(row % size_t(T));
   const float* w_tok = wte + size_t(tokens[row]) * C;
   const float* w_pos = wpe + size_t(t) * C;
-  float* o = out + row * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = w_tok[c] + w_pos[c];
+  float* o = out != nullptr ? out + row * C : nullptr;
+  __nv_bfloat16* o16 = out16 != nullptr ? out16 + row * C : nullptr;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) store_kept(o, o16, size_t(c), w_tok[c] + w_pos[c]);
 }
 
 // dwpe[t, c] += dout[b, t, c] for b = 0..B-1 in order; one thread per (t, c).
-__global__ void embedding_backward_wpe_kernel(float* dwpe, const float* dout, int B, int T, int C) {
+__global__ void embedding_backward_wpe_kernel(float* dwpe, ActIn dout, int B, int T, int C) {
   const size_t n = size_t(T) * C;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     float acc = dwpe[i];
@@ -36,7 +38,7 @@ __global__ void embedding_backward_wpe_kernel(float* dwpe, const float* dout, in
 }
 
 // Grid (bucket, channel block): dwte[token, c] += dout[row, c] for the bucket's rows in ascending order.
-__global__ void embedding_backward_wte_kernel(float* dwte, const float* dout, TokenBuckets buckets, int C) {
+__global__ void embedding_backward_wte_kernel(float* dwte, ActIn dout, TokenBuckets buckets, int C) {
   const int bucket = blockIdx.x;
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -89,15 +91,15 @@ TokenBuckets token_buckets_view(const int32_t* packed_device, int n, int n_bucke
   return view;
 }
 
-void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C,
-                       cudaStream_t stream) {
+void embedding_forward(float* out, __nv_bfloat16* out16, const int32_t* tokens, const float* wte, const float* wpe,
+                       int B, int T, int C, cudaStream_t stream) {
   const int n_rows = B * T;
   if (n_rows == 0 || C == 0) return;
-  ZT_LAUNCH(embedding_forward_kernel, n_rows, kBlock, 0, stream)(out, tokens, wte, wpe, T, C);
+  ZT_LAUNCH(embedding_forward_kernel, n_rows, kBlock, 0, stream)(out, out16, tokens, wte, wpe, T, C);
   ZT_CUDA_LAUNCH_CHECK();
 }
 
-void embedding_backward(float* dwte, float* dwpe, const float* dout, const TokenBuckets& buckets, int B, int T, int C,
+void embedding_backward(float* dwte, float* dwpe, ActIn dout, const TokenBuckets& buckets, int B, int T, int C,
                         cudaStream_t stream) {
   if (B * T == 0 || C == 0) return;
   ZT_LAUNCH(embedding_backward_wpe_kernel, grid_for(size_t(T) * C, kBlock), kBlock, 0, stream)(dwpe, dout, B, T, C);

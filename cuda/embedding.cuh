@@ -1,10 +1,13 @@
 // Token + position embedding on the GPU: forward, and the deterministic bucketed backward (no atomics).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <vector>
+
+#include "cuda/cuda_common.cuh"
 
 namespace zt::cuda {
 
@@ -23,11 +26,12 @@ int build_token_buckets(const int32_t* tokens, int n, std::vector<int32_t>& pack
 /// Device views of a packed bucket array (as build_token_buckets lays it out) of n rows and n_buckets groups.
 TokenBuckets token_buckets_view(const int32_t* packed_device, int n, int n_buckets);
 
-/// out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :].
-void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C,
-                       cudaStream_t stream);
+/// out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; into out16 instead, rounded, where out is held in bf16 (out null).
+void embedding_forward(float* out, __nv_bfloat16* out16, const int32_t* tokens, const float* wte, const float* wpe,
+                       int B, int T, int C, cudaStream_t stream);
 /// dwte[tok] += dout rows of that token, in row order (bitwise the CPU's order); dwpe[t] += dout over b in order.
-void embedding_backward(float* dwte, float* dwpe, const float* dout, const TokenBuckets& buckets, int B, int T, int C,
+/// dout may be held in bf16.
+void embedding_backward(float* dwte, float* dwpe, ActIn dout, const TokenBuckets& buckets, int B, int T, int C,
                         cudaStream_t stream);
 
 }  // namespace zt::cuda

@@ -26,6 +26,7 @@ VARIANTS = [
     "bf16=--dtype bf16",
     "bf16_epilogues=--dtype bf16 --cuda_epilogues on",
     "bf16_activations=--dtype bf16 --cuda_activations bf16",
+    "bf16_residual=--dtype bf16 --cuda_activations bf16_residual",
     "bf16_graphs=--dtype bf16 --cuda_graphs on",
 ]
 

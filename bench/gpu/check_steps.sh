@@ -21,6 +21,8 @@ register_rows() {
   zt_row memcheck sanitizer "compute-sanitizer memcheck on the op tests (subset)"
   zt_row var_epilogues variants "variant: --cuda_epilogues on (GELU, bias grads in cuBLASLt)"
   zt_row var_bf16act variants "variant: --cuda_activations bf16 (activations held in bf16)"
+  zt_row var_all variants "variant: every issue-19 switch on (bf16 activations, epilogues, graphs, fa2)"
+  zt_row var_bf16res variants "variant: --cuda_activations bf16_residual (the residual stream too)"
   zt_row var_copies variants "variant: ZT_CUDA_PARAM_COPY=0 (round per matmul)"
   zt_row var_fp32attn variants "variant: ZT_CUDA_ATTENTION=fp32 (no tensor cores)"
   zt_row var_dkv3 variants "variant: ZT_CUDA_ATTENTION_DKV_BLOCKS=3 (3 blocks/SM)"
@@ -97,7 +99,7 @@ probe_device() {
     [[ $step_rc == 77 ]] && step_rc=1 && detail="the CUDA runtime sees no device; $detail"
     zt_finish_step probe "$detail (device-probe.log, ldd.txt)"
     skip_rows "the device probe failed" mpi ops gpt2 throughput nccl zero1 sanprobe racecheck zero4 ckpt train \
-      memcheck var_copies var_fp32attn var_dkv3 var_graphs var_fa2
+      memcheck var_epilogues var_bf16act var_all var_bf16res var_copies var_fp32attn var_dkv3 var_graphs var_fa2
   fi
   # Ranks share the GPU only in the Default compute mode; the check measures the card as it finds it.
   [[ -n $compute_mode && $compute_mode != Default ]] &&
@@ -292,6 +294,10 @@ row_target() {
 step_variants() {
   variant var_epilogues zt_throughput_epilogues.log --cuda_epilogues=on --profile_steps=1
   variant var_bf16act zt_throughput_bf16act.log --cuda_activations=bf16 --profile_steps=1
+  # Every switch of issue 19 on together (the configuration it aims at), then the residual stream in bf16 too.
+  variant var_all zt_throughput_all.log --cuda_activations=bf16 --cuda_epilogues=on --cuda_graphs=on \
+    --cuda_attention=fa2
+  variant var_bf16res zt_throughput_bf16res.log --cuda_activations=bf16_residual
   variant var_copies zt_throughput_no_copies.log ZT_CUDA_PARAM_COPY=0
   variant var_fp32attn zt_throughput_fp32_attention.log ZT_CUDA_ATTENTION=fp32
   variant var_dkv3 zt_throughput_dkv3.log ZT_CUDA_ATTENTION_DKV_BLOCKS=3

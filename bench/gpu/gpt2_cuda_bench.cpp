@@ -4,7 +4,7 @@
 // Usage: gpt2_cuda_bench [--preset gpt2] [--batch 16] [--seq_len 1024] [--steps 20] [--warmup 3] [--fp32]
 //                        [--peak_tflops F] [--peak_gbs G] [--profile_steps K] [--cuda_epilogues auto|on|off]
 //                        [--cuda_graphs auto|on|off] [--cuda_attention auto|fp32|fa2]
-//                        [--cuda_activations auto|fp32|bf16]
+//                        [--cuda_activations auto|fp32|bf16|bf16_residual]
 // --profile_steps K: after the timed steps, K more steps with every op timed (core/profiling_backend.hpp), and a
 // table of where the step's time goes, each op beside what its flops and bytes would take at the card's peak
 // rates (--peak_tflops, --peak_gbs; from the device name when known). --cuda_epilogues, --cuda_graphs,

@@ -257,12 +257,30 @@ TEST_CASE("cuda_activations bf16: a GPT-2 step holds every activation but the re
       expect_close("gradient", b.grads[u], a.grads[u], zt::test::kBf16Model);
     }
   }
+  {  // bf16_residual: the residual stream (encoded, res2, res3) and d_res held too; no copy left
+    INFO("--cuda_activations bf16_residual");
+    auto plain = cuda_backend(true);
+    auto held = cuda_backend_activations(true, "bf16_residual");
+    const Step a = step(*plain);
+    const int before = bf16_output_products();
+    const Step b = step(*held);
+    if (kCounted) CHECK(bf16_output_products() - before == int(8 * L + 2));
+    CHECK(std::fabs(b.loss - a.loss) <= 1e-2);
+    CHECK(b.held_bytes == BT * ((18 * L + 17) * C + Vp) * sizeof(float));
+    CHECK(b.copy_bytes == 0);
+    CHECK(b.saved_bytes == b.held_bytes / 2);
+    CHECK(a.model_device_bytes - b.model_device_bytes == b.saved_bytes + a.copy_bytes);
+    for (size_t u = 0; u < a.grads.size(); ++u) {
+      INFO("unit " << table.units()[u].name);
+      expect_close("gradient", b.grads[u], a.grads[u], zt::test::kBf16Model);
+    }
+  }
   // Recomputation shares one set of buffers among the blocks (the held region then holds the shared set once): the
   // same closeness, and the same loss as without recomputation (the same ops again).
   for (const zt::Recompute recompute : {zt::Recompute::attention, zt::Recompute::block}) {
     INFO("--recompute " << zt::recompute_name(recompute));
     auto plain = cuda_backend(true);
-    auto held = cuda_backend_activations(true, "bf16");
+    auto held = cuda_backend_activations(true, recompute == zt::Recompute::block ? "bf16_residual" : "bf16");
     const Step a = step(*plain, recompute), b = step(*held, recompute), c = step(*held);
     CHECK(b.loss == c.loss);
     CHECK(b.saved_bytes > 0);
@@ -447,4 +465,92 @@ TEST_CASE("cuda_activations bf16: the MLP's fused ops with the pre-activation an
     CHECK(same_bits(h.dweight, m.dweight));
     CHECK(same_bits(h.dbias, m.dbias));
   }
+}
+
+// --cuda_activations bf16_residual holds the residual stream and its gradient too: the fused residual add reading a
+// held stream and writing a held sum (its LayerNorm then of the rounded sum, as stored), a LayerNorm reading a held
+// input, LayerNorm's backward accumulating into a held gradient (read, added to, rounded), the embedding writing a
+// held output and its backward reading a held gradient. Each against the fp32 ops on the same rounded values, bit
+// for bit (the same kernels, the same arithmetic), its held outputs rounded.
+TEST_CASE("cuda_activations bf16_residual: the residual stream's ops read and write it held", "[cuda][activations]") {
+  CHECK_THROWS_WITH(cuda_backend_activations(false, "bf16_residual"), Catch::Contains("needs --dtype bf16"));
+  CHECK(!cuda_backend_activations(true, "bf16")->holds_residual_bf16());
+  auto rng = seeded_rng();
+  auto plain = cuda_backend(true);
+  auto held = cuda_backend_activations(true, "bf16_residual");
+  CHECK(held->holds_residual_bf16());
+  const int N = 24, C = 32, B = 2, T = 12, V = 50;
+  const size_t n = size_t(N) * C;
+  const VecF a = bf16_rounded(uniform(rng, n, -2, 2)), b = bf16_rounded(uniform(rng, n, -2, 2)),
+             gamma = uniform(rng, size_t(C), 0.5f, 1.5f), beta = uniform(rng, size_t(C), -1, 1),
+             dres0 = bf16_rounded(uniform(rng, n, -1, 1)), dln = bf16_rounded(uniform(rng, n, -1, 1)),
+             wte = uniform(rng, size_t(V) * C, -1, 1), wpe = uniform(rng, size_t(T) * C, -1, 1),
+             demb = bf16_rounded(uniform(rng, size_t(B) * T * C, -1, 1));
+  const VecI tokens = random_tokens(rng, size_t(B) * T, V);
+  // The plain backend, step by step on fp32 buffers: the sum, then everything downstream of its rounded value.
+  BackendArray p_a(*plain, n), p_b(*plain, n), p_res(*plain, n), p_ln(*plain, n), p_mean(*plain, size_t(N)),
+      p_rstd(*plain, size_t(N)), p_g(*plain, size_t(C)), p_be(*plain, size_t(C)), p_rr(*plain, n), p_ln2(*plain, n),
+      p_dres(*plain, n), p_dln(*plain, n), p_dg(*plain, size_t(C)), p_dbe(*plain, size_t(C));
+  for (auto [arr, v] : {std::pair(&p_a, &a), std::pair(&p_b, &b), std::pair(&p_g, &gamma), std::pair(&p_be, &beta),
+                        std::pair(&p_dres, &dres0), std::pair(&p_dln, &dln)})
+    arr->upload(*v);
+  plain->residual_layernorm_forward(p_res.get(), p_ln.get(), p_mean.get(), p_rstd.get(), p_a.get(), p_b.get(),
+                                    p_g.get(), p_be.get(), N, C);
+  const VecF res_rounded = bf16_rounded(p_res.download());
+  p_rr.upload(res_rounded);
+  plain->layernorm_forward(p_ln2.get(), p_mean.get(), p_rstd.get(), p_rr.get(), p_g.get(), p_be.get(), N, C);
+  plain->zero(p_dg.get(), size_t(C));
+  plain->zero(p_dbe.get(), size_t(C));
+  plain->layernorm_backward(p_dres.get(), p_dg.get(), p_dbe.get(), p_dln.get(), p_rr.get(), p_g.get(), p_mean.get(),
+                            p_rstd.get(), N, C);
+  // The held backend: the stream, its sum and its gradient held.
+  float* region = held->alloc_held_bf16(5 * n);
+  REQUIRE(region != nullptr);
+  float *h_a = region, *h_b = region + n, *h_res = region + 2 * n, *h_dres = region + 3 * n, *h_dln = region + 4 * n;
+  BackendArray h_ln(*held, n), h_mean(*held, size_t(N)), h_rstd(*held, size_t(N)), h_g(*held, size_t(C)),
+      h_be(*held, size_t(C)), h_ln2(*held, n), h_mean2(*held, size_t(N)), h_rstd2(*held, size_t(N)),
+      h_dg(*held, size_t(C)), h_dbe(*held, size_t(C));
+  h_g.upload(gamma);
+  h_be.upload(beta);
+  for (auto [p, v] : {std::pair(h_a, &a), std::pair(h_b, &b), std::pair(h_dres, &dres0), std::pair(h_dln, &dln)})
+    held->from_host(p, v->data(), n);
+  held->residual_layernorm_forward(h_res, h_ln.get(), h_mean.get(), h_rstd.get(), h_a, h_b, h_g.get(), h_be.get(), N,
+                                   C);
+  held->layernorm_forward(h_ln2.get(), h_mean2.get(), h_rstd2.get(), h_res, h_g.get(), h_be.get(), N, C);
+  held->zero(h_dg.get(), size_t(C));
+  held->zero(h_dbe.get(), size_t(C));
+  held->layernorm_backward(h_dres, h_dg.get(), h_dbe.get(), h_dln, h_res, h_g.get(), h_mean.get(), h_rstd.get(), N, C);
+  CHECK(same_bits(read_range(*held, h_res, n), res_rounded));
+  const VecF ln_ref = p_ln2.download();
+  CHECK(same_bits(h_ln.download(), ln_ref));  // the fused LayerNorm is of the rounded sum, as stored
+  CHECK(same_bits(h_ln2.download(), ln_ref));
+  CHECK(same_bits(h_mean.download(), p_mean.download()));
+  CHECK(same_bits(h_rstd.download(), p_rstd.download()));
+  CHECK(same_bits(read_range(*held, h_dres, n), bf16_rounded(p_dres.download())));  // accumulated, then rounded
+  CHECK(same_bits(h_dg.download(), p_dg.download()));
+  CHECK(same_bits(h_dbe.download(), p_dbe.download()));
+  // The embedding: its output held (rounded), its backward reading a held gradient.
+  auto embedding = [&](zt::Backend& be, bool hold) {
+    BackendArray d_wte(be, wte.size()), d_wpe(be, wpe.size()), d_dwte(be, wte.size()), d_dwpe(be, wpe.size());
+    const BackendTokens d_tok(be, tokens);
+    d_wte.upload(wte);
+    d_wpe.upload(wpe);
+    be.zero(d_dwte.get(), wte.size());
+    be.zero(d_dwpe.get(), wpe.size());
+    const size_t m = demb.size();
+    float* out = hold ? be.alloc_held_bf16(2 * m) : be.alloc(2 * m);
+    REQUIRE(out != nullptr);
+    float* dout = out + m;
+    be.from_host(dout, demb.data(), m);
+    be.embedding_forward(out, d_tok.get(), d_wte.get(), d_wpe.get(), B, T, C);
+    be.embedding_backward(d_dwte.get(), d_dwpe.get(), dout, d_tok.get(), B, T, C);
+    std::vector<VecF> r{read_range(be, out, m), d_dwte.download(), d_dwpe.download()};
+    be.release(out);
+    return r;
+  };
+  const auto e_plain = embedding(*plain, false), e_held = embedding(*held, true);
+  CHECK(same_bits(e_held[0], bf16_rounded(e_plain[0])));
+  CHECK(same_bits(e_held[1], e_plain[1]));
+  CHECK(same_bits(e_held[2], e_plain[2]));
+  held->release(region);
 }

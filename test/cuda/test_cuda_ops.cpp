@@ -117,6 +117,13 @@ const zt::test::RegisterBackend cuda_bf16_activations{{"cuda bf16 activations",
                                                        [] { return cuda_backend_activations(true, "bf16"); },
                                                        cuda_activations_tolerances(),
                                                        {"a whole GPT-2 step"}}};
+// --cuda_activations bf16_residual: the residual stream and its gradient rounded too (2L + 2 more roundings of the
+// stream, 2L of its gradient's accumulation): still inside kBf16Model on two blocks.
+const zt::test::RegisterBackend cuda_bf16_activations_residual{
+    {"cuda bf16 activations residual",
+     [] { return cuda_backend_activations(true, "bf16_residual"); },
+     cuda_activations_tolerances(),
+     {"a whole GPT-2 step"}}};
 
 // A bf16 backend made with the environment variable `name` set to `value`, and the error that making one with it
 // set to `bad_value` gives. The backend reads the variable when it is made; it is unset before anything can fail.
