@@ -128,7 +128,7 @@ class CudaBackend final : public Backend {
     if (it != alloc_bytes_.end()) {
       // Forget what was recorded about ranges inside it: host copies of uploaded tokens, kept parameter copies.
       const uintptr_t begin = it->first, end = begin + it->second;
-      host_tokens_.erase(host_tokens_.lower_bound(begin), host_tokens_.lower_bound(end));
+      host_tokens_.forget(begin, end);
       for (auto c = kept_copies_.lower_bound(begin); c != kept_copies_.end() && c->first < end;) {
         if (c->second.owns_copy) ZT_CUDA_CHECK(cudaFree(c->second.copy));
         c = kept_copies_.erase(c);
@@ -181,17 +181,7 @@ class CudaBackend final : public Backend {
   void tokens_from_host(int32_t* dst, const int32_t* host_src, size_t n) override {
     if (n == 0) return;
     ZT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    // The embedding backward groups rows by token on the host: keep what was uploaded where, and bring older
-    // uploads that overlap this range up to date.
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(dst), end = begin + n * sizeof(int32_t);
-    for (auto it = host_tokens_.begin(); it != host_tokens_.end() && it->first < end; ++it) {
-      const uintptr_t rec_end = it->first + it->second.size() * sizeof(int32_t);
-      const uintptr_t lo = std::max(begin, it->first), hi = std::min(end, rec_end);
-      if (lo >= hi || it->first == begin) continue;
-      std::copy(host_src + (lo - begin) / sizeof(int32_t), host_src + (hi - begin) / sizeof(int32_t),
-                it->second.begin() + long((lo - it->first) / sizeof(int32_t)));
-    }
-    host_tokens_[begin].assign(host_src, host_src + n);
+    host_tokens_.record(dst, host_src, n);  // the embedding backward groups rows by token on the host
   }
   size_t param_copy_bytes() const override { return param_copies_on_ ? sizeof(__nv_bfloat16) : 0; }
   void keep_param_copy(const float* params, size_t n) override { keep_copy(params, n, false); }
@@ -255,7 +245,7 @@ class CudaBackend final : public Backend {
                           int C) override {
     const int n = B * T;
     const cuda::ActIn dout_in = act_in(dout, size_t(n) * C);
-    const int32_t* host = uploaded_tokens(tokens, size_t(n));
+    const int32_t* host = host_tokens_.find(tokens, size_t(n));
     const int n_buckets = cuda::build_token_buckets(host, n, bucket_host_);
     const size_t n_bytes = bucket_host_.size() * sizeof(int32_t);
     void* staging = bucket_staging_.get(n_bytes);
@@ -285,8 +275,8 @@ class CudaBackend final : public Backend {
     const size_t n = size_t(N) * C;
     for (const float* g : {dweight, dbias}) fp32_out(g, size_t(C));
     float* scratch = scratch_floats(cuda::layernorm_backward_scratch_elems(N, C));
-    cuda::layernorm_backward(held_bf16(dinp, n) != nullptr ? nullptr : dinp, bf16_copy_of(dinp, n), dweight, dbias,
-                             act_in(dout, n), act_in(inp, n), weight, mean, rstd, N, C, scratch, stream_);
+    cuda::layernorm_backward(unheld(dinp, n), bf16_copy_of(dinp, n), dweight, dbias, act_in(dout, n), act_in(inp, n),
+                             weight, mean, rstd, N, C, scratch, stream_);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
                       bool wt) override {
@@ -300,9 +290,9 @@ class CudaBackend final : public Backend {
     // by the product in bf16.
     const size_t n_dout = size_t(N) * OC;
     __nv_bfloat16* dinp16 = dinp != nullptr ? held_bf16(dinp, size_t(N) * C) : nullptr;
-    cuda::matmul_backward(*matmul_, dinp, dinp16, dweight, dbias, held_bf16(dout, n_dout) ? nullptr : dout,
-                          bf16_copy_of(dout, n_dout), inp, bf16_copy_of(inp, size_t(N) * C), weight,
-                          bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt, stream_);
+    cuda::matmul_backward(*matmul_, dinp, dinp16, dweight, dbias, unheld(dout, n_dout), bf16_copy_of(dout, n_dout), inp,
+                          bf16_copy_of(inp, size_t(N) * C), weight, bf16_copy_of(weight, size_t(C) * OC), N, C, OC, wt,
+                          stream_);
   }
   void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
                            int C, int OC) override {
@@ -322,10 +312,9 @@ class CudaBackend final : public Backend {
     const OutputTargets o = backward_targets(dpre, n);
     __nv_bfloat16 *dact16 = held_bf16(dact, n), *pre16 = held_bf16(pre, n);
     cuda::matmul_gelu_backward(*matmul_, o.fp32, o.copy, dact16 != nullptr ? nullptr : dact, dact16, dweight, dbias,
-                               held_bf16(dout, size_t(N) * OC) != nullptr ? nullptr : dout,
-                               bf16_copy_of(dout, size_t(N) * OC), inp, bf16_copy_of(inp, n), weight,
-                               bf16_copy_of(weight, size_t(C) * OC), pre16 != nullptr ? nullptr : pre, pre16, N, C, OC,
-                               stream_);
+                               unheld(dout, size_t(N) * OC), bf16_copy_of(dout, size_t(N) * OC), inp,
+                               bf16_copy_of(inp, n), weight, bf16_copy_of(weight, size_t(C) * OC),
+                               pre16 != nullptr ? nullptr : pre, pre16, N, C, OC, stream_);
   }
   size_t attention_state_elems(int B, int T, int C, int NH) const override {
     return cuda::attention_state_elems(B, T, C, NH, attention_tensor_cores_);
@@ -496,6 +485,11 @@ class CudaBackend final : public Backend {
     }
     return nullptr;
   }
+  // p, or null where [p, p + n) is held in bf16 only (it has no fp32 values to read or write).
+  template <typename T>
+  T* unheld(T* p, size_t n) const {
+    return held_bf16(p, n) != nullptr ? nullptr : p;
+  }
   // An op's input with a bf16 path: the held bf16 values, else the fp32 ones.
   cuda::ActIn act_in(const float* p, size_t n) const {
     if (const __nv_bfloat16* held = held_bf16(p, n)) return held;
@@ -538,23 +532,7 @@ class CudaBackend final : public Backend {
   }
   // A backward op's output: the fp32 values are skipped only in a range held in bf16 (the contract lets a copy-only
   // range skip the forward ops' fp32 writes alone).
-  OutputTargets backward_targets(float* p, size_t n) const {
-    return {held_bf16(p, n) != nullptr ? nullptr : p, bf16_copy_of(p, n)};
-  }
-
-  // The host copy of tokens[0, n) as uploaded by tokens_from_host (the upload that contains that range).
-  const int32_t* uploaded_tokens(const int32_t* tokens, size_t n) {
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(tokens);
-    auto it = host_tokens_.upper_bound(addr);
-    ZT_CHECK(it != host_tokens_.begin(),
-             "embedding_backward: the CUDA backend needs the tokens uploaded with tokens_from_host");
-    --it;
-    const size_t offset = (addr - it->first) / sizeof(int32_t);
-    ZT_CHECK(offset + n <= it->second.size(),
-             "embedding_backward: tokens [{}, +{}) lie outside the last tokens_from_host upload of {} tokens", offset,
-             n, it->second.size());
-    return it->second.data() + offset;
-  }
+  OutputTargets backward_targets(float* p, size_t n) const { return {unheld(p, n), bf16_copy_of(p, n)}; }
 
   int device_;
   bool attention_tensor_cores_ = false;
@@ -576,7 +554,7 @@ class CudaBackend final : public Backend {
   cuda::DeviceScratch bucket_device_;
   cuda::PinnedStaging bucket_staging_;
   std::vector<int32_t> bucket_host_;
-  std::map<uintptr_t, std::vector<int32_t>> host_tokens_;  // device address -> tokens last uploaded there
+  cuda::HostTokenCopies host_tokens_;  // what tokens_from_host uploaded where
 };
 
 }  // namespace
@@ -598,31 +576,6 @@ int backend_device(Backend& backend) {
 }
 
 }  // namespace cuda
-
-int cuda_device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver / no device" error for later calls
-    return 0;
-  }
-  return n;
-}
-
-std::string cuda_device_description(int device) {
-  const int n_devices = cuda_device_count();
-  ZT_CHECK(device >= 0 && device < n_devices, "CUDA device {} does not exist: this process sees {} device(s)", device,
-           n_devices);
-  cudaDeviceProp prop{};
-  ZT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB)", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-                     double(prop.totalGlobalMem) / double(1ull << 30));
-}
-
-size_t cuda_device_memory_used() {
-  size_t free_bytes = 0, total_bytes = 0;
-  ZT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  return total_bytes - free_bytes;
-}
 
 std::unique_ptr<Backend> make_cuda_backend(int device, bool bf16, const CudaVariants& variants) {
   const bool graphs = cuda::graphs_on(variants.graphs);  // --cuda_graphs: checked before the device is touched

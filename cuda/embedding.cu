@@ -91,6 +91,35 @@ TokenBuckets token_buckets_view(const int32_t* packed_device, int n, int n_bucke
   return view;
 }
 
+void HostTokenCopies::record(const int32_t* dst, const int32_t* host, size_t n) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(dst), end = begin + n * sizeof(int32_t);
+  for (auto it = uploads_.begin(); it != uploads_.end() && it->first < end; ++it) {
+    const uintptr_t rec_end = it->first + it->second.size() * sizeof(int32_t);
+    const uintptr_t lo = std::max(begin, it->first), hi = std::min(end, rec_end);
+    if (lo >= hi || it->first == begin) continue;
+    std::copy(host + (lo - begin) / sizeof(int32_t), host + (hi - begin) / sizeof(int32_t),
+              it->second.begin() + long((lo - it->first) / sizeof(int32_t)));
+  }
+  uploads_[begin].assign(host, host + n);
+}
+
+const int32_t* HostTokenCopies::find(const int32_t* tokens, size_t n) const {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(tokens);
+  auto it = uploads_.upper_bound(addr);
+  ZT_CHECK(it != uploads_.begin(),
+           "embedding_backward: the CUDA backend needs the tokens uploaded with tokens_from_host");
+  --it;
+  const size_t offset = (addr - it->first) / sizeof(int32_t);
+  ZT_CHECK(offset + n <= it->second.size(),
+           "embedding_backward: tokens [{}, +{}) lie outside the last tokens_from_host upload of {} tokens", offset, n,
+           it->second.size());
+  return it->second.data() + offset;
+}
+
+void HostTokenCopies::forget(uintptr_t begin, uintptr_t end) {
+  uploads_.erase(uploads_.lower_bound(begin), uploads_.lower_bound(end));
+}
+
 void embedding_forward(float* out, __nv_bfloat16* out16, const int32_t* tokens, const float* wte, const float* wpe,
                        int B, int T, int C, cudaStream_t stream) {
   const int n_rows = B * T;

@@ -4,7 +4,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "cuda/cuda_common.cuh"
@@ -25,6 +27,20 @@ struct TokenBuckets {
 int build_token_buckets(const int32_t* tokens, int n, std::vector<int32_t>& packed);
 /// Device views of a packed bucket array (as build_token_buckets lays it out) of n rows and n_buckets groups.
 TokenBuckets token_buckets_view(const int32_t* packed_device, int n, int n_buckets);
+
+/// What tokens_from_host uploaded where, kept on the host: the backward groups rows by token there.
+class HostTokenCopies {
+ public:
+  /// Records that host[0, n) was uploaded to dst, and brings older uploads that overlap it up to date.
+  void record(const int32_t* dst, const int32_t* host, size_t n);
+  /// The host copy of tokens[0, n), which must lie inside one recorded upload (zt::Error otherwise).
+  const int32_t* find(const int32_t* tokens, size_t n) const;
+  /// Forgets the uploads that start in the device addresses [begin, end) (a buffer released).
+  void forget(uintptr_t begin, uintptr_t end);
+
+ private:
+  std::map<uintptr_t, std::vector<int32_t>> uploads_;  // device address -> tokens last uploaded there
+};
 
 /// out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; into out16 instead, rounded, where out is held in bf16 (out null).
 void embedding_forward(float* out, __nv_bfloat16* out16, const int32_t* tokens, const float* wte, const float* wpe,
